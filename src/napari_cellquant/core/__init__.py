@@ -1,0 +1,1 @@
+"""Pure-Python core: numpy, scikit-image, torch and the standard library; no Qt, no napari."""
