@@ -1,0 +1,114 @@
+"""The ``cellquant`` command: the same core as the napari plugin, for scripts and batch runs.
+
+Exit status: 0 success, 1 an input or output problem (named on stderr), 2 a usage error,
+3 some images failed while the others were written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .core.errors import CellquantError
+
+log = logging.getLogger("napari_cellquant")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .core.io import read_annotations, write_annotations
+
+    annotations = read_annotations(
+        args.src, kind=args.from_kind, class_set=args.classes, images_dir=args.images
+    )
+    written = write_annotations(
+        annotations, args.dst, to=args.to, encoding=args.encoding, overwrite=args.overwrite
+    )
+    objects = sum(len(a.instance_ids()) + len(a.boxes) for a in annotations)
+    log.info("read %d image(s), %d object(s); wrote %d file(s)", len(annotations), objects,
+             len(written))
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    for path in run_demo(Path(args.outdir), overwrite=args.overwrite):
+        print(path)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .core.io import FORMATS, KINDS
+
+    parser = argparse.ArgumentParser(
+        prog="cellquant",
+        description="Segment, count and convert cell annotations (napari-cellquant).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="say more on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    convert = sub.add_parser(
+        "convert",
+        help="convert annotations between COCO, VOC, masks and counts CSV",
+        description="Read annotations from SRC (kind detected from content) and write them to DST.",
+    )
+    convert.add_argument("src", type=Path, metavar="SRC", help="annotation file or folder")
+    convert.add_argument("dst", type=Path, metavar="DST", help="output file or folder")
+    convert.add_argument("--to", required=True, choices=FORMATS, help="output format")
+    convert.add_argument("--from", dest="from_kind", choices=KINDS, help="force the input kind")
+    convert.add_argument(
+        "--classes", help="class set of masks and colour maps (blood10, blood3, net4, cell)"
+    )
+    convert.add_argument("--images", type=Path, help="folder holding the images")
+    convert.add_argument(
+        "--rle", dest="encoding", action="store_const", const="rle", default="polygon",
+        help="COCO segmentations as RLE (exact) instead of polygons",
+    )
+    convert.add_argument("--overwrite", action="store_true", help="replace existing files")
+    convert.set_defaults(handler=_convert)
+
+    demo = sub.add_parser(
+        "demo", help="run the main job on the bundled sample data",
+        description="Open the bundled samples with their annotations and write COCO, masks "
+        "and counts into OUTDIR.",
+    )
+    demo.add_argument("outdir", type=Path, metavar="OUTDIR")
+    demo.add_argument("--overwrite", action="store_true", help="replace existing files")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+    )
+    # Warnings such as a rescaled annotation must reach a person running a script.
+    warnings.showwarning = _show_warning
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except CellquantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
