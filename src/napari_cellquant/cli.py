@@ -37,6 +37,43 @@ def _convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _models(args: argparse.Namespace) -> int:
+    from .core.models.registry import builtin_cards, weights_status
+
+    rows = [("name", "kind", "task", "classes", "diameter px", "weights", "description")]
+    for card in builtin_cards().values():
+        diameter = ", ".join(f"{k} {v:g}" for k, v in card.diameter_px.items()) or "-"
+        rows.append((card.name, card.kind, card.task, card.class_set, diameter,
+                     weights_status(card), card.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .batch import collect_images, predict_images
+    from .core.predict import load_model
+
+    try:  # nothing has run yet, so a bad input, model or weights is a usage error
+        images = collect_images(args.inputs)
+        model = load_model(args.model, args.device, weights=args.weights)
+    except CellquantError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def report(done: int, total: int, path: Path, status: str) -> None:
+        print(f"[{done}/{total}] {path.name}: {status}", file=sys.stderr)
+
+    result = predict_images(images, model, args.outdir, tile=args.tile, overlap=args.overlap,
+                            overwrite=args.overwrite, on_image=report)
+    for path, message in result.failures:
+        print(f"error: {path}: {message}", file=sys.stderr)
+    print(f"{len(result.annotations)} of {len(images)} image(s) done; results in {args.outdir}",
+          file=sys.stderr)
+    return EXIT_PARTIAL if result.failures else EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -74,6 +111,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--overwrite", action="store_true", help="replace existing files")
     convert.set_defaults(handler=_convert)
+
+    predict = sub.add_parser(
+        "predict", help="segment or detect objects in images and write COCO, masks and counts",
+        description="Run a model on images (files, folders or glob patterns) and write "
+        "OUTDIR/annotations.json, OUTDIR/counts.csv and OUTDIR/masks/.",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
+    predict.add_argument("-m", "--model", required=True,
+                         help="built-in model name (see `cellquant models`), card or weights file")
+    predict.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
+    predict.add_argument("--weights", type=Path, help="local weights file for the model")
+    predict.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda:0 ...")
+    predict.add_argument("--tile", type=int, help="tile size in pixels (default: the card's)")
+    predict.add_argument("--overlap", type=float, help="tile overlap fraction (default: the card's)")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.set_defaults(handler=_predict)
+
+    models = sub.add_parser("models", help="list the models, their class sets and weights")
+    models.set_defaults(handler=_models)
 
     demo = sub.add_parser(
         "demo", help="run the main job on the bundled sample data",

@@ -1,0 +1,172 @@
+"""The public prediction API: ``load_model`` and ``predict``, for learned and classical models alike.
+
+Long work is a generator (:func:`iter_predict`) that yields progress and can be cancelled at
+each yield; :func:`predict` runs it to the end for scripts and the CLI, and the napari widget
+runs the same generator in a ``thread_worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .annotation import Annotation
+from .errors import CancelledError, InputError
+from .models.card import ModelCard
+from .models.registry import WeightsError, get_card, resolve_weights
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+CancelCallback = Callable[[], bool]
+
+
+@dataclass
+class Model:
+    """A model ready to run: its card, and for learned models the network on its device."""
+
+    card: ModelCard
+    network: Any = None  # torch.nn.Module for learned models, None for classical pipelines
+    device: Any = None  # torch.device for learned models
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: str = "auto",
+    *,
+    weights: str | os.PathLike[str] | None = None,
+) -> Model:
+    """Load a built-in model by name, or a trained one from its card or weights file.
+
+    Parameters
+    ----------
+    name_or_path
+        A registry name (see ``cellquant models``), a model card ``.json``, or a weights
+        file with its card beside it.
+    device
+        ``"auto"`` (cuda, then mps, then cpu), or any torch device string.
+    weights
+        A local weights file to use instead of the card's; ``"random"`` runs the network
+        with untrained weights (for benchmarks and tests only).
+    """
+    card = get_card(name_or_path)
+    if card.kind == "classical":
+        return Model(card=card)
+    import torch
+
+    from .inference import choose_device
+    from .models.networks import build_network
+
+    network = build_network(card.architecture)
+    if weights != "random":
+        path = resolve_weights(card) if weights is None else os.fspath(weights)
+        network.load_state_dict(_read_state_dict(path, card))
+    dev = choose_device(device)
+    network.to(dev).eval()
+    if dev.type == "cuda":
+        network.to(memory_format=torch.channels_last)
+    return Model(card=card, network=network, device=dev)
+
+
+def _read_state_dict(path: str | os.PathLike[str], card: ModelCard) -> dict[str, Any]:
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{card.name}: weights file {path} does not exist") from None
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise WeightsError(f"{path}: not a readable PyTorch weights file ({exc})") from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: holds no state dict")
+    return state
+
+
+def iter_predict(
+    image: np.ndarray,
+    model: Model,
+    *,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch_size: int = 4,
+) -> Generator[tuple[int, int], None, Annotation]:
+    """Yield ``(done, total)`` progress steps; return the Annotation (``StopIteration.value``)."""
+    card = model.card
+    if card.kind == "classical":
+        from .classical import run_pipeline
+
+        yield (0, 1)
+        annotation = run_pipeline(card.pipeline or card.name, image, card.params)
+        yield (1, 1)
+        return annotation
+    from .inference import iter_predict_maps, prepare_image
+    from .normalization import normalize
+
+    pixels = normalize(prepare_image(image, card.input_channels), card.normalization)
+    maps = yield from iter_predict_maps(
+        pixels, model.network, tile=tile or card.tile,
+        overlap=card.overlap if overlap is None else overlap,
+        batch_size=batch_size, device=model.device,
+    )
+    return _maps_to_annotation(maps, card, image.shape[:2])
+
+
+def _maps_to_annotation(maps: dict[str, np.ndarray], card: ModelCard,
+                        shape: tuple[int, ...]) -> Annotation:
+    from . import postprocess
+
+    settings = dict(card.postprocess)
+    classes = card.classes
+    if card.task == "boxes":
+        boxes = postprocess.boxes_from_heatmap(
+            maps["heatmap"], maps["size"], maps.get("offset"),
+            stride=int(card.architecture.get("stride", 4)), **settings,
+        )
+        return Annotation.empty((shape[0], shape[1]), classes, boxes=boxes,
+                                meta={"model": card.name})
+    labels, class_ids, scores = postprocess.instances_from_maps(
+        maps["classes"], distance=maps.get("distance"), boundary=maps.get("boundary"), **settings
+    )
+    return Annotation(
+        labels, classes, classes=class_ids, scores=scores,
+        origins=dict.fromkeys(class_ids, "model"), meta={"model": card.name},
+    )
+
+
+def predict(
+    image: np.ndarray,
+    model: Model,
+    *,
+    tile: int | None = None,
+    overlap: float | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> Annotation:
+    """Run ``model`` on one 2-D image (grey, RGB or multi-channel, any size) and return its objects.
+
+    ``progress(done, total)`` is called as tiles finish; ``cancel()`` returning True stops the
+    work at the next step with :class:`~napari_cellquant.core.errors.CancelledError`.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+        raise InputError(None, f"expected a 2-D image (H, W) or (H, W, C); got {np.shape(image)}")
+    steps = iter_predict(image, model, tile=tile, overlap=overlap)
+    try:
+        while True:
+            done, total = next(steps)
+            if progress is not None:
+                progress(done, total)
+            if cancel is not None and cancel():
+                steps.close()
+                raise CancelledError("prediction cancelled")
+    except StopIteration as finished:
+        return finished.value
