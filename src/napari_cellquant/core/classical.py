@@ -1,0 +1,655 @@
+"""Weight-free pipelines: colour, thresholds and watersheds, no trained model.
+
+Each pipeline is a function ``pipeline(image, params) -> Annotation`` whose every parameter
+lives in a plain dict (stored in a model card, see :data:`DEFAULT_PARAMS`). Sizes are given
+relative to ``params["diameter"]``, the typical diameter in pixels of the reference object
+(an RBC for blood, a cell body for fluorescence, an unstimulated nucleus for NETs), so one
+parameter set serves any magnification once ``diameter`` is set:
+
+- a length ``x`` means ``x * diameter`` pixels;
+- an area ``a`` means ``a * pi * diameter**2 / 4`` pixels, i.e. a fraction of the reference
+  object's area.
+
+Every object the pipelines return has origin ``"model"`` and a score in [0, 1] saying how
+clearly it passed the rule that classed it (see each function).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import filters
+from skimage.measure import regionprops_table
+from skimage.segmentation import watershed
+
+from .annotation import Annotation
+from .classes import BLOOD3, CELL, NET4
+from .errors import InputError
+from .postprocess import (
+    boxes_from_labels,
+    fill_small_holes,
+    peak_markers,
+    relabel_sequential,
+    remove_small_instances,
+    split_touching,
+)
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "blood_classical",
+    "fluo_classical",
+    "net_classical",
+    "resolve_params",
+    "run_pipeline",
+]
+
+#: Parameters of every pipeline, by model name. Lengths are fractions of ``diameter`` and
+#: areas fractions of the reference object's area (see the module docstring).
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "blood-classical": {
+        # RBC diameter in pixels: about 90 in BCCD's 640x480 photographs, 40 in the 224x224 set
+        "diameter": 90.0,
+        "smooth": 0.03,  # Gaussian sigma before thresholding (length)
+        "background_quantile": 0.8,  # the brightest 20% pixels give the background colour
+        "foreground_method": "triangle",  # threshold on colour distance to the background
+        "foreground_scale": 1.0,  # multiplies that threshold (<1 keeps paler cells)
+        "close_radius": 0.04,  # closes broken RBC rims before hole filling (length)
+        "max_hole": 0.5,  # central pallor and other holes filled up to this area
+        "stain_threshold": 0.14,  # purple index (blue - green, 0..1) of stained pixels ...
+        "stain_core_threshold": 0.18,  # ... connected to a core at least this purple
+        "stain_min_blue_over_red": 0.0,  # stained pixels are blue-violet: blue - red above this
+        "stain_dark_density": 1.5,  # ... or darker than this summed optical density (chromatin)
+        "stain_dark_min_purple": 0.05,  # ... and at least this purple
+        "stain_open_radius": 0.02,  # removes stain specks thinner than this (length)
+        "nucleus_group_radius": 0.12,  # stained lobes this close belong to one WBC (length)
+        "wbc_min_nucleus_area": 0.3,  # a stained group this large is a WBC nucleus (area)
+        "wbc_margin": 0.2,  # a WBC reaches this far beyond its nucleus (length)
+        "platelet_min_area": 0.008,  # smaller stained specks are noise (area)
+        "platelet_max_area": 0.3,  # larger but not WBC-size stained blobs are ignored (area)
+        "platelet_max_cell_contact": 0.5,  # stained blob ringed by unstained cell = inclusion
+        "rbc_min_area": 0.2,  # smaller unstained fragments are dropped (area)
+        "rbc_min_distance": 0.35,  # minimum distance between RBC seeds (length)
+        "rbc_distance_smooth": 0.06,  # blur of the distance map before seeding (length)
+    },
+    "fluo-classical": {
+        # cell diameter in pixels (Fluorescent Neuronal Cells, 1600x1200: about 40)
+        "diameter": 40.0,
+        "channel": None,  # None: mean of the colour channels; an int picks one
+        "smooth": 0.05,  # Gaussian sigma (length)
+        "block_size": 3.0,  # side of the local-threshold window (length), made odd
+        "local_offset": 0.0,  # subtracted from the local threshold (intensity units 0..1)
+        "otsu_floor": 0.75,  # pixels must also exceed this fraction of the global Otsu level
+        "max_hole": 0.48,  # holes filled up to this area (600 px at diameter 40)
+        "min_area": 0.16,  # objects under this area dropped (200 px at diameter 40)
+        "min_distance": 0.5,  # peak footprint half-width (a 40x40 footprint at diameter 40)
+        "distance_smooth": 0.05,  # blur of the distance map before peak finding (length)
+    },
+    "net-classical": {
+        # diameter of an unstimulated neutrophil nucleus in pixels (1024x768 JPEGs: about 28)
+        "diameter": 28.0,
+        # membrane-impermeable DNA dye (SYTOX-like: stains dead cells and NETs), channel index
+        "dna_channel": 1,
+        # membrane-permeable DNA dye (Hoechst-like: stains every nucleus), channel index;
+        # None when only one DNA dye was imaged (morphology-only rules are used then)
+        "nuclear_channel": 2,
+        "smooth": 0.05,  # Gaussian sigma (length)
+        "threshold_method": "li",  # per-channel threshold above the background (median)
+        "min_signal": 0.04,  # ... but never below this rise over background (0..1)
+        "max_hole": 0.5,  # holes filled up to this area
+        "min_area": 0.6,  # smaller objects are debris or cells mostly outside the field
+        "min_distance": 0.6,  # seed separation for splitting touching objects (length)
+        "distance_smooth": 0.08,  # blur of the distance map before seeding (length)
+        # share of the impermeable dye, dna / (dna + nuclear), above which the membrane is
+        # compromised (dead or NET); intact cells measure ~0.0-0.05, dead ~0.2-0.5
+        "compromised_min_dna_fraction": 0.12,
+        # a compromised object is a NET when any of: large (spread chromatin) ...
+        "net_min_area": 3.5,
+        # ... dominated by the impermeable dye (decondensed, extracellular DNA) ...
+        "net_min_dna_fraction": 0.6,
+        # ... or irregular (low solidity)
+        "net_max_solidity": 0.8,
+        # an intact nucleus is decondensed when enlarged ...
+        "decondensed_min_area": 1.4,
+        # ... and not brighter than this x the median normal-size intact nucleus (the same DNA
+        # spread thinner; a bright enlarged object is rather two overlapping nuclei)
+        "decondensed_max_intensity": 0.8,
+        # single-dye images: a small object this much brighter than the median one is dead
+        "single_dye_dead_min_intensity": 1.3,
+    },
+}
+
+
+def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults of pipeline ``name`` updated with ``params``; unknown keys are an error."""
+    defaults = DEFAULT_PARAMS[name]
+    merged = dict(defaults)
+    if params:
+        unknown = sorted(set(params) - set(defaults))
+        if unknown:
+            raise InputError(
+                None, f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
+            )
+        merged.update(params)
+    diameter = merged["diameter"]
+    if not isinstance(diameter, (int, float)) or not math.isfinite(diameter) or diameter <= 2:
+        raise InputError(None, f"{name}: diameter must be a number of pixels > 2, got {diameter!r}")
+    return merged
+
+
+class _Scale:
+    """Converts relative lengths/areas of a parameter dict into pixels."""
+
+    def __init__(self, diameter: float) -> None:
+        self.diameter = float(diameter)
+        self.area_unit = math.pi * self.diameter**2 / 4
+
+    def length(self, fraction: float) -> float:
+        return float(fraction) * self.diameter
+
+    def px(self, fraction: float) -> int:
+        return max(int(round(fraction * self.diameter)), 0)
+
+    def area(self, fraction: float) -> int:
+        return max(int(round(fraction * self.area_unit)), 0)
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = max(int(radius), 0)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return xx**2 + yy**2 <= r * r + r  # "+ r" makes small disks less diamond-like
+
+
+def _as_float_image(image: np.ndarray, *, rgb: bool, source: str) -> np.ndarray:
+    """Validate and scale an image to float32 in [0, 1] (integers by their dtype's range)."""
+    array = np.asarray(image)
+    if array.dtype == bool or not (
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    ):
+        raise InputError(source, f"image must be numeric, got {array.dtype}")
+    if rgb and not (array.ndim == 3 and array.shape[-1] in (3, 4)):
+        raise InputError(source, f"expected an RGB image (H, W, 3), got shape {array.shape}")
+    if not rgb and array.ndim not in (2, 3):
+        raise InputError(source, f"expected a 2-D or (H, W, C) image, got shape {array.shape}")
+    if array.shape[0] < 3 or array.shape[1] < 3:
+        raise InputError(source, f"image is too small: {array.shape}")
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        out = array.astype(np.float32) / float(info.max)
+    else:
+        out = array.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise InputError(source, "image contains NaN or infinite values")
+        top = float(out.max(initial=0.0))
+        if top > 1.0:  # floats on a 0..255 or arbitrary scale
+            out = out / top
+    if rgb:
+        out = out[..., :3]
+    return out
+
+
+def _annotation(
+    labels: np.ndarray,
+    classes: dict[int, int],
+    scores: dict[int, float],
+    class_set: Any,
+    params: dict[str, Any],
+    pipeline: str,
+    *,
+    with_boxes: bool = False,
+) -> Annotation:
+    labels, mapping = relabel_sequential(labels)
+    classes = {mapping[k]: v for k, v in classes.items() if k in mapping}
+    scores = {mapping[k]: float(np.clip(v, 0.0, 1.0)) for k, v in scores.items() if k in mapping}
+    ann = Annotation(
+        labels=labels.astype(np.int32),
+        class_set=class_set,
+        classes=classes,
+        scores=scores,
+        origins={int(i): "model" for i in mapping.values()},
+        meta={"pipeline": pipeline, "params": dict(params)},
+    )
+    if with_boxes:
+        ann.boxes = boxes_from_labels(ann.labels, ann.classes, ann.scores)
+        # the boxes are the instances' own boxes: counting must not add them again
+        ann.meta["boxes_mirror_instances"] = True
+    return ann
+
+
+def _logistic(margin: np.ndarray | float, width: float) -> np.ndarray:
+    """A score in (0, 1): 0.5 at the decision threshold, ~0.9 at ``2 * width`` past it."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(margin, dtype=np.float64) / max(width, 1e-9)))
+
+
+# --------------------------------------------------------------------------------------
+# blood smears (Giemsa / Leishman / Wright)
+# --------------------------------------------------------------------------------------
+def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = None) -> Annotation:
+    """RBCs, WBCs and platelets in a stained blood smear, without a trained model.
+
+    Method
+    ------
+    1. Background colour = median colour of the brightest pixels (``background_quantile``);
+       foreground = colour distance to it above a histogram threshold (triangle by default:
+       robust when dark nuclei and pale RBCs share an image, where Otsu splits nuclei from
+       everything else). Broken RBC rims are closed and central pallor filled (``max_hole``).
+    2. Purple index = blue - green: azure/eosin-stained nuclei and platelets absorb green far
+       more than blue, haemoglobin absorbs both. Above ``stain_threshold`` = stained.
+    3. Stained blobs within ``nucleus_group_radius`` of each other (the lobes of one
+       segmented nucleus) form groups. A group of at least ``wbc_min_nucleus_area`` is a WBC
+       nucleus; the WBC is the nucleus grown by ``wbc_margin`` into the foreground.
+    4. A smaller stained group (``platelet_min_area`` .. ``platelet_max_area``) whose rim is
+       mostly not unstained cell (``platelet_max_cell_contact``) is a platelet; one ringed by
+       an RBC is an inclusion (parasite, stippling) and stays part of that RBC.
+    5. The remaining foreground is RBCs: touching ones are split by watershed on the smoothed
+       distance transform with seeds at least ``rbc_min_distance`` apart; fragments under
+       ``rbc_min_area`` are dropped.
+
+    Scores: WBC and platelet, how far the group's stain exceeds ``stain_threshold``; RBC, the
+    solidity of the region (a merged pair or a fragment is less convex).
+
+    Parameters
+    ----------
+    image_rgb
+        ``(H, W, 3)`` RGB image (uint8/uint16 or float in [0, 1]); a 4th channel is ignored.
+    params
+        Overrides of ``DEFAULT_PARAMS["blood-classical"]``.
+
+    Returns
+    -------
+    Annotation
+        Instances in class set ``blood3`` (rbc, wbc, platelet).
+    """
+    p = resolve_params("blood-classical", params)
+    scale = _Scale(p["diameter"])
+    rgb = _as_float_image(image_rgb, rgb=True, source="blood image")
+    sigma = scale.length(p["smooth"])
+    if sigma > 0:
+        rgb = ndi.gaussian_filter(rgb, (sigma, sigma, 0))
+
+    # 1. stained (purple) pixels: purple index = blue - green
+    purple = rgb[..., 2] - rgb[..., 1]
+    # azure-stained nuclei and platelets are blue-violet (blue above red); eosin-tinged or
+    # parasitised RBCs that look purple are magenta (red above blue). Chromatin is also the
+    # darkest thing on a smear: very dark purple pixels count whatever their hue (a nucleus
+    # seen through an eosinophil's orange granules turns red-purple).
+    density = -np.log10(np.clip(rgb, 1e-3, None) / np.clip(_background_colour(rgb, p), 1e-3, None))
+    dark = density.sum(axis=2) > p["stain_dark_density"]
+    violet = (rgb[..., 2] - rgb[..., 0] > p["stain_min_blue_over_red"]) | dark
+    purple = np.where(violet, purple, 0.0)
+    # hysteresis: faint purple (cell rims, blended edges) counts only when attached to a
+    # clearly stained core, so pale lilac RBC outlines do not become nuclei
+    dark_stain = dark & (purple > p["stain_dark_min_purple"])
+    weak = (purple > p["stain_threshold"]) | dark_stain
+    core = (purple > p["stain_core_threshold"]) | dark_stain
+    weak_parts, _ = ndi.label(weak)
+    has_core = np.zeros(int(weak_parts.max()) + 1, dtype=bool)
+    has_core[weak_parts[core]] = True
+    has_core[0] = False
+    stained = has_core[weak_parts]
+    open_r = scale.px(p["stain_open_radius"])
+    if open_r > 0:
+        stained = ndi.binary_opening(stained, _disk(open_r))
+
+    # 2. foreground = far (in colour) from the pale background. The threshold is computed on
+    # unstained pixels only: a dark nucleus would otherwise stretch the histogram and push
+    # the threshold above pale RBCs.
+    background = _background_colour(rgb, p)
+    colour_distance = np.sqrt(((rgb - background) ** 2).sum(axis=2))
+    unstained = colour_distance[~stained] if (~stained).any() else colour_distance.ravel()
+    level = _threshold(unstained, p["foreground_method"]) * float(p["foreground_scale"])
+    foreground = (colour_distance > level) | stained
+    close = scale.px(p["close_radius"])
+    if close > 0:
+        foreground = ndi.binary_closing(foreground, _disk(close), border_value=0) | foreground
+    foreground = fill_small_holes(foreground, scale.area(p["max_hole"]))
+
+    # 3. group stained blobs (nucleus lobes) and class the groups by area
+    blobs, n_blobs = ndi.label(stained)
+    labels = np.zeros(stained.shape, dtype=np.int32)
+    classes: dict[int, int] = {}
+    scores: dict[int, float] = {}
+    wbc_id, plt_id, rbc_id = BLOOD3.id_of("wbc"), BLOOD3.id_of("platelet"), BLOOD3.id_of("rbc")
+    taken = np.zeros(stained.shape, dtype=bool)
+    next_id = 1
+    if n_blobs:
+        group_r = scale.px(p["nucleus_group_radius"])
+        reach = ndi.binary_dilation(stained, _disk(group_r)) if group_r > 0 else stained
+        groups_img, n_groups = ndi.label(reach)
+        group_of_pixel = np.where(stained, groups_img, 0)
+        area = np.bincount(group_of_pixel.ravel(), minlength=n_groups + 1)
+        strength = np.bincount(
+            group_of_pixel.ravel(), weights=purple.ravel(), minlength=n_groups + 1
+        ) / np.maximum(area, 1)
+        stain_score = _logistic(strength - p["stain_threshold"], 0.05)
+        is_wbc = area >= scale.area(p["wbc_min_nucleus_area"])
+        is_wbc[0] = False
+
+        # WBCs: nucleus grown into the surrounding foreground; several WBCs share the
+        # cytoplasm between them by a watershed on distance to their nuclei
+        if is_wbc.any():
+            nuclei = np.where(is_wbc[group_of_pixel], group_of_pixel, 0)
+            margin = scale.px(p["wbc_margin"])
+            closed = ndi.binary_closing(nuclei > 0, _disk(max(group_r, 1)), border_value=0)
+            body = ndi.binary_dilation(closed, _disk(margin)) if margin > 0 else closed
+            body = fill_small_holes(body, scale.area(p["max_hole"]) * 4)
+            body &= foreground | closed
+            seeds = np.where(closed & ~(nuclei > 0), 0, nuclei)
+            wbc = watershed(ndi.distance_transform_edt(nuclei == 0), seeds, mask=body)
+            wbc_ids = np.flatnonzero(is_wbc)
+            remap = np.zeros(n_groups + 1, dtype=np.int32)
+            remap[wbc_ids] = np.arange(next_id, next_id + len(wbc_ids))
+            labels = np.where(wbc > 0, remap[wbc], 0).astype(np.int32)
+            for g, new in zip(wbc_ids, remap[wbc_ids]):
+                classes[int(new)] = wbc_id
+                scores[int(new)] = float(stain_score[g])
+            next_id += len(wbc_ids)
+            taken |= labels > 0
+
+        # platelets: small stained groups lying free, not ringed by an unstained cell
+        is_plt = (area >= scale.area(p["platelet_min_area"])) & (
+            area <= scale.area(p["platelet_max_area"])
+        )
+        is_plt &= ~is_wbc
+        is_plt[0] = False
+        if is_plt.any():
+            candidates = np.where(is_plt[group_of_pixel] & ~taken, group_of_pixel, 0)
+            # the rim is a ring 0.1-0.2 diameters out: beyond the blob's own blurred halo,
+            # still inside an RBC that would enclose an inclusion
+            rim_width = max(scale.px(0.1), 1)
+            gap, (near_r, near_c) = ndi.distance_transform_edt(candidates == 0, return_indices=True)
+            owner = candidates[near_r, near_c]
+            rim = (gap > rim_width) & (gap <= 2 * rim_width) & ~stained
+            rim_total = np.bincount(owner[rim], minlength=n_groups + 1)
+            rim_cell = np.bincount(owner[rim & foreground], minlength=n_groups + 1)
+            contact = rim_cell / np.maximum(rim_total, 1)
+            free = is_plt & (contact <= p["platelet_max_cell_contact"])
+            # the platelet object is its stained blob plus the stained pixels of its group
+            plt_ids = np.flatnonzero(free)
+            if len(plt_ids):
+                remap = np.zeros(n_groups + 1, dtype=np.int32)
+                remap[plt_ids] = np.arange(next_id, next_id + len(plt_ids))
+                plt_pixels = (remap[candidates] > 0) & ~taken
+                labels[plt_pixels] = remap[candidates][plt_pixels]
+                for g, new in zip(plt_ids, remap[plt_ids]):
+                    classes[int(new)] = plt_id
+                    scores[int(new)] = float(stain_score[g])
+                next_id += len(plt_ids)
+                # a platelet's blurred halo must not turn into an RBC fragment
+                taken |= ndi.binary_dilation(plt_pixels, _disk(rim_width))
+
+    # 5. RBCs: the rest of the foreground, touching cells split by distance watershed
+    rest = foreground & ~taken
+    rbc = split_touching(
+        rest,
+        scale.px(p["rbc_min_distance"]),
+        smooth=scale.length(p["rbc_distance_smooth"]),
+    )
+    rbc = remove_small_instances(rbc, scale.area(p["rbc_min_area"]))
+    rbc, _ = relabel_sequential(rbc)
+    n_rbc = int(rbc.max(initial=0))
+    if n_rbc:
+        props = regionprops_table(rbc, properties=("label", "solidity"))
+        labels = np.where(rbc > 0, rbc + next_id - 1, labels).astype(np.int32)
+        for lab, solidity in zip(props["label"], props["solidity"]):
+            classes[int(lab) + next_id - 1] = rbc_id
+            scores[int(lab) + next_id - 1] = float(solidity)
+    return _annotation(labels, classes, scores, BLOOD3, p, "blood-classical")
+
+
+def _background_colour(rgb: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    """Median colour of the brightest pixels: the empty glass and plasma of a smear."""
+    brightness = rgb.sum(axis=2)
+    bright = brightness >= np.quantile(brightness, p["background_quantile"])
+    return np.median(rgb[bright], axis=0)
+
+
+def _threshold(values: np.ndarray, method: str) -> float:
+    """A global threshold of ``values`` by name (triangle, otsu, li)."""
+    methods = {
+        "triangle": filters.threshold_triangle,
+        "otsu": filters.threshold_otsu,
+        "li": filters.threshold_li,
+    }
+    try:
+        func = methods[method]
+    except KeyError:
+        raise InputError(None, f"unknown threshold method {method!r}; known: {', '.join(methods)}") from None
+    if float(values.max()) - float(values.min()) < 1e-6:
+        return float(values.max())  # a flat image has nothing above its own level
+    return float(func(values))
+
+
+def _grey(image: np.ndarray, channel: int | None, source: str) -> np.ndarray:
+    """One float channel in [0, 1]: ``channel`` of a multichannel image, or their mean."""
+    img = _as_float_image(image, rgb=False, source=source)
+    if img.ndim == 2:
+        return img
+    if channel is None:
+        return img[..., : min(img.shape[-1], 3)].mean(axis=2)
+    if not -img.shape[-1] <= int(channel) < img.shape[-1]:
+        raise InputError(source, f"channel {channel} does not exist in an image of shape {img.shape}")
+    return img[..., int(channel)]
+
+
+# --------------------------------------------------------------------------------------
+# fluorescence: bright cells on a dark background
+# --------------------------------------------------------------------------------------
+def fluo_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) -> Annotation:
+    """Bright cells on a dark background (e.g. Fluorescent Neuronal Cells), without a model.
+
+    Method (as the Fluorescent Neuronal Cells ground truth was drafted, and the c-ResUnet
+    post-processing): Gaussian smoothing; a local (adaptive) threshold over a window of
+    ``block_size`` diameters, so uneven illumination and dim cells near bright ones are kept,
+    AND a global floor of ``otsu_floor`` x the Otsu level so flat background noise never
+    passes; holes under ``max_hole`` filled; objects under ``min_area`` dropped; peaks of
+    the smoothed distance transform at least ``min_distance`` diameters apart seed a
+    watershed that splits touching cells.
+
+    Score: mean intensity of the object relative to the threshold floor, squashed to (0, 1).
+
+    Parameters
+    ----------
+    image
+        2-D image, or ``(H, W, C)`` (``channel`` picks one; default the channel mean).
+    params
+        Overrides of ``DEFAULT_PARAMS["fluo-classical"]``.
+
+    Returns
+    -------
+    Annotation
+        Instances of class set ``cell``.
+    """
+    p = resolve_params("fluo-classical", params)
+    scale = _Scale(p["diameter"])
+    img = _grey(image, p["channel"], "fluorescence image")
+    sigma = scale.length(p["smooth"])
+    if sigma > 0:
+        img = ndi.gaussian_filter(img, sigma)
+    block = max(int(round(scale.length(p["block_size"]))) | 1, 3)  # odd, >= 3
+    local = filters.threshold_local(img, block, method="gaussian", offset=p["local_offset"])
+    floor = _threshold(img, "otsu") * float(p["otsu_floor"])
+    foreground = (img > local) & (img > floor)
+    foreground = fill_small_holes(foreground, scale.area(p["max_hole"]))
+    labels = split_touching(
+        foreground, scale.px(p["min_distance"]), smooth=scale.length(p["distance_smooth"])
+    )
+    labels = remove_small_instances(labels, scale.area(p["min_area"]))
+    labels, _ = relabel_sequential(labels)
+    n = int(labels.max(initial=0))
+    classes = {i: CELL.id_of("cell") for i in range(1, n + 1)}
+    scores: dict[int, float] = {}
+    if n:
+        means = ndi.mean(img, labels, np.arange(1, n + 1))
+        spread = max(float(img.max()) - floor, 1e-6)
+        score = _logistic((np.asarray(means) - floor) / spread, 0.1)
+        scores = {i: float(s) for i, s in zip(range(1, n + 1), score)}
+    return _annotation(labels, classes, scores, CELL, p, "fluo-classical")
+
+
+# --------------------------------------------------------------------------------------
+# NETs: neutrophils imaged with DNA dyes
+# --------------------------------------------------------------------------------------
+def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) -> Annotation:
+    """NETs, dead, unstimulated and decondensed neutrophils, without a model.
+
+    Method
+    ------
+    The assay images two DNA dyes: a membrane-impermeable one (``dna_channel``, SYTOX-like,
+    green in the NET paper's JPEGs) that enters only cells whose membrane is compromised
+    (dead cells, NETs), and a membrane-permeable one (``nuclear_channel``, Hoechst-like,
+    blue) that stains every nucleus.
+
+    1. Each channel is smoothed, its background (median) subtracted and thresholded
+       (``threshold_method``, never below ``min_signal``); objects are the union, holes
+       filled, touching objects split by a distance watershed, objects under ``min_area``
+       dropped.
+    2. Per object: area (in units of the reference nucleus area), solidity, mean signal of
+       each dye, and the impermeable-dye fraction ``dna / (dna + nuclear)``.
+    3. Rules, in order:
+
+       - fraction >= ``compromised_min_dna_fraction`` (membrane compromised):
+         **NET** when area >= ``net_min_area``, or fraction >= ``net_min_dna_fraction``
+         (chromatin decondensed and spread, dominated by the impermeable dye), or solidity
+         <= ``net_max_solidity`` (irregular); otherwise **dead** (a compact nucleus, still
+         bright in the permeable dye: condensed/pyknotic);
+       - intact: **decondensed** when area >= ``decondensed_min_area`` and its mean signal
+         is at most ``decondensed_max_intensity`` x the median of the normal-size intact
+         nuclei; otherwise **unstimulated**.
+
+       With ``nuclear_channel=None`` there is no membrane read-out: NET by area or solidity
+       as above; dead when compact and at least ``single_dye_dead_min_intensity`` x the
+       median object's brightness; decondensed/unstimulated as above.
+
+    Score: how far the deciding measurement lies past its threshold, squashed to (0, 1).
+
+    Parameters
+    ----------
+    image
+        ``(H, W, C)`` multichannel (e.g. RGB) image, or 2-D for a single DNA dye.
+    params
+        Overrides of ``DEFAULT_PARAMS["net-classical"]``.
+
+    Returns
+    -------
+    Annotation
+        Instances in class set ``net4`` plus their bounding boxes (``meta["boxes_mirror_
+        instances"]`` is True: the boxes describe the same objects, they are not extra ones).
+    """
+    p = resolve_params("net-classical", params)
+    scale = _Scale(p["diameter"])
+    img = _as_float_image(image, rgb=False, source="NET image")
+    nuclear_channel = p["nuclear_channel"]
+    if img.ndim == 2:
+        dna = img
+        nuclear_channel = None
+    else:
+        dna = _grey(img, p["dna_channel"], "NET image")
+    nuclear = None if nuclear_channel is None else _grey(img, nuclear_channel, "NET image")
+
+    sigma = scale.length(p["smooth"])
+    signals = []
+    foreground = np.zeros(dna.shape, dtype=bool)
+    for channel in (dna, nuclear):
+        if channel is None:
+            continue
+        smooth = ndi.gaussian_filter(channel, sigma) if sigma > 0 else channel
+        rise = np.clip(smooth - np.median(smooth), 0.0, None)
+        level = max(_threshold(rise, p["threshold_method"]), float(p["min_signal"]))
+        foreground |= rise > level
+        signals.append(rise)
+    foreground = fill_small_holes(foreground, scale.area(p["max_hole"]))
+    labels = split_touching(
+        foreground, scale.px(p["min_distance"]), smooth=scale.length(p["distance_smooth"])
+    )
+    labels = remove_small_instances(labels, scale.area(p["min_area"]))
+    labels, _ = relabel_sequential(labels)
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return _annotation(labels, {}, {}, NET4, p, "net-classical", with_boxes=True)
+
+    index = np.arange(1, n + 1)
+    props = regionprops_table(labels, properties=("label", "area", "solidity"))
+    area = props["area"] / scale.area_unit
+    solidity = props["solidity"]
+    dna_mean = np.asarray(ndi.mean(signals[0], labels, index))
+    if nuclear is not None:
+        nuc_mean = np.asarray(ndi.mean(signals[1], labels, index))
+        fraction = dna_mean / np.maximum(dna_mean + nuc_mean, 1e-6)
+        compromised = fraction >= p["compromised_min_dna_fraction"]
+        brightness = nuc_mean  # intact nuclei are read in the permeable dye
+    else:
+        fraction = np.full(n, np.nan)
+        compromised = np.zeros(n, dtype=bool)
+        brightness = dna_mean
+
+    net_by_area = area >= p["net_min_area"]
+    net_by_shape = solidity <= p["net_max_solidity"]
+    net_by_fraction = fraction >= p["net_min_dna_fraction"] if nuclear is not None else False
+    is_net = net_by_area | net_by_shape | net_by_fraction
+    if nuclear is not None:
+        is_net &= compromised
+        is_dead = compromised & ~is_net
+    else:
+        reference = np.median(brightness[~is_net]) if (~is_net).any() else np.median(brightness)
+        is_dead = ~is_net & (brightness >= p["single_dye_dead_min_intensity"] * reference)
+    intact = ~is_net & ~is_dead
+    enlarged = area >= p["decondensed_min_area"]
+    normal = intact & ~enlarged
+    pool = brightness[normal] if normal.any() else brightness[intact]
+    reference = float(np.median(pool)) if len(pool) else np.inf
+    is_decondensed = (
+        intact & enlarged & (brightness <= p["decondensed_max_intensity"] * reference)
+    )
+
+    ids = {name: NET4.id_of(name) for name in NET4.names}
+    class_of = np.full(n, ids["unstimulated"], dtype=np.int32)
+    class_of[is_decondensed] = ids["decondensed"]
+    class_of[is_dead] = ids["dead"]
+    class_of[is_net] = ids["NET"]
+
+    # score: distance past the deciding threshold, on a log scale for areas
+    area_margin = np.log(area / p["net_min_area"])
+    if nuclear is not None:
+        frac_margin = fraction - p["compromised_min_dna_fraction"]
+        net_margin = np.maximum(area_margin, fraction - p["net_min_dna_fraction"])
+        score = np.where(
+            is_net,
+            _logistic(net_margin, 0.15),
+            np.where(is_dead, _logistic(np.minimum(frac_margin, -net_margin), 0.05),
+                     _logistic(-frac_margin, 0.03)),
+        )
+    else:
+        score = np.where(is_net, _logistic(area_margin, 0.15), _logistic(-area_margin, 0.3))
+    decond_margin = np.log(area / p["decondensed_min_area"])
+    score = np.where(is_decondensed, np.minimum(score, _logistic(decond_margin, 0.15)), score)
+    score = np.where(
+        intact & ~is_decondensed, np.minimum(score, _logistic(-decond_margin, 0.15)), score
+    )
+    classes = {int(i): int(c) for i, c in zip(index, class_of)}
+    scores = {int(i): float(s) for i, s in zip(index, score)}
+    return _annotation(labels, classes, scores, NET4, p, "net-classical", with_boxes=True)
+
+
+#: The pipelines by model name (the ``pipeline`` field of a classical model card).
+PIPELINES = {
+    "blood-classical": blood_classical,
+    "fluo-classical": fluo_classical,
+    "net-classical": net_classical,
+}
+
+
+def run_pipeline(
+    name: str, image: np.ndarray, params: Mapping[str, Any] | None = None
+) -> Annotation:
+    """Run the classical pipeline ``name`` (a key of :data:`PIPELINES`) on ``image``."""
+    try:
+        pipeline = PIPELINES[name]
+    except KeyError:
+        raise InputError(
+            None, f"unknown classical pipeline {name!r}; known: {', '.join(PIPELINES)}"
+        ) from None
+    return pipeline(image, params)

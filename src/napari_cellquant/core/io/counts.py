@@ -1,0 +1,129 @@
+"""Object counts per image and class, as rows and as a CSV file.
+
+The CSV has exactly the columns ``image,class,count``, one row per class of each image's
+class set, zeros included, so a missing class is never confused with a missing row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..annotation import Annotation
+from ..errors import InputError
+from .atomic import atomic_path
+
+PathLike = str | os.PathLike[str]
+
+#: The CSV columns, in order.
+COLUMNS: tuple[str, ...] = ("image", "class", "count")
+
+
+def counts_rows(annotations: Sequence[Annotation]) -> list[dict[str, str | int]]:
+    """One row per (image, class): ``{"image": name, "class": name, "count": n}``.
+
+    Counts come from :meth:`Annotation.counts` (instances plus boxes); every class of each
+    annotation's class set is listed, in class order, zeros included.
+    """
+    return [
+        {"image": annotation.image_name, "class": name, "count": n}
+        for annotation in annotations
+        for name, n in annotation.counts().items()
+    ]
+
+
+def write_counts_csv(
+    annotations: Sequence[Annotation], path: PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write :func:`counts_rows` as a CSV file (UTF-8, columns ``image,class,count``).
+
+    Parameters
+    ----------
+    annotations
+        The images to count.
+    path
+        CSV file to write (atomically).
+    overwrite
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
+    """
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(counts_rows(annotations))
+    target = Path(path)
+    with atomic_path(target, overwrite=overwrite) as tmp:
+        tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
+    return target
+
+
+def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
+    """Read a counts CSV back as rows with integer counts.
+
+    The header must hold the columns ``image``, ``class`` and ``count`` (in any order;
+    other columns are ignored). A byte-order mark, as spreadsheet programs write, is fine.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, no header, missing columns, a row with the wrong number
+        of fields, or a count that is not a whole number >= 0 (naming the line).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "no such file" if not p.exists() else "is not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(p, f"is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise InputError(p, f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise InputError(p, f"is not valid CSV ({exc})") from exc
+    # csv gives [] for blank lines; keep line numbers for messages
+    numbered = [(i + 1, r) for i, r in enumerate(records) if r]
+    if not numbered:
+        raise InputError(p, "is empty; expected a header line image,class,count")
+    header_line, header = numbered[0]
+    header = [h.strip() for h in header]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise InputError(
+            p, f"line {header_line}: header {','.join(header)!r} lacks column(s) "
+            f"{', '.join(missing)} (expected image,class,count)"
+        )
+    where = {c: header.index(c) for c in COLUMNS}
+    rows: list[dict[str, str | int]] = []
+    for line, record in numbered[1:]:
+        if len(record) != len(header):
+            raise InputError(
+                p, f"line {line}: {len(record)} fields, expected {len(header)} as in the header"
+            )
+        raw = record[where["count"]].strip()
+        try:
+            count = int(raw)
+        except ValueError:
+            raise InputError(p, f"line {line}: count {raw!r} is not a whole number") from None
+        if count < 0:
+            raise InputError(p, f"line {line}: count {count} is negative")
+        rows.append(
+            {"image": record[where["image"]], "class": record[where["class"]], "count": count}
+        )
+    return rows
+
+
+__all__ = ["COLUMNS", "counts_rows", "read_counts_csv", "write_counts_csv"]

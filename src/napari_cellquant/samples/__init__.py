@@ -1,0 +1,1 @@
+"""Sample data shipped with the plugin (a package so that wheels include its files)."""

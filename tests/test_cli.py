@@ -1,0 +1,118 @@
+"""`cellquant convert` and `cellquant models` driven exactly as a user types them."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cellquant.cli import main
+from napari_cellquant.core.annotation import Annotation
+from napari_cellquant.core.classes import BLOOD10
+from napari_cellquant.core.io import read_annotations, write_annotations
+
+
+def _blood_annotation(name="smear.png", seed=0) -> Annotation:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((64, 80), dtype=np.int32)
+    classes = {}
+    for i in range(1, 13):
+        r, c = rng.integers(0, 56), rng.integers(0, 72)
+        labels[r : r + rng.integers(2, 9), c : c + rng.integers(2, 9)] = i
+        classes[i] = int(rng.integers(1, 10))
+    present = {int(i) for i in np.unique(labels) if i}
+    return Annotation(labels, BLOOD10, classes={k: v for k, v in classes.items() if k in present},
+                      image_name=name)
+
+
+def _same(a: Annotation, b: Annotation) -> None:
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.classes == b.classes
+
+
+def test_convert_coco_to_masks_and_back(tmp_path, capsys):
+    original = [_blood_annotation("a.png", 1), _blood_annotation("b.png", 2)]
+    write_annotations(original, tmp_path / "in.json", to="coco", encoding="rle")
+    assert main(["convert", str(tmp_path / "in.json"), str(tmp_path / "masks"), "--to", "masks"]) == 0
+    assert (tmp_path / "masks" / "a_instances.tif").is_file()
+    assert (tmp_path / "masks" / "b_classes.tif").is_file()
+    assert tifffile.imread(tmp_path / "masks" / "a_instances.tif").dtype == np.uint16
+    assert main(["convert", str(tmp_path / "masks"), str(tmp_path / "out.json"),
+                 "--to", "coco", "--rle"]) == 0
+    back = read_annotations(tmp_path / "out.json")
+    assert [a.image_name.split(".")[0] for a in back] == ["a", "b"]
+    for a, b in zip(original, back):
+        _same(a, b)
+
+
+def test_convert_counts_csv_lists_every_class(tmp_path):
+    write_annotations([_blood_annotation()], tmp_path / "in.json", to="coco", encoding="rle")
+    assert main(["convert", str(tmp_path / "in.json"), str(tmp_path / "counts.csv"), "--to", "csv"]) == 0
+    with open(tmp_path / "counts.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == list(BLOOD10.names)
+    assert sum(int(r["count"]) for r in rows) == len(_blood_annotation().instance_ids())
+
+
+def test_existing_output_is_not_overwritten_without_flag(tmp_path, capsys):
+    write_annotations([_blood_annotation()], tmp_path / "in.json", to="coco", encoding="rle")
+    target = tmp_path / "out.json"
+    target.write_text("precious")
+    assert main(["convert", str(tmp_path / "in.json"), str(target), "--to", "coco"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert target.read_text() == "precious"
+    assert main(["convert", str(tmp_path / "in.json"), str(target), "--to", "coco",
+                 "--overwrite"]) == 0
+    assert json.loads(target.read_text())["categories"][0]["name"] == "eosinophil"
+
+
+def test_colour_map_needs_classes_and_then_reads(tmp_path, capsys):
+    from skimage.io import imsave
+
+    class_map = np.zeros((60, 60), dtype=np.int32)
+    class_map[5:25, 5:25] = BLOOD10.id_of("healthy_rbc")
+    class_map[35:55, 30:55] = BLOOD10.id_of("monocyte")
+    imsave(tmp_path / "map.png", BLOOD10.encode_colors(class_map), check_contrast=False)
+    assert main(["convert", str(tmp_path / "map.png"), str(tmp_path / "c.csv"), "--to", "csv"]) == 1
+    assert "--classes" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "map.png"), str(tmp_path / "c.csv"), "--to", "csv",
+                 "--classes", "blood10"]) == 0
+    counts = {r["class"]: int(r["count"]) for r in csv.DictReader(open(tmp_path / "c.csv"))}
+    assert counts["healthy_rbc"] == 1 and counts["monocyte"] == 1 and counts["basophil"] == 0
+
+
+def test_from_forces_the_kind(tmp_path, capsys):
+    write_annotations([_blood_annotation()], tmp_path / "in.json", to="coco", encoding="rle")
+    assert main(["convert", str(tmp_path / "in.json"), str(tmp_path / "x"), "--to", "voc",
+                 "--from", "voc"]) == 1
+    assert "in.json" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["convert", str(tmp_path), str(tmp_path / "o"), "--to", "pdf"])
+    assert exc.value.code == 2
+
+
+def test_missing_source_names_the_path(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nope.json"), str(tmp_path / "o.json"), "--to", "coco"]) == 1
+    assert "nope.json: no such file or folder" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_net_voc_folder_to_coco_keeps_boxes(shared_data, tmp_path, capsys):
+    net = shared_data / "net_fluorescence"
+    assert main(["convert", str(net / "voc"), str(tmp_path / "net.json"), "--to", "coco",
+                 "--images", str(net / "images")]) == 0
+    assert "1920" in capsys.readouterr().err  # the size mismatch is reported, not hidden
+    from_voc = read_annotations(tmp_path / "net.json", images_dir=net / "images")
+    from_coco = read_annotations(net / "coco.json", images_dir=net / "images")
+    assert sum(len(a.boxes) for a in from_voc) == 43
+    by_name = {a.image_name: a for a in from_coco}
+    for ann in from_voc:
+        ref = by_name[ann.image_name]
+        order_a = np.lexsort(ann.boxes.xywh.T)
+        order_b = np.lexsort(ref.boxes.xywh.T)
+        np.testing.assert_allclose(ann.boxes.xywh[order_a], ref.boxes.xywh[order_b], atol=1.0)
+        assert ann.boxes.class_ids[order_a].tolist() == ref.boxes.class_ids[order_b].tolist()
