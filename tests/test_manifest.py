@@ -66,7 +66,8 @@ def test_contributions_are_the_documented_ones(manifest):
         "write_coco": [".json"], "write_voc": [".xml"],
         "write_label_tiff": [".tif", ".tiff"], "write_counts_csv": [".csv"],
     }
-    assert {s.key for s in contributions.sample_data} == {"net_fluorescence", "synthetic_blood_smear"}
+    keys = {s.key for s in contributions.sample_data}
+    assert keys == {"net_fluorescence", "synthetic_blood_smear"}
 
 
 @pytest.mark.parametrize(

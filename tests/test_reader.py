@@ -176,7 +176,8 @@ def test_real_net_annotations_open_in_the_image_grid(make_napari_viewer, shared_
         corners = np.concatenate(boxes.data)
         assert corners[:, 0].max() > 700 and corners[:, 1].max() > 1000
         green = image.data[..., 1].astype(float)
-        assert green[_inside(boxes, green.shape)].mean() > 3 * green[~_inside(boxes, green.shape)].mean()
+        inside = _inside(boxes, green.shape)
+        assert green[inside].mean() > 3 * green[~inside].mean()
 
 
 def _inside(shapes, shape):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,8 @@ def test_net_sample_gives_image_and_class_coloured_boxes(make_napari_viewer):
     assert image.data.shape == (768, 1024, 3) and image.rgb
     assert len(boxes.data) == 16
     names = list(boxes.features["class_name"])
-    assert {n: names.count(n) for n in set(names)} == {"NET": 12, "unstimulated": 2, "decondensed": 2}
+    counts = {n: names.count(n) for n in set(names)}
+    assert counts == {"NET": 12, "unstimulated": 2, "decondensed": 2}
     corners = np.concatenate(boxes.data)
     assert corners.min() > -1 and corners[:, 0].max() < 768 and corners[:, 1].max() < 1024
     for name, colour in zip(names, boxes.edge_color, strict=True):

@@ -180,7 +180,9 @@ def annotation_to_layer_data(
     -------
     list of (data, kwargs, layer_type)
         Image (if given), then Labels (when there are instances, or nothing at all, so
-        there is a layer to paint into), then Shapes (when there are boxes).
+        there is a layer to paint into), then Shapes (when there are boxes). The Labels data
+        is ``ann.labels`` itself, not a copy: napari paints into it, so pass ``ann.copy()``
+        when the annotation must stay as it is.
     """
     base = name or layer_base_name(ann)
     placement: dict[str, Any] = {}
@@ -472,8 +474,7 @@ def _group_to_annotation(group: _Group, class_set: ClassSet | None) -> Annotatio
         data, meta = group.labels
         name = str(meta.get("name"))
         labels = _labels_array(data, meta, name)
-        lab_scale, lab_translate = _placement(meta, np.ndim(data) if not meta.get("multiscale")
-                                              else np.ndim(data[0]))
+        lab_scale, lab_translate = _placement(meta, labels.ndim)
         present = np.unique(labels)
         present = present[present != 0]
         table = _as_table(meta.get("features"))

@@ -9,24 +9,47 @@ Overwriting: these functions pass ``overwrite=True``. They are only called by na
 the user chose the path in the save dialog, which already asked before replacing an existing
 file, or by ``viewer.layers.save(path)``, where the script names the path on purpose (napari's
 own writers replace files too). The command line and the core keep refusing by default.
+
+Errors: napari's ``viewer.layers.save`` treats any ``ValueError`` from a writer as "this
+writer does not apply" and only warns that the plugin is not a valid writer, which would hide
+our message (``InputError`` is a ``ValueError``). The writers therefore re-raise input
+problems as a plain :class:`~napari_cellquant.core.errors.CellquantError` with the same
+message, chained to the original, so napari shows the user what is wrong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ._layers import layer_data_to_annotation
 from .core.annotation import Annotation
+from .core.errors import CellquantError, InputError
 
 FullLayerData = tuple[Any, Mapping[str, Any], str]
+_F = TypeVar("_F", bound=Callable[..., list[str]])
+
+
+def _shown_by_napari(writer: _F) -> _F:
+    """Re-raise InputError as CellquantError, which napari does not swallow (see above)."""
+
+    @functools.wraps(writer)
+    def wrapped(*args: Any, **kwargs: Any) -> list[str]:
+        try:
+            return writer(*args, **kwargs)
+        except InputError as exc:
+            raise CellquantError(str(exc)) from exc
+
+    return wrapped  # type: ignore[return-value]
 
 
 def _annotations(layer_data: Sequence[FullLayerData]) -> list[Annotation]:
     return layer_data_to_annotation(list(layer_data))
 
 
+@_shown_by_napari
 def write_coco(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
     """Write Labels (instances) and Shapes (boxes) layers as one COCO JSON file.
 
@@ -38,6 +61,7 @@ def write_coco(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
     return [str(p) for p in written]
 
 
+@_shown_by_napari
 def write_voc(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
     """Write boxes (and each instance's bounding box) as Pascal VOC XML.
 
@@ -61,6 +85,7 @@ def write_voc(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
     return [str(target)]
 
 
+@_shown_by_napari
 def write_label_tiff(path: str, data: Any, meta: Mapping[str, Any]) -> list[str]:
     """Write one Labels layer as ``<stem>_instances.tif`` plus ``<stem>_classes.tif``.
 
@@ -83,6 +108,7 @@ def write_label_tiff(path: str, data: Any, meta: Mapping[str, Any]) -> list[str]
     return [str(p) for p in written]
 
 
+@_shown_by_napari
 def write_counts_csv(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
     """Write objects per class and image (every class listed, even at 0) as CSV."""
     from .core.io import write_annotations

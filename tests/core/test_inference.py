@@ -14,7 +14,6 @@ from napari_cellquant.core.inference import (
     ProgressEvent,
     blend_window,
     choose_device,
-    dequantize,
     iter_predict_maps,
     predict_maps,
     prepare_image,
@@ -240,7 +239,7 @@ def test_output_follows_a_shift_of_the_input() -> None:
         b = predict_maps(big[:-shift], net, **kwargs, **extra)["classes"]
         # a[i] and b[i + shift] saw the same pixels; ignore a margin at the image border
         m = 6
-        return float(np.abs(a[m:-m - shift] - b[m + shift : -m]).max())
+        return float(np.abs(a[:, m:-m - shift] - b[:, m + shift : -m]).max())
 
     blended = interior_difference()
     # tile borders fall elsewhere relative to the content, yet the maps agree closely ...
@@ -275,8 +274,8 @@ def test_matches_whole_image_prediction_away_from_tile_borders() -> None:
     tiled = predict_maps(image, net, tile=32, overlap=0.5, device=CPU, compact=False)["classes"]
     with torch.inference_mode():
         direct = torch.softmax(net(torch.from_numpy(image).permute(2, 0, 1)[None])["classes"], 1)
-    np.testing.assert_allclose(whole, direct[0].permute(1, 2, 0).numpy(), atol=1e-6)
-    assert np.abs(tiled - whole)[4:-4, 4:-4].max() < 5e-3
+    np.testing.assert_allclose(whole, direct[0].numpy(), atol=1e-6)
+    assert np.abs(tiled - whole)[:, 4:-4, 4:-4].max() < 5e-3
 
 
 # --- sizes, heads, compact outputs ---------------------------------------------------------------
@@ -290,10 +289,11 @@ def test_any_image_size(h: int, w: int) -> None:
     out = predict_maps(image, net, tile=32, overlap=0.3, device=CPU)
     assert out["classes"].shape == (h, w) and out["classes"].dtype == np.uint8
     assert out["classes"].max() <= 2
-    assert out["classes_confidence"].dtype == np.uint8
+    assert out["classes_confidence"].dtype == np.float16
     assert out["classes_foreground"].shape == (h, w)
     assert out["distance"].shape == (h, w) and out["distance"].dtype == np.float16
-    assert out["boundary"].shape == (h, w) and out["boundary"].dtype == np.uint8
+    assert out["boundary"].shape == (h, w) and out["boundary"].dtype == np.float16
+    assert 0 <= out["boundary"].min() and out["boundary"].max() <= 1
 
 
 def test_compact_outputs_agree_with_float_outputs() -> None:
@@ -303,15 +303,14 @@ def test_compact_outputs_agree_with_float_outputs() -> None:
     full = predict_maps(image, net, tile=32, device=CPU, compact=False)
     compact = predict_maps(image, net, tile=32, device=CPU)
     probs = full["classes"]
-    assert probs.shape == (70, 90, 4) and probs.dtype == np.float32
-    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
-    np.testing.assert_array_equal(compact["classes"], probs.argmax(-1))
-    half_step = 0.5 / 255 + 1e-6
-    assert np.abs(dequantize(compact["classes_confidence"]) - probs.max(-1)).max() <= half_step
-    foreground = dequantize(compact["classes_foreground"])
-    assert np.abs(foreground - (1 - probs[..., 0])).max() <= half_step
-    assert np.abs(dequantize(compact["boundary"]) - full["boundary"]).max() <= half_step
-    np.testing.assert_allclose(compact["distance"], full["distance"], rtol=1e-3, atol=1e-3)
+    assert probs.shape == (4, 70, 90) and probs.dtype == np.float32  # channel-first
+    np.testing.assert_allclose(probs.sum(0), 1, rtol=1e-5)
+    np.testing.assert_array_equal(compact["classes"], probs.argmax(0))
+    f16 = {"rtol": 1e-3, "atol": 1e-4}  # float16 rounding
+    np.testing.assert_allclose(compact["classes_confidence"], probs.max(0), **f16)
+    np.testing.assert_allclose(compact["classes_foreground"], 1 - probs[0], **f16)
+    np.testing.assert_allclose(compact["boundary"], full["boundary"], **f16)
+    np.testing.assert_allclose(compact["distance"], full["distance"], **f16)
 
 
 def test_detection_heads_at_stride() -> None:
@@ -319,12 +318,17 @@ def test_detection_heads_at_stride() -> None:
                          "detector": {"n_classes": 3, "stride": 4, "head_width": 8}})
     image = np.random.default_rng(4).random((90, 70, 3), dtype=np.float32)
     out = predict_maps(image, net, tile=32, device=CPU)
-    assert out["heatmap"].shape == (23, 18, 3) and out["heatmap"].dtype == np.float16
-    assert out["size"].shape == (23, 18, 2) and out["offset"].shape == (23, 18, 2)
+    assert out["heatmap"].shape == (3, 23, 18) and out["heatmap"].dtype == np.float16
+    assert out["size"].shape == (2, 23, 18) and out["offset"].shape == (2, 23, 18)
     assert 0 < out["heatmap"].min() and out["heatmap"].max() < 1  # sigmoid applied
+    assert out["size"].min() > 0  # log-encoded sizes come back in pixels (exp applied)
+    assert out["offset"].min() < 0 or out["offset"].max() > 1  # raw regression, untouched
     # a single whole-image tile gives the same strided maps up to blending of borders
     whole = predict_maps(image, net, tile=96, device=CPU, compact=False)
-    assert np.abs(whole["heatmap"] - out["heatmap"])[2:-2, 2:-2].max() < 0.05
+    assert np.abs(whole["heatmap"] - out["heatmap"])[:, 2:-2, 2:-2].max() < 0.05
+    raw = predict_maps(image, net, tile=32, device=CPU, outputs={"size": "identity"},
+                       compact=False)
+    np.testing.assert_allclose(np.exp(raw["size"]), out["size"], rtol=0.05)
 
 
 def test_selected_outputs_and_activations() -> None:
@@ -336,11 +340,13 @@ def test_selected_outputs_and_activations() -> None:
     assert out["classes"].min() < 0 or out["classes"].max() > 1  # raw logits, not probabilities
 
 
-def test_memmap_outputs_equal_in_memory_outputs(tmp_path) -> None:
+@pytest.mark.parametrize("compact", [True, False])  # 2-D maps; channel-first (C, H, W) maps
+def test_memmap_outputs_equal_in_memory_outputs(tmp_path, compact: bool) -> None:
     net = build_network({"width": 4, "depth": 2, "n_classes": 2, "heads": ["classes", "distance"]})
     image = np.random.default_rng(6).random((75, 66, 3), dtype=np.float32)
-    in_memory = predict_maps(image, net, tile=32, device=CPU)
-    on_disk = predict_maps(image, net, tile=32, device=CPU, memmap_above=0, memmap_dir=tmp_path)
+    kw = {"tile": 32, "device": CPU, "compact": compact}
+    in_memory = predict_maps(image, net, **kw)
+    on_disk = predict_maps(image, net, **kw, memmap_above=0, memmap_dir=tmp_path)
     assert set(on_disk) == set(in_memory)
     for key, value in in_memory.items():
         assert isinstance(on_disk[key], np.memmap)

@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 from skimage import filters
 from skimage.measure import regionprops_table
 from skimage.segmentation import watershed
+from skimage.transform import resize
 
 from .annotation import Annotation
 from .classes import BLOOD3, CELL, NET4
@@ -32,7 +33,6 @@ from .errors import InputError
 from .postprocess import (
     boxes_from_labels,
     fill_small_holes,
-    peak_markers,
     relabel_sequential,
     remove_small_instances,
     split_touching,
@@ -53,6 +53,9 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "blood-classical": {
         # RBC diameter in pixels: about 90 in BCCD's 640x480 photographs, 40 in the 224x224 set
         "diameter": 90.0,
+        # larger images are analysed shrunk so that a diameter is at most this many pixels
+        # (counts do not change; outlines come back at full size, blocky by the shrink factor)
+        "max_working_diameter": 90.0,
         "smooth": 0.03,  # Gaussian sigma before thresholding (length)
         "background_quantile": 0.8,  # the brightest 20% pixels give the background colour
         "foreground_method": "triangle",  # threshold on colour distance to the background
@@ -71,6 +74,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "platelet_min_area": 0.008,  # smaller stained specks are noise (area)
         "platelet_max_area": 0.3,  # larger but not WBC-size stained blobs are ignored (area)
         "platelet_max_cell_contact": 0.5,  # stained blob ringed by unstained cell = inclusion
+        "platelet_rim": 0.1,  # ... judged on a ring this far out, as wide again (length)
         "rbc_min_area": 0.2,  # smaller unstained fragments are dropped (area)
         "rbc_min_distance": 0.35,  # minimum distance between RBC seeds (length)
         "rbc_distance_smooth": 0.06,  # blur of the distance map before seeding (length)
@@ -78,11 +82,13 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "fluo-classical": {
         # cell diameter in pixels (Fluorescent Neuronal Cells, 1600x1200: about 40)
         "diameter": 40.0,
+        "max_working_diameter": 40.0,  # see blood-classical
         "channel": None,  # None: mean of the colour channels; an int picks one
         "smooth": 0.05,  # Gaussian sigma (length)
         "block_size": 3.0,  # side of the local-threshold window (length), made odd
         "local_offset": 0.0,  # subtracted from the local threshold (intensity units 0..1)
         "otsu_floor": 0.75,  # pixels must also exceed this fraction of the global Otsu level
+        "min_snr": 5.0,  # ... and the background by this many robust noise deviations
         "max_hole": 0.48,  # holes filled up to this area (600 px at diameter 40)
         "min_area": 0.16,  # objects under this area dropped (200 px at diameter 40)
         "min_distance": 0.5,  # peak footprint half-width (a 40x40 footprint at diameter 40)
@@ -91,6 +97,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
     "net-classical": {
         # diameter of an unstimulated neutrophil nucleus in pixels (1024x768 JPEGs: about 28)
         "diameter": 28.0,
+        "max_working_diameter": 30.0,  # see blood-classical
         # membrane-impermeable DNA dye (SYTOX-like: stains dead cells and NETs), channel index
         "dna_channel": 1,
         # membrane-permeable DNA dye (Hoechst-like: stains every nucleus), channel index;
@@ -131,7 +138,9 @@ def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any
         unknown = sorted(set(params) - set(defaults))
         if unknown:
             raise InputError(
-                None, f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
+                None,
+                f"{name}: unknown parameter(s) {', '.join(unknown)}; "
+                f"known: {', '.join(defaults)}",
             )
         merged.update(params)
     diameter = merged["diameter"]
@@ -157,10 +166,29 @@ class _Scale:
         return max(int(round(fraction * self.area_unit)), 0)
 
 
-def _disk(radius: int) -> np.ndarray:
-    r = max(int(radius), 0)
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return xx**2 + yy**2 <= r * r + r  # "+ r" makes small disks less diamond-like
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Dilation by a disk of ``radius`` px via the distance transform: O(pixels) at any radius,
+    where a structuring element would cost pixels x radius**2 on a 12-megapixel photograph."""
+    if radius <= 0 or not mask.any():
+        return mask.copy()
+    return ndi.distance_transform_edt(~mask) <= radius
+
+
+def _erode(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Erosion by a disk of ``radius`` px (the image border counts as foreground)."""
+    if radius <= 0:
+        return mask.copy()
+    return ndi.distance_transform_edt(mask) > radius
+
+
+def _close(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Closing by a disk; never removes pixels of ``mask``."""
+    return (_erode(_dilate(mask, radius), radius) | mask) if radius > 0 else mask.copy()
+
+
+def _open(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Opening by a disk: removes parts thinner than ``2 * radius``."""
+    return (_dilate(_erode(mask, radius), radius) & mask) if radius > 0 else mask.copy()
 
 
 def _as_float_image(image: np.ndarray, *, rgb: bool, source: str) -> np.ndarray:
@@ -191,6 +219,38 @@ def _as_float_image(image: np.ndarray, *, rgb: bool, source: str) -> np.ndarray:
     return out
 
 
+def _working_scale(image: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarray, _Scale]:
+    """Shrink ``image`` so that ``diameter`` becomes at most ``max_working_diameter`` px.
+
+    Every size in the parameters is relative to the diameter, so the result does not depend
+    on the shrink, while a 12-megapixel photograph with 500-px cells is analysed in seconds.
+    """
+    diameter = float(p["diameter"])
+    limit = float(p.get("max_working_diameter") or diameter)
+    factor = min(1.0, limit / diameter)
+    if factor >= 1.0 or min(image.shape[:2]) * factor < 16:
+        return image, _Scale(diameter)
+    shape = (
+        max(int(round(image.shape[0] * factor)), 1),
+        max(int(round(image.shape[1] * factor)), 1),
+    )
+    small = resize(
+        image, shape + image.shape[2:], order=1, anti_aliasing=True, preserve_range=True
+    ).astype(np.float32)
+    return small, _Scale(diameter * shape[0] / image.shape[0])
+
+
+def _upsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour enlargement of a label image to ``shape`` (pixel centres aligned)."""
+    if labels.shape == tuple(shape):
+        return labels
+    rows = ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.intp)
+    cols = ((np.arange(shape[1]) + 0.5) * labels.shape[1] / shape[1]).astype(np.intp)
+    rows = np.minimum(rows, labels.shape[0] - 1)
+    cols = np.minimum(cols, labels.shape[1] - 1)
+    return labels[rows[:, None], cols]
+
+
 def _annotation(
     labels: np.ndarray,
     classes: dict[int, int],
@@ -200,7 +260,10 @@ def _annotation(
     pipeline: str,
     *,
     with_boxes: bool = False,
+    shape: tuple[int, int] | None = None,
 ) -> Annotation:
+    if shape is not None:
+        labels = _upsample_labels(labels, shape)
     labels, mapping = relabel_sequential(labels)
     classes = {mapping[k]: v for k, v in classes.items() if k in mapping}
     scores = {mapping[k]: float(np.clip(v, 0.0, 1.0)) for k, v in scores.items() if k in mapping}
@@ -232,18 +295,24 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
 
     Method
     ------
-    1. Background colour = median colour of the brightest pixels (``background_quantile``);
-       foreground = colour distance to it above a histogram threshold (triangle by default:
-       robust when dark nuclei and pale RBCs share an image, where Otsu splits nuclei from
-       everything else). Broken RBC rims are closed and central pallor filled (``max_hole``).
-    2. Purple index = blue - green: azure/eosin-stained nuclei and platelets absorb green far
-       more than blue, haemoglobin absorbs both. Above ``stain_threshold`` = stained.
+    1. Stain: purple index = blue - green (azure-stained chromatin and platelet granules
+       absorb green far more than blue; haemoglobin much less so), kept only where blue >
+       red + ``stain_min_blue_over_red`` (blue-violet, not the magenta of eosin-tinged or
+       parasitised RBCs) or where the summed optical density exceeds ``stain_dark_density``
+       (chromatin is the darkest thing on a smear). Hysteresis: pixels above
+       ``stain_threshold`` count when connected to a core above ``stain_core_threshold``.
+    2. Foreground: background colour = median of the brightest pixels
+       (``background_quantile``); foreground = colour distance to it above a threshold
+       (triangle by default) computed on the unstained pixels only (a dark nucleus would
+       stretch the histogram past pale RBCs), plus the stained pixels. Broken RBC rims are
+       closed (``close_radius``) and central pallor filled (``max_hole``).
     3. Stained blobs within ``nucleus_group_radius`` of each other (the lobes of one
        segmented nucleus) form groups. A group of at least ``wbc_min_nucleus_area`` is a WBC
        nucleus; the WBC is the nucleus grown by ``wbc_margin`` into the foreground.
     4. A smaller stained group (``platelet_min_area`` .. ``platelet_max_area``) whose rim is
-       mostly not unstained cell (``platelet_max_cell_contact``) is a platelet; one ringed by
-       an RBC is an inclusion (parasite, stippling) and stays part of that RBC.
+       (a ring ``platelet_rim``..2x``platelet_rim`` out) is mostly not unstained cell
+       (``platelet_max_cell_contact``) is a platelet; one ringed by an RBC is an inclusion
+       (parasite, stippling) and stays part of that RBC. Its pixels are the stained ones.
     5. The remaining foreground is RBCs: touching ones are split by watershed on the smoothed
        distance transform with seeds at least ``rbc_min_distance`` apart; fragments under
        ``rbc_min_area`` are dropped.
@@ -264,8 +333,9 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
         Instances in class set ``blood3`` (rbc, wbc, platelet).
     """
     p = resolve_params("blood-classical", params)
-    scale = _Scale(p["diameter"])
     rgb = _as_float_image(image_rgb, rgb=True, source="blood image")
+    full_shape = rgb.shape[:2]
+    rgb, scale = _working_scale(rgb, p)
     sigma = scale.length(p["smooth"])
     if sigma > 0:
         rgb = ndi.gaussian_filter(rgb, (sigma, sigma, 0))
@@ -276,7 +346,8 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
     # parasitised RBCs that look purple are magenta (red above blue). Chromatin is also the
     # darkest thing on a smear: very dark purple pixels count whatever their hue (a nucleus
     # seen through an eosinophil's orange granules turns red-purple).
-    density = -np.log10(np.clip(rgb, 1e-3, None) / np.clip(_background_colour(rgb, p), 1e-3, None))
+    background = _background_colour(rgb, p)
+    density = -np.log10(np.clip(rgb, 1e-3, None) / np.clip(background, 1e-3, None))
     dark = density.sum(axis=2) > p["stain_dark_density"]
     violet = (rgb[..., 2] - rgb[..., 0] > p["stain_min_blue_over_red"]) | dark
     purple = np.where(violet, purple, 0.0)
@@ -292,32 +363,30 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
     stained = has_core[weak_parts]
     open_r = scale.px(p["stain_open_radius"])
     if open_r > 0:
-        stained = ndi.binary_opening(stained, _disk(open_r))
+        stained = _open(stained, open_r)
 
     # 2. foreground = far (in colour) from the pale background. The threshold is computed on
     # unstained pixels only: a dark nucleus would otherwise stretch the histogram and push
     # the threshold above pale RBCs.
-    background = _background_colour(rgb, p)
     colour_distance = np.sqrt(((rgb - background) ** 2).sum(axis=2))
     unstained = colour_distance[~stained] if (~stained).any() else colour_distance.ravel()
     level = _threshold(unstained, p["foreground_method"]) * float(p["foreground_scale"])
     foreground = (colour_distance > level) | stained
     close = scale.px(p["close_radius"])
     if close > 0:
-        foreground = ndi.binary_closing(foreground, _disk(close), border_value=0) | foreground
+        foreground = _close(foreground, close)
     foreground = fill_small_holes(foreground, scale.area(p["max_hole"]))
 
     # 3. group stained blobs (nucleus lobes) and class the groups by area
-    blobs, n_blobs = ndi.label(stained)
     labels = np.zeros(stained.shape, dtype=np.int32)
     classes: dict[int, int] = {}
     scores: dict[int, float] = {}
     wbc_id, plt_id, rbc_id = BLOOD3.id_of("wbc"), BLOOD3.id_of("platelet"), BLOOD3.id_of("rbc")
     taken = np.zeros(stained.shape, dtype=bool)
     next_id = 1
-    if n_blobs:
+    if stained.any():
         group_r = scale.px(p["nucleus_group_radius"])
-        reach = ndi.binary_dilation(stained, _disk(group_r)) if group_r > 0 else stained
+        reach = _dilate(stained, group_r)
         groups_img, n_groups = ndi.label(reach)
         group_of_pixel = np.where(stained, groups_img, 0)
         area = np.bincount(group_of_pixel.ravel(), minlength=n_groups + 1)
@@ -333,8 +402,8 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
         if is_wbc.any():
             nuclei = np.where(is_wbc[group_of_pixel], group_of_pixel, 0)
             margin = scale.px(p["wbc_margin"])
-            closed = ndi.binary_closing(nuclei > 0, _disk(max(group_r, 1)), border_value=0)
-            body = ndi.binary_dilation(closed, _disk(margin)) if margin > 0 else closed
+            closed = _close(nuclei > 0, max(group_r, 1))
+            body = _dilate(closed, margin)
             body = fill_small_holes(body, scale.area(p["max_hole"]) * 4)
             body &= foreground | closed
             seeds = np.where(closed & ~(nuclei > 0), 0, nuclei)
@@ -359,7 +428,7 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
             candidates = np.where(is_plt[group_of_pixel] & ~taken, group_of_pixel, 0)
             # the rim is a ring 0.1-0.2 diameters out: beyond the blob's own blurred halo,
             # still inside an RBC that would enclose an inclusion
-            rim_width = max(scale.px(0.1), 1)
+            rim_width = max(scale.px(p["platelet_rim"]), 1)
             gap, (near_r, near_c) = ndi.distance_transform_edt(candidates == 0, return_indices=True)
             owner = candidates[near_r, near_c]
             rim = (gap > rim_width) & (gap <= 2 * rim_width) & ~stained
@@ -367,7 +436,6 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
             rim_cell = np.bincount(owner[rim & foreground], minlength=n_groups + 1)
             contact = rim_cell / np.maximum(rim_total, 1)
             free = is_plt & (contact <= p["platelet_max_cell_contact"])
-            # the platelet object is its stained blob plus the stained pixels of its group
             plt_ids = np.flatnonzero(free)
             if len(plt_ids):
                 remap = np.zeros(n_groups + 1, dtype=np.int32)
@@ -379,7 +447,7 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
                     scores[int(new)] = float(stain_score[g])
                 next_id += len(plt_ids)
                 # a platelet's blurred halo must not turn into an RBC fragment
-                taken |= ndi.binary_dilation(plt_pixels, _disk(rim_width))
+                taken |= _dilate(plt_pixels, rim_width)
 
     # 5. RBCs: the rest of the foreground, touching cells split by distance watershed
     rest = foreground & ~taken
@@ -397,7 +465,7 @@ def blood_classical(image_rgb: np.ndarray, params: Mapping[str, Any] | None = No
         for lab, solidity in zip(props["label"], props["solidity"]):
             classes[int(lab) + next_id - 1] = rbc_id
             scores[int(lab) + next_id - 1] = float(solidity)
-    return _annotation(labels, classes, scores, BLOOD3, p, "blood-classical")
+    return _annotation(labels, classes, scores, BLOOD3, p, "blood-classical", shape=full_shape)
 
 
 def _background_colour(rgb: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
@@ -417,7 +485,9 @@ def _threshold(values: np.ndarray, method: str) -> float:
     try:
         func = methods[method]
     except KeyError:
-        raise InputError(None, f"unknown threshold method {method!r}; known: {', '.join(methods)}") from None
+        raise InputError(
+            None, f"unknown threshold method {method!r}; known: {', '.join(methods)}"
+        ) from None
     if float(values.max()) - float(values.min()) < 1e-6:
         return float(values.max())  # a flat image has nothing above its own level
     return float(func(values))
@@ -431,7 +501,9 @@ def _grey(image: np.ndarray, channel: int | None, source: str) -> np.ndarray:
     if channel is None:
         return img[..., : min(img.shape[-1], 3)].mean(axis=2)
     if not -img.shape[-1] <= int(channel) < img.shape[-1]:
-        raise InputError(source, f"channel {channel} does not exist in an image of shape {img.shape}")
+        raise InputError(
+            source, f"channel {channel} does not exist in an image of shape {img.shape}"
+        )
     return img[..., int(channel)]
 
 
@@ -444,8 +516,9 @@ def fluo_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) -
     Method (as the Fluorescent Neuronal Cells ground truth was drafted, and the c-ResUnet
     post-processing): Gaussian smoothing; a local (adaptive) threshold over a window of
     ``block_size`` diameters, so uneven illumination and dim cells near bright ones are kept,
-    AND a global floor of ``otsu_floor`` x the Otsu level so flat background noise never
-    passes; holes under ``max_hole`` filled; objects under ``min_area`` dropped; peaks of
+    AND a global floor: ``otsu_floor`` x the Otsu level, and at least ``min_snr`` robust
+    noise deviations (MAD) above the median background, so background noise never passes;
+    holes under ``max_hole`` filled; objects under ``min_area`` dropped; peaks of
     the smoothed distance transform at least ``min_distance`` diameters apart seed a
     watershed that splits touching cells.
 
@@ -464,14 +537,19 @@ def fluo_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) -
         Instances of class set ``cell``.
     """
     p = resolve_params("fluo-classical", params)
-    scale = _Scale(p["diameter"])
     img = _grey(image, p["channel"], "fluorescence image")
+    full_shape = img.shape[:2]
+    img, scale = _working_scale(img, p)
     sigma = scale.length(p["smooth"])
     if sigma > 0:
         img = ndi.gaussian_filter(img, sigma)
     block = max(int(round(scale.length(p["block_size"]))) | 1, 3)  # odd, >= 3
     local = filters.threshold_local(img, block, method="gaussian", offset=p["local_offset"])
-    floor = _threshold(img, "otsu") * float(p["otsu_floor"])
+    # two floors: a fraction of the global Otsu level, and a rise over the background
+    # (median) of ``min_snr`` robust noise deviations, so an empty noisy field stays empty
+    background = float(np.median(img))
+    noise = 1.4826 * float(np.median(np.abs(img - background)))
+    floor = max(_threshold(img, "otsu") * float(p["otsu_floor"]), background + p["min_snr"] * noise)
     foreground = (img > local) & (img > floor)
     foreground = fill_small_holes(foreground, scale.area(p["max_hole"]))
     labels = split_touching(
@@ -487,7 +565,7 @@ def fluo_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) -
         spread = max(float(img.max()) - floor, 1e-6)
         score = _logistic((np.asarray(means) - floor) / spread, 0.1)
         scores = {i: float(s) for i, s in zip(range(1, n + 1), score)}
-    return _annotation(labels, classes, scores, CELL, p, "fluo-classical")
+    return _annotation(labels, classes, scores, CELL, p, "fluo-classical", shape=full_shape)
 
 
 # --------------------------------------------------------------------------------------
@@ -540,8 +618,9 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
         instances"]`` is True: the boxes describe the same objects, they are not extra ones).
     """
     p = resolve_params("net-classical", params)
-    scale = _Scale(p["diameter"])
     img = _as_float_image(image, rgb=False, source="NET image")
+    full_shape = img.shape[:2]
+    img, scale = _working_scale(img, p)
     nuclear_channel = p["nuclear_channel"]
     if img.ndim == 2:
         dna = img
@@ -569,7 +648,9 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
     labels, _ = relabel_sequential(labels)
     n = int(labels.max(initial=0))
     if n == 0:
-        return _annotation(labels, {}, {}, NET4, p, "net-classical", with_boxes=True)
+        return _annotation(
+            labels, {}, {}, NET4, p, "net-classical", with_boxes=True, shape=full_shape
+        )
 
     index = np.arange(1, n + 1)
     props = regionprops_table(labels, properties=("label", "area", "solidity"))
@@ -631,7 +712,9 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
     )
     classes = {int(i): int(c) for i, c in zip(index, class_of)}
     scores = {int(i): float(s) for i, s in zip(index, score)}
-    return _annotation(labels, classes, scores, NET4, p, "net-classical", with_boxes=True)
+    return _annotation(
+        labels, classes, scores, NET4, p, "net-classical", with_boxes=True, shape=full_shape
+    )
 
 
 #: The pipelines by model name (the ``pipeline`` field of a classical model card).

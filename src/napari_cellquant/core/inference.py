@@ -19,10 +19,10 @@ image of width ``W``, ``C`` output channels at stride ``s``, tile ``t`` and batc
   (blood-unet, 11 channels, W = 20000, t = 256: 225 MB + 20 MB);
 * input band: ``t * W * C_in * 4`` bytes (61 MB for RGB at W = 20000);
 * network activations: proportional to ``B * t**2`` only;
-* compact full-size outputs (the result itself): per pixel 1 byte for the class argmax, 1 for
-  the quantised confidence, 1 for the quantised foreground probability, 1 per sigmoid channel,
-  2 per identity channel (float16); stride-s detection heads 2 bytes per channel per cell.
-  Blood-unet at 20000 x 20000: 5 bytes/pixel = 2.0 GB. Above ``memmap_above`` bytes these are
+* compact full-size outputs (the result itself): per pixel 1 byte for the class argmax,
+  2 (float16) for the class confidence, 2 for the foreground probability and 2 per channel of
+  every other head; stride-s detection heads 2 bytes per channel per output cell.
+  Blood-unet at 20000 x 20000: 7 bytes/pixel = 2.8 GB. Above ``memmap_above`` bytes these are
   written band by band with plain file writes into anonymous temporary files and returned as
   ``np.memmap`` arrays, so the resident memory of the run stays at the band size.
 
@@ -44,15 +44,19 @@ Outputs (``compact=True``, the default)
 For a head ``name`` at stride 1:
 
 * softmax heads (``classes``): ``name`` (uint8 argmax, uint16 when > 256 channels),
-  ``name + "_confidence"`` (max probability) and ``name + "_foreground"`` (1 - p(channel 0)),
-  both quantised to uint8 as ``round(p * 255)`` (see :func:`dequantize`);
-* sigmoid heads (``boundary``): probability quantised to uint8;
-* identity heads (``distance``): float16.
+  ``name + "_confidence"`` (the winning probability) and ``name + "_foreground"``
+  (1 - p(channel 0)), both float16;
+* every other head (``distance``, ``boundary`` ...): float16 after its activation.
 
-Heads at stride > 1 (``heatmap``, ``size``, ``offset``) are float16 of shape
-``(ceil(H/s), ceil(W/s)[, C])`` after their activation. One-channel maps are ``(H, W)``,
-several channels ``(H, W, C)``. With ``compact=False`` every head is float32 after activation
-(softmax probabilities for ``classes``), same shapes.
+Heads at stride s > 1 (``heatmap``, ``size``, ``offset``) are float16 of shape
+``(C, ceil(H/s), ceil(W/s))``. One-channel maps are ``(H, W)``; several channels are
+channel-first ``(C, H, W)``, the layout :mod:`.postprocess` takes. With ``compact=False``
+every head is float32 after activation (``classes`` as ``(C, H, W)`` softmax probabilities).
+
+Activations come from ``outputs`` or, by default, from the network's ``output_activations``
+(our U-Nets: softmax for ``classes``, sigmoid for ``boundary`` and ``heatmap``, ``exp`` for a
+log-encoded ``size`` so that it comes out in pixels, identity otherwise), else from
+:data:`DEFAULT_ACTIVATIONS`.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ DEFAULT_ACTIVATIONS: dict[str, str] = {
     "size": "identity",
     "offset": "identity",
 }
-ACTIVATIONS = ("softmax", "sigmoid", "identity")
+ACTIVATIONS = ("softmax", "sigmoid", "exp", "identity")
 BLEND_MODES = ("gaussian", "monai", "cosine", "constant")
 
 # Smallest blending weight, as in MONAI: a window that reaches exactly 0 at the tile border
@@ -232,11 +236,6 @@ def prepare_image(
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def dequantize(q: np.ndarray) -> np.ndarray:
-    """uint8 probabilities of the compact outputs back to float32 in [0, 1] (``q / 255``)."""
-    return np.asarray(q, dtype=np.float32) / np.float32(255)
-
-
 # ---------------------------------------------------------------------------------------------
 # planning
 
@@ -361,16 +360,21 @@ class _Store:
                 self.arrays[key] = np.empty(shape, dtype=dtype)
 
     def write(self, key: str, row: int, data: np.ndarray) -> None:
+        """Store rows ``row..row + n`` of ``data``: ``(n, W)`` or channel-first ``(C, n, W)``."""
+        n = data.shape[-2]
         if key in self.arrays:
-            self.arrays[key][row : row + len(data)] = data
+            self.arrays[key][..., row : row + n, :] = data
             return
         # Plain writes, not a writable mapping: pages written through a shared mapping stay in
         # this process's resident set, file writes only in the page cache.
         shape, dtype = self.specs[key]
-        row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+        height, width = shape[-2:]
+        row_bytes = width * np.dtype(dtype).itemsize
         f = self.files[key]
-        f.seek(row * row_bytes)
-        f.write(np.ascontiguousarray(data, dtype=dtype).data)
+        data = np.ascontiguousarray(data, dtype=dtype).reshape(-1, n, width)
+        for c, plane in enumerate(data):
+            f.seek((c * height + row) * row_bytes)
+            f.write(plane.data)
 
     def result(self) -> dict[str, np.ndarray]:
         out = dict(self.arrays)
@@ -382,50 +386,41 @@ class _Store:
         return out
 
 
-def _quantise(p: torch.Tensor) -> torch.Tensor:
-    return (p * 255).round_().clamp_(0, 255).to(torch.uint8)
-
-
 @dataclass
 class _Head:
     name: str
     activation: str
     channels: int
     stride: int
-    start: int  # channel offset inside its stride group's accumulator
 
     def output_specs(self, height: int, width: int, compact: bool) -> dict[str, tuple]:
         hs, ws = -(-height // self.stride), -(-width // self.stride)
-        shape = (hs, ws) if self.channels == 1 else (hs, ws, self.channels)
+        shape = (hs, ws) if self.channels == 1 else (self.channels, hs, ws)
         if not compact:
             return {self.name: (shape, np.dtype(np.float32))}
-        if self.stride > 1 or self.activation == "identity":
-            return {self.name: (shape, np.dtype(np.float16))}
-        if self.activation == "softmax" and self.channels > 1:
+        if self.stride == 1 and self.activation == "softmax" and self.channels > 1:
             ids = np.uint8 if self.channels <= 256 else np.uint16
             return {
                 self.name: ((hs, ws), np.dtype(ids)),
-                f"{self.name}_confidence": ((hs, ws), np.dtype(np.uint8)),
-                f"{self.name}_foreground": ((hs, ws), np.dtype(np.uint8)),
+                f"{self.name}_confidence": ((hs, ws), np.dtype(np.float16)),
+                f"{self.name}_foreground": ((hs, ws), np.dtype(np.float16)),
             }
-        return {self.name: (shape, np.dtype(np.uint8))}
+        return {self.name: (shape, np.dtype(np.float16))}
 
     def reduce(self, p: torch.Tensor, compact: bool) -> dict[str, torch.Tensor]:
         """Blended maps ``(rows, cols, channels)`` of this head -> tensors to store."""
-        one = p[..., 0] if self.channels == 1 else p
+        one = p[..., 0] if self.channels == 1 else p.permute(2, 0, 1)
         if not compact:
             return {self.name: one}
-        if self.stride > 1 or self.activation == "identity":
-            return {self.name: one.half()}
-        if self.activation == "softmax" and self.channels > 1:
+        if self.stride == 1 and self.activation == "softmax" and self.channels > 1:
             conf, ids = p.max(dim=-1)
             ids = ids.to(torch.uint8 if self.channels <= 256 else torch.int32)
             return {
                 self.name: ids,
-                f"{self.name}_confidence": _quantise(conf),
-                f"{self.name}_foreground": _quantise(1 - p[..., 0]),
+                f"{self.name}_confidence": conf.half(),
+                f"{self.name}_foreground": (1 - p[..., 0]).half(),
             }
-        return {self.name: _quantise(one)}
+        return {self.name: one.half()}
 
 
 def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
@@ -433,11 +428,13 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
         return torch.softmax(x, dim=1)
     if activation == "sigmoid":
         return torch.sigmoid(x)
+    if activation == "exp":
+        return torch.exp(x)
     return x
 
 
 class _Group:
-    """All heads of one output stride: one band accumulator, one weight map."""
+    """All heads of one output stride: a band accumulator per head, one weight map."""
 
     def __init__(self, stride: int, heads: list[_Head], plan: _Plan, window: torch.Tensor,
                  device: torch.device) -> None:
@@ -446,10 +443,14 @@ class _Group:
         s = stride
         self.rows, self.cols = plan.tile_y // s, plan.width_p // s
         self.tile_cols = plan.tile_x // s
-        channels = sum(h.channels for h in heads)
-        self.acc = torch.zeros((self.rows, self.cols, channels), device=device)
+        # channel-last accumulators: a channels_last tile output permuted to (t, t, C) is a
+        # contiguous block, so adding it is one streaming pass
+        self.acc = {
+            h.name: torch.zeros((self.rows, self.cols, h.channels), device=device) for h in heads
+        }
         self.weight = torch.zeros((self.rows, self.cols), device=device)
         self.window = window.to(device)
+        self.window_hwc = self.window[:, :, None]
         # Every tile row adds the same weights: precompute one row of windows side by side.
         self.row_weight = torch.zeros((self.rows, self.cols), device=device)
         for x in plan.xs:
@@ -459,10 +460,9 @@ class _Group:
         """Move the band origin down by ``delta`` image rows (rows above are already final)."""
         d = delta // self.stride
         keep = self.rows - d
-        self.acc[:keep] = self.acc[d:].clone()
-        self.acc[keep:] = 0
-        self.weight[:keep] = self.weight[d:].clone()
-        self.weight[keep:] = 0
+        for acc in (*self.acc.values(), self.weight):
+            acc[:keep] = acc[d:].clone()
+            acc[keep:] = 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,8 +635,10 @@ def iter_predict_maps(
     net, was_training = _prepare_network(network, dev, channels_last)
     try:
         geometry = _head_geometry(net, in_channels, dev)
+        own = getattr(net, "output_activations", None)
+        defaults = {**DEFAULT_ACTIVATIONS, **(own if isinstance(own, Mapping) else {})}
         wanted = dict(outputs) if outputs is not None else {
-            k: DEFAULT_ACTIVATIONS.get(k, "identity") for k in geometry
+            k: defaults.get(k, "identity") for k in geometry
         }
         for name, act in wanted.items():
             if name not in geometry:
@@ -701,7 +703,7 @@ def _predict(
     for name, act in wanted.items():
         c, s = geometry[name]
         group = by_stride.setdefault(s, [])
-        group.append(_Head(name, act, c, s, sum(h.channels for h in group)))
+        group.append(_Head(name, act, c, s))
     specs: dict[str, tuple] = {}
     for heads in by_stride.values():
         for h in heads:
@@ -788,17 +790,19 @@ def _run_batch(
         x = x.contiguous()
     out = runner.forward(x)
     for g in groups:
-        parts = [_activate(out[h.name], h.activation) for h in g.heads]
-        y = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        if y.shape[-2:] != g.window.shape:
-            raise InputError(
-                None, f"network output {tuple(y.shape[-2:])} does not match tile/stride "
-                f"{tuple(g.window.shape)}"
-            )
-        y = (y * g.window).permute(0, 2, 3, 1)  # (B, t/s, t/s, C)
-        for k, x0 in enumerate(xs):
-            c0 = x0 // g.stride
-            g.acc[:, c0 : c0 + g.tile_cols].add_(y[k])
+        for h in g.heads:
+            y = _activate(out[h.name], h.activation)
+            if y.shape[-2:] != g.window.shape:
+                raise InputError(
+                    None, f"head {h.name!r}: output {tuple(y.shape[-2:])} does not match "
+                    f"tile / stride {tuple(g.window.shape)}"
+                )
+            y = y.permute(0, 2, 3, 1)  # (B, t/s, t/s, C)
+            acc = g.acc[h.name]
+            for k, x0 in enumerate(xs):
+                c0 = x0 // g.stride
+                # weight and add in one pass, no weighted copy of the batch
+                acc[:, c0 : c0 + g.tile_cols].addcmul_(y[k], g.window_hwc)
 
 
 @torch.inference_mode()
@@ -814,11 +818,11 @@ def _finalise(
         if n <= 0:
             continue
         w = -(-plan.width // s)
-        p = g.acc[:n, :w] / g.weight[:n, :w, None]
+        weight = g.weight[:n, :w, None]
         for h in g.heads:
-            reduced = h.reduce(p[..., h.start : h.start + h.channels], compact)
+            reduced = h.reduce(g.acc[h.name][:n, :w] / weight, compact)
             for key, t in reduced.items():
-                store.write(key, r0, t.cpu().numpy())
+                store.write(key, r0, t.contiguous().cpu().numpy())
 
 
 def predict_maps(
@@ -862,8 +866,9 @@ def predict_maps(
     normalize
         Pointwise ``f(band) -> float32 band`` applied to ``(rows, W, C)`` bands as they are read.
     outputs
-        Head name -> ``"softmax" | "sigmoid" | "identity"``: the heads to blend and how each is
-        activated before blending. Default: every head, with :data:`DEFAULT_ACTIVATIONS`.
+        Head name -> ``"softmax" | "sigmoid" | "exp" | "identity"``: the heads to blend and
+        how each is activated before blending. Default: every head, activated as the network's
+        ``output_activations`` (else :data:`DEFAULT_ACTIVATIONS`) say.
     blend, sigma_scale
         Blending window ``"gaussian"`` (sigma = sigma_scale * tile, as MONAI), ``"cosine"``
         or ``"constant"``.

@@ -198,7 +198,9 @@ def clean_instances(
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(None, f"labels must be a 2-D integer image, got {labels.dtype} {labels.shape}")
+        raise InputError(
+            None, f"labels must be a 2-D integer image, got {labels.dtype} {labels.shape}"
+        )
     if labels.size and labels.min() < 0:
         raise InputError(None, "labels must not be negative")
     out = fill_instance_holes(labels, max_hole) if max_hole > 0 else labels
@@ -265,7 +267,9 @@ def instances_from_maps(
         if not np.issubdtype(maps.dtype, np.floating):
             raise InputError(None, f"class probabilities must be floating point, got {maps.dtype}")
         if maps.shape[0] < 2:
-            raise InputError(None, f"class probabilities need a background and >= 1 class, got {maps.shape}")
+            raise InputError(
+                None, f"class probabilities need a background and >= 1 class, got {maps.shape}"
+            )
         if not np.isfinite(maps).all():
             raise InputError(None, "class probabilities contain NaN or infinite values")
         n_classes = maps.shape[0] - 1
@@ -289,12 +293,18 @@ def instances_from_maps(
             confidence = np.ones(shape, dtype=np.float32)
         confidence = np.asarray(confidence, dtype=np.float32)
         if confidence.shape != shape:
-            raise InputError(None, f"confidence shape {confidence.shape} differs from class map {shape}")
+            raise InputError(
+                None, f"confidence shape {confidence.shape} differs from class map {shape}"
+            )
     else:
-        raise InputError(None, f"expected (C+1, H, W) probabilities or an (H, W) class map, got {maps.shape}")
+        raise InputError(
+            None, f"expected (C+1, H, W) probabilities or an (H, W) class map, got {maps.shape}"
+        )
     for name, extra in (("distance", distance), ("boundary", boundary)):
         if extra is not None and np.shape(extra) != tuple(shape):
-            raise InputError(None, f"{name} map shape {np.shape(extra)} differs from {tuple(shape)}")
+            raise InputError(
+                None, f"{name} map shape {np.shape(extra)} differs from {tuple(shape)}"
+            )
 
     foreground = fill_small_holes(foreground, max_hole)
     if distance is None and boundary is not None:
@@ -415,10 +425,14 @@ def boxes_from_heatmap(
         if offset.shape != (2, *grid):
             raise InputError(None, f"offset must be (2, {grid[0]}, {grid[1]}), got {offset.shape}")
     if stride < 1 or nms_kernel < 1 or nms_kernel % 2 == 0:
-        raise InputError(None, f"stride must be >= 1 and nms_kernel odd (got {stride}, {nms_kernel})")
+        raise InputError(
+            None, f"stride must be >= 1 and nms_kernel odd (got {stride}, {nms_kernel})"
+        )
     if not np.isfinite(heat).all():
         raise InputError(None, "heatmap contains NaN or infinite values")
-    pooled = ndi.maximum_filter(heat, size=(1, nms_kernel, nms_kernel), mode="constant", cval=-np.inf)
+    pooled = ndi.maximum_filter(
+        heat, size=(1, nms_kernel, nms_kernel), mode="constant", cval=-np.inf
+    )
     peaks = (heat >= pooled) & (heat > threshold)
     k, ys, xs = np.nonzero(peaks)
     values = heat[k, ys, xs]

@@ -257,9 +257,10 @@ def synthetic_blood_smear(
         claim(obj, window, rho)
 
     # --- platelets, in free space --------------------------------------------------------
-    count_platelets = (
-        int(rng.integers(3, 7) * max(area_factor, 0.25)) if n_platelets is None else int(n_platelets)
-    )
+    if n_platelets is None:
+        count_platelets = int(rng.integers(3, 7) * max(area_factor, 0.25))
+    else:
+        count_platelets = int(n_platelets)
     platelet_density = _density(_PLATELET_RGB)
     placed = 0
     for _attempt in range(count_platelets * 100):
@@ -273,9 +274,8 @@ def synthetic_blood_smear(
         obj = _Shape(center, radius, _harmonics(rng, 0.35), "platelet")
         rho = _normalised_radius(obj, window)
         granules = 1.0 + 0.35 * _smooth_noise(rng, rho.shape, 0.8)
-        density[window] += (
-            _soft_inside(rho, radius)[..., None] * platelet_density * np.clip(granules, 0.4, 1.8)[..., None]
-        )
+        amount = _soft_inside(rho, radius) * np.clip(granules, 0.4, 1.8)
+        density[window] += amount[..., None] * platelet_density
         claim(obj, window, rho)
         placed += 1
 
@@ -333,8 +333,8 @@ def _paint_wbc(
             )
             dist = np.minimum(dist, d)
             if k:
-                dist = np.minimum(dist, _segment_distance(local_rows, local_cols, lobes[k - 1], lobe)
-                                  / (lobe_r * 0.3))
+                bridge = _segment_distance(local_rows, local_cols, lobes[k - 1], lobe)
+                dist = np.minimum(dist, bridge / (lobe_r * 0.3))
         amount = _soft_inside(dist, lobe_r, 1.2)
         nucleus_density = _density(_NUCLEUS_RGB)
     chromatin = np.clip(1.0 + 0.18 * _smooth_noise(rng, shape, 1.5), 0.6, 1.5)

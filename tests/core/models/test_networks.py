@@ -133,6 +133,17 @@ def test_detector_only_network_stops_the_decoder_at_its_stride() -> None:
     assert _run(bridge, 16, 16)["size"].shape == (2, 2, 4, 4)
 
 
+def test_output_activations_follow_the_heads() -> None:
+    seg = build_network(DEFAULT_ARCHS["blood-unet"])
+    assert seg.output_activations == {"classes": "softmax", "distance": "identity"}
+    det = build_network(DEFAULT_ARCHS["net-detector"])
+    assert det.output_activations == {"heatmap": "sigmoid", "size": "exp", "offset": "identity"}
+    direct = build_network({**TINY, "heads": ["boundary"],
+                            "detector": {"stride": 4, "size_encoding": "direct"}})
+    assert direct.output_activations["size"] == "identity"
+    assert direct.output_activations["boundary"] == "sigmoid"
+
+
 def test_heatmap_starts_at_the_centernet_prior() -> None:
     net = build_network(DEFAULT_ARCHS["net-detector"])
     bias = net.heads["heatmap"].out.bias

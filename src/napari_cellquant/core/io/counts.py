@@ -90,12 +90,14 @@ def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
         raise InputError(p, f"is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise InputError(p, f"cannot be read ({exc.strerror or exc})") from exc
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    numbered: list[tuple[int, list[str]]] = []  # (line, fields), blank lines skipped
     try:
-        records = list(csv.reader(io.StringIO(text, newline="")))
+        for record in reader:
+            if record:
+                numbered.append((reader.line_num, record))
     except csv.Error as exc:
-        raise InputError(p, f"is not valid CSV ({exc})") from exc
-    # csv gives [] for blank lines; keep line numbers for messages
-    numbered = [(i + 1, r) for i, r in enumerate(records) if r]
+        raise InputError(p, f"line {reader.line_num}: not valid CSV ({exc})") from exc
     if not numbered:
         raise InputError(p, "is empty; expected a header line image,class,count")
     header_line, header = numbered[0]

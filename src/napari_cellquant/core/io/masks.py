@@ -37,7 +37,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima
-from skimage.segmentation import watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 from ..annotation import Annotation
 from ..classes import CELL, CLASS_SETS, ClassSet
@@ -259,15 +259,16 @@ def split_touching_objects(
     - Candidate centres are :func:`skimage.feature.peak_local_max` peaks at least ``0.6 r``
       apart (closer peaks are bumps of one ragged outline) and at least ``min_peak * r``
       high (thin slivers and strands hold no object centre).
-    - A candidate is kept only where it rises at least ``dominance * r`` (and 1 px) above the
-      saddle to any higher peak (an h-maximum), so elongated or irregular single objects
-      stay whole; candidates on one h-maximum plateau merge into one marker.
-    - Regions without a kept centre stay whole.
+    - In a region with several candidates, a candidate is kept only where it rises at least
+      ``dominance * r`` (and 1 px) above the saddle to any higher peak (an h-maximum), so
+      elongated or irregular single objects stay whole; candidates on one h-maximum plateau
+      merge into one centre. The region is then split by a watershed from its centres.
 
     Parameters
     ----------
     components
-        ``int`` image of regions ``1..n`` (0 background).
+        ``int`` image of regions ``1..n`` (0 background), e.g. one class's connected
+        components.
     dominance
         Depth of the saddle needed to split, as a fraction of the typical radius.
     min_peak
@@ -276,50 +277,96 @@ def split_touching_objects(
     Returns
     -------
     numpy.ndarray
-        ``int32`` objects numbered ``1..m`` (``m >= n``) covering exactly the regions.
+        ``int32`` objects numbered ``1..m`` (``m >= n``) covering exactly the regions; a
+        region that is not split keeps its place in the numbering order.
     """
     mask = components > 0
     n = int(components.max())
     if n == 0:
         return components.astype(np.int32)
-    filled = ndi.binary_fill_holes(mask)
-    regions = components
-    if np.count_nonzero(filled) != np.count_nonzero(mask):
-        # a hole lies inside one 8-connected region, so it takes that region's id
-        regions = _region_ids_of(connected_components(filled, connectivity=2), components)
+    filled, regions = _fill_holes(mask, components)
     # the image edge counts as background: two cells cut by the edge side by side are
     # otherwise one ridge along it, with no saddle between them
     distance = ndi.distance_transform_edt(np.pad(filled, 1))[1:-1, 1:-1]
     radius = float(np.median(ndi.maximum(distance, regions, np.arange(1, n + 1))))
+    # Without ``labels`` this is one maximum filter over the image. Peaks of different
+    # regions cannot suppress each other: both are >= min_peak * r from the background
+    # between them, so farther apart than min_distance.
     peaks = peak_local_max(
         distance,
         min_distance=max(1, round(0.6 * radius)),
-        threshold_abs=min_peak * radius,
-        labels=regions,
+        threshold_abs=max(min_peak * radius, 1e-9),
         exclude_border=False,
     )
-    plateaus = connected_components(h_maxima(distance, max(1.0, dominance * radius)) > 0)
-    plateau_of_peak = plateaus[tuple(peaks.T)] if len(peaks) else np.zeros(0, dtype=np.int64)
-    markers = np.zeros(components.shape, dtype=np.int64)
-    kept = peaks[plateau_of_peak > 0]
-    markers[tuple(kept.T)] = plateau_of_peak[plateau_of_peak > 0]
-    # regions with no dominant centre are their own marker, so none is lost
-    has_marker = np.zeros(n + 1, dtype=bool)
-    has_marker[regions[markers > 0]] = True
-    unmarked = filled & ~has_marker[regions]
-    markers[unmarked] = regions[unmarked] + int(plateaus.max())
-    objects = watershed(-distance, markers, mask=filled, connectivity=2)
+    region_of_peak = regions[tuple(peaks.T)]
+    crowded = np.flatnonzero(np.bincount(region_of_peak, minlength=n + 1) > 1)
+    crowded = crowded[crowded > 0]
+    objects = regions.astype(np.int64)
+    if len(crowded):
+        boxes = ndi.find_objects(regions)
+        h = max(1.0, dominance * radius)
+        next_id = n + 1
+        # only clusters are worked on, one bounding box each
+        for region_id in crowded.tolist():
+            box = boxes[region_id - 1]
+            inside = regions[box] == region_id
+            pieces = _split_region(distance[box] * inside, inside, peaks, box, h)
+            if pieces is None:
+                continue
+            extra = pieces > 1
+            objects[box][extra] = pieces[extra] - 2 + next_id
+            next_id += int(pieces.max()) - 1
     objects[~mask] = 0  # the filled holes go back to what they were
-    _, sequential = np.unique(objects, return_inverse=True)
-    return sequential.reshape(objects.shape).astype(np.int32)
+    return relabel_sequential(objects)[0].astype(np.int32)
 
 
-def _region_ids_of(filled_regions: np.ndarray, components: np.ndarray) -> np.ndarray:
-    """Per pixel, the component id that the filled region it lies in was made from."""
-    lookup = np.zeros(int(filled_regions.max()) + 1, dtype=np.int64)
-    inside = components > 0
-    lookup[filled_regions[inside]] = components[inside]
-    return lookup[filled_regions]
+def _split_region(
+    distance: np.ndarray,
+    inside: np.ndarray,
+    peaks: np.ndarray,
+    box: tuple[slice, ...],
+    h: float,
+) -> np.ndarray | None:
+    """Watershed pieces ``1..k`` of one region (in its box), or None when it stays whole."""
+    top, left = box[0].start, box[1].start
+    local = peaks - np.array([top, left])
+    ok = np.all((local >= 0) & (local < np.array(inside.shape)), axis=1)
+    local = local[ok]
+    local = local[inside[tuple(local.T)]]
+    plateaus = connected_components(h_maxima(distance, h) > 0)
+    plateau_of_peak = plateaus[tuple(local.T)]
+    kept = np.unique(plateau_of_peak[plateau_of_peak > 0])
+    if len(kept) < 2:
+        return None
+    markers = np.zeros(inside.shape, dtype=np.int64)
+    chosen = plateau_of_peak > 0
+    markers[tuple(local[chosen].T)] = np.searchsorted(kept, plateau_of_peak[chosen]) + 1
+    return watershed(-distance, markers, mask=inside, connectivity=2)
+
+
+def _fill_holes(mask: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mask`` with its holes filled, and ``components`` extended over the filled holes.
+
+    Holes are found after a small closing, so a ring with a gap of a few pixels in its rim
+    (as colour maps draw a red cell's pale centre) counts as closed; of what the closing
+    adds, only the pixels near a hole are kept (the gaps), so necks between touching cells
+    keep their width. A hole that holds another region of the mask (a cell inside a
+    ring-shaped one) is left open, so the two stay apart.
+    """
+    closed = ndi.binary_closing(np.pad(mask, 2), iterations=2, border_value=0)[2:-2, 2:-2]
+    holes = ndi.binary_fill_holes(closed) & ~closed
+    filled = mask | holes | (ndi.binary_dilation(holes, iterations=3) & closed)
+    if np.count_nonzero(filled) == np.count_nonzero(mask):
+        return mask, components
+    filled_regions = connected_components(filled, connectivity=2)
+    index = np.arange(1, int(filled_regions.max()) + 1)
+    big = int(components.max()) + 1  # above every id (int64 max overflows in ndimage)
+    highest = ndi.maximum(components, filled_regions, index)
+    lowest = ndi.minimum(np.where(mask, components, big), filled_regions, index)
+    owner = np.zeros(len(index) + 1, dtype=np.int64)
+    owner[1:] = np.where(highest == lowest, highest, 0)  # 0: holds several regions
+    filled &= mask | (owner[filled_regions] > 0)
+    return filled, np.where(mask, components, np.where(filled, owner[filled_regions], 0))
 
 
 # --- masks folders: writing ---------------------------------------------------------------
@@ -556,7 +603,7 @@ def _read_2d_integer(path: Path, what: str) -> np.ndarray:
         np.issubdtype(pixels.dtype, np.integer) or pixels.dtype == bool
     ):
         raise InputError(
-            path, f"is not a {what}: expected a 2-D integer image, got {pixels.dtype} "
+            path, f"is not {what}: expected a 2-D integer image, got {pixels.dtype} "
             f"of shape {pixels.shape}"
         )
     return pixels
@@ -571,8 +618,8 @@ def _read_instance_pair(
     if not partner:
         raise InputError(instances_path, f"has no partner {stem}{CLASSES_SUFFIX} beside it")
     classes_path = partner[0]
-    labels = _read_2d_integer(instances_path, "instance image")
-    class_image = _read_2d_integer(classes_path, "class image")
+    labels = _read_2d_integer(instances_path, "an instance image")
+    class_image = _read_2d_integer(classes_path, "a class image")
     if labels.shape != class_image.shape:
         raise InputError(
             instances_path,
@@ -658,7 +705,7 @@ def _read_class_masks(stem: str, found: dict[str, Path], class_set: ClassSet) ->
         path = found.get(name)
         if path is None:
             continue
-        mask = _read_2d_integer(path, "binary mask") > 0
+        mask = _read_2d_integer(path, "a binary mask") > 0
         if labels is None:
             labels, first_path = np.zeros(mask.shape, dtype=np.int32), path
         elif mask.shape != labels.shape:

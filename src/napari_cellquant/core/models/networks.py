@@ -37,8 +37,9 @@ Every network here is built from a plain dict (the ``arch`` entry of a model car
 
     * ``heatmap``: K logits per cell; a peak marks an object centre.
     * ``size``: 2 channels, (width, height) of the object's box in *input* pixels. With
-      ``size_encoding="log"`` the channels hold ``log(w), log(h)`` (decode with ``exp``),
-      with ``"direct"`` they hold ``w, h``.
+      ``size_encoding="log"`` the channels hold ``log(w), log(h)`` (decode with ``exp``;
+      ``output_activations`` says so, and tiled inference returns pixels), with ``"direct"``
+      they hold ``w, h``.
     * ``offset``: 2 channels, (dx, dy): the sub-cell position of the centre, in output cells,
       so the centre of a peak at cell (row i, column j) is
       ``x = (j + dx) * stride``, ``y = (i + dy) * stride`` in input pixels.
@@ -303,6 +304,16 @@ class UNet(nn.Module):
             for name, c in (("heatmap", det["n_classes"]), ("size", 2), ("offset", 2)):
                 self.head_channels[name] = c
                 self.output_strides[name] = det["stride"]
+
+    @property
+    def output_activations(self) -> dict[str, str]:
+        """Head name -> activation that turns its raw output into a map (used by inference)."""
+        acts = {"classes": "softmax", "distance": "identity", "boundary": "sigmoid",
+                "heatmap": "sigmoid", "offset": "identity"}
+        det = self.arch["detector"]
+        if det is not None:
+            acts["size"] = "exp" if det["size_encoding"] == "log" else "identity"
+        return {k: acts[k] for k in self.head_channels}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]

@@ -1,0 +1,335 @@
+"""Tiled inference throughput and memory: napari-cellquant vs MONAI's sliding_window_inference.
+
+Runs blood-unet (random weights, 1.9M parameters) on a 4032 x 3024 RGB image with tile 256,
+overlap 0.25, Gaussian blending (sigma 0.125 * tile) and batch 4, through
+``napari_cellquant.core.inference.predict_maps`` and through
+``monai.inferers.sliding_window_inference`` with the same roi, overlap, mode and sw_batch_size,
+and prints megapixels per second, their ratio, peak resident memory of each run (every
+measurement runs in its own process so ``ru_maxrss`` is its own) and the largest difference
+between the two outputs.
+
+    python benchmarks/inference.py [--threads N] [--reps 2] [--device cpu|cuda] [--huge]
+
+``--huge`` adds a 20000 x 20000 run (uint8 input memory-mapped from a temporary file, compact
+outputs memory-mapped) to show that memory is bounded by the tile band; when the estimated
+time of blood-unet there exceeds ``--huge-limit`` seconds (default 600), it uses a tiny network
+(width 4, depth 2) instead and says so. Needs the optional ``benchmarks`` extra (monai).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPE = tuple(int(v) for v in os.environ.get("CELLQUANT_BENCH_SHAPE", "3024,4032").split(","))
+# rows, columns: a 12-megapixel phone-camera smear (the variable is for a quick smoke run)
+TILE, OVERLAP, BATCH, SIGMA = 256, 0.25, 4, 0.125
+HUGE = 20000
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+def make_network(arch_name: str = "blood-unet", tiny: bool = False):
+    import torch
+
+    from napari_cellquant.core.models import DEFAULT_ARCHS, build_network
+
+    torch.manual_seed(0)
+    arch = dict(DEFAULT_ARCHS[arch_name])
+    if tiny:
+        arch.update(width=4, depth=2)
+    net = build_network(arch).eval()
+    # trained-looking BatchNorm statistics, so that folding them is not a no-op
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net
+
+
+def Unfused(net):  # noqa: N802 - a class factory, torch is imported lazily
+    import torch
+
+    class _Unfused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self.in_channels = net.in_channels
+            self.size_multiple = net.size_multiple
+            self.output_strides = net.output_strides
+            self.head_channels = net.head_channels
+
+        def forward(self, x):
+            return self.net(x)
+
+    return _Unfused()
+
+
+def make_image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (*SHAPE, 3), dtype=np.uint8).astype(np.float32) / 255
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One measurement in a fresh process; returns a JSON-able dict."""
+    import torch
+
+    from napari_cellquant.core.inference import predict_maps
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    kind = args.child
+    result: dict = {"kind": kind, "threads": torch.get_num_threads(), "device": str(device)}
+
+    if kind == "huge":
+        return child_huge(args, result)
+
+    net = make_network()
+    image = make_image()
+    result["rss_before_mb"] = peak_rss_mb()
+    megapixels = SHAPE[0] * SHAPE[1] / 1e6
+
+    if kind in ("ours", "ours-full", "ours-nofuse"):
+        run_net = net
+        if kind == "ours-nofuse":  # ablation: BatchNorm not folded (looks like a foreign module)
+            run_net = Unfused(net)
+
+        def run(img):
+            return predict_maps(
+                img, run_net, tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=device,
+                sigma_scale=SIGMA, compact=kind != "ours-full",
+            )
+    else:  # monai / monai-fused: the same network through MONAI
+        from monai.inferers import sliding_window_inference
+
+        monai_net = net.to(device)
+        if kind == "monai-fused":  # ablation: give MONAI our folded, channels_last network
+            monai_net = net.fuse_for_inference().to(device, memory_format=torch.channels_last)
+
+        def predictor(x):
+            out = monai_net(x)
+            return {"classes": torch.softmax(out["classes"], 1), "distance": out["distance"]}
+
+        def run(img):
+            # a zero-copy (1, C, H, W) view, as MONAI wants channel-first input
+            x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
+            with torch.no_grad():  # MONAI's documented usage
+                return sliding_window_inference(
+                    x, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian",
+                    sigma_scale=SIGMA,
+                )
+
+    # warm-up on a crop: oneDNN builds its kernels on first use; not part of the timing
+    run(np.ascontiguousarray(image[:512, :512]))
+    times = []
+    for _ in range(args.reps):
+        t0 = time.perf_counter()
+        out = run(image)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        del out
+    result.update(
+        seconds=min(times), all_seconds=times, mp_per_s=megapixels / min(times),
+        peak_rss_mb=peak_rss_mb(),
+    )
+    return result
+
+
+def child_huge(args: argparse.Namespace, result: dict) -> dict:
+    import torch
+
+    from napari_cellquant.core.inference import predict_maps
+
+    tiny = args.tiny
+    net = make_network(tiny=tiny)
+    tmp = Path(tempfile.mkdtemp(prefix="cellquant-bench-"))
+    # the input lives on disk too: a 20000 x 20000 RGB float32 array alone would be 4.8 GB
+    image = np.memmap(tmp / "input.u8", dtype=np.uint8, mode="w+", shape=(HUGE, HUGE, 3))
+    rng = np.random.default_rng(0)
+    for r in range(0, HUGE, 1000):
+        image[r : r + 1000] = rng.integers(0, 256, (min(1000, HUGE - r), HUGE, 3), np.uint8)
+        image.flush()
+    del image
+    image = np.memmap(tmp / "input.u8", dtype=np.uint8, mode="r", shape=(HUGE, HUGE, 3))
+    result["rss_before_mb"] = peak_rss_mb()
+    t0 = time.perf_counter()
+    out = predict_maps(
+        image, net, tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=torch.device(args.device),
+        normalize=lambda band: band.astype(np.float32) * np.float32(1 / 255),
+        memmap_dir=str(tmp),
+    )
+    seconds = time.perf_counter() - t0
+    result.update(
+        tiny_network=tiny, seconds=seconds, mp_per_s=HUGE * HUGE / 1e6 / seconds,
+        peak_rss_mb=peak_rss_mb(),
+        outputs={k: [list(v.shape), str(v.dtype), type(v).__name__] for k, v in out.items()},
+        output_gb=sum(v.nbytes for v in out.values()) / 1e9,
+    )
+    del out, image
+    (tmp / "input.u8").unlink()
+    tmp.rmdir()
+    return result
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """Largest output differences between ours and MONAI (in one process: float maps)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from napari_cellquant.core.inference import predict_maps
+
+    torch.set_num_threads(args.threads)
+    net = make_network()
+    image = make_image()
+    device = torch.device(args.device)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
+    net = net.to(device)
+    def predictor(t):
+        out = net(t)
+        return {"classes": torch.softmax(out["classes"], 1), "distance": out["distance"]}
+
+    with torch.no_grad():
+        ref = sliding_window_inference(
+            x, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian",
+            sigma_scale=SIGMA,
+        )
+    ref_classes = ref["classes"][0].cpu().numpy()  # (C, H, W), as ours
+    ref_distance = ref["distance"][0, 0].cpu().numpy()
+    del ref
+    kw = dict(tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=device, sigma_scale=SIGMA,
+              amp=False)
+    res: dict = {}
+    border = 16  # MONAI's 2-D-clamped window differs from ours only in image-border strips
+    for blend in ("monai", "gaussian"):
+        ours = predict_maps(image, net, blend=blend, compact=False, **kw)
+        dc = np.abs(ours["classes"] - ref_classes)
+        dd = np.abs(ours["distance"] - ref_distance)
+        res[blend] = {
+            "max_abs_diff_probs": float(dc.max()),
+            "max_abs_diff_distance": float(dd.max()),
+            "interior_max_abs_diff_probs": float(dc[:, border:-border, border:-border].max()),
+        }
+        del ours, dc, dd
+    compact = predict_maps(image, net, **kw)
+    res["compact"] = {
+        "argmax_agreement": float((compact["classes"] == ref_classes.argmax(0)).mean()),
+        "max_abs_diff_confidence_f16": float(
+            np.abs(compact["classes_confidence"].astype(np.float32) - ref_classes.max(0)).max()
+        ),
+        "max_abs_diff_distance_f16": float(
+            np.abs(compact["distance"].astype(np.float32) - ref_distance).max()
+        ),
+    }
+    return res
+
+
+def spawn(args: argparse.Namespace, kind: str, *extra: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads),
+           "--reps", str(args.reps), "--device", args.device, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"{kind} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def report(args: argparse.Namespace) -> None:
+    import torch
+
+    from napari_cellquant.core.models import count_parameters
+
+    mp = SHAPE[0] * SHAPE[1] / 1e6
+    devices = [args.device] if args.device != "auto" else (
+        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    print(f"blood-unet, {count_parameters(make_network()):,} parameters, random weights; "
+          f"{SHAPE[1]}x{SHAPE[0]} RGB ({mp:.1f} MP), tile {TILE}, overlap {OVERLAP}, "
+          f"gaussian sigma {SIGMA}*tile, batch {BATCH}, {args.threads} threads")
+    ours_cpu = None
+    for dev in devices:
+        args.device = dev
+        # Rounds alternate the variants, so load from other processes on a shared machine
+        # hits them alike; each variant keeps its best round.
+        runs: dict[str, dict] = {}
+        for _ in range(args.rounds):
+            for k in ("ours", "monai", "ours-full", "monai-fused", "ours-nofuse"):
+                r = spawn(args, k)
+                if k not in runs or r["seconds"] < runs[k]["seconds"]:
+                    runs[k] = r
+        print(f"\n[{dev}]  MP/s (best of {args.rounds}x{args.reps})   seconds   "
+              "peak RSS MB (before run)")
+        labels = {
+            "ours": "ours (compact outputs)",
+            "ours-full": "ours (float32 outputs)",
+            "ours-nofuse": "ours, BN not folded (ablation)",
+            "monai": "MONAI sliding_window_inference",
+            "monai-fused": "MONAI given our folded channels_last net (ablation)",
+        }
+        for k, r in runs.items():
+            print(f"  {labels[k]:<52} {r['mp_per_s']:6.2f}   {r['seconds']:7.2f}   "
+                  f"{r['peak_rss_mb']:7.0f} ({r['rss_before_mb']:.0f})")
+        ratio = runs["ours"]["mp_per_s"] / runs["monai"]["mp_per_s"]
+        print(f"  ratio ours/MONAI: {ratio:.2f}  (float32 outputs: "
+              f"{runs['ours-full']['mp_per_s'] / runs['monai']['mp_per_s']:.2f}; "
+              f"vs MONAI with our network prep: "
+              f"{runs['ours']['mp_per_s'] / runs['monai-fused']['mp_per_s']:.2f})")
+        if dev == "cpu":
+            ours_cpu = runs["ours"]
+        diff = spawn(args, "compare")
+        print("  output differences vs MONAI (probabilities of 10 classes, distance):")
+        for k, v in diff.items():
+            print(f"    {k}: " + ", ".join(f"{a}={b:.3g}" for a, b in v.items()))
+
+    if args.huge:
+        args.device = devices[0]
+        base = ours_cpu if args.device == "cpu" and ours_cpu else runs["ours"]
+        estimate = base["seconds"] * HUGE * HUGE / (SHAPE[0] * SHAPE[1])
+        tiny = estimate > args.huge_limit
+        print(f"\n[huge] {HUGE}x{HUGE}: blood-unet estimated {estimate:.0f} s on {args.device}"
+              + (f" > {args.huge_limit:.0f} s: using a tiny network (width 4, depth 2) to "
+                 "measure memory boundedness" if tiny else ""))
+        r = spawn(args, "huge", *(["--tiny"] if tiny else []))
+        print(f"  {'tiny' if tiny else 'blood-unet'}: {r['seconds']:.0f} s, "
+              f"{r['mp_per_s']:.2f} MP/s, peak RSS {r['peak_rss_mb']:.0f} MB "
+              f"(before run {r['rss_before_mb']:.0f} MB); compact outputs "
+              f"{r['output_gb']:.2f} GB memory-mapped: {r['outputs']}")
+        print(f"  MONAI would hold (C+1)*H*W*4 = {12 * HUGE * HUGE * 4 / 1e9:.1f} GB of "
+              "float32 sums plus a 4.8 GB float32 input")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--reps", type=int, default=1, help="timed runs per process")
+    p.add_argument("--rounds", type=int, default=2, help="processes per variant, interleaved")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--huge", action="store_true")
+    p.add_argument("--huge-limit", type=float, default=600.0)
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        if args.device == "auto":
+            args.device = "cpu"
+        out = compare(args) if args.child == "compare" else child(args)
+        print(json.dumps(out))
+        return
+    report(args)
+
+
+if __name__ == "__main__":
+    main()
