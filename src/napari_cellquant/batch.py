@@ -71,6 +71,7 @@ def predict_images(
     *,
     tile: int | None = None,
     overlap: float | None = None,
+    diameter: float | None = None,
     overwrite: bool = False,
     on_image: Callable[[int, int, Path, str], None] | None = None,
 ) -> BatchResult:
@@ -81,7 +82,8 @@ def predict_images(
     result = BatchResult()
     for index, path in enumerate(images):
         try:
-            annotation = predict(read_image(path), model, tile=tile, overlap=overlap)
+            annotation = predict(read_image(path), model, tile=tile, overlap=overlap,
+                                 diameter=diameter)
             annotation.image_name = path.name
             annotation.image_path = path
             result.written += write_annotations(

@@ -66,6 +66,7 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"[{done}/{total}] {path.name}: {status}", file=sys.stderr)
 
     result = predict_images(images, model, args.outdir, tile=args.tile, overlap=args.overlap,
+                            diameter=args.diameter,
                             overwrite=args.overwrite, on_image=report)
     for path, message in result.failures:
         print(f"error: {path}: {message}", file=sys.stderr)
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda:0 ...")
     predict.add_argument("--tile", type=int, help="tile size in pixels (default: the card's)")
     predict.add_argument("--overlap", type=float, help="tile overlap fraction (default: the card's)")
+    predict.add_argument("--diameter", type=float,
+                         help="typical object diameter in pixels (RBC, nucleus); the image is "
+                         "rescaled to the model's scale and the result back")
     predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     predict.set_defaults(handler=_predict)
 

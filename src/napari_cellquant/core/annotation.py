@@ -149,9 +149,7 @@ class Annotation:
         totals = np.zeros(len(self.class_set) + 1, dtype=np.int64)
         ids = self.instance_ids()
         np.add.at(totals, [self.classes.get(int(i), 0) for i in ids], 1)
-        if not self.meta.get("boxes_mirror_instances", False):
-            # boxes that merely outline the instances (model output) are not extra objects
-            np.add.at(totals, self.boxes.class_ids, 1)
+        np.add.at(totals, self.boxes.class_ids, 1)
         return {name: int(totals[i + 1]) for i, name in enumerate(self.class_set.names)}
 
     def features(self) -> dict[str, np.ndarray]:

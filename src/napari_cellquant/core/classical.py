@@ -31,7 +31,6 @@ from .annotation import Annotation
 from .classes import BLOOD3, CELL, NET4
 from .errors import InputError
 from .postprocess import (
-    boxes_from_labels,
     fill_small_holes,
     relabel_sequential,
     remove_small_instances,
@@ -259,7 +258,6 @@ def _annotation(
     params: dict[str, Any],
     pipeline: str,
     *,
-    with_boxes: bool = False,
     shape: tuple[int, int] | None = None,
 ) -> Annotation:
     if shape is not None:
@@ -275,10 +273,6 @@ def _annotation(
         origins={int(i): "model" for i in mapping.values()},
         meta={"pipeline": pipeline, "params": dict(params)},
     )
-    if with_boxes:
-        ann.boxes = boxes_from_labels(ann.labels, ann.classes, ann.scores)
-        # the boxes are the instances' own boxes: counting must not add them again
-        ann.meta["boxes_mirror_instances"] = True
     return ann
 
 
@@ -649,7 +643,7 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
     n = int(labels.max(initial=0))
     if n == 0:
         return _annotation(
-            labels, {}, {}, NET4, p, "net-classical", with_boxes=True, shape=full_shape
+            labels, {}, {}, NET4, p, "net-classical", shape=full_shape
         )
 
     index = np.arange(1, n + 1)
@@ -713,7 +707,7 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
     classes = {int(i): int(c) for i, c in zip(index, class_of)}
     scores = {int(i): float(s) for i, s in zip(index, score)}
     return _annotation(
-        labels, classes, scores, NET4, p, "net-classical", with_boxes=True, shape=full_shape
+        labels, classes, scores, NET4, p, "net-classical", shape=full_shape
     )
 
 

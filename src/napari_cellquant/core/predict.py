@@ -99,26 +99,69 @@ def iter_predict(
     tile: int | None = None,
     overlap: float | None = None,
     batch_size: int = 4,
+    diameter: float | None = None,
 ) -> Generator[tuple[int, int], None, Annotation]:
     """Yield ``(done, total)`` progress steps; return the Annotation (``StopIteration.value``)."""
     card = model.card
     if card.kind == "classical":
         from .classical import run_pipeline
 
+        params = dict(card.params)
+        if diameter is not None:  # the pipelines express every size relative to it
+            params["diameter"] = float(diameter)
         yield (0, 1)
-        annotation = run_pipeline(card.pipeline or card.name, image, card.params)
+        annotation = run_pipeline(card.pipeline or card.name, image, params)
         yield (1, 1)
         return annotation
     from .inference import iter_predict_maps, prepare_image
     from .normalization import normalize
 
-    pixels = normalize(prepare_image(image, card.input_channels), card.normalization)
+    zoom = _zoom_to_model(card, diameter)
+    pixels = normalize(prepare_image(_resize(image, zoom), card.input_channels),
+                       card.normalization)
     maps = yield from iter_predict_maps(
         pixels, model.network, tile=tile or card.tile,
         overlap=card.overlap if overlap is None else overlap,
         batch_size=batch_size, device=model.device,
     )
-    return _maps_to_annotation(maps, card, image.shape[:2])
+    annotation = _maps_to_annotation(maps, card, pixels.shape[:2])
+    return annotation if zoom == 1.0 else _annotation_to_shape(annotation, image.shape[:2], zoom)
+
+
+def _zoom_to_model(card: ModelCard, diameter: float | None) -> float:
+    """Factor that brings objects of ``diameter`` px to the size the model was trained on."""
+    if diameter is None or card.typical_diameter is None:
+        return 1.0
+    if diameter <= 0:
+        raise InputError(None, f"diameter must be positive, got {diameter}")
+    zoom = card.typical_diameter / float(diameter)
+    return 1.0 if abs(zoom - 1.0) < 0.05 else zoom
+
+
+def _resize(image: np.ndarray, zoom: float) -> np.ndarray:
+    if zoom == 1.0:
+        return image
+    from skimage.transform import rescale
+
+    channel_axis = -1 if image.ndim == 3 else None
+    return rescale(image.astype(np.float32), zoom, order=1, channel_axis=channel_axis,
+                   preserve_range=True, anti_aliasing=zoom < 1)
+
+
+def _annotation_to_shape(annotation: Annotation, shape: tuple[int, ...], zoom: float) -> Annotation:
+    """Bring a result found on a zoomed image back to the original pixel grid."""
+    from skimage.transform import resize
+
+    labels = resize(annotation.labels, shape[:2], order=0, preserve_range=True,
+                    anti_aliasing=False).astype(np.int32)
+    boxes = annotation.boxes.scaled(1.0 / zoom, 1.0 / zoom)
+    present = set(np.unique(labels).tolist())
+    keep = {k: v for k, v in annotation.classes.items() if k in present}
+    return annotation.copy(
+        labels=labels, boxes=boxes, classes=keep,
+        scores={k: v for k, v in annotation.scores.items() if k in keep},
+        origins={k: v for k, v in annotation.origins.items() if k in keep},
+    )
 
 
 def _maps_to_annotation(maps: dict[str, np.ndarray], card: ModelCard,
@@ -151,15 +194,19 @@ def predict(
     overlap: float | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
+    diameter: float | None = None,
 ) -> Annotation:
     """Run ``model`` on one 2-D image (grey, RGB or multi-channel, any size) and return its objects.
+
+    ``diameter`` is the typical object diameter in the image, in pixels (RBC for blood,
+    nucleus for fluorescence); the image is brought to the model's scale and the result back.
 
     ``progress(done, total)`` is called as tiles finish; ``cancel()`` returning True stops the
     work at the next step with :class:`~napari_cellquant.core.errors.CancelledError`.
     """
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise InputError(None, f"expected a 2-D image (H, W) or (H, W, C); got {np.shape(image)}")
-    steps = iter_predict(image, model, tile=tile, overlap=overlap)
+    steps = iter_predict(image, model, tile=tile, overlap=overlap, diameter=diameter)
     try:
         while True:
             done, total = next(steps)

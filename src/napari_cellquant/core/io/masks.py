@@ -37,7 +37,7 @@ from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import watershed
 
 from ..annotation import Annotation
 from ..classes import CELL, CLASS_SETS, ClassSet
@@ -288,7 +288,7 @@ def split_touching_objects(
     # the image edge counts as background: two cells cut by the edge side by side are
     # otherwise one ridge along it, with no saddle between them
     distance = ndi.distance_transform_edt(np.pad(filled, 1))[1:-1, 1:-1]
-    radius = float(np.median(ndi.maximum(distance, regions, np.arange(1, n + 1))))
+    radius = float(np.median(_max_per_label(distance, regions, n)[1:]))
     # Without ``labels`` this is one maximum filter over the image. Peaks of different
     # regions cannot suppress each other: both are >= min_peak * r from the background
     # between them, so farther apart than min_distance.
@@ -299,49 +299,62 @@ def split_touching_objects(
         exclude_border=False,
     )
     region_of_peak = regions[tuple(peaks.T)]
-    crowded = np.flatnonzero(np.bincount(region_of_peak, minlength=n + 1) > 1)
-    crowded = crowded[crowded > 0]
+    per_region = np.bincount(region_of_peak, minlength=n + 1)
     objects = regions.astype(np.int64)
+    crowded = np.flatnonzero(per_region[1:] > 1) + 1
     if len(crowded):
         boxes = ndi.find_objects(regions)
+        # the peaks of region i are peaks[order][starts[i]:starts[i + 1]]
+        order = np.argsort(region_of_peak, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(per_region)])
         h = max(1.0, dominance * radius)
         next_id = n + 1
-        # only clusters are worked on, one bounding box each
+        # only clusters are worked on, each in its bounding box
         for region_id in crowded.tolist():
             box = boxes[region_id - 1]
             inside = regions[box] == region_id
-            pieces = _split_region(distance[box] * inside, inside, peaks, box, h)
+            own = peaks[order[starts[region_id] : starts[region_id + 1]]]
+            local = own - np.array([box[0].start, box[1].start])
+            pieces = _split_region(distance[box] * inside, inside, local, h)
             if pieces is None:
                 continue
             extra = pieces > 1
             objects[box][extra] = pieces[extra] - 2 + next_id
             next_id += int(pieces.max()) - 1
     objects[~mask] = 0  # the filled holes go back to what they were
-    return relabel_sequential(objects)[0].astype(np.int32)
+    # renumber 1..m in id order (a lookup table: np.unique would sort every pixel)
+    present = np.bincount(objects.ravel()) > 0
+    present[0] = False
+    return (np.cumsum(present) * present)[objects].astype(np.int32)
 
 
 def _split_region(
-    distance: np.ndarray,
-    inside: np.ndarray,
-    peaks: np.ndarray,
-    box: tuple[slice, ...],
-    h: float,
+    distance: np.ndarray, inside: np.ndarray, peaks: np.ndarray, h: float
 ) -> np.ndarray | None:
-    """Watershed pieces ``1..k`` of one region (in its box), or None when it stays whole."""
-    top, left = box[0].start, box[1].start
-    local = peaks - np.array([top, left])
-    ok = np.all((local >= 0) & (local < np.array(inside.shape)), axis=1)
-    local = local[ok]
-    local = local[inside[tuple(local.T)]]
+    """Watershed pieces ``1..k`` of one region (in its box), or None when it stays whole.
+
+    ``peaks`` are the region's candidate centres in box coordinates; those on one
+    h-maximum plateau of ``distance`` become one marker, those on none are dropped.
+    """
     plateaus = connected_components(h_maxima(distance, h) > 0)
-    plateau_of_peak = plateaus[tuple(local.T)]
-    kept = np.unique(plateau_of_peak[plateau_of_peak > 0])
+    plateau_of_peak = plateaus[tuple(peaks.T)]
+    chosen = plateau_of_peak > 0
+    kept = np.unique(plateau_of_peak[chosen])
     if len(kept) < 2:
         return None
     markers = np.zeros(inside.shape, dtype=np.int64)
-    chosen = plateau_of_peak > 0
-    markers[tuple(local[chosen].T)] = np.searchsorted(kept, plateau_of_peak[chosen]) + 1
+    markers[tuple(peaks[chosen].T)] = np.searchsorted(kept, plateau_of_peak[chosen]) + 1
     return watershed(-distance, markers, mask=inside, connectivity=2)
+
+
+def _max_per_label(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """``out[i]`` = largest value where ``labels == i`` (for ``i`` in ``0..n``), else -inf.
+
+    ``np.maximum.at`` is one pass; ``ndimage.maximum`` sorts all pixels by label.
+    """
+    out = np.full(n + 1, -np.inf)
+    np.maximum.at(out, labels.ravel(), values.ravel().astype(np.float64))
+    return out
 
 
 def _fill_holes(mask: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -359,12 +372,13 @@ def _fill_holes(mask: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, n
     if np.count_nonzero(filled) == np.count_nonzero(mask):
         return mask, components
     filled_regions = connected_components(filled, connectivity=2)
-    index = np.arange(1, int(filled_regions.max()) + 1)
-    big = int(components.max()) + 1  # above every id (int64 max overflows in ndimage)
-    highest = ndi.maximum(components, filled_regions, index)
-    lowest = ndi.minimum(np.where(mask, components, big), filled_regions, index)
-    owner = np.zeros(len(index) + 1, dtype=np.int64)
-    owner[1:] = np.where(highest == lowest, highest, 0)  # 0: holds several regions
+    m = int(filled_regions.max())
+    big = int(components.max()) + 1  # above every id, so holes do not lower the minimum
+    highest = _max_per_label(components, filled_regions, m)
+    lowest = -_max_per_label(-np.where(mask, components, big), filled_regions, m)
+    # the one region a filled region was made from; 0 where it holds several
+    owner = np.where(highest == lowest, highest, 0).astype(np.int64)
+    owner[0] = 0
     filled &= mask | (owner[filled_regions] > 0)
     return filled, np.where(mask, components, np.where(filled, owner[filled_regions], 0))
 
