@@ -465,38 +465,155 @@ def test_image_found_beside_json_or_in_images_dir(tmp_path):
     assert ann.image_path is None and ann.shape == (10, 20)
 
 
-def test_image_size_mismatch_rescales_everything_with_a_warning(tmp_path):
-    # declared 40x20 (w x h); the real image is 20x10: factors 0.5
-    tifffile.imwrite(tmp_path / "small.tif", np.zeros((10, 20), np.uint8))
-    mask = np.zeros((20, 40), dtype=np.uint8)
-    mask[4:12, 8:24] = 1
-    rle = mask_utils.encode(np.asfortranarray(mask))
+# Size-mismatch cases: the file declares 40x20 (w x h), the image beside it is 20x10.
+_DECLARED, _REAL = (20, 40), (10, 20)
+
+
+def _rect_mask(rows: slice, cols: slice, shape=_DECLARED) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(mask.shape), "counts": rle["counts"].decode()}
+
+
+# objects lying inside the 20x10 image, in declared coordinates, one of each kind
+_INSIDE = {
+    "box": {"bbox": [2, 1, 10, 6]},
+    "polygon": {"segmentation": [[2, 1, 12, 1, 12, 7, 2, 7]]},  # pixels rows 1..6, cols 2..11
+    "rle": {"segmentation": _rle(_rect_mask(slice(1, 7), slice(2, 12)))},
+}
+# objects reaching beyond the 20x10 image but inside the declared 40x20
+_BEYOND = {
+    "box": {"bbox": [10, 4, 20, 8]},  # x + w = 30
+    "polygon": {"segmentation": [[0, 12, 16, 12, 16, 20, 0, 20]]},  # y up to 20
+    "rle": {"segmentation": _rle(_rect_mask(slice(4, 12), slice(8, 24)))},  # cols up to 24
+}
+
+
+def _mismatch_file(tmp_path: Path, objects: list[dict]) -> Path:
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros(_REAL, np.uint8))
+    anns = [
+        {"id": k, "image_id": 1, "category_id": 1, **obj,
+         **({} if "bbox" in obj else {"attributes": {"instance_id": k}})}
+        for k, obj in enumerate(objects, start=1)
+    ]
     data = {
         "images": [{"id": 1, "file_name": "small.tif", "width": 40, "height": 20}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 4, 20, 8]},
-            {"id": 2, "image_id": 1, "category_id": 1,
-             "segmentation": [[0, 12, 16, 12, 16, 20, 0, 20]], "attributes": {"instance_id": 5}},
-            {"id": 3, "image_id": 1, "category_id": 1,
-             "segmentation": {"size": [20, 40], "counts": rle["counts"].decode()},
-             "attributes": {"instance_id": 2}},
-        ],
+        "annotations": anns,
         "categories": [{"id": 1, "name": "cell"}],
     }
-    path = _write_json(tmp_path / "c.json", data)
-    with pytest.warns(UserWarning, match=r"small\.tif is 20x10 .* declare 40x20.*x 0\.5, y 0\.5"):
+    return _write_json(tmp_path / "c.json", data)
+
+
+_KEPT_WARNING = (
+    r"c\.json: image small\.tif is 20x10 \(width x height\) but the annotations declare "
+    r"40x20; all objects lie inside the image, so their coordinates are taken as image pixels "
+    r"and the declared size is ignored"
+)
+
+
+@pytest.mark.parametrize("kind", ["box", "polygon", "rle"])
+def test_size_mismatch_keeps_coordinates_when_every_object_fits(tmp_path, kind):
+    path = _mismatch_file(tmp_path, [_INSIDE[kind]])
+    with pytest.warns(UserWarning, match=_KEPT_WARNING) as record:
         (ann,) = read_coco(path)
-    assert ann.shape == (10, 20)
-    np.testing.assert_array_equal(ann.boxes.xywh, [[5, 2, 10, 4]])
-    assert ann.meta["declared_size"] == (20, 40) and ann.meta["rescaled_from"] == (20, 40)
-    assert ann.meta["scale"] == (0.5, 0.5)
-    polygon_expected = np.zeros((10, 20), dtype=bool)
-    polygon_expected[6:10, 0:8] = True
-    rle_expected = np.zeros((10, 20), dtype=bool)
-    rle_expected[2:6, 4:12] = True
-    assert ann.classes == {5: 1, 2: 1}
-    np.testing.assert_array_equal(ann.labels == 5, polygon_expected)
-    np.testing.assert_array_equal(ann.labels == 2, rle_expected)
+    assert len(record) == 1
+    assert ann.shape == _REAL
+    assert ann.meta["size_mismatch"] == "kept" and ann.meta["declared_size"] == _DECLARED
+    assert "scale" not in ann.meta and "rescaled_from" not in ann.meta
+    if kind == "box":
+        np.testing.assert_array_equal(ann.boxes.xywh, [[2, 1, 10, 6]])  # unscaled
+        assert ann.instance_ids().size == 0
+    else:
+        # same pixels as in the declared grid, cropped to the real one (RLE: decoded 20x40)
+        np.testing.assert_array_equal(ann.labels == 1, _rect_mask(slice(1, 7), slice(2, 12),
+                                                                   shape=_REAL))
+        assert ann.classes == {1: 1}
+
+
+@pytest.mark.parametrize("kind", ["box", "polygon", "rle"])
+def test_size_mismatch_rescales_everything_when_one_object_lies_beyond(tmp_path, kind):
+    # every kind inside, plus one object of ``kind`` reaching beyond the real image
+    objects = [_INSIDE["box"], _INSIDE["polygon"], _INSIDE["rle"], _BEYOND[kind]]
+    path = _mismatch_file(tmp_path, objects)
+    with pytest.warns(
+        UserWarning,
+        match=r"small\.tif is 20x10 .* declare 40x20; rescaling coordinates by x 0\.5, y 0\.5 "
+        r"\(objects reach x \d+, y \d+, beyond the image\)",
+    ) as record:
+        (ann,) = read_coco(path)
+    assert len(record) == 1
+    assert ann.shape == _REAL
+    assert ann.meta["size_mismatch"] == "rescaled"
+    assert ann.meta["rescaled_from"] == _DECLARED and ann.meta["scale"] == (0.5, 0.5)
+    expected_boxes = [[1, 0.5, 5, 3]] + ([[5, 2, 10, 4]] if kind == "box" else [])
+    np.testing.assert_array_equal(ann.boxes.xywh, expected_boxes)
+    # the inside polygon (id 2) and RLE (id 3) are halved too: cols 1..5, rows 0.5..3.5
+    for iid in (2, 3):
+        assert np.array_equal(np.argwhere(ann.labels == iid).min(axis=0), [0, 1]) or iid == 2
+        assert (ann.labels == iid).any() and not (ann.labels[4:, :] == iid).any()
+        assert not (ann.labels[:, 6:] == iid).any()
+    if kind == "polygon":
+        np.testing.assert_array_equal(ann.labels == 4, _rect_mask(slice(6, 10), slice(0, 8),
+                                                                   shape=_REAL))
+    if kind == "rle":
+        np.testing.assert_array_equal(ann.labels == 4, _rect_mask(slice(2, 6), slice(4, 12),
+                                                                   shape=_REAL))
+
+
+@pytest.mark.parametrize(
+    ("bbox", "decision"),
+    [
+        ([10, 2, 10, 8], "kept"),  # touches the right and bottom edges exactly
+        ([10, 2, 10.9, 8.9], "kept"),  # within the 1-pixel tolerance
+        ([10, 2, 11.5, 4], "rescaled"),  # x + w = 21.5: beyond the 20-pixel-wide image
+        ([1, 2, 5, 9.5], "rescaled"),  # y + h = 11.5: beyond the 10-pixel-high image
+    ],
+)
+def test_size_mismatch_decision_at_the_image_edge(tmp_path, bbox, decision):
+    path = _mismatch_file(tmp_path, [{"bbox": bbox}])
+    with pytest.warns(UserWarning, match="ignored" if decision == "kept" else "rescaling"):
+        (ann,) = read_coco(path)
+    assert ann.meta["size_mismatch"] == decision
+    scale = 1 if decision == "kept" else 0.5
+    np.testing.assert_allclose(ann.boxes.xywh, [np.array(bbox) * scale])
+
+
+def test_size_mismatch_forced_rescale_and_keep(tmp_path):
+    path = _mismatch_file(tmp_path, [_INSIDE["box"], _INSIDE["rle"]])
+    with pytest.warns(UserWarning, match=r"by x 0\.5, y 0\.5 \(size_mismatch='rescale'\)"):
+        (ann,) = read_coco(path, size_mismatch="rescale")  # would be kept under "auto"
+    assert ann.meta["size_mismatch"] == "rescaled" and ann.meta["scale"] == (0.5, 0.5)
+    np.testing.assert_array_equal(ann.boxes.xywh, [[1, 0.5, 5, 3]])
+    np.testing.assert_array_equal(ann.labels == 2, _rect_mask(slice(0, 4), slice(1, 6), _REAL))
+
+    with pytest.warns(UserWarning, match="size_mismatch='keep', so their coordinates are taken"):
+        (ann,) = read_coco(path, size_mismatch="keep")
+    assert ann.meta["size_mismatch"] == "kept"
+    np.testing.assert_array_equal(ann.boxes.xywh, [[2, 1, 10, 6]])
+
+    beyond = _mismatch_file(tmp_path, [_INSIDE["box"], _BEYOND["rle"]])
+    error = _expect_input_error(beyond, r"size_mismatch='keep'.*x 24, y 12, beyond the image",
+                                size_mismatch="keep")
+    assert "20x10" in str(error) and "40x20" in str(error)
+    with pytest.raises(InputError, match="unknown size_mismatch 'shrink'"):
+        read_coco(beyond, size_mismatch="shrink")
+
+
+def test_size_mismatch_modes_do_nothing_when_sizes_agree(tmp_path):
+    tifffile.imwrite(tmp_path / "img.png", np.zeros((10, 20), np.uint8))
+    path = _write_json(tmp_path / "c.json", _minimal([_box(bbox=[2, 1, 10, 6])]))
+    for mode in ("auto", "rescale", "keep"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            (ann,) = read_coco(path, size_mismatch=mode)
+        assert ann.image_path == tmp_path / "img.png"
+        assert "size_mismatch" not in ann.meta and "scale" not in ann.meta
+        np.testing.assert_array_equal(ann.boxes.xywh, [[2, 1, 10, 6]])
 
 
 def test_box_within_one_pixel_tolerance_is_kept_unclipped(tmp_path):

@@ -18,6 +18,13 @@ Writing
     Each instance carries ``attributes: {"instance_id": id, "origin": ...}`` so label ids survive
     the round trip; boxes carry ``attributes: {"box_only": true}`` so they read back as boxes.
 
+Image size
+    When the image found beside the file differs in size from the size the file declares,
+    the annotations decide (:func:`resolve_image_size`): when every object lies inside the real
+    image their coordinates are taken as its pixels (the declared size is stale, as in the NET
+    data); when some reach beyond it they were drawn on a larger original and are rescaled.
+    Both are reported with a warning and recorded in ``meta["size_mismatch"]``.
+
 Coordinates follow COCO: x is the column, y the row, and pixel ``(row, col)`` covers
 ``[col, col + 1) x [row, row + 1)``; a bbox ``[x, y, w, h]`` covers ``w * h`` pixels.
 """
@@ -759,15 +766,27 @@ def _is_box_polygon(segmentation: list, bbox: np.ndarray | None) -> bool:
 
 
 class _Instance:
-    """One instance annotation waiting to be painted."""
+    """One instance annotation waiting to be painted.
 
-    __slots__ = ("class_id", "flat", "given_id", "origin", "score", "segmentation", "what")
+    Its geometry is parsed in the declared grid (``polygons``, or ``declared_flat`` for RLE),
+    so the whole image's ``extent`` is known before deciding how to map it onto the real image.
+    """
+
+    __slots__ = (
+        "class_id", "declared_flat", "extent", "flat", "given_id", "origin", "polygons",
+        "score", "what",
+    )
 
     def __init__(
-        self, what: str, segmentation: Any, class_id: int, score: float, attributes: dict
+        self,
+        what: str,
+        geometry: tuple[list[np.ndarray] | None, np.ndarray | None, tuple[float, float]],
+        class_id: int,
+        score: float,
+        attributes: dict,
     ) -> None:
         self.what = what
-        self.segmentation = segmentation
+        self.polygons, self.declared_flat, self.extent = geometry
         self.class_id = class_id
         self.score = score
         self.given_id = attributes.get("instance_id")
@@ -798,16 +817,26 @@ def _resample_flat(
     return tr[rr] * real[1] + tc[cc]
 
 
-def _instance_pixels(
-    source: Path,
-    what: str,
-    segmentation: Any,
-    declared: tuple[int, int],
-    real: tuple[int, int],
-) -> np.ndarray:
-    """Row-major flat indices (in the real grid) of one polygon or RLE segmentation."""
+def _crop_flat(flat: np.ndarray, declared: tuple[int, int], real: tuple[int, int]) -> np.ndarray:
+    """A pixel set of the declared grid re-indexed in the real grid, unscaled.
+
+    Only called when every object lies inside the real image, so nothing is actually cut;
+    the mask is a guard, not a clip.
+    """
+    rows, cols = np.divmod(flat, declared[1])
+    inside = (rows < real[0]) & (cols < real[1])
+    return rows[inside] * real[1] + cols[inside]
+
+
+def _instance_geometry(
+    source: Path, what: str, segmentation: Any, declared: tuple[int, int]
+) -> tuple[list[np.ndarray] | None, np.ndarray | None, tuple[float, float]]:
+    """Validated polygons or RLE pixels (declared grid) and their (max y, max x) extent.
+
+    Returns ``(polygons, None, extent)`` or ``(None, flat, extent)`` where ``flat`` holds the
+    row-major indices of the RLE's pixels in the declared grid.
+    """
     rows, cols = declared
-    scale = (real[0] / rows, real[1] / cols)
     if isinstance(segmentation, list):
         polygons = []
         for poly in segmentation:
@@ -826,11 +855,12 @@ def _instance_pixels(
                     f" outside the {cols}x{rows} image (not clipped: the annotation or its image"
                     " size is wrong)",
                 )
-            scaled = np.empty_like(xy)
-            scaled[0::2], scaled[1::2] = x * scale[1], y * scale[0]
-            polygons.append(scaled.tolist())
-        counts = _decode_rle_string(_polygon_counts(polygons, real))
-        return _runs_to_flat(counts, real)
+            polygons.append(xy)
+        extent = (
+            max(float(p[1::2].max()) for p in polygons),
+            max(float(p[0::2].max()) for p in polygons),
+        )
+        return polygons, None, extent  # not empty: an empty list is read as a box
     if isinstance(segmentation, dict):
         size = segmentation.get("size")
         raw = segmentation.get("counts")
@@ -848,10 +878,40 @@ def _instance_pixels(
             flat = _runs_to_flat(counts, declared)
         except ValueError as exc:
             raise InputError(source, f"{what}: invalid RLE ({exc})") from None
-        return flat if declared == real else _resample_flat(flat, declared, real)
+        if flat.size == 0:
+            return None, flat, (0.0, 0.0)
+        # the pixel (r, c) covers [c, c + 1) x [r, r + 1): its far edge is r + 1, c + 1
+        extent = (float(flat.max() // cols + 1), float(np.max(flat % cols) + 1))
+        return None, flat, extent
     raise InputError(
         source, f"{what}: segmentation must be polygons or RLE, got {str(segmentation)[:60]}"
     )
+
+
+def _instance_pixels(
+    inst: _Instance, declared: tuple[int, int], decision: SizeDecision
+) -> np.ndarray:
+    """Row-major flat indices, in the decided grid, of one parsed instance.
+
+    Polygons are scaled (or not) and rasterised in the decided grid; RLE, defined over the
+    declared grid, is resampled when rescaling and re-indexed (cropped) when keeping.
+    """
+    real = decision.shape
+    if inst.polygons is not None:
+        sy, sx = decision.scale or (1.0, 1.0)
+        polygons = []
+        for xy in inst.polygons:
+            scaled = np.empty_like(xy)
+            scaled[0::2], scaled[1::2] = xy[0::2] * sx, xy[1::2] * sy
+            polygons.append(scaled.tolist())
+        counts = _decode_rle_string(_polygon_counts(polygons, real))
+        return _runs_to_flat(counts, real)
+    flat = inst.declared_flat
+    if real == declared:
+        return flat
+    if decision.scale is not None:
+        return _resample_flat(flat, declared, real)
+    return _crop_flat(flat, declared, real)
 
 
 def _declared_size(
@@ -897,7 +957,15 @@ def _parse_entry(
         )
     )
     if not is_box:
-        return _Instance(what, segmentation, class_id, score, attributes)
+        inst = _Instance(
+            what, _instance_geometry(source, what, segmentation, declared), class_id, score,
+            attributes,
+        )
+        if bbox is not None:  # where the file says the object is counts too
+            inst.extent = (
+                max(inst.extent[0], bbox[1] + bbox[3]), max(inst.extent[1], bbox[0] + bbox[2])
+            )
+        return inst
     if bbox is None:
         if not has_segmentation:
             raise InputError(source, f"{what}: neither segmentation nor bbox")
@@ -907,6 +975,14 @@ def _parse_entry(
         bbox = np.array([x0, y0, x1 - x0, y1 - y0])
         check_box_inside(source, bbox, declared, what)
     return bbox, class_id, score
+
+
+def _extent(reaches: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(max y, max x) over the objects' (y, x) reaches; (0, 0) when there are none."""
+    if not reaches:
+        return 0.0, 0.0
+    far = np.asarray(reaches, dtype=np.float64).max(axis=0)
+    return float(far[0]), float(far[1])
 
 
 def _paint(
@@ -942,6 +1018,7 @@ def _read_image_annotations(
     class_set: ClassSet,
     category_to_class: dict[int, int],
     search_dirs: list[Path],
+    size_mismatch: SizeMismatch,
 ) -> Annotation:
     image_id = image["id"]
     name = str(image.get("file_name", ""))
@@ -963,10 +1040,15 @@ def _read_image_annotations(
         else:
             box_rows.append(parsed)
 
-    real, scale = real_size_and_scale(source, name, image_path, declared)
+    extent = _extent(
+        [(b[1] + b[3], b[0] + b[2]) for b, _, _ in box_rows] + [i.extent for i in instances]
+    )
+    decision = resolve_image_size(
+        source, name, image_path, declared, extent, size_mismatch=size_mismatch
+    )
     for inst in instances:
-        inst.flat = _instance_pixels(source, inst.what, inst.segmentation, declared, real)
-    labels, ids, kept = _paint(instances, real)
+        inst.flat = _instance_pixels(inst, declared, decision)
+    labels, ids, kept = _paint(instances, decision.shape)
 
     classes, scores, origins = {}, {}, {}
     hidden, empty = [], []
@@ -1008,10 +1090,9 @@ def _read_image_annotations(
     }
     if empty:
         meta["empty_objects"] = len(empty)
-    if scale is not None:
-        boxes = boxes.scaled(scale[1], scale[0])
-        meta["rescaled_from"] = declared
-        meta["scale"] = scale
+    if decision.scale is not None:
+        boxes = boxes.scaled(decision.scale[1], decision.scale[0])
+    meta.update(decision.meta(declared))
     return Annotation(
         labels=labels,
         class_set=class_set,
@@ -1026,7 +1107,11 @@ def _read_image_annotations(
 
 
 def read_coco(
-    path: PathLike, *, images_dir: PathLike | None = None, class_set: ClassSet | None = None
+    path: PathLike,
+    *,
+    images_dir: PathLike | None = None,
+    class_set: ClassSet | None = None,
+    size_mismatch: SizeMismatch = "auto",
 ) -> list[Annotation]:
     """Read a COCO instances file into one :class:`Annotation` per image.
 
@@ -1036,18 +1121,23 @@ def read_coco(
         The COCO ``.json`` file.
     images_dir
         Where the images are, when not beside the file or in an ``images/`` folder next to it.
-        Found images set ``image_path``; their real size wins over the declared size (with a
-        warning, and coordinates rescaled).
+        Found images set ``image_path``, and their real size wins over the declared size.
     class_set
         Map category names onto this set (case-insensitive). By default the categories, sorted
         by id, make the class set (a built-in set such as ``net4`` when the names match).
+    size_mismatch
+        When a found image's size differs from the declared one: ``"auto"`` keeps the
+        coordinates as image pixels when every object lies inside the image, and rescales them
+        by real / declared otherwise; ``"keep"`` or ``"rescale"`` force the choice. Always
+        with a warning (see :func:`resolve_image_size`).
 
     Returns
     -------
     list of Annotation
         In the order of the file's ``images``. ``meta`` holds ``source``, ``coco_image_id``,
-        ``declared_size`` (rows, cols), ``hidden_objects``, and ``rescaled_from`` (rows, cols)
-        and ``scale`` (sy, sx) when the image's real size differed.
+        ``declared_size`` (rows, cols), ``hidden_objects``; when the image's real size differed,
+        ``size_mismatch`` (``"kept"`` or ``"rescaled"``) and, when rescaled, ``rescaled_from``
+        (rows, cols) and ``scale`` (sy, sx).
 
     Raises
     ------
@@ -1055,6 +1145,7 @@ def read_coco(
         Unreadable or non-COCO JSON, references to missing images or categories, unknown
         category names, boxes or polygons outside the image, malformed segmentations.
     """
+    size_mismatch = check_size_mismatch(size_mismatch)
     source = Path(path)
     data = _load_json(source)
     class_set, category_to_class = _category_map(source, data["categories"], class_set)
@@ -1087,7 +1178,8 @@ def read_coco(
     search_dirs = _search_dirs(source, images_dir)
     return [
         _read_image_annotations(
-            source, images[i], per_image[i], class_set, category_to_class, search_dirs
+            source, images[i], per_image[i], class_set, category_to_class, search_dirs,
+            size_mismatch,
         )
         for i in images
     ]

@@ -762,6 +762,7 @@ def _name_image(annotation: Annotation, folder: Path, recorded: dict[str, str]) 
 
 
 __all__ = [
+    "AGGREGATE_CLASSES",
     "CLASSES_JSON",
     "check_shape_matches",
     "majority_classes",

@@ -25,11 +25,13 @@ from ..classes import CLASS_SETS, ClassSet, class_set_from_names
 from ..errors import InputError, OutputExistsError
 from .atomic import atomic_path
 from .coco import (
+    SizeMismatch,
     _search_dirs,
     check_box_inside,
+    check_size_mismatch,
     find_image_file,
     map_names_to_class_set,
-    real_size_and_scale,
+    resolve_image_size,
 )
 
 __all__ = ["looks_like_voc", "read_voc", "voc_element", "write_voc"]
@@ -168,12 +170,22 @@ def _infer_class_set(names: Iterable[str]) -> ClassSet:
 
 
 def _to_annotation(
-    parsed: _VocFile, class_set: ClassSet, search_dirs: list[Path]
+    parsed: _VocFile, class_set: ClassSet, search_dirs: list[Path], size_mismatch: SizeMismatch
 ) -> Annotation:
     image_path = find_image_file(parsed.filename, search_dirs)
-    real, scale = real_size_and_scale(parsed.path, parsed.filename, image_path, parsed.declared)
+    xywh = np.array(parsed.xywh, dtype=np.float64).reshape(-1, 4)
+    # (max ymax, max xmax): decides whether the boxes fit the real image as they are
+    extent = (
+        (float((xywh[:, 1] + xywh[:, 3]).max()), float((xywh[:, 0] + xywh[:, 2]).max()))
+        if len(xywh)
+        else (0.0, 0.0)
+    )
+    decision = resolve_image_size(
+        parsed.path, parsed.filename, image_path, parsed.declared, extent,
+        size_mismatch=size_mismatch,
+    )
     class_ids = map_names_to_class_set(parsed.path, parsed.names, class_set, what="class")
-    boxes = Boxes(np.array(parsed.xywh, dtype=np.float64).reshape(-1, 4), class_ids, parsed.scores)
+    boxes = Boxes(xywh, class_ids, parsed.scores)
     meta: dict[str, Any] = {
         "source": str(parsed.path),
         "declared_size": parsed.declared,
@@ -182,12 +194,11 @@ def _to_annotation(
     }
     if parsed.depth is not None:
         meta["depth"] = parsed.depth
-    if scale is not None:
-        boxes = boxes.scaled(scale[1], scale[0])
-        meta["rescaled_from"] = parsed.declared
-        meta["scale"] = scale
+    if decision.scale is not None:
+        boxes = boxes.scaled(decision.scale[1], decision.scale[0])
+    meta.update(decision.meta(parsed.declared))
     return Annotation(
-        labels=np.zeros(real, dtype=np.int32),
+        labels=np.zeros(decision.shape, dtype=np.int32),
         class_set=class_set,
         boxes=boxes,
         image_name=parsed.filename,
@@ -201,6 +212,7 @@ def read_voc(
     *,
     images_dir: PathLike | None = None,
     class_set: ClassSet | None = None,
+    size_mismatch: SizeMismatch = "auto",
 ) -> list[Annotation]:
     """Read Pascal VOC boxes from one XML file or every ``*.xml`` in a folder.
 
@@ -210,21 +222,28 @@ def read_voc(
         A VOC ``.xml`` file, or a folder of them (not searched recursively).
     images_dir
         Where the images are, when not beside the XML, in ``images/`` next to it, or in
-        ``../images``. A found image sets ``image_path`` and, when its real size differs from
-        ``<size>``, boxes are rescaled to it with a warning.
+        ``../images``. A found image sets ``image_path``, and its real size wins over
+        ``<size>``.
     class_set
         Map object names onto this set (case-insensitive; unknown names are an InputError).
         By default the smallest built-in set holding every name, else a set of the names in
         alphabetical order.
+    size_mismatch
+        When a found image's size differs from ``<size>``: ``"auto"`` keeps the boxes as image
+        pixels when they all lie inside the image and rescales them by real / declared
+        otherwise; ``"keep"`` or ``"rescale"`` force the choice. Always with a warning (see
+        :func:`..coco.resolve_image_size`).
 
     Returns
     -------
     list of Annotation
         One per file (sorted by file name for a folder), objects in ``boxes`` with
         ``xywh = (xmin, ymin, xmax - xmin, ymax - ymin)``; ``meta`` holds ``difficult`` and
-        ``truncated`` (one flag per box), ``declared_size`` (rows, cols) and, when rescaled,
+        ``truncated`` (one flag per box), ``declared_size`` (rows, cols) and, when the image's
+        size differed, ``size_mismatch`` (``"kept"`` or ``"rescaled"``) and, when rescaled,
         ``rescaled_from`` and ``scale`` (sy, sx).
     """
+    size_mismatch = check_size_mismatch(size_mismatch)
     source = Path(path_or_dir)
     if source.is_dir():
         files = sorted(source.glob("*.xml"))
@@ -237,7 +256,10 @@ def read_voc(
     parsed = [_VocFile(f) for f in files]
     if class_set is None:
         class_set = _infer_class_set(n for p in parsed for n in p.names)
-    return [_to_annotation(p, class_set, _search_dirs(p.path, images_dir)) for p in parsed]
+    return [
+        _to_annotation(p, class_set, _search_dirs(p.path, images_dir), size_mismatch)
+        for p in parsed
+    ]
 
 
 # ------------------------------------------------------------------------------------------

@@ -1,0 +1,35 @@
+"""The README's main job: `cellquant demo` on the bundled samples."""
+
+import csv
+import json
+
+from napari_cellquant.cli import main
+from napari_cellquant.core.io import read_annotations
+
+
+def test_demo_writes_truth_and_predictions_that_agree(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", str(out)]) == 0
+    net_truth = read_annotations(out / "net_fluorescence" / "truth" / "annotations.json")
+    assert len(net_truth) == 1 and len(net_truth[0].boxes) == 16
+    assert net_truth[0].image_path is not None and net_truth[0].image_path.is_file()
+    coco = json.loads((out / "blood_smear" / "predictions" / "annotations.json").read_text())
+    assert coco["images"][0]["file_name"] == "synthetic_blood_smear.png"
+    rows = list(csv.DictReader(open(out / "comparison.csv")))
+    net = {r["class"]: (int(r["truth"]), int(r["predicted"])) for r in rows
+           if r["model"] == "net-classical"}
+    true_share = net["NET"][0] / sum(t for t, _ in net.values())
+    found_share = net["NET"][1] / sum(p for _, p in net.values())
+    assert abs(true_share - found_share) <= 0.10  # NET % within 10 points
+    blood = {r["class"]: (int(r["truth"]), int(r["predicted"])) for r in rows
+             if r["model"] == "blood-classical"}
+    assert abs(blood["rbc"][1] - blood["rbc"][0]) <= 0.1 * blood["rbc"][0]
+    assert blood["wbc"][1] == blood["wbc"][0]
+
+
+def test_demo_refuses_to_overwrite_then_overwrites_when_asked(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", str(out)]) == 0
+    assert main(["demo", str(out)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["demo", str(out), "--overwrite"]) == 0
