@@ -262,17 +262,6 @@ def test_written_file_structure(tmp_path):
     assert looks_like_coco(path)
 
 
-def test_boxes_that_mirror_instances_are_not_written_twice():
-    labels = np.zeros((10, 10), dtype=np.int32)
-    labels[2:5, 3:7] = 1
-    ann = Annotation(labels, NET4, classes={1: 2}, image_name="m.png",
-                     boxes=Boxes([[3, 2, 4, 3]], [2]), meta={"boxes_mirror_instances": True})
-    data = coco_dict([ann])
-    assert len(data["annotations"]) == 1
-    assert data["annotations"][0]["attributes"]["instance_id"] == 1
-    assert len(coco_dict([ann.copy(meta={})])["annotations"]) == 2
-
-
 def test_pycocotools_loads_file_and_self_evaluation_gives_ap_one(tmp_path, capsys):
     labels, classes = _many_objects(80, shape=(200, 200), seed=5)
     first = Annotation(labels, BLOOD10, classes=classes, image_name="one.tif",
@@ -480,17 +469,26 @@ def _rle(mask: np.ndarray) -> dict:
     return {"size": list(mask.shape), "counts": rle["counts"].decode()}
 
 
-# objects lying inside the 20x10 image, in declared coordinates, one of each kind
+# disjoint objects lying inside the 20x10 image, in declared coordinates, one of each kind;
+# even coordinates, so halving them gives whole pixels
 _INSIDE = {
-    "box": {"bbox": [2, 1, 10, 6]},
-    "polygon": {"segmentation": [[2, 1, 12, 1, 12, 7, 2, 7]]},  # pixels rows 1..6, cols 2..11
-    "rle": {"segmentation": _rle(_rect_mask(slice(1, 7), slice(2, 12)))},
+    "box": {"bbox": [2, 2, 10, 6]},
+    "polygon": {"segmentation": [[2, 2, 12, 2, 12, 8, 2, 8]]},  # pixels rows 2..7, cols 2..11
+    "rle": {"segmentation": _rle(_rect_mask(slice(2, 8), slice(12, 20)))},
+}
+_INSIDE_PIXELS = {  # in the real grid, kept
+    "polygon": _rect_mask(slice(2, 8), slice(2, 12), _REAL),
+    "rle": _rect_mask(slice(2, 8), slice(12, 20), _REAL),
+}
+_INSIDE_HALVED = {  # in the real grid, rescaled
+    "polygon": _rect_mask(slice(1, 4), slice(1, 6), _REAL),
+    "rle": _rect_mask(slice(1, 4), slice(6, 10), _REAL),
 }
 # objects reaching beyond the 20x10 image but inside the declared 40x20
 _BEYOND = {
     "box": {"bbox": [10, 4, 20, 8]},  # x + w = 30
     "polygon": {"segmentation": [[0, 12, 16, 12, 16, 20, 0, 20]]},  # y up to 20
-    "rle": {"segmentation": _rle(_rect_mask(slice(4, 12), slice(8, 24)))},  # cols up to 24
+    "rle": {"segmentation": _rle(_rect_mask(slice(10, 20), slice(24, 40)))},  # to x 40, y 20
 }
 
 
@@ -526,12 +524,11 @@ def test_size_mismatch_keeps_coordinates_when_every_object_fits(tmp_path, kind):
     assert ann.meta["size_mismatch"] == "kept" and ann.meta["declared_size"] == _DECLARED
     assert "scale" not in ann.meta and "rescaled_from" not in ann.meta
     if kind == "box":
-        np.testing.assert_array_equal(ann.boxes.xywh, [[2, 1, 10, 6]])  # unscaled
+        np.testing.assert_array_equal(ann.boxes.xywh, [[2, 2, 10, 6]])  # unscaled
         assert ann.instance_ids().size == 0
     else:
         # same pixels as in the declared grid, cropped to the real one (RLE: decoded 20x40)
-        np.testing.assert_array_equal(ann.labels == 1, _rect_mask(slice(1, 7), slice(2, 12),
-                                                                   shape=_REAL))
+        np.testing.assert_array_equal(ann.labels, _INSIDE_PIXELS[kind])
         assert ann.classes == {1: 1}
 
 
@@ -550,18 +547,16 @@ def test_size_mismatch_rescales_everything_when_one_object_lies_beyond(tmp_path,
     assert ann.shape == _REAL
     assert ann.meta["size_mismatch"] == "rescaled"
     assert ann.meta["rescaled_from"] == _DECLARED and ann.meta["scale"] == (0.5, 0.5)
-    expected_boxes = [[1, 0.5, 5, 3]] + ([[5, 2, 10, 4]] if kind == "box" else [])
+    expected_boxes = [[1, 1, 5, 3]] + ([[5, 2, 10, 4]] if kind == "box" else [])
     np.testing.assert_array_equal(ann.boxes.xywh, expected_boxes)
-    # the inside polygon (id 2) and RLE (id 3) are halved too: cols 1..5, rows 0.5..3.5
-    for iid in (2, 3):
-        assert np.array_equal(np.argwhere(ann.labels == iid).min(axis=0), [0, 1]) or iid == 2
-        assert (ann.labels == iid).any() and not (ann.labels[4:, :] == iid).any()
-        assert not (ann.labels[:, 6:] == iid).any()
+    # the inside polygon (id 2) and RLE (id 3) are halved too
+    np.testing.assert_array_equal(ann.labels == 2, _INSIDE_HALVED["polygon"])
+    np.testing.assert_array_equal(ann.labels == 3, _INSIDE_HALVED["rle"])
     if kind == "polygon":
         np.testing.assert_array_equal(ann.labels == 4, _rect_mask(slice(6, 10), slice(0, 8),
                                                                    shape=_REAL))
     if kind == "rle":
-        np.testing.assert_array_equal(ann.labels == 4, _rect_mask(slice(2, 6), slice(4, 12),
+        np.testing.assert_array_equal(ann.labels == 4, _rect_mask(slice(5, 10), slice(12, 20),
                                                                    shape=_REAL))
 
 
@@ -588,16 +583,17 @@ def test_size_mismatch_forced_rescale_and_keep(tmp_path):
     with pytest.warns(UserWarning, match=r"by x 0\.5, y 0\.5 \(size_mismatch='rescale'\)"):
         (ann,) = read_coco(path, size_mismatch="rescale")  # would be kept under "auto"
     assert ann.meta["size_mismatch"] == "rescaled" and ann.meta["scale"] == (0.5, 0.5)
-    np.testing.assert_array_equal(ann.boxes.xywh, [[1, 0.5, 5, 3]])
-    np.testing.assert_array_equal(ann.labels == 2, _rect_mask(slice(0, 4), slice(1, 6), _REAL))
+    np.testing.assert_array_equal(ann.boxes.xywh, [[1, 1, 5, 3]])
+    np.testing.assert_array_equal(ann.labels == 2, _INSIDE_HALVED["rle"])
 
     with pytest.warns(UserWarning, match="size_mismatch='keep', so their coordinates are taken"):
         (ann,) = read_coco(path, size_mismatch="keep")
     assert ann.meta["size_mismatch"] == "kept"
-    np.testing.assert_array_equal(ann.boxes.xywh, [[2, 1, 10, 6]])
+    np.testing.assert_array_equal(ann.boxes.xywh, [[2, 2, 10, 6]])
+    np.testing.assert_array_equal(ann.labels == 2, _INSIDE_PIXELS["rle"])
 
     beyond = _mismatch_file(tmp_path, [_INSIDE["box"], _BEYOND["rle"]])
-    error = _expect_input_error(beyond, r"size_mismatch='keep'.*x 24, y 12, beyond the image",
+    error = _expect_input_error(beyond, r"size_mismatch='keep'.*x 40, y 20, beyond the image",
                                 size_mismatch="keep")
     assert "20x10" in str(error) and "40x20" in str(error)
     with pytest.raises(InputError, match="unknown size_mismatch 'shrink'"):
@@ -805,11 +801,18 @@ def net_dir(shared_data: Path) -> Path:
 
 
 @pytest.mark.shared_data
-def test_real_net_coco_opens_as_43_rescaled_boxes(net_dir):
+def test_real_net_coco_boxes_are_image_pixels_not_rescaled(net_dir):
+    """coco.json declares 1920x1440 but its boxes are the 1024x768 JPEGs' pixels: they reach
+    exactly x 1024 and lie on the cells. All fit, so they are kept, with a warning."""
     raw = json.loads((net_dir / "coco.json").read_text())
-    with pytest.warns(UserWarning, match=r"1024x768 .* declare 1920x1440") as record:
+    with pytest.warns(UserWarning, match=r"is 1024x768 .* declare 1920x1440") as record:
         anns = read_coco(net_dir / "coco.json")
-    assert len([w for w in record if "rescaling" in str(w.message)]) == 2
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2
+    assert all("declared size is ignored" in m and "rescaling" not in m for m in messages)
+    assert {m.split(": image ")[1].split(" ")[0] for m in messages} == {
+        i["file_name"] for i in raw["images"]
+    }
     assert sorted(a.image_name for a in anns) == sorted(i["file_name"] for i in raw["images"])
     assert sum(len(a.boxes) for a in anns) == 43
     for ann in anns:
@@ -817,10 +820,28 @@ def test_real_net_coco_opens_as_43_rescaled_boxes(net_dir):
         assert ann.image_path == net_dir / "images" / ann.image_name
         assert ann.shape == (768, 1024)
         assert ann.instance_ids().size == 0  # boxes only
+        assert ann.meta["size_mismatch"] == "kept"
+        assert ann.meta["declared_size"] == (1440, 1920)
+        assert "scale" not in ann.meta and "rescaled_from" not in ann.meta
         image_id = ann.meta["coco_image_id"]
         raw_boxes = [a for a in raw["annotations"] if a["image_id"] == image_id]
-        np.testing.assert_allclose(
-            ann.boxes.xywh, np.array([a["bbox"] for a in raw_boxes]) * 1024 / 1920
-        )
+        np.testing.assert_array_equal(ann.boxes.xywh, [a["bbox"] for a in raw_boxes])
         np.testing.assert_array_equal(ann.boxes.class_ids, [a["category_id"] for a in raw_boxes])
-    assert set(np.concatenate([a.boxes.class_ids for a in anns]).tolist()) <= {1, 2, 3, 4}
+        x, y, w, h = ann.boxes.xywh.T
+        assert (x >= 0).all() and (y >= 0).all()
+        assert (x + w).max() <= 1024 and (y + h).max() <= 768
+    xywh = np.concatenate([a.boxes.xywh for a in anns])
+    assert (xywh[:, 0] + xywh[:, 2]).max() == 1024  # they reach the JPEG's right edge
+    assert set(np.concatenate([a.boxes.class_ids for a in anns]).tolist()) == {1, 2, 3, 4}
+
+
+@pytest.mark.shared_data
+def test_real_net_coco_forced_rescale_gives_the_old_scaled_boxes(net_dir):
+    raw = json.loads((net_dir / "coco.json").read_text())
+    with pytest.warns(UserWarning, match=r"x 0\.533333, y 0\.533333 \(size_mismatch='rescale'\)"):
+        anns = read_coco(net_dir / "coco.json", size_mismatch="rescale")
+    by_id = {a.meta["coco_image_id"]: a for a in anns}
+    for image_id, ann in by_id.items():
+        raw_boxes = [a["bbox"] for a in raw["annotations"] if a["image_id"] == image_id]
+        np.testing.assert_allclose(ann.boxes.xywh, np.array(raw_boxes) * 1024 / 1920)
+        assert ann.meta["size_mismatch"] == "rescaled"

@@ -1,4 +1,4 @@
-"""Pascal VOC XML reading and writing: conventions, class sets, rescaling, real data, errors."""
+"""Pascal VOC XML reading and writing: conventions, class sets, image size, real data, errors."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from napari_cellquant.core.classes import BLOOD3, NET4
 from napari_cellquant.core.errors import InputError, OutputExistsError
 from napari_cellquant.core.io.coco import read_coco, write_coco
 from napari_cellquant.core.io.voc import looks_like_voc, read_voc, write_voc
-
 
 
 def _voc(
@@ -85,19 +84,60 @@ def test_read_with_class_set_is_case_insensitive(tmp_path):
     np.testing.assert_array_equal(ann.boxes.class_ids, [2, 1])
 
 
-def test_image_size_mismatch_rescales_boxes_with_a_warning(tmp_path):
-    (tmp_path / "images").mkdir()
+def _mismatch_setup(tmp_path: Path, objects: str, xml: str = "small.xml") -> Path:
+    """A VOC file declaring 40x30 in voc/, its image (10x15, w x h) in ../images."""
+    (tmp_path / "images").mkdir(exist_ok=True)
     tifffile.imwrite(tmp_path / "images" / "small.tif", np.zeros((15, 10), np.uint8))
     voc_dir = tmp_path / "voc"
-    voc_dir.mkdir()
-    path = _write(voc_dir / "small.xml", _voc(_obj("NET", 4, 6, 20, 30), filename="small.tif"))
+    voc_dir.mkdir(exist_ok=True)
+    return _write(voc_dir / xml, _voc(objects, filename="small.tif"))
+
+
+def test_image_size_mismatch_rescales_boxes_reaching_beyond_the_image(tmp_path):
+    # the second box reaches x 20 > 10: drawn on a larger original
+    path = _mismatch_setup(tmp_path, _obj("NET", 0, 0, 8, 6) + _obj("NET", 4, 6, 20, 30))
     with pytest.warns(UserWarning, match=r"small\.xml: image small\.tif is 10x15 .* 40x30.*"
-                                         r"x 0\.25, y 0\.5"):
+                                         r"x 0\.25, y 0\.5 \(objects reach x 20, y 30, beyond"):
         (ann,) = read_voc(path)  # found in ../images
     assert ann.image_path == tmp_path / "images" / "small.tif"
     assert ann.shape == (15, 10)
-    np.testing.assert_array_equal(ann.boxes.xywh, [[1, 3, 4, 12]])
+    np.testing.assert_array_equal(ann.boxes.xywh, [[0, 0, 2, 3], [1, 3, 4, 12]])
+    assert ann.meta["size_mismatch"] == "rescaled"
     assert ann.meta["rescaled_from"] == (30, 40) and ann.meta["scale"] == (0.5, 0.25)
+
+
+def test_image_size_mismatch_keeps_boxes_that_all_fit_the_image(tmp_path):
+    # every box lies inside the 10x15 image (the last one within the 1-pixel tolerance)
+    path = _mismatch_setup(tmp_path, _obj("NET", 1, 2, 9, 14) + _obj("dead", 0, 0, 10.5, 15))
+    with pytest.warns(
+        UserWarning,
+        match=r"small\.xml: image small\.tif is 10x15 \(width x height\) but the annotations "
+        r"declare 40x30; all objects lie inside the image, so their coordinates are taken as "
+        r"image pixels and the declared size is ignored",
+    ) as record:
+        (ann,) = read_voc(path)
+    assert len(record) == 1
+    assert ann.shape == (15, 10)
+    np.testing.assert_array_equal(ann.boxes.xywh, [[1, 2, 8, 12], [0, 0, 10.5, 15]])
+    assert ann.meta["size_mismatch"] == "kept" and ann.meta["declared_size"] == (30, 40)
+    assert "scale" not in ann.meta and "rescaled_from" not in ann.meta
+
+
+def test_image_size_mismatch_forced(tmp_path):
+    inside = _mismatch_setup(tmp_path, _obj("NET", 2, 2, 10, 14))
+    with pytest.warns(UserWarning, match=r"\(size_mismatch='rescale'\)"):
+        (ann,) = read_voc(inside, size_mismatch="rescale")
+    np.testing.assert_array_equal(ann.boxes.xywh, [[0.5, 1, 2, 6]])
+    assert ann.meta["size_mismatch"] == "rescaled"
+    beyond = _mismatch_setup(tmp_path, _obj("NET", 2, 2, 30, 14), xml="beyond.xml")
+    with pytest.warns(UserWarning, match="size_mismatch='keep', so their coordinates are taken"):
+        (ann,) = read_voc(inside, size_mismatch="keep")
+    np.testing.assert_array_equal(ann.boxes.xywh, [[2, 2, 8, 12]])
+    with pytest.raises(InputError, match=r"size_mismatch='keep'.*x 30, y 14, beyond") as info:
+        read_voc(beyond, size_mismatch="keep")
+    assert info.value.source == str(beyond)
+    with pytest.raises(InputError, match="unknown size_mismatch 'never'"):
+        read_voc(beyond, size_mismatch="never")
 
 
 def test_looks_like_voc(tmp_path):
@@ -145,15 +185,6 @@ def test_write_boxes_and_instance_bboxes_then_read_back(tmp_path):
     np.testing.assert_array_equal(back.boxes.scores, [0.9, np.nan, np.nan, 0.5])
     assert back.meta["difficult"] == [True, False, False, False]
     assert back.meta["truncated"] == [False, True, False, False]
-
-
-def test_boxes_that_mirror_instances_are_written_once(tmp_path):
-    labels = np.zeros((10, 10), dtype=np.int32)
-    labels[2:5, 3:7] = 1
-    ann = Annotation(labels, NET4, classes={1: 2}, image_name="m.png",
-                     boxes=Boxes([[3, 2, 4, 3]], [2]), meta={"boxes_mirror_instances": True})
-    (back,) = read_voc(write_voc([ann], tmp_path)[0])
-    np.testing.assert_array_equal(back.boxes.xywh, [[3, 2, 4, 3]])
 
 
 def test_write_refuses_overwrite_and_writes_nothing(tmp_path):
@@ -252,30 +283,35 @@ def _by_name(anns: list[Annotation]) -> dict[str, Annotation]:
 
 @pytest.mark.shared_data
 def test_real_net_voc_matches_coco(net_dir):
-    """The convention xywh = (xmin, ymin, xmax - xmin, ymax - ymin) reproduces coco.json."""
+    """The convention xywh = (xmin, ymin, xmax - xmin, ymax - ymin) reproduces coco.json, and
+    the boxes, which all fit the 1024x768 JPEGs, are kept as their pixels (not rescaled)."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the rescale warning is tested in test_coco
+        warnings.simplefilter("ignore")  # the size warning of coco.json is tested in test_coco
         from_coco = _by_name(read_coco(net_dir / "coco.json"))
-    with pytest.warns(UserWarning, match="1024x768"):
+    with pytest.warns(UserWarning, match="1024x768") as record:
         from_voc = _by_name(read_voc(net_dir / "voc"))
+    messages = [str(w.message) for w in record]
+    assert len(messages) == 2
+    assert all("1920x1440" in m and "declared size is ignored" in m for m in messages)
     assert from_voc.keys() == from_coco.keys() and len(from_voc) == 2
     assert sum(len(a.boxes) for a in from_voc.values()) == 43
     for name, voc_ann in from_voc.items():
         assert voc_ann.class_set is NET4
         assert voc_ann.image_path == net_dir / "images" / name
+        assert voc_ann.shape == (768, 1024)
+        assert voc_ann.meta["size_mismatch"] == "kept" and "scale" not in voc_ann.meta
         voc_xywh, voc_classes = _sorted_boxes(voc_ann.boxes)
         coco_xywh, coco_classes = _sorted_boxes(from_coco[name].boxes)
-        np.testing.assert_allclose(voc_xywh, coco_xywh)
+        np.testing.assert_array_equal(voc_xywh, coco_xywh)
         np.testing.assert_array_equal(voc_classes, coco_classes)
-    # declared-size boxes agree exactly with the raw JSON numbers
+    # the boxes are exactly the raw JSON numbers, inside the JPEGs
     raw = json.loads((net_dir / "coco.json").read_text())
     raw_boxes = sorted(tuple(a["bbox"]) for a in raw["annotations"])
-    voc_boxes = sorted(
-        tuple(float(v) for v in row)
-        for a in from_voc.values()
-        for row in a.boxes.xywh / np.array(a.meta["scale"])[[1, 0, 1, 0]]
-    )
-    np.testing.assert_allclose(voc_boxes, raw_boxes, atol=1e-9)
+    voc_boxes = sorted(tuple(float(v) for v in row) for a in from_voc.values()
+                       for row in a.boxes.xywh)
+    np.testing.assert_array_equal(voc_boxes, raw_boxes)
+    xywh = np.array(voc_boxes)
+    assert (xywh[:, 0] + xywh[:, 2]).max() == 1024 and (xywh[:, 1] + xywh[:, 3]).max() <= 768
 
 
 @pytest.mark.shared_data

@@ -557,9 +557,7 @@ def coco_dict(annotations: Iterable[Annotation], *, encoding: Encoding = "polygo
                 "height": ann.shape[0],
             }
         )
-        # boxes that only outline the instances (model output) would be duplicate objects
-        boxes = Boxes() if ann.meta.get("boxes_mirror_instances", False) else ann.boxes
-        for entry in _instance_entries(ann, encoding) + _box_entries(boxes):
+        for entry in _instance_entries(ann, encoding) + _box_entries(ann.boxes):
             entries.append({"id": len(entries) + 1, "image_id": image_id, **entry})
     categories = []
     if class_set is not None:

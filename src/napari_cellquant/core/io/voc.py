@@ -315,8 +315,7 @@ def voc_element(annotation: Annotation) -> ET.Element:
         for tag, value in (("xmin", x), ("ymin", y), ("xmax", x + w), ("ymax", y + h)):
             _sub(box, tag, _text(value))
 
-    # boxes that only outline the instances (model output) are written once, from the masks
-    n = 0 if ann.meta.get("boxes_mirror_instances", False) else len(ann.boxes)
+    n = len(ann.boxes)
     difficult = _flags(ann.meta, "difficult", n)
     truncated = _flags(ann.meta, "truncated", n)
     for k in range(n):
