@@ -8,7 +8,7 @@ and prints megapixels per second, their ratio, peak resident memory of each run 
 measurement runs in its own process so ``ru_maxrss`` is its own) and the largest difference
 between the two outputs.
 
-    python benchmarks/inference.py [--threads N] [--reps 2] [--device cpu|cuda] [--huge]
+    python benchmarks/inference.py [--threads N] [--rounds 3] [--device cpu|cuda] [--huge]
 
 ``--huge`` adds a 20000 x 20000 run (uint8 input memory-mapped from a temporary file, compact
 outputs memory-mapped) to show that memory is bounded by the tile band; when the estimated
@@ -84,69 +84,108 @@ def make_image() -> np.ndarray:
     return rng.integers(0, 256, (*SHAPE, 3), dtype=np.uint8).astype(np.float32) / 255
 
 
-def child(args: argparse.Namespace) -> dict:
-    """One measurement in a fresh process; returns a JSON-able dict."""
+VARIANTS = ("ours", "monai", "ours-full", "monai-fused", "ours-nofuse")
+LABELS = {
+    "ours": "ours (compact outputs)",
+    "monai": "MONAI sliding_window_inference",
+    "ours-full": "ours (float32 outputs)",
+    "monai-fused": "MONAI given our folded channels_last net (ablation)",
+    "ours-nofuse": "ours, BN not folded (ablation)",
+}
+
+
+def make_runner(kind: str, net, device):
+    """A function image -> outputs for one variant of the comparison."""
     import torch
 
     from napari_cellquant.core.inference import predict_maps
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    kind = args.child
-    result: dict = {"kind": kind, "threads": torch.get_num_threads(), "device": str(device)}
-
-    if kind == "huge":
-        return child_huge(args, result)
-
-    net = make_network()
-    image = make_image()
-    result["rss_before_mb"] = peak_rss_mb()
-    megapixels = SHAPE[0] * SHAPE[1] / 1e6
-
-    if kind in ("ours", "ours-full", "ours-nofuse"):
-        run_net = net
-        if kind == "ours-nofuse":  # ablation: BatchNorm not folded (looks like a foreign module)
-            run_net = Unfused(net)
+    if kind.startswith("ours"):
+        # ablation: a wrapper hides fuse_for_inference, so BatchNorm stays a separate pass
+        run_net = Unfused(net) if kind == "ours-nofuse" else net
 
         def run(img):
             return predict_maps(
                 img, run_net, tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=device,
                 sigma_scale=SIGMA, compact=kind != "ours-full",
             )
-    else:  # monai / monai-fused: the same network through MONAI
-        from monai.inferers import sliding_window_inference
 
-        monai_net = net.to(device)
-        if kind == "monai-fused":  # ablation: give MONAI our folded, channels_last network
-            monai_net = net.fuse_for_inference().to(device, memory_format=torch.channels_last)
+        return run
 
-        def predictor(x):
-            out = monai_net(x)
-            return {"classes": torch.softmax(out["classes"], 1), "distance": out["distance"]}
+    from monai.inferers import sliding_window_inference
 
-        def run(img):
-            # a zero-copy (1, C, H, W) view, as MONAI wants channel-first input
-            x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
-            with torch.no_grad():  # MONAI's documented usage
-                return sliding_window_inference(
-                    x, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian",
-                    sigma_scale=SIGMA,
-                )
+    monai_net = net.to(device)
+    if kind == "monai-fused":  # ablation: give MONAI our folded, channels_last network
+        monai_net = net.fuse_for_inference().to(device, memory_format=torch.channels_last)
 
-    # warm-up on a crop: oneDNN builds its kernels on first use; not part of the timing
+    def predictor(x):
+        out = monai_net(x)
+        return {"classes": torch.softmax(out["classes"], 1), "distance": out["distance"]}
+
+    def run(img):
+        # a zero-copy (1, C, H, W) view, as MONAI wants channel-first input
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
+        with torch.no_grad():  # MONAI's documented usage
+            return sliding_window_inference(
+                x, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian",
+                sigma_scale=SIGMA,
+            )
+
+    return run
+
+
+def timed(run, image, device) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of one run."""
+    import torch
+
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = run(image)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    del out
+    return wall, cpu
+
+
+def child(args: argparse.Namespace) -> dict:
+    """One measurement in a fresh process; returns a JSON-able dict."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    kind = args.child
+    result: dict = {"kind": kind, "threads": torch.get_num_threads(), "device": str(device)}
+    if kind == "huge":
+        return child_huge(args, result)
+
+    net = make_network()
+    image = make_image()
+    megapixels = SHAPE[0] * SHAPE[1] / 1e6
+    if kind == "timing":
+        # All variants in one process, alternating round by round: on a machine shared with
+        # other work, load then hits every variant alike; each keeps its best round.
+        runners = {k: make_runner(k, net, device) for k in VARIANTS}
+        for run in runners.values():  # warm-up: oneDNN builds its kernels on first use
+            run(np.ascontiguousarray(image[:512, :512]))
+        best: dict[str, tuple[float, float]] = {}
+        for _ in range(args.rounds):
+            for k, run in runners.items():
+                wall, cpu = timed(run, image, device)
+                if k not in best or wall < best[k][0]:
+                    best[k] = (wall, cpu)
+        result["variants"] = {
+            k: {"seconds": w, "cpu_seconds": c, "mp_per_s": megapixels / w}
+            for k, (w, c) in best.items()
+        }
+        return result
+
+    # a single variant alone in its process: its own peak resident memory
+    result["rss_before_mb"] = peak_rss_mb()
+    run = make_runner(kind, net, device)
     run(np.ascontiguousarray(image[:512, :512]))
-    times = []
-    for _ in range(args.reps):
-        t0 = time.perf_counter()
-        out = run(image)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        del out
-    result.update(
-        seconds=min(times), all_seconds=times, mp_per_s=megapixels / min(times),
-        peak_rss_mb=peak_rss_mb(),
-    )
+    wall, cpu = timed(run, image, device)
+    result.update(seconds=wall, cpu_seconds=cpu, mp_per_s=megapixels / wall,
+                  peak_rss_mb=peak_rss_mb())
     return result
 
 
@@ -240,7 +279,7 @@ def compare(args: argparse.Namespace) -> dict:
 
 def spawn(args: argparse.Namespace, kind: str, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads),
-           "--reps", str(args.reps), "--device", args.device, *extra]
+           "--rounds", str(args.rounds), "--device", args.device, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
@@ -262,41 +301,32 @@ def report(args: argparse.Namespace) -> None:
     ours_cpu = None
     for dev in devices:
         args.device = dev
-        # Rounds alternate the variants, so load from other processes on a shared machine
-        # hits them alike; each variant keeps its best round.
-        runs: dict[str, dict] = {}
-        for _ in range(args.rounds):
-            for k in ("ours", "monai", "ours-full", "monai-fused", "ours-nofuse"):
-                r = spawn(args, k)
-                if k not in runs or r["seconds"] < runs[k]["seconds"]:
-                    runs[k] = r
-        print(f"\n[{dev}]  MP/s (best of {args.rounds}x{args.reps})   seconds   "
-              "peak RSS MB (before run)")
-        labels = {
-            "ours": "ours (compact outputs)",
-            "ours-full": "ours (float32 outputs)",
-            "ours-nofuse": "ours, BN not folded (ablation)",
-            "monai": "MONAI sliding_window_inference",
-            "monai-fused": "MONAI given our folded channels_last net (ablation)",
-        }
-        for k, r in runs.items():
-            print(f"  {labels[k]:<52} {r['mp_per_s']:6.2f}   {r['seconds']:7.2f}   "
-                  f"{r['peak_rss_mb']:7.0f} ({r['rss_before_mb']:.0f})")
-        ratio = runs["ours"]["mp_per_s"] / runs["monai"]["mp_per_s"]
+        timing = spawn(args, "timing")["variants"]
+        rss = {k: spawn(args, k) for k in ("ours", "ours-full", "monai")}
+        print(f"\n[{dev}]  best of {args.rounds} interleaved rounds:  MP/s   wall s   CPU s")
+        for k, r in timing.items():
+            print(f"  {LABELS[k]:<52} {r['mp_per_s']:5.2f}  {r['seconds']:7.2f}  "
+                  f"{r['cpu_seconds']:7.2f}")
+        ratio = timing["ours"]["mp_per_s"] / timing["monai"]["mp_per_s"]
         print(f"  ratio ours/MONAI: {ratio:.2f}  (float32 outputs: "
-              f"{runs['ours-full']['mp_per_s'] / runs['monai']['mp_per_s']:.2f}; "
-              f"vs MONAI with our network prep: "
-              f"{runs['ours']['mp_per_s'] / runs['monai-fused']['mp_per_s']:.2f})")
+              f"{timing['ours-full']['mp_per_s'] / timing['monai']['mp_per_s']:.2f}; "
+              f"MONAI given our network prep: "
+              f"{timing['ours']['mp_per_s'] / timing['monai-fused']['mp_per_s']:.2f})")
+        print("  peak RSS, one run per process (MB; before the run):")
+        for k, r in rss.items():
+            print(f"    {LABELS[k]:<50} {r['peak_rss_mb']:6.0f} ({r['rss_before_mb']:.0f})"
+                  f"   [{r['mp_per_s']:.2f} MP/s alone]")
         if dev == "cpu":
-            ours_cpu = runs["ours"]
+            ours_cpu = timing["ours"]
         diff = spawn(args, "compare")
         print("  output differences vs MONAI (probabilities of 10 classes, distance):")
         for k, v in diff.items():
             print(f"    {k}: " + ", ".join(f"{a}={b:.3g}" for a, b in v.items()))
+        sys.stdout.flush()
 
     if args.huge:
         args.device = devices[0]
-        base = ours_cpu if args.device == "cpu" and ours_cpu else runs["ours"]
+        base = ours_cpu if args.device == "cpu" and ours_cpu else timing["ours"]
         estimate = base["seconds"] * HUGE * HUGE / (SHAPE[0] * SHAPE[1])
         tiny = estimate > args.huge_limit
         print(f"\n[huge] {HUGE}x{HUGE}: blood-unet estimated {estimate:.0f} s on {args.device}"
@@ -314,8 +344,7 @@ def report(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--reps", type=int, default=1, help="timed runs per process")
-    p.add_argument("--rounds", type=int, default=2, help="processes per variant, interleaved")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--device", default="auto")
     p.add_argument("--huge", action="store_true")
     p.add_argument("--huge-limit", type=float, default=600.0)
