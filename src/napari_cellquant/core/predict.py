@@ -119,11 +119,22 @@ def iter_predict(
     zoom = _zoom_to_model(card, diameter)
     pixels = normalize(prepare_image(_resize(image, zoom), card.input_channels),
                        card.normalization)
-    maps = yield from iter_predict_maps(
+    steps = iter_predict_maps(
         pixels, model.network, tile=tile or card.tile,
         overlap=card.overlap if overlap is None else overlap,
         batch_size=batch_size, device=model.device,
     )
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as finished:
+            maps = finished.value
+            break
+        try:
+            yield (event.done, event.total)
+        except GeneratorExit:
+            steps.close()
+            raise
     annotation = _maps_to_annotation(maps, card, pixels.shape[:2])
     return annotation if zoom == 1.0 else _annotation_to_shape(annotation, image.shape[:2], zoom)
 

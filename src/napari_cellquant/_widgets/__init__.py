@@ -1,0 +1,1 @@
+"""Dock widgets: thin doors into ``core/``; each module holds one widget."""
