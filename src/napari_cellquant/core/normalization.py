@@ -1,38 +1,70 @@
-"""Input normalisation as a model card describes it."""
+"""Input normalisation as a model card describes it, applied band by band.
+
+Statistics come from a strided sample of the whole image, and the conversion itself runs on
+each band of rows as the tiled engine reads it, so a 20000 x 20000 scan never exists as a
+float copy in memory.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError
 
+Normalizer = Callable[[np.ndarray], np.ndarray]
 
-def normalize(pixels: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
-    """Normalise a channel-last float image as ``spec`` says; returns float32.
+#: pixels sampled for percentile statistics (a strided grid, not random: reproducible)
+_SAMPLE_PIXELS = 1_000_000
 
-    ``{"mode": "meanstd", "mean": [...], "std": [...]}`` works on 0-255 values (the blood
-    U-Net's training statistics); ``{"mode": "percentile", "low": 1, "high": 99.8}`` maps each
-    channel's percentiles to 0 and 1, which makes 8- and 16-bit fluorescence look alike.
+
+def channel_last_view(image: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` view of a grey, channel-last or channel-first image (no copy)."""
+    if image.ndim == 2:
+        return image[:, :, None]
+    if image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] <= 4:
+        return np.moveaxis(image, 0, -1)
+    return image
+
+
+def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -> Normalizer:
+    """A function turning bands of ``image`` (channel-last) into normalised float32 bands.
+
+    ``{"mode": "meanstd", "mean": [...], "std": [...], "range": 255}``: mean and std are
+    given on a 0..``range`` scale (the blood U-Net's training statistics are 0-255 values)
+    and applied to the image scaled to 0-1 by its dtype, then to that range.
+    ``{"mode": "percentile", "low": 1, "high": 99.8}`` maps each channel's percentiles to 0
+    and 1, which makes 8- and 16-bit fluorescence look alike. ``{"mode": "none"}`` keeps the
+    0-1 scaled values.
     """
+    from .inference import prepare_image
+
     mode = spec.get("mode", "percentile")
-    data = np.asarray(pixels, dtype=np.float32)
-    if data.ndim == 2:
-        data = data[..., None]
     if mode == "meanstd":
-        mean = np.asarray(spec["mean"], dtype=np.float32)
-        std = np.asarray(spec["std"], dtype=np.float32)
-        if mean.size not in (1, data.shape[-1]):
-            raise InputError(None, f"normalisation has {mean.size} means for {data.shape[-1]} channels")
-        return (data - mean) / std
-    if mode == "percentile":
-        # Percentiles on a strided sample: exact enough and O(1) in the image size.
-        step = max(1, int(np.sqrt(data.shape[0] * data.shape[1] / 1_000_000)))
-        sample = data[::step, ::step].reshape(-1, data.shape[-1])
-        low = np.percentile(sample, spec.get("low", 1.0), axis=0)
-        high = np.percentile(sample, spec.get("high", 99.8), axis=0)
-        return (data - low) / np.maximum(high - low, 1e-6)
-    if mode == "none":
-        return data
-    raise InputError(None, f"unknown normalisation mode {mode!r}")
+        value_range = float(spec.get("range", 1.0))
+        mean = np.asarray(spec["mean"], dtype=np.float32) / value_range
+        std = np.asarray(spec["std"], dtype=np.float32) / value_range
+        if mean.size not in (1, in_channels) or std.size != mean.size:
+            raise InputError(None, f"normalisation has {mean.size} means and {std.size} stds "
+                             f"for {in_channels} channels")
+        offset, scale = mean, 1.0 / np.maximum(std, 1e-6)
+    elif mode == "percentile":
+        step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / _SAMPLE_PIXELS)))
+        sample = prepare_image(image[::step, ::step], in_channels).reshape(-1, in_channels)
+        low = np.percentile(sample, spec.get("low", 1.0), axis=0).astype(np.float32)
+        high = np.percentile(sample, spec.get("high", 99.8), axis=0).astype(np.float32)
+        offset, scale = low, 1.0 / np.maximum(high - low, 1e-6)
+    elif mode == "none":
+        offset, scale = np.float32(0.0), np.float32(1.0)
+    else:
+        raise InputError(None, f"unknown normalisation mode {mode!r}")
+
+    def normalize_band(band: np.ndarray) -> np.ndarray:
+        pixels = prepare_image(band, in_channels, channel_axis=-1)
+        pixels -= offset
+        pixels *= scale
+        return pixels
+
+    return normalize_band

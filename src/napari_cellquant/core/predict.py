@@ -114,15 +114,17 @@ def iter_predict(
         yield (1, 1)
         return annotation
     from .inference import iter_predict_maps, prepare_image
-    from .normalization import normalize
+    from .normalization import channel_last_view, make_normalizer
 
     zoom = _zoom_to_model(card, diameter)
-    pixels = normalize(prepare_image(_resize(image, zoom), card.input_channels),
-                       card.normalization)
+    pixels = channel_last_view(_resize(image, zoom))
+    if pixels.shape[-1] != card.input_channels:  # grey <-> RGB: convert once, up front
+        pixels = prepare_image(pixels, card.input_channels)
     steps = iter_predict_maps(
         pixels, model.network, tile=tile or card.tile,
         overlap=card.overlap if overlap is None else overlap,
         batch_size=batch_size, device=model.device,
+        normalize=make_normalizer(pixels, card.normalization, card.input_channels),
     )
     while True:
         try:
@@ -155,8 +157,12 @@ def _resize(image: np.ndarray, zoom: float) -> np.ndarray:
     from skimage.transform import rescale
 
     channel_axis = -1 if image.ndim == 3 else None
-    return rescale(image.astype(np.float32), zoom, order=1, channel_axis=channel_axis,
-                   preserve_range=True, anti_aliasing=zoom < 1)
+    resized = rescale(image.astype(np.float32), zoom, order=1, channel_axis=channel_axis,
+                      preserve_range=True, anti_aliasing=zoom < 1)
+    # keep the dtype: integer images are scaled by their dtype's range downstream
+    if np.issubdtype(image.dtype, np.integer):
+        return np.rint(resized).astype(image.dtype)
+    return resized.astype(image.dtype, copy=False)
 
 
 def _annotation_to_shape(annotation: Annotation, shape: tuple[int, ...], zoom: float) -> Annotation:

@@ -35,7 +35,9 @@ def cache_dir() -> Path:
 
 
 # --- built-in cards ---------------------------------------------------------------------------
-BLOOD_MEAN_STD = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4]}
+#: the blood U-Net's training statistics (SEEDS.md), on the 0-255 scale
+BLOOD_MEAN_STD = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4],
+                  "range": 255}
 
 
 def _classical_card(name: str, class_set: str, description: str, channels: int,

@@ -1,0 +1,100 @@
+"""The public API: load_model + predict, for learned and classical models alike."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cellquant.core.annotation import Annotation
+from napari_cellquant.core.errors import CancelledError, InputError
+from napari_cellquant.core.models.networks import build_network
+from napari_cellquant.core.models.registry import get_card
+from napari_cellquant.core.predict import load_model, predict
+from napari_cellquant.core.synthetic import synthetic_blood_smear
+
+
+@pytest.fixture(autouse=True)
+def _cpu_and_seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def smear():
+    pixels, truth = synthetic_blood_smear(shape=(200, 260), seed=3)
+    return pixels, truth
+
+
+def test_learned_model_with_random_weights_gives_an_annotation_on_the_input_grid(smear):
+    pixels, _ = smear
+    model = load_model("blood-unet", "cpu", weights="random")
+    assert isinstance(model.network, torch.nn.Module) and model.card.class_set == "blood10"
+    steps = []
+    result = predict(pixels, model, tile=128, progress=lambda d, t: steps.append((d, t)))
+    assert isinstance(result, Annotation) and result.shape == pixels.shape[:2]
+    assert result.class_set.name == "blood10"
+    assert steps[-1][0] == steps[-1][1] and steps[-1][1] >= 6  # 2 x 3 tiles at least
+    assert all(result.origins[i] == "model" for i in result.classes)
+
+
+def test_box_model_returns_boxes_in_image_pixels(smear):
+    pixels, _ = smear
+    model = load_model("net-detector", "cpu", weights="random")
+    result = predict(pixels, model, tile=128)
+    assert result.shape == pixels.shape[:2] and result.class_set.name == "net4"
+    if len(result.boxes):
+        x, y, w, h = result.boxes.xywh.T
+        assert (x >= -w).all() and (x <= pixels.shape[1]).all() and (y <= pixels.shape[0]).all()
+
+
+def test_cancel_stops_with_cancelled_error(smear):
+    pixels, _ = smear
+    model = load_model("blood-unet", "cpu", weights="random")
+    calls = []
+    with pytest.raises(CancelledError):
+        predict(pixels, model, tile=64, progress=lambda d, t: calls.append(d),
+                cancel=lambda: len(calls) >= 1)
+    assert len(calls) == 1
+
+
+def test_classical_models_use_the_same_two_calls(smear):
+    pixels, truth = smear
+    result = predict(pixels, load_model("blood-classical"), diameter=34)
+    assert result.class_set.name == "blood3"
+    true_rbc = truth.counts()["healthy_rbc"] + truth.counts()["infected_rbc"]
+    assert abs(result.counts()["rbc"] - true_rbc) <= 0.2 * true_rbc
+
+
+def test_diameter_brings_learned_result_back_to_the_input_grid(smear):
+    pixels, _ = smear
+    model = load_model("blood-unet", "cpu", weights="random")
+    result = predict(pixels, model, tile=128, diameter=20)  # zoom 40/20 = 2 for the network
+    assert result.shape == pixels.shape[:2]
+
+
+def test_weights_file_with_its_card_beside_it(tmp_path, smear):
+    card = get_card("fluo-resunet")
+    network = build_network(card.architecture)
+    torch.save(network.state_dict(), tmp_path / "mine.pt")
+    card.name = "mine"
+    card.weights.file = "mine.pt"
+    card.save(tmp_path / "mine.json")
+    model = load_model(tmp_path / "mine.pt", "cpu")
+    loaded = model.network.state_dict()
+    for key, value in network.state_dict().items():
+        assert torch.equal(loaded[key], value)
+    pixels, _ = smear
+    assert predict(pixels[..., 1], model, tile=128).shape == pixels.shape[:2]
+
+
+def test_corrupt_weights_are_a_clear_error(tmp_path):
+    card = get_card("fluo-resunet")
+    (tmp_path / "bad.pt").write_bytes(b"definitely not a checkpoint")
+    card.name, card.weights.file = "bad", "bad.pt"
+    card.save(tmp_path / "bad.json")
+    with pytest.raises(Exception, match="not a readable PyTorch weights file"):
+        load_model(tmp_path / "bad.pt", "cpu")
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4, 5)])
+def test_image_of_wrong_dimensions_is_rejected(shape):
+    with pytest.raises(InputError, match="2-D image"):
+        predict(np.zeros(shape), load_model("blood-classical"))
