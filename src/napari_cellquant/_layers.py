@@ -51,6 +51,10 @@ META_IMAGE_NAME = "cellquant_image_name"
 META_IMAGE_SHAPE = "cellquant_image_shape"
 #: Layer metadata key of the class id given to labels that have no feature row.
 META_DEFAULT_CLASS = "cellquant_default_class"
+#: Layer metadata key of the correction log: a list of plain dicts, one per edit.
+META_CORRECTIONS = "cellquant_corrections"
+#: Layer metadata key of ``{class name: count}`` of the layer's objects when it was made.
+META_INITIAL_COUNTS = "cellquant_initial_counts"
 
 INSTANCES_SUFFIX = " instances"
 BOXES_SUFFIX = " boxes"
@@ -219,7 +223,12 @@ def _labels_tuple(
         "name": name,
         "features": features,
         "colormap": labels_colormap(ann),
-        "metadata": {**shared_meta, META_DEFAULT_CLASS: 1},
+        "metadata": {
+            **shared_meta,
+            META_DEFAULT_CLASS: 1,
+            # the counts before any correction, so Count can show before and after
+            META_INITIAL_COUNTS: initial_counts(ann, instances=True),
+        },
         **placement,
     }
     return (ann.labels, kwargs, "labels")
@@ -251,10 +260,24 @@ def _shapes_tuple(
             "anchor": "upper_left",
             "translation": [-2, 0],
         },
-        "metadata": dict(shared_meta),
+        "metadata": {**shared_meta, META_INITIAL_COUNTS: initial_counts(ann, instances=False)},
         **placement,
     }
     return (boxes_to_rectangles(boxes), kwargs, "shapes")
+
+
+def initial_counts(ann: Annotation, *, instances: bool) -> dict[str, int]:
+    """``{class name: count}`` of an annotation's instances (or of its boxes), every class."""
+    from .core.quantify import box_class_counts, counts_by_name, instance_class_counts
+
+    n = len(ann.class_set)
+    if instances:
+        ids = np.fromiter(ann.classes.keys(), dtype=np.int64, count=len(ann.classes))
+        cls = np.fromiter(ann.classes.values(), dtype=np.int64, count=len(ann.classes))
+        counts = instance_class_counts(ann.labels, ids, cls, n)
+    else:
+        counts = box_class_counts(ann.boxes.class_ids, n)
+    return counts_by_name(ann.class_set, counts)
 
 
 # --- layers -> Annotation ----------------------------------------------------------------------
@@ -569,9 +592,11 @@ __all__ = [
     "BOXES_SUFFIX",
     "INSTANCES_SUFFIX",
     "META_CLASS_SET",
+    "META_CORRECTIONS",
     "META_DEFAULT_CLASS",
     "META_IMAGE_NAME",
     "META_IMAGE_SHAPE",
+    "META_INITIAL_COUNTS",
     "LayerDataTuple",
     "annotation_to_layer_data",
     "boxes_to_rectangles",
