@@ -1,0 +1,201 @@
+"""Random crops with augmentation, batched into torch tensors.
+
+Geometry (one scale per batch, then the eight flips/90-degree turns per crop) is applied to
+the image and every target alike; boxes follow the same transform and become CenterNet
+targets afterwards (``core.postprocess.heatmap_targets``). Photometric jitter depends on the
+modality: per-channel gain and offset for brightfield stains (a stain looks redder or paler
+from lab to lab), a global gain, offset and Gaussian noise for fluorescence. All of it works
+on whole arrays; the only Python loops run over the few crops of a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..annotation import Boxes
+from .datasets import IGNORE, TrainingSample
+
+#: photometric jitter by modality, in normalised units
+BRIGHTFIELD, FLUORESCENCE = "brightfield", "fluorescence"
+
+
+@dataclass
+class AugmentSettings:
+    """How crops are drawn and jittered.
+
+    Attributes
+    ----------
+    crop
+        Crop edge in pixels (after scaling).
+    scale_range
+        Zoom range: a batch is cut at ``crop / scale`` pixels and resized to ``crop``.
+    object_bias
+        Probability that a crop is centred (with jitter) on a random object rather than at a
+        uniformly random place; sparse objects are seen more often.
+    modality
+        :data:`BRIGHTFIELD` or :data:`FLUORESCENCE` photometric jitter.
+    enabled
+        False draws plain crops (no geometry or colour changes).
+    """
+
+    crop: int = 256
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    object_bias: float = 0.5
+    modality: str = BRIGHTFIELD
+    enabled: bool = True
+
+
+def _window(array: np.ndarray, top: int, left: int, size: int, fill: float) -> np.ndarray:
+    """``array[top:top+size, left:left+size]`` padded with ``fill`` where it leaves the array."""
+    h, w = array.shape[:2]
+    out = np.full((size, size, *array.shape[2:]), fill, dtype=array.dtype)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + size, h), min(left + size, w)
+    if y1 > y0 and x1 > x0:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = array[y0:y1, x0:x1]
+    return out
+
+
+def _origin(sample: TrainingSample, size: int, rng: np.random.Generator,
+            object_bias: float) -> tuple[int, int]:
+    """Top-left corner of a ``size`` crop: near a random object, or anywhere."""
+    h, w = sample.shape
+    lo_y, hi_y = min(0, h - size), max(0, h - size)
+    lo_x, hi_x = min(0, w - size), max(0, w - size)
+    if len(sample.boxes) and rng.random() < object_bias:
+        x, y, bw, bh = sample.boxes.xywh[rng.integers(len(sample.boxes))]
+        jitter = rng.uniform(-size / 4, size / 4, 2)
+        top = int(round(y + bh / 2 - size / 2 + jitter[0]))
+        left = int(round(x + bw / 2 - size / 2 + jitter[1]))
+    else:
+        top = int(rng.integers(lo_y, hi_y + 1))
+        left = int(rng.integers(lo_x, hi_x + 1))
+    return int(np.clip(top, lo_y, hi_y)), int(np.clip(left, lo_x, hi_x))
+
+
+def dihedral_boxes(xywh: np.ndarray, size: int, turn: bool, flip_x: bool,
+                   flip_y: bool) -> np.ndarray:
+    """Boxes of a square ``size`` crop after ``torch.rot90(k=1)`` (if ``turn``), then flips."""
+    x, y, w, h = (xywh[:, i].copy() for i in range(4))
+    if turn:  # rot90 over (rows, cols): pixel (row r, col c) -> (row size-1-c, col r)
+        x, y, w, h = y, size - (x + w), h, w
+    if flip_x:
+        x = size - (x + w)
+    if flip_y:
+        y = size - (y + h)
+    return np.stack([x, y, w, h], axis=1)
+
+
+def _dihedral(t: torch.Tensor, turn: bool, flip_x: bool, flip_y: bool) -> torch.Tensor:
+    """The same transform as :func:`dihedral_boxes` on a ``(..., H, W)`` tensor."""
+    if turn:
+        t = torch.rot90(t, 1, dims=(-2, -1))
+    if flip_x:
+        t = t.flip(-1)
+    if flip_y:
+        t = t.flip(-2)
+    return t
+
+
+def _photometric(images: torch.Tensor, modality: str, generator: torch.Generator) -> torch.Tensor:
+    """Stain/colour jitter (brightfield) or intensity and noise jitter (fluorescence)."""
+    n, c = images.shape[:2]
+    if modality == BRIGHTFIELD:
+        gain = 1 + 0.12 * torch.randn(n, c, 1, 1, generator=generator)
+        offset = 0.15 * torch.randn(n, c, 1, 1, generator=generator)
+        brightness = 0.1 * torch.randn(n, 1, 1, 1, generator=generator)
+        return images * gain + offset + brightness
+    gain = torch.exp(0.25 * torch.randn(n, 1, 1, 1, generator=generator))
+    offset = 0.05 * torch.randn(n, 1, 1, 1, generator=generator)
+    sigma = 0.04 * torch.rand(n, 1, 1, 1, generator=generator)
+    noise = torch.randn(images.shape, generator=generator) * sigma
+    return images * gain + offset + noise
+
+
+def make_batch(
+    samples: list[TrainingSample],
+    batch_size: int,
+    settings: AugmentSettings,
+    rng: np.random.Generator,
+    *,
+    detector: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Draw ``batch_size`` augmented crops from ``samples`` (CPU tensors).
+
+    Returns
+    -------
+    dict
+        ``image`` (B, C, S, S) float32; with dense targets ``classes`` (B, S, S) int64
+        (:data:`~.datasets.IGNORE` on padding), ``distance`` and ``boundary`` (B, 1, S, S)
+        and ``valid`` (B, 1, S, S) bool (inside the image); with a ``detector`` dict
+        (``n_classes``, ``stride``) ``heatmap`` (B, K, h, w), ``size`` and ``offset``
+        (B, 2, h, w) and ``centres`` (B, h, w) bool.
+    """
+    from ..postprocess import heatmap_targets
+
+    crop = int(settings.crop)
+    scale = float(rng.uniform(*settings.scale_range)) if settings.enabled else 1.0
+    src = max(8, int(round(crop / scale)))
+    weights = np.array([s.shape[0] * s.shape[1] for s in samples], dtype=np.float64)
+    picks = rng.choice(len(samples), size=batch_size, p=weights / weights.sum())
+    dense = samples[0].classes is not None
+    images, classes, extra, valid, boxes = [], [], [], [], []
+    for index in picks:
+        sample = samples[int(index)]
+        top, left = _origin(sample, src, rng, settings.object_bias if settings.enabled else 0.3)
+        images.append(_window(sample.pixels, top, left, src, 0.0))
+        inside = np.ones(sample.shape, dtype=np.float32)
+        valid.append(_window(inside, top, left, src, 0.0))
+        if dense:
+            classes.append(_window(sample.classes, top, left, src, IGNORE))
+            extra.append(np.stack([_window(sample.distance, top, left, src, 0.0),
+                                   _window(sample.boundary, top, left, src, 0.0)]))
+        xywh = sample.boxes.xywh - np.array([left, top, 0, 0])
+        boxes.append(Boxes(xywh, sample.boxes.class_ids))
+
+    image = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    masks = torch.from_numpy(np.stack(valid))[:, None]
+    if dense:
+        cls = torch.from_numpy(np.stack(classes))[:, None].float()
+        more = torch.from_numpy(np.stack(extra))
+    if src != crop:
+        image = F.interpolate(image, size=(crop, crop), mode="bilinear", align_corners=False,
+                              antialias=src > crop)
+        masks = F.interpolate(masks, size=(crop, crop), mode="nearest")
+        if dense:
+            cls = F.interpolate(cls, size=(crop, crop), mode="nearest")
+            more = F.interpolate(more, size=(crop, crop), mode="nearest")
+        boxes = [b.scaled(crop / src, crop / src) for b in boxes]
+
+    if settings.enabled:
+        flips = rng.random((batch_size, 3)) < 0.5
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        image = torch.stack([_dihedral(image[i], *flips[i]) for i in range(batch_size)])
+        masks = torch.stack([_dihedral(masks[i], *flips[i]) for i in range(batch_size)])
+        if dense:
+            cls = torch.stack([_dihedral(cls[i], *flips[i]) for i in range(batch_size)])
+            more = torch.stack([_dihedral(more[i], *flips[i]) for i in range(batch_size)])
+        boxes = [Boxes(dihedral_boxes(b.xywh, crop, *flips[i]), b.class_ids)
+                 for i, b in enumerate(boxes)]
+        image = _photometric(image, settings.modality, generator) * masks
+
+    batch = {"image": image.contiguous(), "valid": masks > 0.5}
+    if dense:
+        batch["classes"] = cls[:, 0].round().long()
+        batch["distance"] = more[:, :1].contiguous()
+        batch["boundary"] = more[:, 1:].contiguous()
+    if detector:
+        stride = int(detector["stride"])
+        grid = (math.ceil(crop / stride), math.ceil(crop / stride))
+        targets = [heatmap_targets(b, grid, int(detector["n_classes"]), stride=stride)
+                   for b in boxes]
+        batch["heatmap"] = torch.from_numpy(np.stack([t[0] for t in targets]))
+        batch["size"] = torch.from_numpy(np.stack([t[1] for t in targets]))
+        batch["offset"] = torch.from_numpy(np.stack([t[2] for t in targets]))
+        batch["centres"] = torch.from_numpy(np.stack([t[3] for t in targets]))
+    return batch
