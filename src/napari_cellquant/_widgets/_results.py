@@ -1,0 +1,185 @@
+"""Put a model's result into the viewer: new layers, or the old result layers replaced undoably.
+
+Replacing keeps the layer objects (their place in the layer list, the user's opacity and
+blending, the Count widget watching them). A Labels layer is replaced through napari's own
+edit history (``Labels.data_setitem`` records the changed pixels, the only undo napari 0.9
+has), so Ctrl+Z on the layer brings the previous result's pixels back. napari's history
+holds pixels only, not the ``features`` table nor the colours, so each replacement also
+remembers the tables before and after, and :class:`_FollowUndo` swaps them whenever the
+layer's pixels show which of the two results it holds (one probe pixel that differs between
+them: an O(1) test on each refresh). Shapes layers have no undo in napari 0.9: replaced
+boxes cannot come back (tick "keep previous result" to keep both).
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._layers import LayerDataTuple
+
+log = logging.getLogger(__name__)
+
+#: what a Labels layer shows beside its pixels, saved and restored together
+_LABELS_STATE = ("features", "colormap", "metadata")
+#: replacements remembered per layer (napari's Labels keep 100 history items)
+_HISTORY_LIMIT = 100
+
+
+def show_layers(viewer: Any, layer_data: Sequence[LayerDataTuple], *, replace: bool) -> list[Any]:
+    """Add ``layer_data`` to ``viewer``; with ``replace``, reuse same-named layers of that type.
+
+    Without ``replace`` a name already in use gets napari's unique suffix (``name [1]``).
+    Returns the layers shown, in order.
+    """
+    from napari.layers import Layer
+
+    shown = []
+    for data, kwargs, layer_type in layer_data:
+        name = kwargs.get("name")
+        existing = _unwrapped(viewer.layers[name]) if replace and name in viewer.layers else None
+        if existing is not None and _layer_type(existing) == layer_type:
+            if layer_type == "labels":
+                replace_labels(existing, data, kwargs)
+            else:
+                replace_shapes(existing, data, kwargs)
+            shown.append(existing)
+        else:
+            shown.append(viewer.add_layer(Layer.create(data, dict(kwargs), layer_type)))
+    return shown
+
+
+def replace_labels(layer: Any, labels: np.ndarray, kwargs: dict[str, Any]) -> None:
+    """Replace a Labels layer's pixels (undoably where possible), features and colours."""
+    old = layer.data
+    undoable = (
+        isinstance(old, np.ndarray)
+        and old.shape == labels.shape
+        and np.can_cast(np.min_scalar_type(int(labels.max(initial=0))), old.dtype)
+    )
+    before = {key: _copied(getattr(layer, key)) for key in _LABELS_STATE}
+    if undoable:
+        changed = old != labels
+        if changed.any():
+            indices = np.nonzero(changed)
+            probe = tuple(int(axis[0]) for axis in indices)
+            record = _Replacement(probe, int(old[probe]), int(labels[probe]), before, {})
+            layer.data_setitem(indices, labels[indices])
+            _apply(layer, kwargs)
+            record.after = {key: _copied(getattr(layer, key)) for key in _LABELS_STATE}
+            _FollowUndo.of(layer).push(record)
+            return
+    else:
+        log.info("layer %r: result replaced without undo (shape or dtype differs)", layer.name)
+        layer.data = labels
+    _apply(layer, kwargs)
+
+
+def _apply(layer: Any, kwargs: dict[str, Any]) -> None:
+    _placement(layer, kwargs)
+    for key in _LABELS_STATE:
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+
+
+def replace_shapes(layer: Any, rectangles: list[np.ndarray], kwargs: dict[str, Any]) -> None:
+    """Replace a Shapes layer's rectangles and their features, colours and text."""
+    layer.selected_data = set()
+    layer.data = []  # drop the old shapes first so features are not resized against them
+    _placement(layer, kwargs)
+    if rectangles:
+        layer.add_rectangles(rectangles, edge_color=kwargs.get("edge_color"),
+                             face_color="transparent")
+    layer.features = kwargs.get("features", {})
+    if "text" in kwargs:
+        layer.text = kwargs["text"]
+    if "metadata" in kwargs:
+        layer.metadata = kwargs["metadata"]
+
+
+def _placement(layer: Any, kwargs: dict[str, Any]) -> None:
+    for key in ("scale", "translate"):
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+
+
+def _copied(value: Any) -> Any:
+    if hasattr(value, "model_copy"):  # a colormap (pydantic model)
+        return value.model_copy(deep=True)
+    if hasattr(value, "copy"):
+        return value.copy()
+    return value
+
+
+@dataclass
+class _Replacement:
+    """One replacement: a pixel that tells the two results apart, and their tables."""
+
+    probe: tuple[int, ...]
+    old_value: int
+    new_value: int
+    before: dict[str, Any]
+    after: dict[str, Any]
+
+
+class _FollowUndo:
+    """Keeps a Labels layer's tables in step with undo/redo of replaced results."""
+
+    _attached: weakref.WeakKeyDictionary[Any, _FollowUndo] = weakref.WeakKeyDictionary()
+
+    def __init__(self, layer: Any) -> None:
+        self._layer = weakref.ref(layer)
+        self.records: list[_Replacement] = []
+        self.showing: dict[str, Any] | None = None
+        self._busy = False
+        layer.events.set_data.connect(self._on_set_data)
+
+    @classmethod
+    def of(cls, layer: Any) -> _FollowUndo:
+        follower = cls._attached.get(layer)
+        if follower is None:
+            follower = cls._attached[layer] = cls(layer)
+        return follower
+
+    def push(self, record: _Replacement) -> None:
+        self.records.append(record)
+        del self.records[:-_HISTORY_LIMIT]  # napari's history forgets older edits too
+        self.showing = record.after
+
+    def _on_set_data(self, event: Any = None) -> None:
+        layer = self._layer()
+        if self._busy or not self.records or layer is None:
+            return
+        data = layer.data
+        wanted = self.showing
+        for record in reversed(self.records):  # newest first; older ones only if undone too
+            value = int(data[record.probe])
+            if value == record.new_value:
+                wanted = record.after
+                break
+            if value == record.old_value:
+                wanted = record.before
+        if wanted is not self.showing and wanted is not None:
+            self._busy = True
+            try:
+                for key in _LABELS_STATE:
+                    setattr(layer, key, _copied(wanted[key]))
+            finally:
+                self._busy = False
+            self.showing = wanted
+
+
+def _unwrapped(layer: Any) -> Any:
+    """The layer itself: napari hands plugin widgets a ``PublicOnlyProxy`` viewer, whose layers
+    are new proxies at each access (so they cannot key the undo followers)."""
+    return getattr(layer, "__wrapped__", layer)
+
+
+def _layer_type(layer: Any) -> str:
+    """``labels``, ``shapes``, ... as in layer data tuples."""
+    return type(layer).__name__.lower()

@@ -1,0 +1,358 @@
+"""The Segment dock widget: run a model on an image layer, off the GUI thread.
+
+The widget only gathers choices and forwards them to :func:`napari_cellquant.core.predict`:
+the model is loaded and run inside a napari ``thread_worker`` driving the
+``iter_predict`` generator, whose ``(done, total)`` steps feed a napari progress bar and
+give the Cancel button a place to stop. The result becomes layers through
+:func:`napari_cellquant._layers.annotation_to_layer_data` and
+:func:`._results.show_layers` (which replaces a previous result undoably).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    Widget,
+)
+
+from .._layers import META_IMAGE_NAME, annotation_to_layer_data
+from ..core.errors import InputError
+from ..core.models.card import ModelCard
+from ..core.models.registry import builtin_cards
+from ._models import UserModel, user_models
+from ._results import show_layers
+from ._workers import Failed, start_soon
+
+if TYPE_CHECKING:
+    import napari
+
+log = logging.getLogger(__name__)
+
+#: first choice of the model list
+DEFAULT_MODEL = "blood-classical"
+
+
+class SegmentWidget(Container):
+    """Pick an image layer and a model, set its thresholds, Run; Cancel stops the run.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer (napari passes it when the widget opens from the Plugins menu).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(scrollable=True)
+        self._viewer = viewer
+        self._builtin = builtin_cards()
+        self.worker: Any = None  # the running (or last) thread worker
+        self._progress: Any = None
+        self._busy = False
+
+        self.image = ComboBox(label="image", choices=self._image_choices, nullable=False)
+        self.model = ComboBox(label="model", choices=self._model_choices)
+        self.load_model = FileEdit(label="load model...", mode="r",
+                                   filter="Model card or weights (*.json *.pt *.pth)")
+        self.device = ComboBox(label="device", choices=_devices())
+        self.tile = SpinBox(label="tile size", min=64, max=8192, step=32, value=256)
+        self.diameter = FloatSpinBox(
+            label="diameter (px)", min=0.0, max=10_000.0, step=1.0, value=0.0,
+            tooltip="Typical object diameter (a red cell, a nucleus) in pixels; "
+                    "0 = estimate it from the image",
+        )
+        self.thresholds = Container(label="thresholds", labels=True)
+        self.keep_previous = CheckBox(text="keep previous result", value=False)
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.status = Label(value="")
+        self.extend([
+            self.image, self.model, self.load_model, self.device, self.tile, self.diameter,
+            self.thresholds, self.keep_previous,
+            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
+                      labels=False),
+            self.status,
+        ])
+
+        self.model.changed.connect(self._show_card)
+        self.load_model.changed.connect(self._register_file)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        user_models.changed.connect(self._on_user_model)
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(self._refresh_images)
+        self.model.value = DEFAULT_MODEL
+        self._show_card()
+
+    # --- choices ------------------------------------------------------------------------
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        builtin = [(f"{name} ({card.kind})", name) for name, card in self._builtin.items()]
+        return builtin + [(entry.label, user_models.key_of(entry)) for entry in user_models]
+
+    def _refresh_images(self, event: Any = None) -> None:
+        self.image.reset_choices()
+
+    def _on_user_model(self, entry: UserModel) -> None:
+        try:
+            self.model.reset_choices()
+            self.model.value = user_models.key_of(entry)
+        except RuntimeError:  # this widget's Qt side was closed with its viewer
+            user_models.changed.disconnect(self._on_user_model)
+
+    def _register_file(self, path: Path) -> None:
+        if not path or not Path(path).is_file():
+            return
+        try:
+            user_models.register(path)  # selects it through _on_user_model
+        except Exception as exc:  # a bad card: say which file and why, keep the widget usable
+            _show_error(f"Could not load model {path}: {exc}")
+
+    # --- the model card's settings ------------------------------------------------------
+    def selected_card(self) -> ModelCard:
+        """The card of the model chosen in the list."""
+        value = self.model.value
+        entry = user_models.get(value)
+        return entry.card if entry is not None else self._builtin[value]
+
+    def _show_card(self, *_: Any) -> None:
+        card = self.selected_card()
+        self.tile.value = int(card.tile)
+        self.tile.enabled = card.kind == "learned"
+        settings = card.postprocess if card.kind == "learned" else card.params
+        self.thresholds.clear()
+        for name, value in settings.items():
+            if name == "diameter":  # the diameter field sets it
+                continue
+            field = _field_for(name, value)
+            if field is not None:
+                self.thresholds.append(field)
+        self.status.value = card.description
+
+    def threshold_values(self) -> dict[str, Any]:
+        """The card settings as the user set them (``postprocess`` or ``params``)."""
+        return {field.name: field.value for field in self.thresholds}
+
+    # --- running ------------------------------------------------------------------------
+    def run(self) -> Any:
+        """Start segmenting the chosen image; returns the thread worker (None on bad input).
+
+        The worker starts on the next turn of the Qt event loop, so a caller can connect to
+        its signals first (``with qtbot.waitSignal(widget.run().finished)``). The result
+        layers appear when it returns; errors become notifications.
+        """
+        if self.busy:
+            return self.worker
+        try:
+            request = self._request()
+        except Exception as exc:
+            _show_error(f"Segment: {exc}")
+            return None
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(_segment, _start_thread=False, **request["job"])
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda result: self._show_result(result, request))
+        worker.aborted.connect(lambda: self._set_status("cancelled: no layer changed"))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self._busy = True
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self._set_status(f"running {request['job']['card'].name} on {request['image_name']}...")
+        start_soon(worker)
+        return worker
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is under way (Run is disabled meanwhile)."""
+        return self._busy
+
+    def cancel(self) -> None:
+        """Stop the run at its next progress step; no layer changes."""
+        if self.busy:
+            self.worker.quit()
+
+    def _request(self) -> dict[str, Any]:
+        layer = self.image.value
+        if layer is None:
+            raise InputError(None, "open an image first (no Image layer in the viewer)")
+        card = self.selected_card()
+        kind_key = "postprocess" if card.kind == "learned" else "params"
+        settings = {**getattr(card, kind_key), **self.threshold_values()}
+        card = dataclasses.replace(card, **{kind_key: settings})
+        entry = user_models.get(self.model.value)
+        job: dict[str, Any] = {
+            "image": layer.data, "multiscale": layer.multiscale, "rgb": layer.rgb,
+            "layer_name": layer.name, "card": card,
+            "source": entry.source if entry is not None else card.name,
+            "loaded": entry.model if entry is not None else None,
+            "device": self.device.value, "tile": int(self.tile.value),
+            "diameter": float(self.diameter.value) or None,
+            "pixel_size_um": pixel_size_um(layer),
+        }
+        return {
+            "job": job, "base_name": layer.name, "image_name": _image_name(layer),
+            "scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:]),
+        }
+
+    def _on_progress(self, step: tuple[int, int]) -> None:
+        done, total = step
+        if self._progress is None:
+            from napari.utils import progress
+
+            self._progress = progress(total=total, desc="Segment")
+        if self._progress.total != total:
+            self._progress.total = total
+        self._progress.update(done - self._progress.n)
+        self._set_status(f"step {done} of {total}")
+
+    def _show_result(self, annotation: Any, request: dict[str, Any]) -> None:
+        if isinstance(annotation, Failed):
+            self._set_status("failed: no layer changed")
+            _show_error(f"Segment failed: {annotation.message}")
+            return
+        annotation.image_name = request["image_name"]
+        layer_data = annotation_to_layer_data(
+            annotation, name=request["base_name"], scale=request["scale"],
+            translate=request["translate"],
+        )
+        layers = show_layers(self._viewer, layer_data, replace=not self.keep_previous.value)
+        n = len(annotation.instance_ids()) + len(annotation.boxes)
+        self._set_status(f"{n} objects -> {', '.join(layer.name for layer in layers)}")
+
+    def _on_finished(self) -> None:
+        self._busy = False
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _set_status(self, text: str) -> None:
+        self.status.value = text
+        log.info("Segment: %s", text)
+
+
+def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: ModelCard,
+             source: str | None, loaded: Any, device: str, tile: int, diameter: float | None,
+             pixel_size_um: float | None):
+    """Worker body: load the model, then yield ``iter_predict``'s steps.
+
+    Returns the Annotation, or :class:`Failed` with the error (shown as a notification).
+    """
+    from ..core.predict import Model, iter_predict, load_model
+
+    try:
+        pixels = _image_array(image, multiscale, rgb, layer_name)
+        if loaded is not None:
+            model = Model(card=card, network=loaded.network, device=loaded.device)
+        else:
+            model = load_model(source, device)
+            model = Model(card=card, network=model.network, device=model.device)
+        kwargs: dict[str, Any] = {"tile": tile, "diameter": diameter}
+        if pixel_size_um is not None and "pixel_size_um" in inspect.signature(
+                iter_predict).parameters:
+            kwargs["pixel_size_um"] = pixel_size_um
+        annotation = yield from iter_predict(pixels, model, **kwargs)
+    except Exception as exc:  # shown to the user; the traceback goes to the log
+        log.debug("Segment failed", exc_info=True)
+        return Failed(exc)
+    return annotation
+
+
+def _image_array(data: Any, multiscale: bool, rgb: bool, name: str) -> np.ndarray:
+    """The full-resolution pixels of an Image layer as (H, W) or (H, W, C), read in the worker."""
+    level = data[0] if multiscale else data
+    pixels = np.asarray(level)
+    while pixels.ndim > (3 if rgb else 2) and pixels.shape[0] == 1:
+        pixels = pixels[0]
+    if pixels.ndim != (3 if rgb else 2):
+        raise InputError(None, f"layer {name!r} has shape {pixels.shape}: choose a 2-D grey or "
+                               "RGB image (split stacks into 2-D layers first)")
+    return pixels
+
+
+def pixel_size_um(layer: Any) -> float | None:
+    """Pixel width in micrometres when the layer's last axis has a length unit, else None."""
+    units = getattr(layer, "units", None)
+    if not units:
+        return None
+    unit = units[-1]
+    try:
+        if unit.dimensionality != {"[length]": 1}:
+            return None
+        return float((float(layer.scale[-1]) * unit).to("micrometer").magnitude)
+    except Exception:  # pint variants without these attributes: treat as pixels
+        return None
+
+
+def _image_name(layer: Any) -> str:
+    """The file name the result annotates (COCO ``file_name``)."""
+    if layer.metadata.get(META_IMAGE_NAME):
+        return str(layer.metadata[META_IMAGE_NAME])
+    path = getattr(layer.source, "path", None)
+    return Path(path).name if path else layer.name
+
+
+def _devices() -> list[str]:
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _field_for(name: str, value: Any) -> Widget | None:
+    """An input for one card setting, typed by its default value."""
+    label = name.replace("_", " ")
+    if isinstance(value, bool):
+        return CheckBox(name=name, label=label, value=value)
+    if isinstance(value, int):
+        return SpinBox(name=name, label=label, value=value, min=0, max=max(1_000_000, value))
+    if isinstance(value, float):
+        return FloatSpinBox(name=name, label=label, value=value, min=min(0.0, value),
+                            max=max(1e6, value), step=_step_for(value))
+    if isinstance(value, str):
+        return LineEdit(name=name, label=label, value=value)
+    return None  # lists and tables stay as the card has them
+
+
+def _step_for(value: float) -> float:
+    """A spin step a tenth of the value's magnitude, so small thresholds keep their digits."""
+    if value == 0:
+        return 0.01
+    return min(1.0, max(1e-4, 10.0 ** (math.floor(math.log10(abs(value))) - 1)))
+
+
+def _show_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    log.warning(message)
+    show_error(message)
+
+
+__all__ = ["SegmentWidget", "pixel_size_um"]
