@@ -8,6 +8,7 @@ import pytest
 import tifffile
 from skimage.io import imsave
 
+from batch_outputs import assert_same_outputs, snapshot
 from napari_cellquant.cli import main
 from napari_cellquant.core.io import read_annotations
 from napari_cellquant.core.synthetic import synthetic_blood_smear
@@ -82,11 +83,167 @@ def test_no_images_is_a_usage_error(tmp_path, capsys):
     assert "no such file, folder or matching pattern" in capsys.readouterr().err
 
 
-def test_existing_outputs_are_kept_without_overwrite(smear_folder, tmp_path, capsys):
+def test_a_rerun_resumes_and_leaves_complete_outputs_alone(smear_folder, tmp_path, capsys):
     folder, _ = smear_folder
     out = tmp_path / "out"
     assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 0
-    before = (out / "annotations.json").read_bytes()
+    before = snapshot(out)
+    masks_written = {p.name: p.stat().st_mtime_ns for p in (out / "masks").glob("*.tif")}
+    capsys.readouterr()
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 0
+    assert "2 of 2 image(s) done (2 already done before)" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "masks").glob("*.tif")} == masks_written
+    assert snapshot(out) == before
+
+
+def test_files_not_from_a_run_are_kept_without_overwrite(smear_folder, tmp_path, capsys):
+    folder, _ = smear_folder
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "counts.csv").write_text("mine\n")
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 1
+    assert "counts.csv: already exists" in capsys.readouterr().err
+    assert (out / "counts.csv").read_text() == "mine\n"
+    assert sorted(p.name for p in out.iterdir()) == ["counts.csv"]  # nothing else written
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--overwrite"]) == 0
+    assert (out / "counts.csv").read_text().startswith("image,class,count")
+
+
+def test_other_settings_are_refused_until_force_redoes_everything(smear_folder, tmp_path,
+                                                                   capsys):
+    folder, _ = smear_folder
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--diameter", "20"]) == 1
+    err = capsys.readouterr().err
+    assert "other settings" in err and "--force" in err and "'diameter': None" in err
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--diameter", "20", "--force"]) == 0
+    assert "already done" not in capsys.readouterr().err
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(fresh),
+                 "--diameter", "20"]) == 0
+    assert_same_outputs(out, fresh)
+
+
+def test_force_redoes_complete_images(smear_folder, tmp_path, capsys):
+    folder, _ = smear_folder
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 0
+    before = snapshot(out)
+    parts_written = {p.name: p.stat().st_mtime_ns for p in (out / "parts").iterdir()}
+    capsys.readouterr()
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "[1/2] smear_1.png" in err and "already done" not in err
+    assert all(p.stat().st_mtime_ns != parts_written[p.name] for p in (out / "parts").iterdir())
+    assert snapshot(out) == before
+
+
+def test_merged_files_are_what_the_writers_write_for_the_same_annotations(smear_folder,
+                                                                          tmp_path):
+    """annotations.json and counts.csv rebuilt from the per-image parts equal write_coco /
+    write_counts_csv over the in-memory results (scores, ids and all)."""
+    from napari_cellquant.batch import collect_images, predict_images
+    from napari_cellquant.core.io.coco import coco_dict
+    from napari_cellquant.core.io.counts import write_counts_csv
+    from napari_cellquant.core.io.images import read_image
+    from napari_cellquant.core.predict import load_model, predict
+
+    folder, _ = smear_folder
+    model = load_model("blood-classical")
+    images = collect_images([folder / "smear_2.png", folder / "smear_1.png"])
+    result = predict_images(images, model, tmp_path / "out", diameter=30)
+    assert [p.name for p in result.done] == ["smear_1.png", "smear_2.png"] and not result.failures
+    direct = []
+    for path in images:
+        annotation = predict(read_image(path), model, diameter=30)
+        annotation.image_name = path.name
+        direct.append(annotation)
+    expected = coco_dict(direct, encoding="rle")
+    merged = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert merged["annotations"] and all("score" in a for a in merged["annotations"])
+    for key in ("images", "annotations", "categories", "licenses"):
+        assert merged[key] == expected[key], key
+    write_counts_csv(direct, tmp_path / "direct.csv")
+    assert (tmp_path / "out" / "counts.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
+    from_masks = read_annotations(tmp_path / "out" / "masks")
+    for a, b in zip(from_masks, direct, strict=True):
+        assert a.image_name == b.image_name
+        np.testing.assert_array_equal(a.labels, b.labels)
+        assert a.classes == b.classes
+
+
+def test_failures_csv_lists_each_bad_image_with_its_error(smear_folder, tmp_path, capsys):
+    folder, truth = smear_folder
+    (folder / "truncated.png").write_bytes((folder / "smear_1.png").read_bytes()[:300])
+    tifffile.imwrite(folder / "stack.tif", np.zeros((3, 40, 50), np.uint8),
+                     metadata={"axes": "ZYX"})
+    (folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "out"
     assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 3
-    assert "already exists" in capsys.readouterr().err
-    assert (out / "annotations.json").read_bytes() == before
+    rows = list(csv.DictReader(open(out / "failures.csv")))
+    assert [r["image"] for r in rows] == ["empty.jpg", "stack.tif", "truncated.png"]
+    errors = {r["image"]: r["error"] for r in rows}
+    assert "empty" in errors["empty.jpg"] and "stack of 3 z-planes" in errors["stack.tif"]
+    assert "truncated" in errors["truncated.png"]
+    assert all(r["path"] == str(folder / r["image"]) for r in rows)
+    coco = json.loads((out / "annotations.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == sorted(truth)
+    assert "stack of 3 z-planes" in (out / "report.html").read_text()
+    # the failed images have no partial outputs, and a rerun tries them again
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["smear_1.json", "smear_2.json"]
+    capsys.readouterr()
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert "[3/5] empty.jpg: failed" in err and "(2 already done before)" in err
+    (folder / "empty.jpg").unlink()
+    (folder / "stack.tif").unlink()
+    (folder / "truncated.png").unlink()
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 0
+    assert list(csv.DictReader(open(out / "failures.csv"))) == []
+
+
+def test_a_local_dask_cluster_writes_the_same_files(smear_folder, tmp_path, capsys):
+    """Two worker processes on a real LocalCluster, against the in-process run."""
+    pytest.importorskip("distributed")
+    folder, _ = smear_folder
+    # (an empty file: libpng's message for a corrupt one is not the same in every process)
+    (folder / "broken.png").write_bytes(b"")
+    local, cluster = tmp_path / "local", tmp_path / "cluster"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(local)]) == 3
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(cluster),
+                 "--workers", "2"]) == 3
+    err = capsys.readouterr().err
+    assert "broken.png: failed" in err
+    assert_same_outputs(local, cluster)
+    coco = json.loads((cluster / "annotations.json").read_text())
+    assert [(im["id"], im["file_name"]) for im in coco["images"]] == [
+        (1, "smear_1.png"), (2, "smear_2.png")]
+
+
+def test_workers_and_scheduler_are_usage_checked(smear_folder, tmp_path, capsys):
+    folder, _ = smear_folder
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(tmp_path / "o"),
+                 "--workers", "0"]) == 2
+    assert "--workers must be 1 or more" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(folder), "-m", "blood-classical", "-o", str(tmp_path / "o"),
+              "--workers", "2", "--scheduler", "tcp://127.0.0.1:1"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unreachable_scheduler_is_named(smear_folder, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("distributed")
+    from napari_cellquant.batch import cluster
+
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 2)
+    folder, _ = smear_folder
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(tmp_path / "o"),
+                 "--scheduler", "tcp://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert "--scheduler tcp://127.0.0.1:9: cannot connect to the dask scheduler" in err

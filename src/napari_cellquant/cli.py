@@ -52,26 +52,37 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .batch import collect_images, predict_images
+    from .batch import ModelSpec, collect_images, predict_images
     from .core.predict import load_model
 
+    if args.workers is not None and args.workers < 1:
+        print("error: --workers must be 1 or more (leave it out to run in this process)",
+              file=sys.stderr)
+        return EXIT_USAGE
     try:  # nothing has run yet, so a bad input, model or weights is a usage error
         images = collect_images(args.inputs)
         model = load_model(args.model, args.device, weights=args.weights)
     except CellquantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    # workers may run elsewhere: name card and weights files by absolute path
+    name = str(Path(args.model).resolve()) if Path(args.model).is_file() else str(args.model)
+    spec = ModelSpec(name, args.device,
+                     None if args.weights is None else str(Path(args.weights).resolve()))
 
     def report(done: int, total: int, path: Path, status: str) -> None:
         print(f"[{done}/{total}] {path.name}: {status}", file=sys.stderr)
 
-    result = predict_images(images, model, args.outdir, tile=args.tile, overlap=args.overlap,
-                            diameter=args.diameter,
-                            overwrite=args.overwrite, on_image=report)
+    result = predict_images(images, spec, args.outdir, tile=args.tile, overlap=args.overlap,
+                            diameter=args.diameter, overwrite=args.overwrite, force=args.force,
+                            workers=args.workers or 0, scheduler=args.scheduler,
+                            loaded=model, on_image=report)
     for path, message in result.failures:
         print(f"error: {path}: {message}", file=sys.stderr)
-    print(f"{len(result.annotations)} of {len(images)} image(s) done; results in {args.outdir}",
-          file=sys.stderr)
+    resumed = f" ({len(result.skipped)} already done before)" if result.skipped else ""
+    failed = f"; {len(result.failures)} failed, listed in failures.csv" if result.failures else ""
+    print(f"{result.complete} of {len(images)} image(s) done{resumed}{failed}; results and "
+          f"report.html in {args.outdir}", file=sys.stderr)
     return EXIT_PARTIAL if result.failures else EXIT_OK
 
 
@@ -116,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict", help="segment or detect objects in images and write COCO, masks and counts",
         description="Run a model on images (files, folders or glob patterns) and write "
-        "OUTDIR/annotations.json, OUTDIR/counts.csv and OUTDIR/masks/.",
+        "OUTDIR/annotations.json, counts.csv, masks/, failures.csv and report.html. A rerun "
+        "with the same OUTDIR, model and settings resumes: only images without complete "
+        "outputs are done. Exit status 3 when some images failed (see failures.csv).",
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
     predict.add_argument("-m", "--model", required=True,
@@ -129,7 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--diameter", type=float,
                          help="typical object diameter in pixels (RBC, nucleus); the image is "
                          "rescaled to the model's scale and the result back")
-    predict.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    predict.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an OUTDIR that holds other results (another model or settings, or files "
+        "not from `cellquant predict`); a run with the same settings is still resumed")
+    predict.add_argument("--force", action="store_true",
+                         help="redo every image, even those with complete outputs in OUTDIR "
+                         "(implies --overwrite)")
+    where = predict.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="run on a local dask cluster of N worker processes "
+                       "(default: in this process)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on a running dask.distributed cluster, e.g. tcp://host:8786")
     predict.set_defaults(handler=_predict)
 
     models = sub.add_parser("models", help="list the models, their class sets and weights")

@@ -1,0 +1,133 @@
+"""One image's work, the same in-process and on a dask worker: read, predict, encode, thumbnail.
+
+A worker gets a :class:`ModelSpec` (a model name or card path, never the network) and loads the
+model itself, once per process; what comes back is an :class:`ImageResult` that the driver
+writes. Every failure of one image is caught here and returned as its ``error``, so one bad
+file never costs the others their results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.annotation import Annotation
+from ..core.errors import CellquantError
+from ..core.predict import Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a worker loads the model: the arguments of :func:`~..core.predict.load_model`.
+
+    ``torch_threads`` sets ``torch.set_num_threads`` in the worker process (None leaves the
+    worker's own setting, e.g. dask's ``OMP_NUM_THREADS``).
+    """
+
+    name_or_path: str
+    device: str = "auto"
+    weights: str | None = None
+    torch_threads: int | None = None
+
+    def load(self) -> Model:
+        from ..core.predict import load_model
+
+        if self.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, int(self.torch_threads)))
+        return load_model(self.name_or_path, self.device, weights=self.weights)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Prediction settings shared by every image of a run."""
+
+    tile: int | None = None
+    overlap: float | None = None
+    diameter: float | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return {"tile": self.tile, "overlap": self.overlap, "diameter": self.diameter}
+
+
+@dataclass
+class ImageResult:
+    """What one image gave: its objects, their COCO entries and thumbnail, or an error."""
+
+    path: Path
+    annotation: Annotation | None = None
+    coco: dict[str, Any] | None = None  # coco_dict([annotation], "rle") without "info"
+    thumbnail: bytes | None = None  # JPEG
+    thumbnail_shape: tuple[int, int] = (0, 0)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for a person: our errors already name the file, others get their type."""
+    if isinstance(exc, CellquantError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
+    """Read ``path``, run ``model`` on it and prepare everything the driver writes."""
+    from ..core.io.coco import coco_dict
+    from ..core.io.images import read_image
+    from ..core.predict import predict
+    from .report import render_thumbnail, thumbnail_shape
+
+    path = Path(path)
+    try:
+        pixels = read_image(path)
+        annotation = predict(pixels, model, tile=settings.tile, overlap=settings.overlap,
+                             diameter=settings.diameter)
+        annotation.image_name = path.name
+        annotation.image_path = path
+        coco = coco_dict([annotation], encoding="rle")
+        coco.pop("info", None)  # dated; the merged file gets its own
+        thumbnail = render_thumbnail(pixels, annotation)
+    except Exception as exc:  # one bad image must not cost the others their results
+        log.debug("%s failed", path, exc_info=True)
+        return ImageResult(path=path, error=describe_error(exc))
+    return ImageResult(path=path, annotation=annotation, coco=coco, thumbnail=thumbnail,
+                       thumbnail_shape=thumbnail_shape(annotation.shape))
+
+
+# --- on a dask worker ------------------------------------------------------------------------
+_models: dict[ModelSpec, Model] = {}
+_models_lock = threading.Lock()
+
+
+def _model_for(spec: ModelSpec) -> Model:
+    """The worker process's model for ``spec``, loaded on first use."""
+    with _models_lock:
+        model = _models.get(spec)
+        if model is None:
+            log.info("worker %d loads %s", os.getpid(), spec.name_or_path)
+            model = _models[spec] = spec.load()
+        return model
+
+
+def predict_on_worker(spec: ModelSpec, path: str, settings: Settings) -> ImageResult:
+    """The task a dask worker runs for one image (model loading failures included)."""
+    try:
+        model = _model_for(spec)
+    except Exception as exc:
+        return ImageResult(path=Path(path), error=f"loading the model failed: "
+                           f"{describe_error(exc)}")
+    return predict_one(model, Path(path), settings)
