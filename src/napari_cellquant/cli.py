@@ -94,6 +94,48 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .core.training import TrainingConfig, load_training_pairs, train
+
+    pairs = load_training_pairs(args.images, args.annotations, class_set=args.classes)
+    config = TrainingConfig(
+        base=args.model, images=[image for image, _ in pairs],
+        annotations=[annotation for _, annotation in pairs], output=args.output,
+        epochs=args.epochs, val_fraction=args.val_fraction, batch_size=args.batch_size,
+        crop=args.crop, lr=args.lr, seed=args.seed, device=args.device, resume=args.resume,
+        patience=args.patience, from_scratch=args.from_scratch, overwrite=args.overwrite,
+    )
+    live = sys.stderr.isatty()
+
+    def report(event) -> None:  # noqa: ANN001 (a TrainingEvent)
+        best = "-" if event.best_score is None else f"{event.best_score:.3f}"
+        if event.phase == "start":
+            base = "none" if event.base_score is None else f"{event.base_score:.3f}"
+            print(f"training {len(pairs)} image(s) for {event.epochs} epochs, "
+                  f"{event.total_steps} steps; base model score {base}", file=sys.stderr)
+        elif event.phase == "step" and live:
+            print(f"\repoch {event.epoch}/{event.epochs} step {event.step}/{event.total_steps} "
+                  f"loss {event.loss:.4f} best {best}", end="", file=sys.stderr, flush=True)
+        elif event.phase == "epoch":
+            print(f"{chr(13) if live else ''}epoch {event.epoch}/{event.epochs} step "
+                  f"{event.step}/{event.total_steps} val {event.val_score:.3f} best {best}",
+                  file=sys.stderr)
+
+    result = train(config, progress=report)
+    base = "none" if result.base_score is None else f"{result.base_score:.3f}"
+    new = "none" if result.score is None else f"{result.score:.3f}"
+    print(f"{result.score_name}: base {base}, new {new} (epoch {result.best_epoch}"
+          f"{', stopped early' if result.stopped_early else ''})", file=sys.stderr)
+    for message in result.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    if result.weights is None:
+        print("error: no epoch finished, nothing was written", file=sys.stderr)
+        return EXIT_ERROR
+    print(result.weights)
+    print(result.card)
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .core.io import FORMATS, KINDS
 
@@ -168,6 +210,38 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("outdir", type=Path, metavar="OUTDIR")
     demo.add_argument("--overwrite", action="store_true", help="replace existing files")
     demo.set_defaults(handler=_demo)
+
+    train = sub.add_parser(
+        "train", help="train or fine-tune a model on annotated images",
+        description="Fine-tune MODEL (or train its architecture from scratch when it has no "
+        "weights) on images and their annotations (COCO, VOC, label images, colour maps with "
+        "--classes, mask folders); writes the weights to OUTPUT and a model card beside it "
+        "that `cellquant predict -m OUTPUT` accepts.",
+    )
+    train.add_argument("--images", type=Path, help="folder holding the images")
+    train.add_argument("--annotations", type=Path, required=True,
+                       help="annotation file or folder")
+    train.add_argument("-m", "--model", required=True,
+                       help="base model: built-in name, card or weights file")
+    train.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
+    train.add_argument("--epochs", type=int, default=50, help="epochs (default 50)")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="share of images held out for validation (default 0.2)")
+    train.add_argument("--batch-size", type=int, default=4, help="crops per step (default 4)")
+    train.add_argument("--crop", type=int, default=256, help="crop edge in pixels (default 256)")
+    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    train.add_argument("--patience", type=int, default=15,
+                       help="stop after this many epochs without improvement (default 15)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda:0 ...")
+    train.add_argument("--classes",
+                       help="class set of colour maps and mask folders (blood10, blood3, net4, cell)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from OUTPUT's checkpoint (<stem>.resume.pt)")
+    train.add_argument("--from-scratch", action="store_true",
+                       help="ignore the base model's weights")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
+    train.set_defaults(handler=_train)
     return parser
 
 

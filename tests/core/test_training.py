@@ -1,0 +1,365 @@
+"""Training learns, fine-tunes, checkpoints, resumes and cancels, on tiny networks (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_cellquant.cli import main as cli_main
+from napari_cellquant.core.annotation import Annotation, Boxes
+from napari_cellquant.core.classes import BLOOD3, BLOOD10, CELL, NET4
+from napari_cellquant.core.errors import InputError, OutputExistsError
+from napari_cellquant.core.models.card import ModelCard
+from napari_cellquant.core.models.registry import WeightsError
+from napari_cellquant.core.predict import load_model, predict
+from napari_cellquant.core.synthetic import synthetic_blood_smear
+from napari_cellquant.core.training import (
+    TrainingConfig,
+    iter_train,
+    load_training_pairs,
+    make_sample,
+    output_paths,
+    train,
+)
+from napari_cellquant.core.training.augment import dihedral_boxes
+from napari_cellquant.core.training.datasets import class_lookup
+from napari_cellquant.core.training.validation import match_boxes
+
+BLOOD_NORM = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4],
+              "range": 255}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def dense_card(tmp_path, class_set="cell", n_classes=1, name="tiny-seg") -> str:
+    """A tiny two-level U-Net card (classes + distance heads), saved beside the tests' files."""
+    card = ModelCard(
+        name=name, kind="learned", task="instances", class_set=class_set,
+        normalization=BLOOD_NORM, tile=96, diameter_px={"rbc": 20.0},
+        architecture={"widths": [8, 16], "n_classes": n_classes,
+                      "heads": ["classes", "distance"]},
+        postprocess={"min_size": 10, "min_distance": 4},
+    )
+    path = tmp_path / f"{name}.json"
+    card.save(path)
+    return str(path)
+
+
+def detector_card(tmp_path) -> str:
+    card = ModelCard(
+        name="tiny-det", kind="learned", task="boxes", class_set="net4",
+        normalization={"mode": "percentile", "low": 1.0, "high": 99.8}, tile=128,
+        architecture={"widths": [8, 16, 32], "heads": [],
+                      "detector": {"n_classes": 4, "stride": 4, "head_width": 16}},
+        postprocess={"threshold": 0.3, "max_detections": 50},
+    )
+    path = tmp_path / "tiny-det.json"
+    card.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def smear():
+    """A 96 x 96 synthetic smear and its truth as one-class cells."""
+    image, truth = synthetic_blood_smear((96, 96), seed=1, rbc_radius=10)
+    return image, Annotation.from_labels(truth.labels, CELL, image_name="smear.png")
+
+
+def config(card, smear, output, **changes) -> TrainingConfig:
+    image, annotation = smear
+    settings = {"epochs": 2, "crop": 64, "batch_size": 2, "steps_per_epoch": 3, "lr": 3e-3,
+                "patience": None, "augment": False, "val_fraction": 0.0}
+    settings.update(changes)
+    return TrainingConfig(base=card, images=[image], annotations=[annotation], output=output,
+                          **settings)
+
+
+def foreground_iou(found: Annotation, truth: Annotation) -> float:
+    a, b = found.labels > 0, truth.labels > 0
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, smear):
+    """A tiny segmenter overfitted to the smear (shared by the fine-tuning tests)."""
+    folder = tmp_path_factory.mktemp("trained")
+    card = dense_card(folder)
+    result = train(config(card, smear, folder / "cells.pt", epochs=12, steps_per_epoch=5,
+                          crop=96, augment=True, scale_range=(0.9, 1.1)))
+    return result
+
+
+# --- learning ---------------------------------------------------------------------------------
+def test_small_network_overfits_one_image(trained, smear):
+    """60 seeded steps take a random tiny U-Net to foreground IoU >= 0.9 through predict()."""
+    image, truth = smear
+    assert trained.epochs_run == 12 and trained.score_name == "mean_iou"
+    assert trained.history[-1]["loss"] < 0.6 * trained.history[0]["loss"]
+    assert trained.history[0]["val_score"] < 0.5 <= 0.9 <= trained.score
+    found = predict(image, load_model(trained.weights, "cpu"))
+    assert foreground_iou(found, truth) >= 0.9
+
+
+def test_card_records_training_and_loads(trained):
+    card = json.loads(trained.card.read_text())
+    assert card["weights"]["file"] == trained.weights.name
+    assert len(card["weights"]["sha256"]) == 64
+    assert card["training"]["images"] == ["smear.png"]
+    assert card["training"]["settings"]["epochs"] == 12
+    assert card["training"]["objects"]["cell"] > 5
+    assert card["metrics"]["validation"]["new"] == pytest.approx(trained.score)
+    assert card["metrics"]["validation"]["epoch"] == trained.best_epoch
+    state = torch.load(trained.weights, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert load_model(trained.card, "cpu").card.name == "cells"
+
+
+def test_fine_tuning_starts_from_the_loaded_weights(trained, smear, tmp_path):
+    """The first step's loss with the trained weights is far below the same step from scratch."""
+    def first_loss(**changes) -> float:
+        steps = iter_train(config(str(trained.weights), smear, tmp_path / "ft.pt",
+                                  overwrite=True, **changes))
+        events = [next(steps), next(steps)]
+        steps.close()
+        assert events[0].phase == "start" and events[1].phase == "step"
+        return events, events[1].loss
+
+    (start, _), tuned = first_loss()
+    _, scratch = first_loss(from_scratch=True)
+    assert tuned < 0.6 * scratch
+    assert tuned == pytest.approx(trained.history[-1]["loss"], abs=0.15)
+    assert start.base_score == pytest.approx(trained.score, abs=0.02)
+
+
+def test_worse_fine_tuning_is_reported(trained, smear, tmp_path):
+    result = train(config(str(trained.weights), smear, tmp_path / "worse.pt", epochs=1,
+                          steps_per_epoch=2, lr=1.0))
+    assert result.base_score is not None and result.score < result.base_score
+    assert any("worse than its base" in w for w in result.warnings)
+    card = json.loads(result.card.read_text())
+    assert card["metrics"]["validation"]["base"] == pytest.approx(result.base_score)
+
+
+# --- checkpoints, cancel, resume --------------------------------------------------------------
+def test_cancel_stops_within_one_step_and_keeps_the_last_good_checkpoint(smear, tmp_path):
+    card = dense_card(tmp_path)
+    seen = []
+
+    def cancel() -> bool:  # cancel at the first step of epoch 2
+        return seen[-1].phase == "step" and seen[-1].epoch == 2
+
+    result = train(config(card, smear, tmp_path / "c.pt", epochs=5), progress=seen.append,
+                   cancel=cancel)
+    assert result.cancelled and result.epochs_run == 2
+    assert seen[-1].phase == "step" and seen[-1].step == 4  # 3 steps of epoch 1, 1 of epoch 2
+    assert result.weights is not None and result.best_epoch == 1
+    saved = json.loads(result.card.read_text())
+    assert saved["metrics"]["validation"]["epoch"] == 1
+    load_model(result.weights, "cpu")  # sha256 in the card matches the file
+    checkpoint = torch.load(result.checkpoint, weights_only=True)
+    assert checkpoint["epoch"] == 1
+
+
+def test_closing_the_generator_leaves_loadable_files(smear, tmp_path):
+    card = dense_card(tmp_path)
+    steps = iter_train(config(card, smear, tmp_path / "g.pt", epochs=3))
+    events = []
+    for event in steps:
+        events.append(event)
+        if event.phase == "epoch":
+            break
+    next(steps)  # one step into epoch 2, then close as thread_worker.quit() would
+    steps.close()
+    assert events[-1].checkpoint == tmp_path / "g.pt"
+    load_model(tmp_path / "g.pt", "cpu")
+    assert not list(tmp_path.glob(".*tmp*"))  # no half-written temporary files left
+
+
+def test_resume_continues_the_epoch_count(smear, tmp_path):
+    card = dense_card(tmp_path)
+    first = train(config(card, smear, tmp_path / "r.pt", epochs=2))
+    assert [h["epoch"] for h in first.history] == [1, 2]
+    events = []
+    second = train(config(card, smear, tmp_path / "r.pt", epochs=4, resume=True),
+                   progress=events.append)
+    assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
+    steps = [e for e in events if e.phase == "step"]
+    assert steps[0].epoch == 3 and steps[0].step == 7 and steps[-1].step == 12
+    assert second.epochs_run == 4
+
+
+def test_existing_output_is_not_overwritten(smear, tmp_path):
+    card = dense_card(tmp_path)
+    (tmp_path / "x.pt").write_bytes(b"mine")
+    with pytest.raises(OutputExistsError):
+        next(iter_train(config(card, smear, tmp_path / "x.pt")))
+    assert (tmp_path / "x.pt").read_bytes() == b"mine"
+
+
+# --- clear errors -----------------------------------------------------------------------------
+def test_corrupt_checkpoint_is_a_clear_error(smear, tmp_path):
+    card = dense_card(tmp_path)
+    _, _, checkpoint = output_paths(tmp_path / "k.pt")
+    checkpoint.write_bytes(b"\x80\x02not a checkpoint")
+    with pytest.raises(WeightsError, match="k.resume.pt"):
+        train(config(card, smear, tmp_path / "k.pt", resume=True))
+
+
+def test_corrupt_base_weights_are_a_clear_error(smear, tmp_path):
+    card = json.loads(open(dense_card(tmp_path)).read())
+    card["weights"] = {"file": "broken.pt"}
+    (tmp_path / "broken.pt").write_bytes(b"truncated")
+    (tmp_path / "broken.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="broken.pt"):
+        train(config(str(tmp_path / "broken.json"), smear, tmp_path / "n.pt"))
+
+
+def test_resume_with_a_card_of_another_class_set_is_refused(smear, tmp_path):
+    train(config(dense_card(tmp_path), smear, tmp_path / "s.pt", epochs=1))
+    blood = dense_card(tmp_path, "blood3", 3, name="blood-tiny")
+    image, cells = smear
+    annotation = Annotation.from_labels(cells.labels, BLOOD3, class_id=1)
+    with pytest.raises(InputError, match="class set 'cell'"):
+        train(TrainingConfig(base=blood, images=[image], annotations=[annotation],
+                             output=tmp_path / "s.pt", epochs=2, crop=64, resume=True))
+
+
+def test_weights_of_another_architecture_are_refused(trained, smear, tmp_path):
+    card = json.loads(open(dense_card(tmp_path, "blood3", 3, name="other")).read())
+    card["weights"] = {"file": str(trained.weights)}
+    (tmp_path / "other.json").write_text(json.dumps(card))
+    image, cells = smear
+    annotation = Annotation.from_labels(cells.labels, BLOOD3, class_id=1)
+    with pytest.raises(WeightsError, match="do not fit"):
+        next(iter_train(TrainingConfig(base=str(tmp_path / "other.json"), images=[image],
+                                       annotations=[annotation], output=tmp_path / "o.pt")))
+
+
+def test_classes_that_do_not_map_name_themselves(smear, tmp_path):
+    image, _ = smear
+    boxes = Boxes([[10, 10, 20, 20]], [NET4.id_of("dead")])
+    annotation = Annotation.empty((96, 96), NET4, boxes=boxes, image_name="net.png")
+    with pytest.raises(InputError, match="dead.*blood10"):
+        next(iter_train(TrainingConfig(base=dense_card(tmp_path, "blood10", 9), images=[image],
+                                       annotations=[annotation], output=tmp_path / "m.pt")))
+
+
+def test_class_mapping_by_name_and_blood10_to_blood3():
+    lookup = class_lookup(BLOOD10, BLOOD3)
+    assert lookup[BLOOD10.id_of("neutrophil")] == BLOOD3.id_of("wbc")
+    assert lookup[BLOOD10.id_of("infected_rbc")] == BLOOD3.id_of("rbc")
+    assert lookup[BLOOD10.id_of("platelet_clump")] == BLOOD3.id_of("platelet")
+    assert class_lookup(BLOOD3, BLOOD3).tolist() == [0, 1, 2, 3]
+
+
+def test_box_only_data_cannot_train_a_segmenter(smear, tmp_path):
+    image, _ = smear
+    annotation = Annotation.empty((96, 96), CELL, boxes=Boxes([[1, 1, 9, 9]], [1]))
+    card = ModelCard.load(dense_card(tmp_path))
+    with pytest.raises(InputError, match="boxes only"):
+        make_sample(image, annotation, card)
+
+
+# --- detector ---------------------------------------------------------------------------------
+def fluorescent_nuclei(seed: int = 3) -> tuple[np.ndarray, Annotation]:
+    """Bright discs (NET-sized 14-20 px) on a dark, noisy background, with their boxes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:128, 0:128]
+    image = rng.normal(20, 4, (128, 128))
+    rows = []
+    for cy, cx in [(24, 26), (28, 92), (70, 54), (100, 22), (104, 100), (62, 108)]:
+        r = rng.uniform(7, 10)
+        image += 180 * ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
+        rows.append((cx - r, cy - r, 2 * r, 2 * r))
+    pixels = np.clip(image, 0, 255).astype(np.uint8)
+    boxes = Boxes(rows, [NET4.id_of("NET")] * len(rows))
+    return np.stack([pixels * 0, pixels, pixels // 4], axis=-1), Annotation.empty(
+        (128, 128), NET4, boxes=boxes, image_name="nuclei.png")
+
+
+def test_centernet_detector_learns_the_boxes_of_one_image(tmp_path):
+    image, truth = fluorescent_nuclei()
+    result = train(TrainingConfig(
+        base=detector_card(tmp_path), images=[image], annotations=[truth],
+        output=tmp_path / "det.pt", epochs=10, steps_per_epoch=10, crop=64, batch_size=4,
+        lr=3e-3, val_fraction=0.0, patience=None, scale_range=(0.9, 1.1)))
+    assert result.score_name == "f1@0.5" and result.score >= 0.9
+    found = predict(image, load_model(result.weights, "cpu"))
+    assert match_boxes(found.boxes, truth.boxes, 0.5) >= len(truth.boxes) - 1
+    assert len(found.boxes) <= len(truth.boxes) + 1
+
+
+def test_box_transforms_follow_the_pixels():
+    """Boxes moved by dihedral_boxes cover the pixels the same turn/flips move."""
+    size = 32
+    xywh = np.array([[3.0, 5.0, 10.0, 4.0]])
+    mask = torch.zeros(size, size)
+    mask[5:9, 3:13] = 1
+    for turn in (False, True):
+        for flip_x in (False, True):
+            for flip_y in (False, True):
+                moved = mask
+                if turn:
+                    moved = torch.rot90(moved, 1, dims=(-2, -1))
+                if flip_x:
+                    moved = moved.flip(-1)
+                if flip_y:
+                    moved = moved.flip(-2)
+                rows, cols = np.nonzero(moved.numpy())
+                x, y, w, h = dihedral_boxes(xywh, size, turn, flip_x, flip_y)[0]
+                assert (x, y, w, h) == (cols.min(), rows.min(), np.ptp(cols) + 1, np.ptp(rows) + 1)
+
+
+# --- data and the command line ----------------------------------------------------------------
+def test_real_data_maps_onto_the_bundled_class_sets(shared_data):
+    from napari_cellquant.core.models.registry import get_card
+
+    blood = load_training_pairs(shared_data / "blood_smear_224" / "images",
+                                shared_data / "blood_smear_224" / "segments",
+                                class_set="blood10")
+    assert len(blood) == 14 and blood[0][0].shape == (224, 224, 3)
+    sample = make_sample(*blood[0], get_card("blood-unet"))
+    assert sample.classes.max() <= 9 and (sample.classes > 0).mean() > 0.1
+    assert sample.distance.max() == pytest.approx(1.0)
+    with pytest.warns(UserWarning):
+        nets = load_training_pairs(None, shared_data / "net_fluorescence" / "coco.json")
+    samples = [make_sample(image, ann, get_card("net-detector")) for image, ann in nets]
+    assert sorted(len(s.boxes) for s in samples) == [16, 27]
+
+
+def test_cli_train_writes_weights_and_card_that_predict_accepts(smear, tmp_path, capsys):
+    image, annotation = smear
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "smear.tif", image)
+    tifffile.imwrite(tmp_path / "labels" / "smear.tif", annotation.labels.astype(np.uint16))
+    out = tmp_path / "model" / "cells.pt"
+    card = dense_card(tmp_path)
+    code = cli_main(["train", "--images", str(tmp_path / "images"), "--annotations",
+                     str(tmp_path / "labels"), "--model", card, "-o", str(out),
+                     "--epochs", "2", "--crop", "64", "--batch-size", "2",
+                     "--val-fraction", "0"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "epoch 2/2" in captured.err and "mean_iou" in captured.err
+    assert captured.out.split() == [str(out), str(out.with_suffix(".json"))]
+    model = load_model(out, "cpu")
+    assert model.card.training["images"] == ["smear.tif"]
+    code = cli_main(["predict", str(tmp_path / "images" / "smear.tif"), "-m", str(out),
+                     "-o", str(tmp_path / "pred")])
+    assert code == 0
+    assert (tmp_path / "pred" / "annotations.json").is_file()
+    # a second run refuses to replace the model
+    code = cli_main(["train", "--images", str(tmp_path / "images"), "--annotations",
+                     str(tmp_path / "labels"), "--model", card, "-o", str(out)])
+    assert code == 1 and "already exists" in capsys.readouterr().err
