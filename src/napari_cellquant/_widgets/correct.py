@@ -1,0 +1,619 @@
+"""Correct: fix a model's instances in a Labels layer, each edit undoable with Ctrl+Z.
+
+The widget is a thin door into :mod:`napari_cellquant.core.editing`; :class:`LabelsEditor`
+keeps the layer's ``features`` (one row per id: class, class_name, score, origin), its
+colours and its correction log (``metadata["cellquant_corrections"]``) true to the pixels,
+after the widget's edits and after napari's own paint, fill, erase, undo and redo.
+
+Undo: every pixel change goes through ``Labels.data_setitem`` inside ``block_history``, so
+one edit is one step of napari's own undo history. napari records pixels only, so a change of
+class is made a pixel change too: the object gets a fresh id with the new class, and Ctrl+Z
+brings the old id back, whose row the editor remembers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import napari
+import napari.layers
+import numpy as np
+import pandas as pd
+from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox
+
+from .._layers import (
+    META_CLASS_SET,
+    META_CORRECTIONS,
+    META_DEFAULT_CLASS,
+    class_rgba,
+    class_set_from_metadata,
+)
+from ..core import editing
+from ..core.classes import CELL, ClassSet
+from ..core.errors import CellquantError
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("index", "label", "class", "class_name", "score", "origin")
+
+#: Keyboard shortcuts bound on the edited Labels layer: (key, widget method, what it does).
+SHORTCUTS: tuple[tuple[str, str, str], ...] = (
+    ("Shift-C", "set_class", "set the class of the object under the cursor"),
+    ("Shift-M", "merge", "merge the selected label with the one under the cursor"),
+    ("Shift-S", "split", "split the object under the cursor (seeds or distance watershed)"),
+    ("Shift-D", "delete", "delete the object under the cursor"),
+    ("Shift-R", "remove_small", "remove objects smaller than the minimum size"),
+    ("Shift-H", "fill_holes", "fill holes in every object"),
+    ("Shift-L", "relabel", "relabel ids 1..n"),
+    ("Shift-N", "draw_new", "paint a new object with the next free id and the chosen class"),
+)
+
+
+class LabelsEditor:
+    """Applies edits to one Labels layer and keeps its features, colours and log consistent.
+
+    Parameters
+    ----------
+    layer
+        The Labels layer (2-D).
+    chosen_class
+        Callable giving the class id new (drawn) objects get.
+    """
+
+    def __init__(self, layer: napari.layers.Labels, chosen_class: Callable[[], int]) -> None:
+        self.layer = layer
+        self.chosen_class = chosen_class
+        self.class_set: ClassSet = (
+            class_set_from_metadata(layer.metadata.get(META_CLASS_SET)) or CELL
+        )
+        self.index = editing.ObjectIndex(np.asarray(layer.data))
+        # rows of ids that vanished (deleted, merged away, undone), restored if they come back
+        self._memory: dict[int, dict[str, Any]] = {}
+        # rows of other ids changed by the edit that removed an id, restored with it (merge)
+        self._companions: dict[int, dict[int, dict[str, Any]]] = {}
+        self._busy = False
+        # footprints of napari history items whose pixels have not landed yet
+        self._pending: list[tuple[editing.Region, set[int], set[int]]] = []
+        self.layer.features = self._normalised_features()
+        self.layer.events.paint.connect(self._on_paint)
+        self.layer.events.labels_update.connect(self._flush_pending)
+        self.layer.events.set_data.connect(self._on_set_data)
+        self.layer.events.data.connect(self._on_data)
+
+    def detach(self) -> None:
+        """Stop following the layer."""
+        for emitter, callback in (
+            (self.layer.events.paint, self._on_paint),
+            (self.layer.events.labels_update, self._flush_pending),
+            (self.layer.events.set_data, self._on_set_data),
+            (self.layer.events.data, self._on_data),
+        ):
+            emitter.disconnect(callback)
+
+    # --- the features table -------------------------------------------------------------------
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.layer.data)
+
+    def _normalised_features(self) -> pd.DataFrame:
+        table = pd.DataFrame(self.layer.features).copy()
+        if "index" not in table:
+            table["index"] = table["label"] if "label" in table else np.arange(len(table))
+        table["index"] = table["index"].astype(np.int64)
+        table["label"] = table["index"]
+        if "class" not in table:
+            table["class"] = int(self.layer.metadata.get(META_DEFAULT_CLASS, 1))
+        table["class"] = table["class"].fillna(0).astype(np.int32)
+        table["class_name"] = [self._name(c) for c in table["class"]]
+        if "score" not in table:
+            table["score"] = np.nan
+        if "origin" not in table:
+            table["origin"] = "file"
+        table = table[list(COLUMNS) + [c for c in table.columns if c not in COLUMNS]]
+        self._table = table.set_index("index", drop=False)
+        self._table.index.name = None
+        self._reconcile_all(set_features=False)
+        return self._table.reset_index(drop=True)
+
+    def _name(self, class_id: int) -> str:
+        return self.class_set.name_of(int(class_id)) if 0 < int(class_id) <= len(self.class_set) else ""
+
+    def rows(self) -> pd.DataFrame:
+        """The features table indexed by label id."""
+        return self._table
+
+    def class_of(self, label_id: int) -> int:
+        return int(self._table.at[label_id, "class"]) if label_id in self._table.index else 0
+
+    def classes(self) -> dict[int, int]:
+        return dict(zip(self._table.index.tolist(), self._table["class"].tolist(), strict=True))
+
+    def _new_row(self, label_id: int, class_id: int, origin: str) -> dict[str, Any]:
+        return {
+            "index": label_id, "label": label_id, "class": int(class_id),
+            "class_name": self._name(class_id), "score": np.nan, "origin": origin,
+        }
+
+    def _set_row(self, label_id: int, row: dict[str, Any]) -> None:
+        self._table.loc[label_id] = pd.Series(row).reindex(self._table.columns)
+
+    def _tidy(self) -> None:
+        table = self._table.sort_index()
+        table["index"] = table["label"] = table.index.to_numpy(dtype=np.int64)
+        table["class"] = table["class"].fillna(0).astype(np.int32)
+        table["score"] = table["score"].astype(np.float64)
+        self._table = table
+
+    def _commit_table(self) -> None:
+        self._tidy()
+        self._busy = True
+        try:
+            self.layer.features = self._table.reset_index(drop=True)
+            self._sync_colormap()
+        finally:
+            self._busy = False
+
+    def _sync_colormap(self) -> None:
+        """Colour every id by its class; rebuild the colormap only when a colour is wrong."""
+        colormap = self.layer.colormap
+        current = getattr(colormap, "color_dict", None)
+        if current is None:
+            return  # the user chose a random colormap: leave it
+        wanted = {
+            int(i): class_rgba(self.class_set, int(c))
+            for i, c in zip(self._table.index, self._table["class"], strict=True)
+        }
+        fallback = class_rgba(self.class_set, self.chosen_class())
+        stale = any(
+            not np.allclose(current.get(i, current.get(None, fallback)), rgba)
+            for i, rgba in wanted.items()
+        ) or not np.allclose(current.get(None, fallback), fallback)
+        if stale:
+            self.layer.colormap = {None: fallback, 0: (0.0, 0.0, 0.0, 0.0), **wanted}
+
+    def _log(self, event: editing.CorrectionEvent) -> None:
+        self.layer.metadata.setdefault(META_CORRECTIONS, []).append(event.to_dict())
+
+    def _remember(self, ids: Sequence[int], companions: dict[int, dict[str, Any]]) -> None:
+        for i in ids:
+            if i in self._table.index:
+                self._memory[int(i)] = self._table.loc[i].to_dict()
+                self._companions[int(i)] = companions
+
+    # --- edits from the widget ----------------------------------------------------------------
+    def apply(self, edit: editing.LabelEdit, *, origin_of_new: str = "edited") -> None:
+        """Write ``edit`` through ``data_setitem`` (one undo step) and update the features."""
+        touched = set(edit.classes) | set(edit.origins) | set(edit.removed)
+        before = {
+            int(i): self._table.loc[i].to_dict() for i in touched if i in self._table.index
+        }
+        if edit.n_pixels:
+            self._busy = True
+            try:
+                with self.layer.block_history():
+                    self.layer.data_setitem(edit.indices, edit.values)
+            finally:
+                self._busy = False
+            self.index.update(edit.indices, edit.values)
+        if edit.id_map is not None:
+            mapped = self._table.index.to_numpy()
+            inside = mapped < len(edit.id_map)
+            mapped = np.where(inside, edit.id_map[np.minimum(mapped, len(edit.id_map) - 1)], 0)
+            self._table = self._table[mapped > 0].copy()
+            self._table.index = mapped[mapped > 0]
+            self._table["index"] = self._table["label"] = self._table.index
+            self.index.rebuild(self.labels)
+        self._remember(edit.removed, before)
+        self._table = self._table.drop(index=[i for i in edit.removed if i in self._table.index])
+        for label_id, class_id in edit.classes.items():
+            if label_id in self._table.index:
+                self._table.loc[label_id, ["class", "class_name"]] = [class_id, self._name(class_id)]
+            else:
+                origin = edit.origins.get(label_id, origin_of_new)
+                self._set_row(label_id, self._new_row(label_id, class_id, origin))
+        for label_id, origin in edit.origins.items():
+            if label_id in self._table.index and origin in ("edited", "drawn"):
+                if self._table.at[label_id, "origin"] != "drawn":
+                    self._table.loc[label_id, "origin"] = origin
+        self._commit_table()
+        self._log(edit.event)
+
+    def reclass(self, label_id: int, class_id: int) -> int:
+        """Give an object a class; it moves to a fresh id so napari's undo can revert it.
+
+        Returns the object's new id.
+        """
+        edit = editing.set_class(self.classes(), [label_id], class_id)
+        region = self.index.region([label_id])
+        if region is None or label_id not in self._table.index:
+            raise CellquantError(f"label {label_id} is not in the layer")
+        new_id = editing.next_free_id(self.labels, self.index)
+        rows, cols = np.nonzero(self.labels[region] == label_id)
+        row = self._table.loc[label_id].to_dict()
+        moved = editing.LabelEdit(
+            (rows + region[0].start, cols + region[1].start),
+            np.full(rows.size, new_id, dtype=self.labels.dtype),
+            {new_id: class_id}, {}, (label_id,), edit.event,
+        )
+        edit.event.result_ids = [new_id]
+        edit.event.pixels = rows.size
+        self.apply(moved)
+        # the object keeps its score; a hand-drawn object stays "drawn", others are "edited"
+        self._table.loc[new_id, "score"] = row["score"]
+        if row["origin"] == "drawn":
+            self._table.loc[new_id, "origin"] = "drawn"
+        self._commit_table()
+        return new_id
+
+    # --- following napari's own paint, fill, erase, undo, redo ---------------------------------
+    def _on_paint(self, event: Any) -> None:
+        """A napari history item was recorded: by a finished stroke (pixels written) or by a
+        single paint, fill or ``data_setitem`` (pixels written just after this event)."""
+        if self._busy:
+            return
+        region, old_ids, new_ids = _history_item_footprint(event.value, self.labels.ndim)
+        if region is None:
+            return
+        self._pending.append((region, old_ids, new_ids))
+        if _item_applied(event.value, self.labels):
+            self._flush_pending()
+        else:  # labels_update or set_data will flush; the timer catches refresh=False writes
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._flush_pending)
+
+    def _flush_pending(self, event: Any = None) -> None:
+        pending, self._pending = self._pending, []
+        for region, old_ids, new_ids in pending:
+            self.index.update_region(self.labels, region)
+            self._reconcile_ids(old_ids | new_ids)
+
+    def _on_set_data(self, event: Any = None) -> None:
+        if not self._busy:  # undo/redo reload the view; our own refreshes are already handled
+            self._flush_pending()
+            self._reconcile_all()
+
+    def _on_data(self, event: Any = None) -> None:
+        if not self._busy:
+            self.index.rebuild(self.labels)
+            self._reconcile_all()
+
+    def _exists(self, label_id: int) -> bool:
+        region = self.index.region([label_id])
+        return region is not None and bool(np.any(self.labels[region] == label_id))
+
+    def _reconcile_ids(self, ids: set[int]) -> None:
+        """Rows for ``ids`` after a paint: new ids drawn, vanished ids dropped, others edited."""
+        ids.discard(0)
+        present = {i for i in ids if self._exists(i)}
+        added = sorted(i for i in present if i not in self._table.index)
+        gone = sorted(i for i in ids - present if i in self._table.index)
+        edited = sorted(i for i in present if i in self._table.index)
+        self._restore_or_add(added)
+        self._remember(gone, {})
+        self._table = self._table.drop(index=gone)
+        for i in edited:
+            if self._table.at[i, "origin"] in ("model", "file"):
+                self._table.loc[i, "origin"] = "edited"
+        self._commit_table()
+        if added:
+            self._log(editing.CorrectionEvent(
+                "added", result_ids=added, classes=[self.class_of(i) for i in added]))
+        if gone:
+            self._log(editing.CorrectionEvent("deleted", ids=gone))
+        if edited:
+            self._log(editing.CorrectionEvent("edited", ids=edited, result_ids=edited))
+
+    def _restore_or_add(self, added: Sequence[int]) -> None:
+        for i in added:
+            if i in self._memory:
+                self._set_row(i, self._memory.pop(i))
+                for j, row in self._companions.pop(i, {}).items():
+                    if j != i and j in self._table.index:
+                        self._set_row(j, row)
+            else:
+                self._set_row(i, self._new_row(i, self.chosen_class(), "drawn"))
+
+    def _reconcile_all(self, *, set_features: bool = True) -> None:
+        """Rows == ids present, by one ``bincount`` over the image (after undo or redo)."""
+        flat = self.labels.ravel()
+        present = np.flatnonzero(np.bincount(flat)) if flat.size else np.zeros(0, dtype=np.int64)
+        present = present[present != 0]
+        rows = self._table.index.to_numpy()
+        added = np.setdiff1d(present, rows).tolist()
+        gone = np.setdiff1d(rows, present).tolist()
+        if not added and not gone:
+            return
+        if any(self.index.region([i]) is None for i in added):
+            self.index.rebuild(self.labels)  # pixels came from outside napari's history
+        self._remember(gone, {})
+        self._table = self._table.drop(index=gone)
+        self._restore_or_add(added)
+        if set_features:
+            self._commit_table()
+        else:
+            self._tidy()
+
+
+def _item_applied(item: Sequence[Any], labels: np.ndarray) -> bool:
+    """Whether the last atom of a napari history item is already in ``labels``."""
+    if not len(item):
+        return True
+    atom = item[-1]
+    if len(atom) == 4:
+        slice_key, mask, _, new_value = atom
+        window = labels[slice_key]
+        return bool(np.all((window if mask is None else window[mask]) == new_value))
+    indices, _, new_values = atom
+    return bool(np.all(labels[indices] == new_values))
+
+
+def _history_item_footprint(
+    item: Sequence[Any], ndim: int
+) -> tuple[editing.Region | None, set[int], set[int]]:
+    """Region, overwritten ids and written ids of one napari Labels history item.
+
+    An item is a list of atoms: ``(indices, old_values, new_values)`` from ``data_setitem``, or
+    ``(slice_key, mask, old_values, new_label)`` from the brush, fill and polygon.
+    """
+    lows: list[np.ndarray] = []
+    highs: list[np.ndarray] = []
+    old: set[int] = set()
+    new: set[int] = set()
+    for atom in item:
+        if len(atom) == 4:
+            slice_key, _, old_values, new_value = atom
+            lows.append(np.array([s.start for s in slice_key[-2:]]))
+            highs.append(np.array([s.stop for s in slice_key[-2:]]))
+        else:
+            indices, old_values, new_value = atom
+            coords = [np.asarray(a).ravel() for a in indices[-2:]]
+            if not coords[0].size:
+                continue
+            lows.append(np.array([c.min() for c in coords]))
+            highs.append(np.array([c.max() + 1 for c in coords]))
+        old.update(np.unique(np.asarray(old_values)).tolist())
+        new.update(np.unique(np.asarray(new_value)).tolist())
+    if not lows or ndim != 2:
+        return None, old, new
+    low, high = np.min(lows, axis=0), np.max(highs, axis=0)
+    return (slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1]))), old, new
+
+
+def _parse_ids(text: str) -> list[int]:
+    """Ids typed as ``4, 9 12``."""
+    parts = text.replace(",", " ").split()
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise CellquantError(f"label ids must be whole numbers, got {text!r}") from None
+
+
+class CorrectWidget(Container):
+    """Correct instances in the chosen Labels layer; every edit is one napari undo step.
+
+    Shortcuts on the layer: Shift-C class, Shift-M merge, Shift-S split, Shift-D delete,
+    Shift-R remove small, Shift-H fill holes, Shift-L relabel, Shift-N draw new; Ctrl+Z undo.
+    "Under the cursor" is the label at the mouse position; when there is none, the selected
+    label is used.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.editor: LabelsEditor | None = None
+        self._layer_combo = ComboBox(label="labels layer", choices=self._layer_choices)
+        self._class_combo = ComboBox(label="class", choices=self._class_choices)
+        self._ids = LineEdit(
+            label="ids", tooltip="Ids to merge or delete, e.g. '4, 9'. Empty: the selected "
+            "label and the label under the cursor.",
+        )
+        self._rule = ComboBox(label="merged class", choices=["majority", "first"], value="majority")
+        self._seeds = ComboBox(
+            label="seeds", nullable=True,
+            choices=lambda _: [ly for ly in viewer.layers if isinstance(ly, napari.layers.Points)],
+            tooltip="Points layer whose points inside the object seed the split; "
+            "none: split by distance watershed",
+        )
+        self._min_distance = SpinBox(label="seed spacing", value=7, min=1, max=500)
+        self._min_size = SpinBox(label="min size (px)", value=30, min=1, max=10_000_000)
+        self._status = Label(value="")
+        buttons = []
+        for key, method, what in SHORTCUTS:
+            button = PushButton(text=f"{method.replace('_', ' ').capitalize()}  [{key}]")
+            button.tooltip = f"{what} ({key})"
+            button.changed.connect(lambda _=None, m=method: self._run_safely(getattr(self, m)))
+            buttons.append(button)
+        super().__init__(widgets=[
+            self._layer_combo, self._class_combo, buttons[0], self._ids, self._rule, buttons[1],
+            self._seeds, self._min_distance, buttons[2], buttons[3], self._min_size, buttons[4],
+            *buttons[5:], self._status,
+        ])
+        self.tooltip = "\n".join(f"{k}: {w}" for k, _, w in SHORTCUTS) + "\nCtrl+Z: undo"
+        self._layer_combo.changed.connect(self._on_layer_chosen)
+        self._class_combo.changed.connect(self._on_class_chosen)
+        viewer.layers.events.inserted.connect(self.reset_choices)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        if isinstance(viewer.layers.selection.active, napari.layers.Labels):
+            self._layer_combo.value = viewer.layers.selection.active
+        self._on_layer_chosen(self._layer_combo.value)
+
+    # --- choices --------------------------------------------------------------------------
+    def _layer_choices(self, _widget: Any = None) -> list[Any]:
+        return [ly for ly in self.viewer.layers if isinstance(ly, napari.layers.Labels)]
+
+    def _class_choices(self, _widget: Any = None) -> list[str]:
+        return list(self.editor.class_set.names) if self.editor is not None else list(CELL.names)
+
+    def _on_layer_chosen(self, layer: Any) -> None:
+        if self.editor is not None and self.editor.layer is layer:
+            return
+        if self.editor is not None:
+            self.editor.detach()
+            for key, _, _ in SHORTCUTS:
+                self.editor.layer.bind_key(key, None)
+        self.editor = None
+        if layer is None:
+            return
+        self.editor = LabelsEditor(layer, self.chosen_class_id)
+        self._class_combo.reset_choices()
+        default = int(layer.metadata.get(META_DEFAULT_CLASS, 1))
+        if 1 <= default <= len(self.editor.class_set):
+            self._class_combo.value = self.editor.class_set.name_of(default)
+        for key, method, _ in SHORTCUTS:
+            layer.bind_key(key, self._shortcut(method), overwrite=True)
+
+    def _shortcut(self, method: str) -> Callable[[Any], None]:
+        def on_key(_layer: Any) -> None:
+            self._run_safely(getattr(self, method))
+
+        on_key.__doc__ = dict((m, w) for _, m, w in SHORTCUTS)[method]
+        return on_key
+
+    def _on_class_chosen(self, name: str | None) -> None:
+        if self.editor is not None and name:
+            self.editor.layer.metadata[META_DEFAULT_CLASS] = self.chosen_class_id()
+            self.editor._sync_colormap()  # painting shows the chosen class's colour
+
+    def chosen_class_id(self) -> int:
+        """Class id chosen in the combo (what new objects get)."""
+        name = self._class_combo.value
+        cs = self.editor.class_set if self.editor is not None else CELL
+        return cs.id_of(name) if name else 1
+
+    def _run_safely(self, action: Callable[[], Any]) -> None:
+        from napari.utils.notifications import show_warning
+
+        try:
+            action()
+        except CellquantError as exc:
+            self._status.value = str(exc)
+            show_warning(str(exc))
+
+    # --- helpers --------------------------------------------------------------------------
+    def _editor(self) -> LabelsEditor:
+        if self.editor is None:
+            raise CellquantError("choose a Labels layer to correct")
+        return self.editor
+
+    def label_under_cursor(self) -> int:
+        """Label at the mouse position, else the layer's selected label (0 when none)."""
+        editor = self._editor()
+        point = np.round(editor.layer.world_to_data(self.viewer.cursor.position)).astype(int)
+        labels = editor.labels
+        if point.size >= 2 and 0 <= point[-2] < labels.shape[0] and 0 <= point[-1] < labels.shape[1]:
+            value = int(labels[point[-2], point[-1]])
+            if value:
+                return value
+        return int(editor.layer.selected_label) if editor._exists(editor.layer.selected_label) else 0
+
+    def _target(self, label_id: int | None) -> int:
+        label_id = self.label_under_cursor() if label_id is None else int(label_id)
+        if not label_id:
+            raise CellquantError("no object under the cursor and no selected label")
+        return label_id
+
+    def _report(self, text: str) -> None:
+        self._status.value = text
+        logger.info(text)
+
+    # --- edits (public: the buttons, shortcuts and tests call these) ------------------------
+    def set_class(self, class_name: str | None = None, label_id: int | None = None) -> int:
+        """Give the object (under the cursor / selected) a class; returns its id afterwards."""
+        editor = self._editor()
+        if class_name is not None:
+            self._class_combo.value = class_name
+        label_id = self._target(label_id)
+        new_id = editor.reclass(label_id, self.chosen_class_id())
+        editor.layer.selected_label = new_id
+        self._report(f"label {label_id} is now {self._class_combo.value} (id {new_id})")
+        return new_id
+
+    def merge(self, ids: Sequence[int] | None = None) -> editing.LabelEdit:
+        """Merge ``ids`` (default: typed ids, else the selected label and the one under the cursor)."""
+        editor = self._editor()
+        if ids is None:
+            ids = _parse_ids(self._ids.value) or [
+                int(editor.layer.selected_label), self.label_under_cursor()]
+        edit = editing.merge(
+            editor.labels, ids, editor.classes(), index=editor.index, class_rule=self._rule.value
+        )
+        editor.apply(edit)
+        editor.layer.selected_label = edit.event.result_ids[0]
+        self._report(f"merged {edit.event.ids} into {edit.event.result_ids[0]}")
+        return edit
+
+    def split(
+        self, label_id: int | None = None, seeds: np.ndarray | None = None
+    ) -> editing.LabelEdit:
+        """Split an object at the seeds (``(n, 2)`` data coordinates, else the seeds layer),
+        or by distance watershed when there are none."""
+        editor = self._editor()
+        if seeds is None and self._seeds.value is not None:
+            points = self._seeds.value
+            seeds = np.array([
+                editor.layer.world_to_data(points.data_to_world(p))[-2:] for p in points.data
+            ]).reshape(-1, 2)
+        if label_id is None and seeds is not None and len(seeds):
+            inside = [editor.labels[tuple(np.round(s).astype(int))] for s in seeds
+                      if np.all((np.round(s) >= 0) & (np.round(s) < editor.labels.shape))]
+            label_id = next((int(v) for v in inside if v), None)
+        edit = editing.split(
+            editor.labels, self._target(label_id), editor.classes(), seeds=seeds,
+            min_distance=self._min_distance.value, index=editor.index,
+        )
+        editor.apply(edit)
+        self._report(f"split {edit.event.ids[0]} into {edit.event.result_ids}")
+        return edit
+
+    def delete(self, ids: Sequence[int] | None = None) -> editing.LabelEdit:
+        """Delete objects (default: typed ids, else the one under the cursor)."""
+        editor = self._editor()
+        if ids is None:
+            ids = _parse_ids(self._ids.value) or [self._target(None)]
+        edit = editing.delete(editor.labels, ids, editor.classes(), index=editor.index)
+        editor.apply(edit)
+        self._report(f"deleted {edit.event.ids}")
+        return edit
+
+    def remove_small(self, min_size: int | None = None) -> editing.LabelEdit:
+        """Delete every object smaller than ``min_size`` pixels (default: the spin box)."""
+        editor = self._editor()
+        if min_size is not None:
+            self._min_size.value = int(min_size)
+        edit = editing.remove_small(editor.labels, self._min_size.value, editor.classes())
+        editor.apply(edit)
+        self._report(f"removed {len(edit.removed)} objects under {self._min_size.value} px")
+        return edit
+
+    def fill_holes(self, ids: Sequence[int] | None = None) -> editing.LabelEdit:
+        """Fill the holes of every object (or of ``ids``)."""
+        editor = self._editor()
+        edit = editing.fill_holes(editor.labels, ids, index=editor.index)
+        editor.apply(edit)
+        self._report(f"filled {edit.n_pixels} px of holes in {len(edit.event.ids)} objects")
+        return edit
+
+    def relabel(self) -> editing.LabelEdit:
+        """Renumber the ids 1..n (features follow)."""
+        editor = self._editor()
+        edit = editing.relabel_sequential(editor.labels, editor.classes())
+        editor.apply(edit)
+        self._report(f"relabelled {len(edit.event.ids)} ids")
+        return edit
+
+    def draw_new(self) -> int:
+        """Select the next free id and switch to paint mode; the painted object gets the
+        chosen class (origin ``drawn``)."""
+        editor = self._editor()
+        new_id = editing.next_free_id(editor.labels, editor.index)
+        editor.layer.selected_label = new_id
+        editor.layer.mode = "paint"
+        self._report(f"paint object {new_id} ({self._class_combo.value})")
+        return new_id
+
+    def undo(self) -> None:
+        """Undo the last edit (napari's own Labels undo; features follow)."""
+        self._editor().layer.undo()
+
