@@ -65,7 +65,6 @@ def outlined_thumbnail(
     pixels: np.ndarray, annotation: Annotation, long_side: int = THUMBNAIL_SIZE
 ) -> np.ndarray:
     """``(h, w, 3)`` uint8: the image made small with its objects outlined in class colours."""
-    from skimage.draw import rectangle_perimeter
     from skimage.segmentation import find_boundaries
     from skimage.transform import resize
 
@@ -93,11 +92,26 @@ def outlined_thumbnail(
     if len(annotation.boxes):
         sy, sx = shape[0] / rows, shape[1] / cols
         for (x, y, w, h), class_id in zip(annotation.boxes.xywh, annotation.boxes.class_ids):
-            start = (int(np.floor(y * sy)), int(np.floor(x * sx)))
-            end = (int(np.ceil((y + h) * sy)) - 1, int(np.ceil((x + w) * sx)) - 1)
-            rr, cc = rectangle_perimeter(start, end=end, shape=shape, clip=True)
-            rgb[rr, cc] = palette[int(class_id)]
+            top, left = int(np.floor(y * sy)), int(np.floor(x * sx))
+            bottom, right = int(np.ceil((y + h) * sy)) - 1, int(np.ceil((x + w) * sx)) - 1
+            _draw_rectangle(rgb, top, left, bottom, right, palette[int(class_id)])
     return rgb
+
+
+def _draw_rectangle(rgb: np.ndarray, top: int, left: int, bottom: int, right: int,
+                    colour: np.ndarray) -> None:
+    """Draw a 1-px rectangle outline (inclusive corners), clipped to the image."""
+    rows, cols = rgb.shape[:2]
+    r0, r1 = max(top, 0), min(bottom, rows - 1)
+    c0, c1 = max(left, 0), min(right, cols - 1)
+    if r0 > r1 or c0 > c1:
+        return
+    for row in (top, bottom):
+        if 0 <= row < rows:
+            rgb[row, c0 : c1 + 1] = colour
+    for col in (left, right):
+        if 0 <= col < cols:
+            rgb[r0 : r1 + 1, col] = colour
 
 
 def render_thumbnail(pixels: np.ndarray, annotation: Annotation,
