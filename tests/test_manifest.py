@@ -103,3 +103,14 @@ def test_plain_images_stay_with_napari_builtins(pm, make_napari_viewer, tmp_path
     assert layer._type_string == "image"
     labels_path = tmp_path / "micrograph_instances.tif"
     assert PLUGIN in {r.plugin_name for r in pm.iter_compatible_readers([str(labels_path)])}
+
+
+def test_every_widget_in_the_manifest_opens(manifest, make_napari_viewer):
+    """Each dock widget opens from the Plugins menu entry as a user would, with no layers."""
+    names = [widget.display_name for widget in manifest.contributions.widgets or []]
+    assert {"Segment", "Export"} <= set(names)
+    viewer = make_napari_viewer()
+    for name in names:
+        dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        assert widget is not None, name
+        assert name in dock.name

@@ -214,3 +214,39 @@ def test_timer_keeps_ticking_while_a_network_runs(qtbot, make_napari_viewer, ran
     assert len(steps) >= 4
     assert len(ticks) >= 2 * len(steps)  # the GUI thread ran between the network's steps
     assert gaps.max() < 1000, f"GUI froze for {gaps.max()} ms"
+
+
+def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
+    qtbot, segment, tmp_path
+):
+    """A CenterNet card (random weights): boxes as ``<image> boxes``, in the image's place."""
+    import torch
+
+    from napari_cellquant.core.classes import NET4
+    from napari_cellquant.core.models.networks import build_network
+
+    card = dataclasses.replace(builtin_cards()["net-detector"], name="test-detector",
+                               weights=WeightsSource(file="test-detector.pt"))
+    torch.manual_seed(0)
+    torch.save(build_network(card.architecture).state_dict(), tmp_path / "test-detector.pt")
+    card.save(tmp_path / "test-detector.json")
+    viewer, widget = segment
+    widget.load_model.value = tmp_path / "test-detector.json"
+    widget.diameter.value = 0.0
+    widget.thresholds["threshold"].value = 0.0  # untrained: take the strongest peaks
+    widget.thresholds["max_detections"].value = 5
+    _run(qtbot, widget)
+    boxes = viewer.layers["smear boxes"]
+    assert [lyr.name for lyr in viewer.layers] == ["smear", "smear boxes"]
+    assert boxes.nshapes == 5 and set(boxes.shape_type) == {"rectangle"}
+    assert len(boxes.features) == 5 and set(boxes.features["class_name"]) <= set(NET4.names)
+    for colour, class_id in zip(boxes.edge_color, boxes.features["class"], strict=True):
+        np.testing.assert_allclose(colour, class_rgba(NET4, int(class_id)))
+    np.testing.assert_allclose(boxes.scale, (0.5, 0.5))
+    np.testing.assert_allclose(boxes.translate, (10.0, -4.0))
+    widget.thresholds["max_detections"].value = 2
+    _run(qtbot, widget)
+    assert viewer.layers["smear boxes"] is boxes
+    assert boxes.nshapes == 2 and len(boxes.features) == 2
+    for colour, class_id in zip(boxes.edge_color, boxes.features["class"], strict=True):
+        np.testing.assert_allclose(colour, class_rgba(NET4, int(class_id)))
