@@ -50,6 +50,8 @@ def instance_class_counts(
     label_ids: np.ndarray | Sequence[int],
     class_ids: np.ndarray | Sequence[int],
     n_classes: int,
+    *,
+    default_class: int = 0,
 ) -> np.ndarray:
     """Objects per class id in an instance image, by one ``bincount`` over the pixels.
 
@@ -59,9 +61,12 @@ def instance_class_counts(
         Instance image (0 background).
     label_ids, class_ids
         The class of each listed id (e.g. a layer's features ``index`` and ``class``); ids
-        present but not listed, or with a class outside ``1..n_classes``, count as class 0.
+        present but not listed count as ``default_class``; a class outside ``1..n_classes``
+        counts as 0.
     n_classes
         Number of classes.
+    default_class
+        Class of ids present but not listed (e.g. painted without a features row).
 
     Returns
     -------
@@ -75,7 +80,7 @@ def instance_class_counts(
         flat = flat.astype(np.int64, copy=False)
     present = np.bincount(flat) > 0
     present[0] = False
-    lookup = np.zeros(present.size, dtype=np.int64)
+    lookup = np.full(present.size, int(default_class), dtype=np.int64)
     label_ids = np.asarray(label_ids, dtype=np.int64).ravel()
     class_ids = np.asarray(class_ids, dtype=np.int64).ravel()
     inside = (label_ids > 0) & (label_ids < present.size)

@@ -1,0 +1,102 @@
+"""The Count widget through the manifest: counts, derived figures, before/after, live, CSV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_cellquant._layers import annotation_to_layer_data
+from napari_cellquant.core.annotation import Annotation, Boxes
+from napari_cellquant.core.classes import BLOOD10, NET4
+from napari_cellquant.core.errors import OutputExistsError
+
+
+def _blood() -> Annotation:
+    """12 RBCs (3 infected) and 4 WBCs (3 neutrophils, 1 lymphocyte), 6x6 px each."""
+    cs = BLOOD10
+    labels = np.zeros((100, 100), dtype=np.int32)
+    classes = {}
+    names = ["infected_rbc"] * 3 + ["healthy_rbc"] * 9 + ["neutrophil"] * 3 + ["lymphocyte"]
+    for k, name in enumerate(names):
+        r, c = divmod(k, 8)
+        labels[r * 10 + 2 : r * 10 + 8, c * 10 + 2 : c * 10 + 8] = k + 1
+        classes[k + 1] = cs.id_of(name)
+    return Annotation(labels, cs, classes, image_name="smear.png")
+
+
+def _value(rows, group, name, column="after", image=None):
+    (row,) = [r for r in rows if r["group"] == group and r["name"] == name
+              and (image is None or r["image"] == image)]
+    return row[column]
+
+
+@pytest.fixture
+def viewer_with_count(make_napari_viewer):
+    viewer = make_napari_viewer()
+    (data, kwargs, _), = annotation_to_layer_data(_blood())
+    kwargs["scale"] = (0.5, 0.5)
+    kwargs["units"] = ("um", "um")
+    layer = viewer.add_labels(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
+    return viewer, layer, widget
+
+
+def test_counts_parasitaemia_differential_and_density(viewer_with_count):
+    viewer, layer, widget = viewer_with_count
+    rows = widget.refresh()
+    assert _value(rows, "count", "healthy_rbc") == 9
+    assert _value(rows, "parasitaemia", "infected_rbc") == pytest.approx(25.0)
+    assert _value(rows, "wbc_differential", "neutrophil") == pytest.approx(75.0)
+    assert _value(rows, "count", "total", "before") == 16
+    # 100 x 100 px of 0.5 um = 0.0025 mm^2
+    assert _value(rows, "density", "total") == pytest.approx(16 / 0.0025)
+    assert widget.table.rowCount() == len(rows)
+    assert {b[0] for b in widget.chart.bars} >= {"healthy_rbc", "infected_rbc"}
+
+
+def test_after_follows_corrections_live_and_before_stays(viewer_with_count, qtbot):
+    viewer, layer, widget = viewer_with_count
+    _, correct = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
+    correct.set_class("infected_rbc", label_id=4)  # a healthy RBC was infected
+    correct.delete([16])  # the lymphocyte was not a cell
+    qtbot.waitUntil(
+        lambda: widget.rows and _value(widget.rows, "count", "infected_rbc") == 4, timeout=5000
+    )
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    rows = widget.rows
+    assert _value(rows, "parasitaemia", "infected_rbc") == pytest.approx(100 * 4 / 12)
+    assert _value(rows, "parasitaemia", "infected_rbc", "before") == pytest.approx(25.0)
+    assert _value(rows, "wbc_differential", "neutrophil") == pytest.approx(100.0)
+    layer.paint((95, 95), 50)  # napari's own brush: a new object of the default class
+    qtbot.waitUntil(lambda: _value(widget.rows, "count", "total") == 16, timeout=5000)
+
+
+def test_net_boxes_and_instances_of_one_image_are_one_group(make_napari_viewer):
+    viewer = make_napari_viewer()
+    labels = np.zeros((40, 40), dtype=np.int32)
+    labels[2:6, 2:6] = 1
+    ann = Annotation(labels, NET4, {1: NET4.id_of("dead")}, image_name="net.jpg",
+                     boxes=Boxes(np.ones((3, 4)) * 5, [1, 1, 3], None))
+    for data, kwargs, kind in annotation_to_layer_data(ann):
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
+    rows = widget.refresh()
+    assert {r["image"] for r in rows} == {"net.jpg"}
+    assert _value(rows, "net_percent", "NET") == pytest.approx(50.0)
+    assert _value(rows, "count", "total", "before") == 4
+    assert not any(r["group"] == "density" for r in rows)  # pixels of unknown size
+
+
+def test_copy_and_save_csv_without_silent_overwrite(viewer_with_count, tmp_path):
+    viewer, layer, widget = viewer_with_count
+    widget.refresh()
+    text = widget.copy_to_clipboard()
+    assert text.splitlines()[0] == "image\tgroup\tname\tbefore\tafter\tunit"
+    from qtpy.QtWidgets import QApplication
+
+    assert QApplication.clipboard().text() == text
+    path = widget.save_csv(tmp_path / "counts.csv")
+    lines = path.read_text().splitlines()
+    assert "smear.png,parasitaemia,infected_rbc,25,25,% of RBC" in lines
+    with pytest.raises(OutputExistsError):
+        widget.save_csv(path)
