@@ -94,6 +94,18 @@ def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .core.io import read_annotations
+    from .core.metrics import evaluate
+
+    gt = read_annotations(args.gt, class_set=args.classes, images_dir=args.images)
+    pred = read_annotations(args.pred, class_set=args.classes, images_dir=args.images)
+    print(json.dumps(evaluate(gt, pred, iou=args.iou), indent=2))
+    return EXIT_OK
+
+
 def _train(args: argparse.Namespace) -> int:
     from .core.training import TrainingConfig, load_training_pairs, train
 
@@ -242,6 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ignore the base model's weights")
     train.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="score predictions against ground truth; prints JSON",
+        description="Compare predicted annotations with ground truth (COCO files or mask "
+        "folders, images matched by file name) and print one JSON object: COCO AP and AP50 "
+        "for masks and boxes, precision/recall/F1 at --iou, per-class and mean IoU, counts "
+        "per class, count MAE and, for NET data, NET %% error.",
+    )
+    evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth file or folder")
+    evaluate.add_argument("--pred", type=Path, required=True, help="predictions file or folder")
+    evaluate.add_argument("--iou", type=float, default=0.5,
+                          help="IoU at which a prediction finds an object (default 0.5)")
+    evaluate.add_argument(
+        "--classes", help="class set of masks and colour maps (blood10, blood3, net4, cell)"
+    )
+    evaluate.add_argument("--images", type=Path, help="folder holding the images")
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 
