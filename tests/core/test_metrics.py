@@ -274,3 +274,35 @@ def test_cli_mismatched_images_exit_1_with_message(exact_and_shifted, tmp_path, 
     assert code == 1
     assert captured.out == ""
     assert "error:" in captured.err and "a.png" in captured.err and "z.png" in captured.err
+
+
+def test_ap_equals_plain_pycocotools_on_a_crowded_image(tmp_path):
+    # 12 x 12 objects per side (> SPLIT_ABOVE together): the image is scored in parts,
+    # which must give exactly what pycocotools gives on the whole image
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(3)
+    corners = [(14 * r, 14 * c) for r in range(12) for c in range(12)]
+    gt_labels = _squares(*corners, shape=(170, 170), size=12)
+    pred_labels = np.roll(gt_labels, 3, axis=int(rng.integers(0, 2)))  # IoU 9/15 = 0.6
+    pred_labels[pred_labels % 5 == 0] = 0  # some objects missed
+    ids = range(1, len(corners) + 1)
+    gt = _ann(gt_labels, classes={i: int(rng.integers(1, 4)) for i in ids}, name="c.png")
+    pred_classes = {i: (gt.classes[i] if rng.random() < 0.8 else WBC) for i in ids if i % 5}
+    scores = {i: float(rng.random()) for i in pred_classes}
+    pred = _ann(pred_labels, classes=pred_classes, scores=scores, name="c.png")
+    result = evaluate_instances([gt], [pred])
+
+    write_annotations([gt], tmp_path / "gt.json", to="coco", encoding="rle")
+    write_annotations([pred], tmp_path / "pred.json", to="coco", encoding="rle")
+    coco_gt = COCO(str(tmp_path / "gt.json"))
+    coco_pred = coco_gt.loadRes(json.loads((tmp_path / "pred.json").read_text())["annotations"])
+    reference = COCOeval(coco_gt, coco_pred, iouType="segm")
+    reference.params.maxDets = [1, 10, 1000]
+    reference.evaluate()
+    reference.accumulate()
+    precision = reference.eval["precision"][:, :, :, 0, -1]
+    assert result["ap"] == pytest.approx(precision[precision > -1].mean())
+    assert result["ap50"] == pytest.approx(precision[0][precision[0] > -1].mean())
+    assert 0 < result["ap"] < result["ap50"] < 1

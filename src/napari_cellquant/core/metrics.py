@@ -210,6 +210,41 @@ def box_iou_matrix(a_xywh: np.ndarray, b_xywh: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
+def overlapping_box_pairs(
+    a_xywh: np.ndarray, b_xywh: np.ndarray, chunk: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(i, j)`` of the boxes ``a[i]`` and ``b[j]`` that share a positive area.
+
+    Compared ``chunk`` rows of ``a`` at a time, so thousands of boxes need little memory.
+    """
+    a = np.asarray(a_xywh, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b_xywh, dtype=np.float64).reshape(-1, 4)
+    bx1, by1 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    found_i, found_j = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for start in range(0, len(a), chunk):
+        part = a[start : start + chunk]
+        hit = (
+            (part[:, None, 0] < bx1[None])
+            & (b[None, :, 0] < (part[:, 0] + part[:, 2])[:, None])
+            & (part[:, None, 1] < by1[None])
+            & (b[None, :, 1] < (part[:, 1] + part[:, 3])[:, None])
+        )
+        i, j = np.nonzero(hit)
+        found_i.append(i + start)
+        found_j.append(j)
+    return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def _pair_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``a[k]`` with ``b[k]`` for every row ``k`` (``x, y, w, h`` boxes)."""
+    w = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    h = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
+
+
 def match_pairs(
     gt_ids: np.ndarray, pred_ids: np.ndarray, iou: np.ndarray, threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -356,13 +391,12 @@ def box_prf(
     for truth, pred in pairs:
         g_xywh, g_cls = _all_boxes(truth)
         p_xywh, p_cls = _all_boxes(pred)
-        matrix = box_iou_matrix(g_xywh, p_xywh)
-        gi, pi = np.nonzero(matrix > 0)
+        gi, pi = overlapping_box_pairs(g_xywh, p_xywh)
         images.append(
             (
                 _Objects(np.arange(len(g_cls)), g_cls),
                 _Objects(np.arange(len(p_cls)), p_cls),
-                (gi.astype(np.int64), pi.astype(np.int64), matrix[gi, pi]),
+                (gi, pi, _pair_box_iou(g_xywh[gi], p_xywh[pi])),
             )
         )
     return _tally(images, class_set, iou)
@@ -385,6 +419,67 @@ def _coco_pair(pairs: Sequence[tuple[Annotation, Annotation]]) -> tuple[dict, di
     return gt_dict, pred_dict
 
 
+#: Images with more objects than this (ground truth plus predictions) are split for COCOeval.
+SPLIT_ABOVE = 200
+#: About how many objects each part of a split image holds.
+SPLIT_PART = 64
+
+
+def _split_crowded(
+    gt_dict: dict, pred_dict: dict, above: int = SPLIT_ABOVE, part: int = SPLIT_PART
+) -> tuple[dict, dict]:
+    """COCO dicts whose crowded images are cut into parts that COCOeval scores identically.
+
+    ``COCOeval.evaluateImg`` matches every prediction against every ground-truth object of
+    an image in Python (IoU thresholds x predictions x objects): minutes for a smear with
+    thousands of cells. Objects whose boxes do not overlap can never be matched to each
+    other, so each connected group of overlapping (ground truth, prediction) boxes is
+    independent; grouping them into parts of about ``part`` objects, each a separate COCO
+    image, leaves every match, and so AP, unchanged (``maxDets`` is raised above any image's
+    object count, so no cap applies). Only the order among predictions of *equal* score
+    may differ, which COCOeval leaves arbitrary anyway. Images with at most ``above``
+    objects are left whole.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    by_image: dict[int, tuple[list[dict], list[dict]]] = {
+        im["id"]: ([], []) for im in gt_dict["images"]
+    }
+    for side, data in enumerate((gt_dict, pred_dict)):
+        for ann in data["annotations"]:
+            by_image[ann["image_id"]][side].append(ann)
+    next_id = max(by_image, default=0) + 1
+    images = {im["id"]: im for im in gt_dict["images"]}
+    out_images: list[dict] = []
+    out_anns: tuple[list[dict], list[dict]] = ([], [])
+    for image_id, (gts, dts) in by_image.items():
+        if len(gts) + len(dts) <= above:
+            out_images.append(images[image_id])
+            out_anns[0].extend(gts)
+            out_anns[1].extend(dts)
+            continue
+        boxes = [np.array([a["bbox"] for a in anns], dtype=np.float64) for anns in (gts, dts)]
+        gi, di = overlapping_box_pairs(*boxes)
+        n = len(gts) + len(dts)
+        graph = coo_matrix((np.ones(len(gi)), (gi, di + len(gts))), shape=(n, n))
+        _, component = connected_components(graph, directed=False)
+        sizes = np.bincount(component)
+        part_of_component = (np.cumsum(sizes) - sizes) // part  # consecutive groups
+        node_part = part_of_component[component]
+        for k in np.unique(node_part):
+            out_images.append({**images[image_id], "id": next_id})
+            for side, anns in enumerate((gts, dts)):
+                offset = 0 if side == 0 else len(gts)
+                members = np.flatnonzero(node_part[offset : offset + len(anns)] == k)
+                out_anns[side].extend({**anns[m], "image_id": next_id} for m in members)
+            next_id += 1
+    return (
+        {**gt_dict, "images": out_images, "annotations": out_anns[0]},
+        {**pred_dict, "images": out_images, "annotations": out_anns[1]},
+    )
+
+
 def _coco_ap(
     gt_dict: dict, pred_dict: dict, iou_type: str, class_set: ClassSet
 ) -> dict[str, Any]:
@@ -392,7 +487,8 @@ def _coco_ap(
 
     Read from ``COCOeval.eval["precision"]`` (area range "all", the largest max-detections
     setting, raised above the most objects in any image so none is dropped) exactly as
-    ``COCOeval.summarize`` does, without its printing.
+    ``COCOeval.summarize`` does, without its printing. Crowded images are first split into
+    independent parts (:func:`_split_crowded`) so COCOeval's Python matching stays fast.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -404,6 +500,7 @@ def _coco_ap(
     per_image = np.bincount(
         [a["image_id"] for a in pred_dict["annotations"] + gt_dict["annotations"]] or [0]
     )
+    gt_dict, pred_dict = _split_crowded(gt_dict, pred_dict)
     # pycocotools prints its progress on stdout, which carries the CLI's JSON
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt, coco_pred = COCO(), COCO()
