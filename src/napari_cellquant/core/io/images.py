@@ -125,6 +125,13 @@ def read_image(path: PathLike) -> np.ndarray:
         data = p.read_bytes()
     except OSError as exc:
         raise InputError(p, f"cannot be read ({exc.strerror or exc})") from exc
+    header_parsers = {"png": _png_shape, "bmp": _bmp_shape, "jpeg": _jpeg_shape}
+    try:
+        declared = header_parsers[fmt](data)
+    except (struct.error, IndexError, ValueError):
+        declared = None  # the decoder reports what is wrong
+    if declared is not None:
+        _check_declared_size(p, declared, 1, len(data))
     if fmt == "jpeg" and _jpeg_truncated(data):
         # libjpeg fills a cut-off JPEG with grey and only warns, so check the end marker.
         raise InputError(p, "corrupt or truncated JPEG image (no end-of-image marker)")
@@ -135,6 +142,23 @@ def read_image(path: PathLike) -> np.ndarray:
     except Exception as exc:  # decoders raise their own error types; all mean bad content
         raise InputError(p, f"corrupt or truncated {fmt.upper()} image ({exc})") from exc
     return _squeeze_channels(pixels)
+
+
+#: More decoded bytes per file byte than any supported codec gives (deflate tops out near
+#: 1032:1, LZW near 2730:1): a header that declares more is corrupt, and is refused before
+#: the decoder tries to allocate it.
+_MAX_EXPANSION = 4096
+
+
+def _check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int,
+                         file_bytes: int) -> None:
+    declared = int(np.prod([int(n) for n in shape], dtype=object)) * itemsize
+    if declared > _MAX_EXPANSION * file_bytes + (1 << 20):
+        size = "x".join(str(int(n)) for n in shape)
+        raise InputError(
+            path, f"corrupt image: its header declares {size} pixels "
+            f"({declared / 2**30:.1f} GiB or more) but the file holds only {file_bytes} bytes"
+        )
 
 
 def _jpeg_truncated(data: bytes) -> bool:
@@ -154,6 +178,8 @@ def _read_tiff(path: Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = _tiff_axes(path, series.axes, series.shape)
+            _check_declared_size(path, shape, np.dtype(series.dtype).itemsize,
+                                 path.stat().st_size)
             pixels = series.asarray()
     except InputError:
         raise
@@ -161,6 +187,9 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise
     except Exception as exc:  # tifffile raises ValueError, struct.error, TiffFileError ...
         raise InputError(path, f"corrupt or truncated TIFF image ({exc})") from exc
+    if pixels.size != int(np.prod(shape)):  # tifffile returns what it could decode
+        raise InputError(path, f"corrupt or truncated TIFF image ({pixels.size} values "
+                         f"decoded for shape {shape})")
     pixels = pixels.reshape(shape)
     channel_axes = [i for i, a in enumerate(axes) if a not in "YX"]
     order = [axes.index("Y"), axes.index("X"), *channel_axes]
