@@ -151,27 +151,38 @@ class LabelsEditor:
         self._busy = True
         try:
             self.layer.features = self._table.reset_index(drop=True)
-            self._sync_colormap()
         finally:
             self._busy = False
+        self._sync_colormap()
 
     def _sync_colormap(self) -> None:
-        """Colour every id by its class; rebuild the colormap only when a colour is wrong."""
-        colormap = self.layer.colormap
-        current = getattr(colormap, "color_dict", None)
+        """Colour every id by its class; rebuild the colormap only when a colour is wrong.
+
+        A rebuild makes napari re-map the whole image, so ids whose class colour equals the
+        default (``None``: the chosen class) are left to the default: a new or reclassed
+        object of the chosen class costs no rebuild.
+        """
+        current = getattr(self.layer.colormap, "color_dict", None)
         if current is None:
             return  # the user chose a random colormap: leave it
-        wanted = {
-            int(i): class_rgba(self.class_set, int(c))
-            for i, c in zip(self._table.index, self._table["class"], strict=True)
-        }
-        fallback = class_rgba(self.class_set, self.chosen_class())
-        stale = any(
-            not np.allclose(current.get(i, current.get(None, fallback)), rgba)
-            for i, rgba in wanted.items()
-        ) or not np.allclose(current.get(None, fallback), fallback)
-        if stale:
-            self.layer.colormap = {None: fallback, 0: (0.0, 0.0, 0.0, 0.0), **wanted}
+        n = len(self.class_set)
+        palette = np.array([class_rgba(self.class_set, c) for c in range(n + 1)])
+        ids = self._table.index.to_numpy(dtype=np.int64)
+        classes = self._table["class"].to_numpy(dtype=np.int64)
+        wanted = palette[np.where((classes < 0) | (classes > n), 0, classes)]
+        fallback = np.asarray(class_rgba(self.class_set, self.chosen_class()))
+        default = np.asarray(current.get(None, fallback))
+        have = np.array([current.get(i, default) for i in ids.tolist()]).reshape(-1, 4)
+        if np.allclose(have, wanted, atol=1e-3) and np.allclose(default, fallback, atol=1e-3):
+            return
+        self._busy = True  # the refresh this causes is not an edit
+        try:
+            self.layer.colormap = {
+                None: tuple(fallback), 0: (0.0, 0.0, 0.0, 0.0),
+                **{i: tuple(c) for i, c in zip(ids.tolist(), wanted, strict=True)},
+            }
+        finally:
+            self._busy = False
 
     def _log(self, event: editing.CorrectionEvent) -> None:
         self.layer.metadata.setdefault(META_CORRECTIONS, []).append(event.to_dict())
@@ -271,8 +282,11 @@ class LabelsEditor:
             self._reconcile_ids(old_ids | new_ids)
 
     def _on_set_data(self, event: Any = None) -> None:
-        if not self._busy:  # undo/redo reload the view; our own refreshes are already handled
+        if self._busy:  # our own refreshes are already accounted for
+            return
+        if self._pending:  # the refresh of a paint whose footprint we now reconcile
             self._flush_pending()
+        else:  # undo, redo, or a change made behind napari's history
             self._reconcile_all()
 
     def _on_data(self, event: Any = None) -> None:
