@@ -8,6 +8,7 @@ runs the same generator in a ``thread_worker``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .annotation import Annotation
 from .errors import CancelledError, InputError
 from .models.card import ModelCard
 from .models.registry import WeightsError, get_card, resolve_weights
+from .scale import ImageScale
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +101,34 @@ def iter_predict(
     tile: int | None = None,
     overlap: float | None = None,
     batch_size: int = 4,
-    diameter: float | None = None,
+    diameter: float | str | None = None,
+    pixel_size_um: float | None = None,
 ) -> Generator[tuple[int, int], None, Annotation]:
-    """Yield ``(done, total)`` progress steps; return the Annotation (``StopIteration.value``)."""
+    """Yield ``(done, total)`` progress steps; return the Annotation (``StopIteration.value``).
+
+    ``diameter`` and ``pixel_size_um`` say how large the objects in ``image`` are (see
+    :func:`predict`); the decision is recorded in the result's ``meta``: ``diameter_px``,
+    ``diameter_source`` and ``zoom``.
+    """
+    from .scale import image_scale
+
     card = model.card
+    scale = image_scale(image, card, diameter=diameter, pixel_size_um=pixel_size_um)
     if card.kind == "classical":
         from .classical import run_pipeline
 
         params = dict(card.params)
-        if diameter is not None:  # the pipelines express every size relative to it
-            params["diameter"] = float(diameter)
+        if math.isfinite(scale.diameter):  # the pipelines express every size relative to it
+            params["diameter"] = float(scale.diameter)
         yield (0, 1)
         annotation = run_pipeline(card.pipeline or card.name, image, params)
         yield (1, 1)
-        return annotation
+        return _record_scale(annotation, scale)
     from .inference import iter_predict_maps, prepare_image
     from .normalization import channel_last_view, make_normalizer
 
-    zoom = _zoom_to_model(card, diameter)
-    pixels = channel_last_view(_resize(image, zoom))
+    zoom = scale.zoom
+    pixels = channel_last_view(_resize(channel_last_view(image), zoom))
     if pixels.shape[-1] != card.input_channels:  # grey <-> RGB: convert once, up front
         pixels = prepare_image(pixels, card.input_channels)
     steps = iter_predict_maps(
@@ -138,7 +149,15 @@ def iter_predict(
             steps.close()
             raise
     annotation = _maps_to_annotation(maps, card, pixels.shape[:2])
-    return annotation if zoom == 1.0 else _annotation_to_shape(annotation, image.shape[:2], zoom)
+    if zoom != 1.0:
+        annotation = _annotation_to_shape(annotation, image.shape[:2], zoom)
+    return _record_scale(annotation, scale)
+
+
+def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:
+    annotation.meta.update(diameter_px=scale.diameter, diameter_source=scale.source,
+                           zoom=scale.zoom)
+    return annotation
 
 
 def _zoom_to_model(card: ModelCard, diameter: float | None) -> float:
@@ -166,12 +185,15 @@ def _resize(image: np.ndarray, zoom: float) -> np.ndarray:
 
 
 def _annotation_to_shape(annotation: Annotation, shape: tuple[int, ...], zoom: float) -> Annotation:
-    """Bring a result found on a zoomed image back to the original pixel grid."""
+    """Bring a result found on a zoomed image back to the original pixel grid: labels by
+    nearest neighbour, boxes scaled by the two grids' actual size ratio."""
     from skimage.transform import resize
 
+    zoomed = annotation.labels.shape
     labels = resize(annotation.labels, shape[:2], order=0, preserve_range=True,
                     anti_aliasing=False).astype(np.int32)
-    boxes = annotation.boxes.scaled(1.0 / zoom, 1.0 / zoom)
+    # the zoomed grid is rounded to whole pixels: scale by the ratio actually applied
+    boxes = annotation.boxes.scaled(shape[1] / zoomed[1], shape[0] / zoomed[0])
     present = set(np.unique(labels).tolist())
     keep = {k: v for k, v in annotation.classes.items() if k in present}
     return annotation.copy(
@@ -211,19 +233,33 @@ def predict(
     overlap: float | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
-    diameter: float | None = None,
+    diameter: float | str | None = None,
+    pixel_size_um: float | None = None,
 ) -> Annotation:
     """Run ``model`` on one 2-D image (grey, RGB or multi-channel, any size) and return its objects.
 
-    ``diameter`` is the typical object diameter in the image, in pixels (RBC for blood,
-    nucleus for fluorescence); the image is brought to the model's scale and the result back.
+    Scale: the image is brought to the model's scale before inference and the result back
+    to the image's pixel grid after (labels by nearest neighbour, boxes scaled); classical
+    pipelines take the diameter as their unit of length.
+
+    - ``diameter``: the typical diameter in pixels of the model's reference objects in this
+      image (RBC for blood, nucleus for fluorescence and NETs, as the card's
+      ``diameter_px``);
+    - else ``pixel_size_um`` (micrometres per pixel), when the card states its own;
+    - else the diameter is estimated from the image
+      (:func:`~napari_cellquant.core.scale.estimate_diameter`, well under a second);
+    - ``diameter="model"`` skips all that: the image is at the model's scale.
+
+    The result's ``meta`` says what was used: ``diameter_px``, ``diameter_source`` (given,
+    pixel_size, estimated, model) and ``zoom``; the decision is also logged.
 
     ``progress(done, total)`` is called as tiles finish; ``cancel()`` returning True stops the
     work at the next step with :class:`~napari_cellquant.core.errors.CancelledError`.
     """
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise InputError(None, f"expected a 2-D image (H, W) or (H, W, C); got {np.shape(image)}")
-    steps = iter_predict(image, model, tile=tile, overlap=overlap, diameter=diameter)
+    steps = iter_predict(image, model, tile=tile, overlap=overlap, diameter=diameter,
+                         pixel_size_um=pixel_size_um)
     try:
         while True:
             done, total = next(steps)
