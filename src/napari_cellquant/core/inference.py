@@ -528,9 +528,10 @@ class _Runner:
             raise _TileTooLarge
         self.batch_size = min(self.batch_size, max(1, n // 2))
         log.warning("out of device memory: batch size reduced to %d", self.batch_size)
-        parts = [
-            self.forward(x[i : i + self.batch_size]) for i in range(0, n, self.batch_size)
-        ]
+        # one step for every part: a part that runs out of memory lowers self.batch_size
+        # while the others are still to come
+        step = self.batch_size
+        parts = [self.forward(x[i : i + step]) for i in range(0, n, step)]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
