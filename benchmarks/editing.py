@@ -30,7 +30,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 SHAPE = (3024, 4032)
 

@@ -16,7 +16,8 @@ def _annotation() -> Annotation:
     labels[2:10, 10:22] = 7  # wbc, 96 px, touching 3
     labels[40:44, 70:74] = 9  # platelet, 16 px
     rows, cols = np.mgrid[:60, :90]
-    discs = ((rows - 30) ** 2 + (cols - 20) ** 2 <= 8**2) | ((rows - 30) ** 2 + (cols - 36) ** 2 <= 8**2)
+    left = (rows - 30) ** 2 + (cols - 20) ** 2 <= 8**2
+    discs = left | ((rows - 30) ** 2 + (cols - 36) ** 2 <= 8**2)
     labels[discs] = 12  # two touching discs, rbc
     ring = (np.abs(rows - 15) <= 7) & (np.abs(cols - 65) <= 7)
     hole = (np.abs(rows - 15) <= 3) & (np.abs(cols - 65) <= 3)
@@ -49,7 +50,7 @@ def _actions(layer):
 
 
 def test_merge_delete_and_undo_restore_pixels_and_features(correct):
-    viewer, layer, widget = correct
+    _viewer, layer, widget = correct
     before = layer.data.copy()
     widget.merge([7, 3])
     assert not np.any(layer.data == 7) and np.count_nonzero(layer.data == 3) == 160
@@ -78,8 +79,8 @@ def test_split_by_distance_and_by_seed_points(correct):
     assert not np.any(layer.data == 16)
     _check_features(layer)
     viewer.add_points([[30, 18], [30, 38]], name="seeds")
-    widget._seeds.reset_choices()
-    widget._seeds.value = viewer.layers["seeds"]
+    widget.seeds_combo.reset_choices()
+    widget.seeds_combo.value = viewer.layers["seeds"]
     edit = widget.split()  # the object is the one the seeds fall in
     assert edit.event.ids == [12] and len(edit.event.result_ids) == 2
     _check_features(layer)
@@ -99,24 +100,27 @@ def test_set_class_under_the_cursor_is_undoable(correct):
 
 
 def test_fill_holes_remove_small_and_relabel(correct):
-    viewer, layer, widget = correct
+    _viewer, layer, widget = correct
     widget.fill_holes()
     assert np.count_nonzero(layer.data == 15) == 225
     assert _check_features(layer).loc[15, "origin"] == "edited"
     widget.remove_small(20)
     assert not np.any(layer.data == 9)
-    classes_before = _check_features(layer)["class_name"].to_list()
+    named_before = _check_features(layer)["class_name"].to_dict()
     widget.relabel()
     ids = np.unique(layer.data)
     np.testing.assert_array_equal(ids, [0, 1, 2, 3, 4])
     f = _check_features(layer)
-    assert f["class_name"].to_list() == classes_before
+    assert f["class_name"].to_list() == list(named_before.values())
     assert _actions(layer) == ["filled_holes", "removed_small", "relabelled"]
+    layer.undo()  # the old ids come back with their own rows
+    assert _check_features(layer)["class_name"].to_dict() == named_before
+    assert _actions(layer)[-1] == "reverted"
 
 
 def test_napari_paint_fill_and_erase_keep_features_consistent(correct):
-    viewer, layer, widget = correct
-    widget._class_combo.value = "platelet"
+    _viewer, layer, widget = correct
+    widget.class_combo.value = "platelet"
     new_id = widget.draw_new()
     assert layer.mode == "paint" and layer.selected_label == new_id == 16
     layer.paint((50, 10), new_id)  # napari's own brush
@@ -136,7 +140,7 @@ def test_napari_paint_fill_and_erase_keep_features_consistent(correct):
 
 
 def test_edits_through_data_setitem_and_undo_of_a_drawn_object(correct):
-    viewer, layer, widget = correct
+    _viewer, layer, _widget = correct
     layer.data_setitem((np.array([55, 55, 56]), np.array([80, 81, 80])), 40)
     assert _check_features(layer).loc[40, "origin"] == "drawn"
     layer.undo()
@@ -148,7 +152,6 @@ def test_edits_through_data_setitem_and_undo_of_a_drawn_object(correct):
 def test_shortcuts_are_bound_on_the_layer_and_errors_are_reported(correct):
     viewer, layer, widget = correct
     viewer.cursor.position = (42, 71)
-    layer.press_key = None  # not used: call the bound callables as napari would
     from app_model.types import KeyBinding
 
     bound = {str(k) for k in layer.keymap}
@@ -158,4 +161,4 @@ def test_shortcuts_are_bound_on_the_layer_and_errors_are_reported(correct):
     viewer.cursor.position = (59, 0)  # background, nothing selected that exists
     layer.selected_label = 99
     layer.keymap[KeyBinding.from_str("Shift+D")](layer)  # a warning, not an exception
-    assert "no object" in widget._status.value
+    assert "no object" in widget.status_label.value

@@ -42,7 +42,7 @@ def viewer_with_count(make_napari_viewer):
 
 
 def test_counts_parasitaemia_differential_and_density(viewer_with_count):
-    viewer, layer, widget = viewer_with_count
+    _viewer, _layer, widget = viewer_with_count
     rows = widget.refresh()
     assert _value(rows, "count", "healthy_rbc") == 9
     assert _value(rows, "parasitaemia", "infected_rbc") == pytest.approx(25.0)
@@ -88,7 +88,7 @@ def test_net_boxes_and_instances_of_one_image_are_one_group(make_napari_viewer):
 
 
 def test_copy_and_save_csv_without_silent_overwrite(viewer_with_count, tmp_path):
-    viewer, layer, widget = viewer_with_count
+    _viewer, _layer, widget = viewer_with_count
     widget.refresh()
     text = widget.copy_to_clipboard()
     assert text.splitlines()[0] == "image\tgroup\tname\tbefore\tafter\tunit"

@@ -118,7 +118,9 @@ class LabelsEditor:
         return self._table.reset_index(drop=True)
 
     def _name(self, class_id: int) -> str:
-        return self.class_set.name_of(int(class_id)) if 0 < int(class_id) <= len(self.class_set) else ""
+        if 0 < int(class_id) <= len(self.class_set):
+            return self.class_set.name_of(int(class_id))
+        return ""
 
     def rows(self) -> pd.DataFrame:
         """The features table indexed by label id."""
@@ -153,9 +155,9 @@ class LabelsEditor:
             self.layer.features = self._table.reset_index(drop=True)
         finally:
             self._busy = False
-        self._sync_colormap()
+        self.sync_colormap()
 
-    def _sync_colormap(self) -> None:
+    def sync_colormap(self) -> None:
         """Colour every id by its class; rebuild the colormap only when a colour is wrong.
 
         A rebuild makes napari re-map the whole image, so ids whose class colour equals the
@@ -209,6 +211,9 @@ class LabelsEditor:
                 self._busy = False
             self.index.update(edit.indices, edit.values)
         if edit.id_map is not None:
+            # napari's undo brings the old ids back: remember every old row, restored together
+            old_rows = {int(i): self._table.loc[i].to_dict() for i in self._table.index}
+            self._remember(list(old_rows), old_rows)
             mapped = self._table.index.to_numpy()
             inside = mapped < len(edit.id_map)
             mapped = np.where(inside, edit.id_map[np.minimum(mapped, len(edit.id_map) - 1)], 0)
@@ -220,7 +225,8 @@ class LabelsEditor:
         self._table = self._table.drop(index=[i for i in edit.removed if i in self._table.index])
         for label_id, class_id in edit.classes.items():
             if label_id in self._table.index:
-                self._table.loc[label_id, ["class", "class_name"]] = [class_id, self._name(class_id)]
+                self._table.loc[label_id, "class"] = class_id
+                self._table.loc[label_id, "class_name"] = self._name(class_id)
             else:
                 origin = edit.origins.get(label_id, origin_of_new)
                 self._set_row(label_id, self._new_row(label_id, class_id, origin))
@@ -294,18 +300,18 @@ class LabelsEditor:
             self.index.rebuild(self.labels)
             self._reconcile_all()
 
-    def _exists(self, label_id: int) -> bool:
+    def exists(self, label_id: int) -> bool:
         region = self.index.region([label_id])
         return region is not None and bool(np.any(self.labels[region] == label_id))
 
     def _reconcile_ids(self, ids: set[int]) -> None:
         """Rows for ``ids`` after a paint: new ids drawn, vanished ids dropped, others edited."""
         ids.discard(0)
-        present = {i for i in ids if self._exists(i)}
+        present = {i for i in ids if self.exists(i)}
         added = sorted(i for i in present if i not in self._table.index)
         gone = sorted(i for i in ids - present if i in self._table.index)
         edited = sorted(i for i in present if i in self._table.index)
-        self._restore_or_add(added)
+        self._restore_or_add(added, from_memory=False)  # painted by hand: a new object
         self._remember(gone, {})
         self._table = self._table.drop(index=gone)
         for i in edited:
@@ -320,9 +326,9 @@ class LabelsEditor:
         if edited:
             self._log(editing.CorrectionEvent("edited", ids=edited, result_ids=edited))
 
-    def _restore_or_add(self, added: Sequence[int]) -> None:
+    def _restore_or_add(self, added: Sequence[int], *, from_memory: bool = True) -> None:
         for i in added:
-            if i in self._memory:
+            if from_memory and i in self._memory:
                 self._set_row(i, self._memory.pop(i))
                 for j, row in self._companions.pop(i, {}).items():
                     if j != i and j in self._table.index:
@@ -347,6 +353,7 @@ class LabelsEditor:
         self._restore_or_add(added)
         if set_features:
             self._commit_table()
+            self._log(editing.CorrectionEvent("reverted", ids=gone, result_ids=added))
         else:
             self._tidy()
 
@@ -417,22 +424,23 @@ class CorrectWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         self.editor: LabelsEditor | None = None
-        self._layer_combo = ComboBox(label="labels layer", choices=self._layer_choices)
-        self._class_combo = ComboBox(label="class", choices=self._class_choices)
-        self._ids = LineEdit(
+        self.layer_combo = ComboBox(label="labels layer", choices=self._layer_choices)
+        self.class_combo = ComboBox(label="class", choices=self._class_choices)
+        self.ids_edit = LineEdit(
             label="ids", tooltip="Ids to merge or delete, e.g. '4, 9'. Empty: the selected "
             "label and the label under the cursor.",
         )
-        self._rule = ComboBox(label="merged class", choices=["majority", "first"], value="majority")
-        self._seeds = ComboBox(
+        self.rule_combo = ComboBox(
+            label="merged class", choices=["majority", "first"], value="majority")
+        self.seeds_combo = ComboBox(
             label="seeds", nullable=True,
             choices=lambda _: [ly for ly in viewer.layers if isinstance(ly, napari.layers.Points)],
             tooltip="Points layer whose points inside the object seed the split; "
             "none: split by distance watershed",
         )
-        self._min_distance = SpinBox(label="seed spacing", value=7, min=1, max=500)
-        self._min_size = SpinBox(label="min size (px)", value=30, min=1, max=10_000_000)
-        self._status = Label(value="")
+        self.min_distance_spin = SpinBox(label="seed spacing", value=7, min=1, max=500)
+        self.min_size_spin = SpinBox(label="min size (px)", value=30, min=1, max=10_000_000)
+        self.status_label = Label(value="")
         buttons = []
         for key, method, what in SHORTCUTS:
             button = PushButton(text=f"{method.replace('_', ' ').capitalize()}  [{key}]")
@@ -440,18 +448,19 @@ class CorrectWidget(Container):
             button.changed.connect(lambda _=None, m=method: self._run_safely(getattr(self, m)))
             buttons.append(button)
         super().__init__(widgets=[
-            self._layer_combo, self._class_combo, buttons[0], self._ids, self._rule, buttons[1],
-            self._seeds, self._min_distance, buttons[2], buttons[3], self._min_size, buttons[4],
-            *buttons[5:], self._status,
+            self.layer_combo, self.class_combo, buttons[0],
+            self.ids_edit, self.rule_combo, buttons[1],
+            self.seeds_combo, self.min_distance_spin, buttons[2],
+            buttons[3], self.min_size_spin, buttons[4], *buttons[5:], self.status_label,
         ])
         self.tooltip = "\n".join(f"{k}: {w}" for k, _, w in SHORTCUTS) + "\nCtrl+Z: undo"
-        self._layer_combo.changed.connect(self._on_layer_chosen)
-        self._class_combo.changed.connect(self._on_class_chosen)
+        self.layer_combo.changed.connect(self._on_layer_chosen)
+        self.class_combo.changed.connect(self._on_class_chosen)
         viewer.layers.events.inserted.connect(self.reset_choices)
         viewer.layers.events.removed.connect(self.reset_choices)
         if isinstance(viewer.layers.selection.active, napari.layers.Labels):
-            self._layer_combo.value = viewer.layers.selection.active
-        self._on_layer_chosen(self._layer_combo.value)
+            self.layer_combo.value = viewer.layers.selection.active
+        self._on_layer_chosen(self.layer_combo.value)
 
     # --- choices --------------------------------------------------------------------------
     def _layer_choices(self, _widget: Any = None) -> list[Any]:
@@ -471,10 +480,10 @@ class CorrectWidget(Container):
         if layer is None:
             return
         self.editor = LabelsEditor(layer, self.chosen_class_id)
-        self._class_combo.reset_choices()
+        self.class_combo.reset_choices()
         default = int(layer.metadata.get(META_DEFAULT_CLASS, 1))
         if 1 <= default <= len(self.editor.class_set):
-            self._class_combo.value = self.editor.class_set.name_of(default)
+            self.class_combo.value = self.editor.class_set.name_of(default)
         for key, method, _ in SHORTCUTS:
             layer.bind_key(key, self._shortcut(method), overwrite=True)
 
@@ -488,11 +497,11 @@ class CorrectWidget(Container):
     def _on_class_chosen(self, name: str | None) -> None:
         if self.editor is not None and name:
             self.editor.layer.metadata[META_DEFAULT_CLASS] = self.chosen_class_id()
-            self.editor._sync_colormap()  # painting shows the chosen class's colour
+            self.editor.sync_colormap()  # painting shows the chosen class's colour
 
     def chosen_class_id(self) -> int:
         """Class id chosen in the combo (what new objects get)."""
-        name = self._class_combo.value
+        name = self.class_combo.value
         cs = self.editor.class_set if self.editor is not None else CELL
         return cs.id_of(name) if name else 1
 
@@ -502,7 +511,7 @@ class CorrectWidget(Container):
         try:
             action()
         except CellquantError as exc:
-            self._status.value = str(exc)
+            self.status_label.value = str(exc)
             show_warning(str(exc))
 
     # --- helpers --------------------------------------------------------------------------
@@ -516,11 +525,14 @@ class CorrectWidget(Container):
         editor = self._editor()
         point = np.round(editor.layer.world_to_data(self.viewer.cursor.position)).astype(int)
         labels = editor.labels
-        if point.size >= 2 and 0 <= point[-2] < labels.shape[0] and 0 <= point[-1] < labels.shape[1]:
+        inside = point.size >= 2 and all(
+            0 <= p < n for p, n in zip(point[-2:], labels.shape, strict=True))
+        if inside:
             value = int(labels[point[-2], point[-1]])
             if value:
                 return value
-        return int(editor.layer.selected_label) if editor._exists(editor.layer.selected_label) else 0
+        selected = int(editor.layer.selected_label)
+        return selected if editor.exists(selected) else 0
 
     def _target(self, label_id: int | None) -> int:
         label_id = self.label_under_cursor() if label_id is None else int(label_id)
@@ -529,7 +541,7 @@ class CorrectWidget(Container):
         return label_id
 
     def _report(self, text: str) -> None:
-        self._status.value = text
+        self.status_label.value = text
         logger.info(text)
 
     # --- edits (public: the buttons, shortcuts and tests call these) ------------------------
@@ -537,21 +549,23 @@ class CorrectWidget(Container):
         """Give the object (under the cursor / selected) a class; returns its id afterwards."""
         editor = self._editor()
         if class_name is not None:
-            self._class_combo.value = class_name
+            self.class_combo.value = class_name
         label_id = self._target(label_id)
         new_id = editor.reclass(label_id, self.chosen_class_id())
         editor.layer.selected_label = new_id
-        self._report(f"label {label_id} is now {self._class_combo.value} (id {new_id})")
+        self._report(f"label {label_id} is now {self.class_combo.value} (id {new_id})")
         return new_id
 
     def merge(self, ids: Sequence[int] | None = None) -> editing.LabelEdit:
-        """Merge ``ids`` (default: typed ids, else the selected label and the one under the cursor)."""
+        """Merge ``ids`` (default: the typed ids, else the selected label and the label under
+        the cursor) into the smallest id."""
         editor = self._editor()
         if ids is None:
-            ids = _parse_ids(self._ids.value) or [
+            ids = _parse_ids(self.ids_edit.value) or [
                 int(editor.layer.selected_label), self.label_under_cursor()]
         edit = editing.merge(
-            editor.labels, ids, editor.classes(), index=editor.index, class_rule=self._rule.value
+            editor.labels, ids, editor.classes(), index=editor.index,
+            class_rule=self.rule_combo.value,
         )
         editor.apply(edit)
         editor.layer.selected_label = edit.event.result_ids[0]
@@ -564,8 +578,8 @@ class CorrectWidget(Container):
         """Split an object at the seeds (``(n, 2)`` data coordinates, else the seeds layer),
         or by distance watershed when there are none."""
         editor = self._editor()
-        if seeds is None and self._seeds.value is not None:
-            points = self._seeds.value
+        if seeds is None and self.seeds_combo.value is not None:
+            points = self.seeds_combo.value
             seeds = np.array([
                 editor.layer.world_to_data(points.data_to_world(p))[-2:] for p in points.data
             ]).reshape(-1, 2)
@@ -575,7 +589,7 @@ class CorrectWidget(Container):
             label_id = next((int(v) for v in inside if v), None)
         edit = editing.split(
             editor.labels, self._target(label_id), editor.classes(), seeds=seeds,
-            min_distance=self._min_distance.value, index=editor.index,
+            min_distance=self.min_distance_spin.value, index=editor.index,
         )
         editor.apply(edit)
         self._report(f"split {edit.event.ids[0]} into {edit.event.result_ids}")
@@ -585,7 +599,7 @@ class CorrectWidget(Container):
         """Delete objects (default: typed ids, else the one under the cursor)."""
         editor = self._editor()
         if ids is None:
-            ids = _parse_ids(self._ids.value) or [self._target(None)]
+            ids = _parse_ids(self.ids_edit.value) or [self._target(None)]
         edit = editing.delete(editor.labels, ids, editor.classes(), index=editor.index)
         editor.apply(edit)
         self._report(f"deleted {edit.event.ids}")
@@ -595,10 +609,10 @@ class CorrectWidget(Container):
         """Delete every object smaller than ``min_size`` pixels (default: the spin box)."""
         editor = self._editor()
         if min_size is not None:
-            self._min_size.value = int(min_size)
-        edit = editing.remove_small(editor.labels, self._min_size.value, editor.classes())
+            self.min_size_spin.value = int(min_size)
+        edit = editing.remove_small(editor.labels, self.min_size_spin.value, editor.classes())
         editor.apply(edit)
-        self._report(f"removed {len(edit.removed)} objects under {self._min_size.value} px")
+        self._report(f"removed {len(edit.removed)} objects under {self.min_size_spin.value} px")
         return edit
 
     def fill_holes(self, ids: Sequence[int] | None = None) -> editing.LabelEdit:
@@ -624,7 +638,7 @@ class CorrectWidget(Container):
         new_id = editing.next_free_id(editor.labels, editor.index)
         editor.layer.selected_label = new_id
         editor.layer.mode = "paint"
-        self._report(f"paint object {new_id} ({self._class_combo.value})")
+        self._report(f"paint object {new_id} ({self.class_combo.value})")
         return new_id
 
     def undo(self) -> None:

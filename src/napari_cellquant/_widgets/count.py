@@ -84,7 +84,7 @@ def _pixel_size_um(layer: Any) -> tuple[float, float] | None:
     try:
         sizes = [(float(s) * u).to("micrometer").magnitude
                  for s, u in zip(layer.scale[-2:], layer.units[-2:], strict=True)]
-    except Exception:  # pixel or other non-length units: no physical size  # noqa: BLE001
+    except Exception:  # pixel or other non-length units: no physical size
         return None
     return (sizes[0], sizes[1])
 
@@ -184,7 +184,7 @@ class BarChart(QWidget):
         self.bars = bars
         self.update()
 
-    def paintEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+    def paintEvent(self, event: Any) -> None:
         painter = QPainter(self)
         try:
             width, height = self.width(), self.height()

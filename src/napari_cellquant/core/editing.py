@@ -31,10 +31,11 @@ from .errors import InputError
 Region = tuple[slice, slice]
 Indices = tuple[np.ndarray, np.ndarray]
 
-#: Correction log actions.
+#: Correction log actions. ``edited``: objects painted over by hand; ``reverted``: pixels
+#: changed by undo/redo, ``ids`` the ids that vanished and ``result_ids`` those that came back.
 ACTIONS = (
     "added", "deleted", "merged", "split", "reclassed", "removed_small", "filled_holes",
-    "relabelled", "edited",
+    "relabelled", "edited", "reverted",
 )
 
 
@@ -253,7 +254,9 @@ def _region_of(labels: np.ndarray, ids: Sequence[int], index: ObjectIndex | None
     rows, cols = np.nonzero(np.isin(labels, ids))
     if not rows.size:
         return None
-    return (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    return (
+        slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)
+    )
 
 
 def _check_ids(labels: np.ndarray, ids: Sequence[int], region: Region | None) -> None:

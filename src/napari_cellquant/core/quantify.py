@@ -76,7 +76,7 @@ def instance_class_counts(
     flat = np.asarray(labels).ravel()
     if flat.size == 0:
         return np.zeros(n_classes + 1, dtype=np.int64)
-    if flat.dtype.itemsize > 4 or flat.dtype.kind == "u" and flat.dtype.itemsize == 4:
+    if flat.dtype.itemsize > 4 or (flat.dtype.kind == "u" and flat.dtype.itemsize == 4):
         flat = flat.astype(np.int64, copy=False)
     present = np.bincount(flat) > 0
     present[0] = False
