@@ -195,3 +195,73 @@ def test_problems_are_notifications(qtbot, train, tmp_path):
     _wait(qtbot, worker)
     assert "already exists" in str(notification_manager.records[-1].message)
     assert Path(tmp_path / "x.pt").read_bytes() == b"keep me"
+
+
+def test_layers_and_a_folder_of_annotated_images_train_together(qtbot, train, tmp_path, smear):
+    from skimage.io import imsave
+
+    from napari_cellquant.core.io import write_annotations
+
+    _, widget = train
+    image, truth = smear
+    folder = tmp_path / "more"
+    folder.mkdir()
+    # a second annotated image on disk: the smear turned upside down, with its COCO file
+    imsave(folder / "flipped.png", image[::-1].copy(), check_contrast=False)
+    flipped = truth.copy(labels=truth.labels[::-1].copy(), image_name="flipped.png")
+    write_annotations([flipped], folder / "cells.json", to="coco")
+    widget.images_folder.value = folder
+    widget.annotations_file.value = folder / "cells.json"
+    widget.epochs.value = 1
+    widget.output.value = tmp_path / "both.pt"
+    _wait(qtbot, widget.run())
+    training = json.loads((tmp_path / "both.json").read_text())["training"]
+    assert sorted(training["images"]) == ["flipped.png", "smear.png"]
+    assert training["objects"]["cell"] == 2 * len(truth.instance_ids())
+    # 2 images of 96 x 96 px in 64 px crops of 2 -> 3 steps
+    assert len(widget.loss_plot.losses) == 3
+
+
+def test_boxes_in_a_shapes_layer_train_a_detector(qtbot, make_napari_viewer, tmp_path):
+    from napari_cellquant.core.annotation import Boxes
+    from napari_cellquant.core.classes import NET4
+
+    # bright nuclei on a dark background, boxed as NETs, as in the fluorescence data
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:128, 0:128]
+    signal = rng.normal(20, 4, (128, 128))
+    rows = []
+    for cy, cx in [(24, 26), (28, 92), (70, 54), (100, 22), (104, 100), (62, 108)]:
+        signal += 180 * ((yy - cy) ** 2 + (xx - cx) ** 2 <= 64)
+        rows.append((cx - 8, cy - 8, 16, 16))
+    green = np.clip(signal, 0, 255).astype(np.uint8)
+    image = np.stack([green * 0, green, green // 4], axis=-1)
+    truth = Annotation.empty((128, 128), NET4, boxes=Boxes(rows, [1] * len(rows)),
+                             image_name="nuclei.png")
+    card = ModelCard(
+        name="tiny-det", kind="learned", task="boxes", class_set="net4",
+        normalization={"mode": "percentile", "low": 1.0, "high": 99.8}, tile=128,
+        architecture={"widths": [8, 16, 32], "heads": [],
+                      "detector": {"n_classes": 4, "stride": 4, "head_width": 16}},
+        postprocess={"threshold": 0.3, "max_detections": 50},
+    )
+    card.save(tmp_path / "tiny-det.json")
+    base = user_models.key_of(user_models.register(tmp_path / "tiny-det.json"))
+
+    viewer = make_napari_viewer()
+    for data, kwargs, layer_type in annotation_to_layer_data(truth, image=image):
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    widget.layers.value = [viewer.layers["nuclei boxes"]]
+    widget.base.value = base
+    widget.epochs.value = 1
+    widget.crop.value = 64
+    widget.batch_size.value = 2
+    widget.val_fraction.value = 0.0
+    widget.device.value = "cpu"
+    widget.output.value = tmp_path / "nets.pt"
+    _wait(qtbot, widget.run())
+    assert widget.result is not None and widget.result.score_name == "f1@0.5"
+    model = load_model(tmp_path / "nets.json", "cpu")
+    assert model.card.task == "boxes" and model.card.class_set == "net4"
+    assert json.loads((tmp_path / "nets.json").read_text())["training"]["objects"] == {"NET": 6}
