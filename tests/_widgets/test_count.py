@@ -69,6 +69,7 @@ def test_after_follows_corrections_live_and_before_stays(viewer_with_count, qtbo
     assert _value(rows, "wbc_differential", "neutrophil") == pytest.approx(100.0)
     layer.paint((95, 95), 50)  # napari's own brush: a new object of the default class
     qtbot.waitUntil(lambda: _value(widget.rows, "count", "total") == 16, timeout=5000)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
 
 
 def test_net_boxes_and_instances_of_one_image_are_one_group(make_napari_viewer):

@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QMessageBox,
     QPushButton,
@@ -204,7 +205,8 @@ class BarChart(QWidget):
                     hb = (base - 14) * before / top
                     painter.drawRect(QRectF(x, base - hb, w, hb))
                 painter.setPen(QColor(230, 230, 230))
-                painter.drawText(QRectF(k * slot, base, slot, 16), Qt.AlignCenter, name[:8])
+                label = painter.fontMetrics().elidedText(name, Qt.ElideRight, int(slot) - 2)
+                painter.drawText(QRectF(k * slot, base, slot, 16), Qt.AlignCenter, label)
                 painter.drawText(QRectF(k * slot, base - h - 14, slot, 14), Qt.AlignCenter,
                                  f"{after:g}")
         finally:
@@ -238,6 +240,9 @@ class CountWidget(QWidget):
         self.table = QTableWidget(0, len(quantify.COLUMNS))
         self.table.setHorizontalHeaderLabels(list(quantify.COLUMNS))
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.table.setMinimumHeight(220)
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("Image shown in the bar chart")
         self.chart = BarChart()
