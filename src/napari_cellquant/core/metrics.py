@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .annotation import Annotation
 from .classes import ClassSet
@@ -301,7 +302,7 @@ def _prf(tp: int, n_gt: int, n_pred: int) -> dict[str, Any]:
 class _Objects:
     """Objects of one image on one side: ids and their classes."""
 
-    def __init__(self, ids: np.ndarray, classes: np.ndarray) -> None:
+    def __init__(self, ids: ArrayLike, classes: ArrayLike) -> None:
         self.ids = np.asarray(ids, dtype=np.int64)
         self.classes = np.asarray(classes, dtype=np.int64)
 
@@ -459,8 +460,9 @@ def _split_crowded(
             out_anns[0].extend(gts)
             out_anns[1].extend(dts)
             continue
-        boxes = [np.array([a["bbox"] for a in anns], dtype=np.float64) for anns in (gts, dts)]
-        gi, di = overlapping_box_pairs(*boxes)
+        gt_boxes = np.array([a["bbox"] for a in gts], dtype=np.float64)
+        dt_boxes = np.array([a["bbox"] for a in dts], dtype=np.float64)
+        gi, di = overlapping_box_pairs(gt_boxes, dt_boxes)
         n = len(gts) + len(dts)
         graph = coo_matrix((np.ones(len(gi)), (gi, di + len(gts))), shape=(n, n))
         _, component = connected_components(graph, directed=False)
@@ -713,12 +715,14 @@ def _counts_from(
     if NET_CLASS in lowered:
         k = lowered.index(NET_CLASS)
         rows = []
+        valid: list[float] = []
         for (truth, _), g, p in zip(pairs, gt_counts, pred_counts):
             gt_pct, pred_pct = _net_percent(g, k), _net_percent(p, k)
             error = abs(gt_pct - pred_pct) if gt_pct is not None and pred_pct is not None else None
+            if error is not None:
+                valid.append(error)
             rows.append({"image": truth.image_name, "gt": gt_pct, "pred": pred_pct,
                          "abs_error": error})
-        valid = [r["abs_error"] for r in rows if r["abs_error"] is not None]
         out["net_percent"] = rows
         out["net_percent_mae"] = float(np.mean(valid)) if valid else None
     return out
