@@ -9,14 +9,16 @@ opens Correct and Count through the manifest, and times, on the GUI thread:
   features, colours, correction log) and napari's ``undo`` of it;
 - Count's refresh (gather layers + one ``bincount`` + table + chart).
 
+It also times the pure core operations (``core.editing`` on the objects' boxes, no napari).
+
 Peers, measured in the same run:
 
-- napari's own bucket erase (``Labels.fill(coord, 0)``) of one object: the cost napari itself
-  pays for an edit of that size on this display (printed as its own line; its time includes
-  the object lookup, a full-image comparison, which is small beside napari's refresh);
-- edits: the same merge / delete done the naive way, scanning the whole image
-  (``labels[np.isin(labels, ids)] = target``), with no napari bookkeeping at all;
-- count: ``Annotation.counts()`` on the same objects (``np.unique`` over the image).
+- Correct's delete vs napari's own bucket erase (``Labels.fill(coord, 0)``) of one object:
+  the cost napari itself pays for an edit of that size on this display (it includes finding
+  a pixel of the object, a full-image comparison, small beside napari's refresh);
+- core merge / delete vs the same edit done the naive way, scanning the whole image
+  (``labels[np.isin(labels, ids)] = target``);
+- Count's refresh vs ``Annotation.counts()`` on the same objects (``np.unique``).
 
     xvfb-run -a python benchmarks/editing.py [--rounds 5]
 """
@@ -125,6 +127,23 @@ def main() -> None:
     def naive_delete():
         naive[naive == 1600] = 0
 
+    # the pure core operations on the objects' boxes, without napari (what the widget adds
+    # on top is data_setitem, napari's refresh, features, colours and the log)
+    from napari_cellquant.core import editing
+
+    core_labels = np.asarray(layer.data).copy()
+    index = editing.ObjectIndex(core_labels)
+    core_classes = correct.editor.classes()
+    results["core merge"] = timed(
+        lambda: editing.merge(core_labels, [1801, 1802], core_classes, index=index), args.rounds)
+    merged = editing.merge(core_labels, [1801, 1802], core_classes, index=index)
+    merged.apply(core_labels)
+    index.update(merged.indices, merged.values)
+    results["core split"] = timed(
+        lambda: editing.split(core_labels, 1801, core_classes, index=index), args.rounds)
+    results["core delete"] = timed(
+        lambda: editing.delete(core_labels, [1900], core_classes, index=index), args.rounds)
+
     victims = iter(range(1700, 1700 + args.rounds))
 
     def napari_erase():
@@ -134,17 +153,19 @@ def main() -> None:
         layer.fill((rows[0], cols[0]), 0)
 
     results["napari fill-erase"] = timed(napari_erase, args.rounds)
-    peers = {
-        "merge": timed(naive_merge, args.rounds),
-        "delete": timed(naive_delete, args.rounds),
-        "count refresh": timed(ann.counts, args.rounds),
+    napari_erase_ms = results.pop("napari fill-erase")
+    peers = {  # result name -> (peer name, peer ms)
+        "core merge": ("naive full-scan merge", timed(naive_merge, args.rounds)),
+        "core delete": ("naive full-scan delete", timed(naive_delete, args.rounds)),
+        "delete": ("napari's own fill-erase", napari_erase_ms),
+        "count refresh": ("Annotation.counts()", timed(ann.counts, args.rounds)),
     }
     print(f"Labels layer {SHAPE[1]} x {SHAPE[0]}, {n} objects, median of {args.rounds} rounds")
     for name, ms in results.items():
         line = f"  {name:14s} {ms:8.1f} ms"
         if name in peers:
-            peer_name = "Annotation.counts()" if name == "count refresh" else "naive full scan"
-            line += f"   peer {peer_name}: {peers[name]:7.1f} ms   ratio {ms / peers[name]:.2f}"
+            peer_name, peer_ms = peers[name]
+            line += f"   peer {peer_name}: {peer_ms:7.1f} ms   ratio {ms / peer_ms:.3f}"
         print(line)
     viewer.close()
 
