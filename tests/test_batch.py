@@ -247,3 +247,44 @@ def test_an_unreachable_scheduler_is_named(smear_folder, tmp_path, capsys, monke
                  "--scheduler", "tcp://127.0.0.1:9"]) == 1
     err = capsys.readouterr().err
     assert "--scheduler tcp://127.0.0.1:9: cannot connect to the dask scheduler" in err
+
+
+def test_scheduler_of_a_running_cluster_writes_the_same_files(smear_folder, tmp_path, capsys):
+    """--scheduler ADDRESS against a running cluster of two worker processes."""
+    distributed = pytest.importorskip("distributed")
+    folder, _ = smear_folder
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(local)]) == 0
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None,
+                                  scheduler_kwargs={"dashboard": False}) as cluster:
+        assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(remote),
+                     "--scheduler", cluster.scheduler_address]) == 0
+        assert len(cluster.workers) == 2  # still running: the cluster is not ours to stop
+    assert_same_outputs(local, remote)
+
+
+class _Versions:
+    """A client whose workers report package versions (for the check made before a run)."""
+
+    def __init__(self, workers: dict[str, dict[str, str | None]]) -> None:
+        self.workers = workers
+
+    def wait_for_workers(self, n: int, timeout: float) -> None:
+        assert self.workers
+
+    def get_versions(self, packages: list[str]) -> dict:
+        mine = {p: __import__(p).__version__ for p in packages}
+        return {"client": {"packages": mine},
+                "workers": {a: {"packages": {**mine, **v}} for a, v in self.workers.items()}}
+
+
+def test_workers_without_the_same_package_versions_are_refused():
+    from napari_cellquant.batch.cluster import _check_workers
+    from napari_cellquant.core.errors import InputError
+
+    _check_workers(_Versions({"tcp://a:1": {}, "tcp://b:1": {}}), "tcp://s:8786")
+    with pytest.raises(InputError, match=r"worker tcp://b:1 has torch 1\.0"):
+        _check_workers(_Versions({"tcp://a:1": {}, "tcp://b:1": {"torch": "1.0"}}), "tcp://s")
+    with pytest.raises(InputError, match="napari_cellquant not installed"):
+        _check_workers(_Versions({"tcp://a:1": {"napari_cellquant": None}}), "tcp://s")
