@@ -8,6 +8,7 @@ import pytest
 from napari_cellquant._layers import META_CORRECTIONS, annotation_to_layer_data
 from napari_cellquant.core.annotation import Annotation
 from napari_cellquant.core.classes import BLOOD3
+from napari_cellquant.core.errors import CellquantError
 
 
 def _annotation() -> Annotation:
@@ -162,3 +163,29 @@ def test_shortcuts_are_bound_on_the_layer_and_errors_are_reported(correct):
     layer.selected_label = 99
     layer.keymap[KeyBinding.from_str("Shift+D")](layer)  # a warning, not an exception
     assert "no object" in widget.status_label.value
+
+
+def test_a_plain_napari_labels_layer_gets_a_features_table(make_napari_viewer):
+    viewer = make_napari_viewer()
+    data = np.zeros((30, 30), dtype=np.int32)
+    data[3:8, 3:8] = 2
+    layer = viewer.add_labels(data, name="hand made")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
+    assert widget.layer_combo.value is layer
+    f = _check_features(layer)
+    assert f.loc[2, "class_name"] == "cell" and f.loc[2, "origin"] == "drawn"
+    layer.paint((20, 20), widget.draw_new())
+    f = _check_features(layer)
+    assert list(f.index) == [2, 3] and f.loc[3, "origin"] == "drawn"
+
+
+def test_a_layer_with_an_unknown_class_name_is_refused_with_a_warning(make_napari_viewer):
+    viewer = make_napari_viewer()
+    (data, kwargs, _), = annotation_to_layer_data(_annotation())
+    kwargs["features"]["class_name"][0] = "dragon"
+    viewer.add_labels(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
+    assert widget.editor is None
+    assert "dragon" in widget.status_label.value
+    with pytest.raises(CellquantError, match="choose a Labels layer"):
+        widget.delete([3])

@@ -27,6 +27,8 @@ from .._layers import (
     META_CLASS_SET,
     META_CORRECTIONS,
     META_DEFAULT_CLASS,
+    _as_table,
+    _classes_from_table,
     class_rgba,
     class_set_from_metadata,
 )
@@ -103,14 +105,18 @@ class LabelsEditor:
             table["index"] = table["label"] if "label" in table else np.arange(len(table))
         table["index"] = table["index"].astype(np.int64)
         table["label"] = table["index"]
-        if "class" not in table:
-            table["class"] = int(self.layer.metadata.get(META_DEFAULT_CLASS, 1))
-        table["class"] = table["class"].fillna(0).astype(np.int32)
-        table["class_name"] = [self._name(c) for c in table["class"]]
-        if "score" not in table:
-            table["score"] = np.nan
-        if "origin" not in table:
-            table["origin"] = "file"
+        # as the writers read it: a class_name (what users see and edit) wins over class
+        default = int(self.layer.metadata.get(META_DEFAULT_CLASS, 1))
+        table["class"] = _classes_from_table(
+            _as_table(table), len(table), self.class_set, default, self.layer.name
+        ).astype(np.int32)
+        table["class_name"] = pd.Series(
+            [self._name(c) for c in table["class"]], index=table.index, dtype=object)
+        table["score"] = (
+            table["score"].astype(np.float64) if "score" in table else np.nan)
+        table["origin"] = (
+            table["origin"].astype(object) if "origin" in table else "file")
+        table["origin"] = table["origin"].astype(object)
         table = table[list(COLUMNS) + [c for c in table.columns if c not in COLUMNS]]
         self._table = table.set_index("index", drop=False)
         self._table.index.name = None
@@ -479,7 +485,11 @@ class CorrectWidget(Container):
         self.editor = None
         if layer is None:
             return
-        self.editor = LabelsEditor(layer, self.chosen_class_id)
+        try:
+            self.editor = LabelsEditor(layer, self.chosen_class_id)
+        except CellquantError as exc:  # e.g. a class name outside the layer's class set
+            self._warn(str(exc))
+            return
         self.class_combo.reset_choices()
         default = int(layer.metadata.get(META_DEFAULT_CLASS, 1))
         if 1 <= default <= len(self.editor.class_set):
@@ -506,13 +516,17 @@ class CorrectWidget(Container):
         return cs.id_of(name) if name else 1
 
     def _run_safely(self, action: Callable[[], Any]) -> None:
-        from napari.utils.notifications import show_warning
-
+        """Run an edit from a button or shortcut; problems become a napari warning."""
         try:
             action()
         except CellquantError as exc:
-            self.status_label.value = str(exc)
-            show_warning(str(exc))
+            self._warn(str(exc))
+
+    def _warn(self, text: str) -> None:
+        from napari.utils.notifications import show_warning
+
+        self.status_label.value = text
+        show_warning(text)
 
     # --- helpers --------------------------------------------------------------------------
     def _editor(self) -> LabelsEditor:
