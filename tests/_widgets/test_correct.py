@@ -189,3 +189,16 @@ def test_a_layer_with_an_unknown_class_name_is_refused_with_a_warning(make_napar
     assert "dragon" in widget.status_label.value
     with pytest.raises(CellquantError, match="choose a Labels layer"):
         widget.delete([3])
+
+
+def test_corrected_layer_converts_back_with_classes_and_origins(correct):
+    from napari_cellquant._layers import layer_data_to_annotation
+
+    viewer, layer, widget = correct
+    widget.merge([3, 7])
+    layer.paint((50, 60), widget.draw_new())
+    (ann,) = layer_data_to_annotation([layer.as_layer_data_tuple()])
+    assert set(ann.instance_ids()) == {3, 9, 12, 15, 16}
+    assert ann.classes[3] == BLOOD3.id_of("wbc") and ann.origins[3] == "edited"
+    assert ann.origins[16] == "drawn" and ann.classes[16] == BLOOD3.id_of("rbc")
+    assert ann.origins.get(9, "file") == "model"
