@@ -288,3 +288,15 @@ def test_workers_without_the_same_package_versions_are_refused():
         _check_workers(_Versions({"tcp://a:1": {}, "tcp://b:1": {"torch": "1.0"}}), "tcp://s")
     with pytest.raises(InputError, match="napari_cellquant not installed"):
         _check_workers(_Versions({"tcp://a:1": {"napari_cellquant": None}}), "tcp://s")
+
+
+def test_inputs_sharing_a_name_or_stem_are_refused(tmp_path, capsys):
+    for sub, name in (("a", "x.png"), ("b", "x.tif"), ("c", "y.png"), ("d", "y.png")):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / name).write_bytes(b"")
+    for inputs, what in (([tmp_path / "a", tmp_path / "b"], "file stem 'x'"),
+                         ([tmp_path / "c", tmp_path / "d"], "file name 'y.png'")):
+        assert main(["predict", *map(str, inputs), "-m", "blood-classical",
+                     "-o", str(tmp_path / "o")]) == 2
+        assert f"two inputs share the {what}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

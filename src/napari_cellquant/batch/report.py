@@ -68,10 +68,12 @@ def outlined_thumbnail(
     from skimage.segmentation import find_boundaries
     from skimage.transform import resize
 
-    rgb = display_rgb(pixels)
-    rows, cols = rgb.shape[:2]
+    rows, cols = annotation.shape
     shape = thumbnail_shape((rows, cols), long_side)
-    if shape != (rows, cols):
+    # a cheap stride first, so a 12-megapixel image is never filtered at full size
+    step = max(1, min(rows, cols) // (2 * min(shape)))
+    rgb = display_rgb(np.asarray(pixels)[::step, ::step])
+    if shape != rgb.shape[:2]:
         rgb = resize(rgb, shape, order=1, anti_aliasing=True, preserve_range=True)
         rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     else:
@@ -80,7 +82,7 @@ def outlined_thumbnail(
     labels = annotation.labels
     if labels.any():
         small = labels if labels.shape == shape else resize(
-            labels, shape, order=0, preserve_range=True, anti_aliasing=False
+            labels[::step, ::step], shape, order=0, preserve_range=True, anti_aliasing=False
         ).astype(np.int32)
         lookup = np.full(int(small.max()) + 1, len(palette) - 1, dtype=np.intp)  # unclassed
         lookup[0] = 0

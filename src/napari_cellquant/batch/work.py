@@ -38,11 +38,12 @@ class ModelSpec:
     def load(self) -> Model:
         from ..core.predict import load_model
 
-        if self.torch_threads is not None:
+        model = load_model(self.name_or_path, self.device, weights=self.weights)
+        if self.torch_threads is not None and model.network is not None:
             import torch
 
             torch.set_num_threads(max(1, int(self.torch_threads)))
-        return load_model(self.name_or_path, self.device, weights=self.weights)
+        return model
 
 
 @dataclass(frozen=True)
