@@ -194,7 +194,7 @@ def test_a_layer_with_an_unknown_class_name_is_refused_with_a_warning(make_napar
 def test_corrected_layer_converts_back_with_classes_and_origins(correct):
     from napari_cellquant._layers import layer_data_to_annotation
 
-    viewer, layer, widget = correct
+    _viewer, layer, widget = correct
     widget.merge([3, 7])
     layer.paint((50, 60), widget.draw_new())
     (ann,) = layer_data_to_annotation([layer.as_layer_data_tuple()])
