@@ -55,6 +55,9 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         # larger images are analysed shrunk so that a diameter is at most this many pixels
         # (counts do not change; outlines come back at full size, blocky by the shrink factor)
         "max_working_diameter": 90.0,
+        # smaller images are analysed enlarged so that a diameter is at least this many pixels
+        # (a platelet of a 20-px-RBC image is ~5 px: blur and openings would erase it)
+        "min_working_diameter": 32.0,
         "smooth": 0.03,  # Gaussian sigma before thresholding (length)
         "background_quantile": 0.8,  # the brightest 20% pixels give the background colour
         "foreground_method": "triangle",  # threshold on colour distance to the background
@@ -148,6 +151,10 @@ def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any
     return merged
 
 
+#: the most a small image is enlarged to reach ``min_working_diameter``
+MAX_ENLARGE = 3.0
+
+
 class _Scale:
     """Converts relative lengths/areas of a parameter dict into pixels."""
 
@@ -219,24 +226,30 @@ def _as_float_image(image: np.ndarray, *, rgb: bool, source: str) -> np.ndarray:
 
 
 def _working_scale(image: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarray, _Scale]:
-    """Shrink ``image`` so that ``diameter`` becomes at most ``max_working_diameter`` px.
+    """Resample ``image`` so that ``diameter`` lies between ``min_working_diameter`` (when
+    set) and ``max_working_diameter`` px.
 
     Every size in the parameters is relative to the diameter, so the result does not depend
-    on the shrink, while a 12-megapixel photograph with 500-px cells is analysed in seconds.
+    on the resampling, while a 12-megapixel photograph with 500-px cells is analysed in
+    seconds, and a small image with 20-px cells keeps its smallest objects (platelets) above
+    the blur and the opening radii.
     """
     diameter = float(p["diameter"])
     limit = float(p.get("max_working_diameter") or diameter)
+    floor = float(p.get("min_working_diameter") or 0.0)
     factor = min(1.0, limit / diameter)
-    if factor >= 1.0 or min(image.shape[:2]) * factor < 16:
+    if floor > diameter:
+        factor = min(floor / diameter, MAX_ENLARGE)
+    if factor == 1.0 or min(image.shape[:2]) * factor < 16:
         return image, _Scale(diameter)
     shape = (
         max(int(round(image.shape[0] * factor)), 1),
         max(int(round(image.shape[1] * factor)), 1),
     )
-    small = resize(
-        image, shape + image.shape[2:], order=1, anti_aliasing=True, preserve_range=True
+    resized = resize(
+        image, shape + image.shape[2:], order=1, anti_aliasing=factor < 1, preserve_range=True
     ).astype(np.float32)
-    return small, _Scale(diameter * shape[0] / image.shape[0])
+    return resized, _Scale(diameter * shape[0] / image.shape[0])
 
 
 def _upsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -74,6 +74,7 @@ MAX_FOREGROUND = 0.75
 #: NET images read larger than their nuclei: NETs and dead cells are counted too)
 ESTIMATE_KEY = "objects"
 #: how the diameter a model runs with was decided (``Annotation.meta["diameter_source"]``)
+BAND = (0.1, 0.5)
 SOURCES = ("given", "pixel_size", "estimated", "model")
 
 
@@ -325,7 +326,7 @@ def _typical_diameter(radius: np.ndarray, area: np.ndarray) -> float:
     """Typical diameter of the cells (clumps count as the cells they hold): the weighted
     geometric mean of the middle half of the radii, steadier than the median when a few
     dozen objects fall in two or three size groups."""
-    typical = _weighted_interquartile_mean(np.log(radius), _cells(radius, area))
+    typical = _weighted_interquartile_mean(np.log(radius), _cells(radius, area), *BAND)
     # the distance transform's maximum in a digital disk of diameter d is about d / 2 + 0.5
     return max(2.0 * float(np.exp(typical)) - 1.0, 1.0)
 
@@ -343,12 +344,13 @@ def _at_scale(pixels: np.ndarray, zoom: float) -> tuple[np.ndarray, float]:
     return small, small.shape[0] / crop.shape[0]
 
 
-def _weighted_interquartile_mean(values: np.ndarray, weights: np.ndarray) -> float:
+def _weighted_interquartile_mean(values: np.ndarray, weights: np.ndarray, low: float = 0.25,
+                                 high: float = 0.75) -> float:
     """Weighted mean of the values between the weighted 25th and 75th percentiles."""
     order = np.argsort(values)
     values, weights = values[order], weights[order]
     upper = np.cumsum(weights) / weights.sum()
     lower = upper - weights / weights.sum()
     # the share of each value's weight that falls inside [0.25, 0.75]
-    inside = np.clip(np.minimum(upper, 0.75) - np.maximum(lower, 0.25), 0.0, None)
+    inside = np.clip(np.minimum(upper, high) - np.maximum(lower, low), 0.0, None)
     return float((values * inside).sum() / inside.sum())
