@@ -68,7 +68,7 @@ def test_a_corrupt_image_fails_alone_with_exit_3(smear_folder, tmp_path, capsys)
 
 @pytest.mark.parametrize(
     ("model", "message"),
-    [("blood-unet", "has no trained weights yet"), ("no-such-model", "unknown model")],
+    [("fluo-resunet", "has no trained weights yet"), ("no-such-model", "unknown model")],
 )
 def test_model_problems_are_usage_errors(smear_folder, tmp_path, capsys, model, message):
     folder, _ = smear_folder

@@ -170,7 +170,7 @@ def test_errors_are_notifications_and_add_no_layer(qtbot, segment):
 
     viewer, widget = segment
     before = len(notification_manager.records)
-    widget.model.value = "blood-unet"  # built in, but no trained weights exist here
+    widget.model.value = "fluo-resunet"  # built in, but no weights are bundled for it
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         pass
