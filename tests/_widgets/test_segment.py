@@ -162,7 +162,8 @@ def test_cancel_after_first_step_changes_no_layer(qtbot, make_napari_viewer, ran
     assert steps and steps[0][1] > steps[-1][0]  # stopped before the last step
     assert [lyr.name for lyr in viewer.layers] == ["big", "big instances"]
     np.testing.assert_array_equal(previous.data, truth.labels)
-    assert widget.run_button.enabled and "cancel" in widget.status.value
+    assert widget.run_button.enabled, widget.status.value
+    assert "cancel" in widget.status.value, widget.status.value
 
 
 def test_errors_are_notifications_and_add_no_layer(qtbot, segment):

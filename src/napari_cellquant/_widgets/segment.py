@@ -163,22 +163,22 @@ class SegmentWidget(Container):
         if self.busy:
             return self.worker
         try:
-            request = self._request()
+            job = self._job()
         except Exception as exc:
             _show_error(f"Segment: {exc}")
             return None
         from napari.qt.threading import create_worker
 
-        worker = create_worker(_segment, _start_thread=False, **request["job"])
+        worker = create_worker(_segment, _start_thread=False, **job)
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda result: self._show_result(result, request))
+        worker.returned.connect(self._show_result)
         worker.aborted.connect(lambda: self._set_status("cancelled: no layer changed"))
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self._busy = True
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self._set_status(f"running {request['job']['card'].name} on {request['image_name']}...")
+        self._set_status(f"running {job['card'].name} on {job['layer_name']}...")
         start_soon(worker)
         return worker
 
@@ -192,7 +192,7 @@ class SegmentWidget(Container):
         if self.busy:
             self.worker.quit()
 
-    def _request(self) -> dict[str, Any]:
+    def _job(self) -> dict[str, Any]:
         layer = self.image.value
         if layer is None:
             raise InputError(None, "open an image first (no Image layer in the viewer)")
@@ -210,10 +210,12 @@ class SegmentWidget(Container):
             "diameter": float(self.diameter.value) or None,
             "pixel_size_um": pixel_size_um(layer),
         }
-        return {
-            "job": job, "base_name": layer.name, "image_name": _image_name(layer),
+        # where the result goes, so the worker can build the layer data off the GUI thread
+        job["placement"] = {
+            "name": layer.name, "image_name": _image_name(layer),
             "scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:]),
         }
+        return job
 
     def _on_progress(self, step: tuple[int, int]) -> None:
         done, total = step
@@ -226,27 +228,23 @@ class SegmentWidget(Container):
         self._progress.update(done - self._progress.n)
         self._set_status(f"step {done} of {total}")
 
-    def _show_result(self, annotation: Any, request: dict[str, Any]) -> None:
-        if isinstance(annotation, Failed):
+    def _show_result(self, result: Any) -> None:
+        if isinstance(result, Failed):
             self._set_status("failed: no layer changed")
-            _show_error(f"Segment failed: {annotation.message}")
+            _show_error(f"Segment failed: {result.message}")
             return
-        annotation.image_name = request["image_name"]
-        layer_data = annotation_to_layer_data(
-            annotation, name=request["base_name"], scale=request["scale"],
-            translate=request["translate"],
-        )
+        annotation, layer_data = result
         layers = show_layers(self._viewer, layer_data, replace=not self.keep_previous.value)
         n = len(annotation.instance_ids()) + len(annotation.boxes)
         self._set_status(f"{n} objects -> {', '.join(layer.name for layer in layers)}")
 
     def _on_finished(self) -> None:
         self._busy = False
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
         if self._progress is not None:
             self._progress.close()
             self._progress = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
 
     def _set_status(self, text: str) -> None:
         self.status.value = text
@@ -255,10 +253,12 @@ class SegmentWidget(Container):
 
 def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: ModelCard,
              source: str | None, loaded: Any, device: str, tile: int, diameter: float | None,
-             pixel_size_um: float | None):
-    """Worker body: load the model, then yield ``iter_predict``'s steps.
+             pixel_size_um: float | None, placement: dict[str, Any]):
+    """Worker body: load the model, yield ``iter_predict``'s steps, build the layer data.
 
-    Returns the Annotation, or :class:`Failed` with the error (shown as a notification).
+    Returns ``(annotation, layer data tuples)``, or :class:`Failed` with the error (shown as
+    a notification). The layer data (features table, class colours) is built here, not on
+    the GUI thread: for tens of thousands of objects it takes seconds.
     """
     from ..core.predict import Model, iter_predict, load_model
 
@@ -274,10 +274,29 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
                 iter_predict).parameters:
             kwargs["pixel_size_um"] = pixel_size_um
         annotation = yield from iter_predict(pixels, model, **kwargs)
+        annotation.image_name = placement["image_name"]
+        layer_data = annotation_to_layer_data(
+            annotation, name=placement["name"], scale=placement["scale"],
+            translate=placement["translate"],
+        )
     except Exception as exc:  # shown to the user; the traceback goes to the log
         log.debug("Segment failed", exc_info=True)
         return Failed(exc)
-    return annotation
+    return annotation, [_with_colormap_model(item) for item in layer_data]
+
+
+def _with_colormap_model(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:
+    """A Labels tuple with its ``{label: RGBA}`` colours as a napari ``DirectLabelColormap``.
+
+    napari checks every colour of a dict one by one (~40 us each) when a layer takes it;
+    building the colormap model here keeps that off the GUI thread.
+    """
+    data, kwargs, layer_type = item
+    if layer_type == "labels" and isinstance(kwargs.get("colormap"), dict):
+        from napari.utils.colormaps import DirectLabelColormap
+
+        kwargs = {**kwargs, "colormap": DirectLabelColormap(color_dict=kwargs["colormap"])}
+    return data, kwargs, layer_type
 
 
 def _image_array(data: Any, multiscale: bool, rgb: bool, name: str) -> np.ndarray:
