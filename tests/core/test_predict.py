@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cellquant.core.annotation import Annotation
+from napari_cellquant.core.annotation import Annotation, Boxes
+from napari_cellquant.core.classes import BLOOD3, NET4
 from napari_cellquant.core.errors import CancelledError, InputError
 from napari_cellquant.core.models.networks import build_network
 from napari_cellquant.core.models.registry import get_card
-from napari_cellquant.core.predict import load_model, predict
+from napari_cellquant.core.predict import _annotation_to_shape, load_model, predict
 from napari_cellquant.core.synthetic import synthetic_blood_smear
 
 
@@ -59,6 +60,7 @@ def test_classical_models_use_the_same_two_calls(smear):
     pixels, truth = smear
     result = predict(pixels, load_model("blood-classical"), diameter=34)
     assert result.class_set.name == "blood3"
+    assert result.meta["diameter_source"] == "given" and result.meta["params"]["diameter"] == 34
     true_rbc = truth.counts()["healthy_rbc"] + truth.counts()["infected_rbc"]
     assert abs(result.counts()["rbc"] - true_rbc) <= 0.2 * true_rbc
 
@@ -66,8 +68,51 @@ def test_classical_models_use_the_same_two_calls(smear):
 def test_diameter_brings_learned_result_back_to_the_input_grid(smear):
     pixels, _ = smear
     model = load_model("blood-unet", "cpu", weights="random")
-    result = predict(pixels, model, tile=128, diameter=20)  # zoom 40/20 = 2 for the network
+    result = predict(pixels, model, tile=128, diameter=19)  # zoom 38/19 = 2 for the network
     assert result.shape == pixels.shape[:2]
+    assert (result.meta["diameter_source"], result.meta["zoom"]) == ("given", 2.0)
+
+
+def test_without_a_diameter_predict_estimates_it_and_says_so():
+    pixels, truth = synthetic_blood_smear(shape=(320, 320), seed=4, rbc_radius=12,
+                                          n_platelets=2)
+    result = predict(pixels, load_model("blood-classical"))
+    assert result.meta["diameter_source"] == "estimated"
+    # the RBCs are 25 px across; the card runs at 90 (estimate reads 83 on its data)
+    assert abs(result.meta["diameter_px"] / (25 * 90 / 83) - 1) <= 0.12
+    assert result.meta["params"]["diameter"] == result.meta["diameter_px"]
+    true_rbc = truth.counts()["healthy_rbc"] + truth.counts()["infected_rbc"]
+    assert abs(result.counts()["rbc"] - true_rbc) <= 0.2 * true_rbc
+
+
+def test_model_scale_runs_the_image_as_it_is(smear):
+    pixels, _ = smear
+    result = predict(pixels, load_model("blood-unet", "cpu", weights="random"), tile=128,
+                     diameter="model")
+    assert (result.meta["diameter_source"], result.meta["zoom"]) == ("model", 1.0)
+    assert result.meta["diameter_px"] == 38.0
+
+
+def test_pixel_size_sets_the_zoom_when_the_card_has_one(smear):
+    pixels, _ = smear
+    model = load_model("blood-unet", "cpu", weights="random")
+    model.card.pixel_size_um = 0.2
+    result = predict(pixels, model, tile=128, pixel_size_um=0.4)  # pixels twice as large
+    assert result.meta["diameter_source"] == "pixel_size"
+    assert result.meta["zoom"] == pytest.approx(2.0) and result.shape == pixels.shape[:2]
+
+
+def test_result_found_zoomed_comes_back_to_the_image_grid():
+    zoomed = np.zeros((150, 201), np.int32)
+    zoomed[30:60, 90:120] = 1  # a 30 x 30 object found at 1.5x
+    boxes = Boxes(np.array([[90.0, 30.0, 30.0, 30.0]]), np.array([NET4.id_of("NET")]),
+                  np.array([0.9]))
+    found = Annotation(zoomed, BLOOD3, classes={1: BLOOD3.id_of("rbc")}, boxes=boxes)
+    back = _annotation_to_shape(found, (100, 134), 1.5)
+    assert back.shape == (100, 134) and back.classes == {1: BLOOD3.id_of("rbc")}
+    rows, cols = np.nonzero(back.labels == 1)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (20, 39, 60, 79)
+    np.testing.assert_allclose(back.boxes.xywh, [[90 * 134 / 201, 20, 30 * 134 / 201, 20]])
 
 
 def test_weights_file_with_its_card_beside_it(tmp_path, smear):
