@@ -73,6 +73,9 @@ def _predict(args: argparse.Namespace) -> int:
     def report(done: int, total: int, path: Path, status: str) -> None:
         print(f"[{done}/{total}] {path.name}: {status}", file=sys.stderr)
 
+    if args.diameter is None and not args.workers:  # say what was estimated, image by image
+        _echo_log("napari_cellquant.core.scale")
+
     result = predict_images(images, spec, args.outdir, tile=args.tile, overlap=args.overlap,
                             diameter=args.diameter, overwrite=args.overwrite, force=args.force,
                             workers=args.workers or 0, scheduler=args.scheduler,
@@ -84,6 +87,11 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"{result.complete} of {len(images)} image(s) done{resumed}{failed}; results and "
           f"report.html in {args.outdir}", file=sys.stderr)
     return EXIT_PARTIAL if result.failures else EXIT_OK
+
+
+def _echo_log(name: str) -> None:
+    """Show the INFO messages of logger ``name`` on stderr even without -v."""
+    logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -194,8 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tile", type=int, help="tile size in pixels (default: the card's)")
     predict.add_argument("--overlap", type=float, help="tile overlap fraction (default: the card's)")
     predict.add_argument("--diameter", type=float,
-                         help="typical object diameter in pixels (RBC, nucleus); the image is "
-                         "rescaled to the model's scale and the result back")
+                         help="typical object diameter in pixels (RBC for blood, nucleus for "
+                         "NETs and fluorescence); the image is rescaled to the model's scale "
+                         "and the result back. Leave it out to estimate it from each image "
+                         "(printed per image); pass it when the images hold few separate "
+                         "objects (dense smears)")
     predict.add_argument(
         "--overwrite", action="store_true",
         help="replace an OUTDIR that holds other results (another model or settings, or files "

@@ -135,7 +135,7 @@ def estimate_diameter(image: np.ndarray) -> DiameterEstimate | None:
         log.info("no objects to estimate a diameter from (%.2f s)", seconds)
         return None
     estimate = DiameterEstimate(found[0], found[1], found[2], seconds)
-    log.info("estimated object diameter %.1f px from %.0f objects (working scale 1/%.2g, %.2f s)",
+    log.debug("estimated object diameter %.1f px from %.0f objects (working scale 1/%.2g, %.2f s)",
              estimate.diameter, estimate.n_objects, estimate.shrink, seconds)
     return estimate
 
@@ -226,9 +226,13 @@ def image_scale(
     zoom = reference / value
     if abs(zoom - 1.0) < 0.05:
         zoom = 1.0
-    log.info("%s: object diameter %.1f px (%s), model scale %g px: zoom %.3g",
-             card.name, value, source, reference, zoom)
+    log.info("object diameter %.1f px (%s); %s's own scale: %g px", value, _SAID[source],
+             card.name, reference)
     return ImageScale(value, source, zoom, estimate)
+
+
+_SAID = {"given": "given", "pixel_size": "from the pixel size", "estimated": "estimated",
+         "model": "the model's own"}
 
 
 def _as_channels_last(image: np.ndarray) -> np.ndarray:
