@@ -38,11 +38,11 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 #: training settings per model (same for every fold and for the final model)
 SETTINGS: dict[str, dict] = {
     "blood-unet": {
-        "data": "blood_smear_224", "folds": 3, "crop": 112, "batch_size": 6, "epochs": 20,
+        "data": "blood_smear_224", "folds": 3, "crop": 112, "batch_size": 6, "epochs": 13,
         "steps_per_epoch": 40, "lr": 3e-3, "scale_range": (0.85, 1.15), "seed": 0,
     },
     "net-detector": {
-        "data": "net_fluorescence", "folds": 2, "crop": 224, "batch_size": 4, "epochs": 20,
+        "data": "net_fluorescence", "folds": 2, "crop": 224, "batch_size": 4, "epochs": 13,
         "steps_per_epoch": 25, "lr": 1.5e-3, "scale_range": (0.8, 1.25), "seed": 0,
     },
 }
@@ -142,7 +142,8 @@ def run_job(name: str, data: str, held_out: list[int] | None, workdir: str,
     s = SETTINGS[name]
     config = TrainingConfig(
         base=name, images=[p[0] for p in train_pairs], annotations=[p[1] for p in train_pairs],
-        output=Path(workdir) / f"{name}-{tag}.pt", epochs=max(1, round(s["epochs"] * epochs_scale)), val_fraction=0.0,
+        output=Path(workdir) / f"{name}-{tag}.pt", val_fraction=0.0,
+        epochs=max(1, round(s["epochs"] * epochs_scale)),
         batch_size=s["batch_size"], crop=s["crop"], lr=s["lr"], seed=s["seed"], device="cpu",
         patience=None, steps_per_epoch=s["steps_per_epoch"], from_scratch=True,
         scale_range=s["scale_range"], name=name, overwrite=True,

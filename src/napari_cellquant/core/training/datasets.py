@@ -142,7 +142,7 @@ def class_lookup(source: ClassSet, target: ClassSet, *, where: str | None = None
         key = key if key in target_ids else coarse.get(key, key)
         if key in target_ids:
             lookup[class_id] = target_ids[key]
-    if target.name == source.name == "cell" or len(target) == 1 and len(source) == 1:
+    if len(target) == 1 and len(source) == 1:
         lookup[1] = 1  # one class onto one class: the names need not agree
     missing = sorted({int(c) for c in (used or []) if c > 0 and lookup[int(c)] == IGNORE})
     if missing:

@@ -463,7 +463,7 @@ class _Run:
         base = self.base_card
         card = ModelCard.from_dict(base.to_dict())
         card.name = c.name or self.weights_path.stem
-        how = "fine-tuned from" if self.fine_tuned else "trained from scratch with the architecture of"
+        how = "fine-tuned from" if self.fine_tuned else "trained from scratch as"
         card.description = f"{base.description} ({how} {base.name})"
         card.weights = WeightsSource(file=self.weights_path.name,
                                      sha256=pooch.file_hash(str(self.weights_path), alg="sha256"))
