@@ -44,7 +44,7 @@ def make_images(folder: Path, count: int) -> list[Path]:
 
 
 def timed_run(images: list[Path], spec, out: Path, workers: int, diameter: float | None,
-              loaded=None) -> float:  # noqa: ANN001
+              loaded=None) -> float:
     from napari_cellquant.batch import predict_images
 
     start = time.perf_counter()

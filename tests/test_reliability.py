@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tifffile
 import torch
@@ -221,7 +220,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_the_rerun_completes(smears, refer
         Path(target).write_bytes(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def imwrite(path, pixels, **kwargs):  # noqa: ANN001
+    def imwrite(path, pixels, **kwargs):
         writes["mask"] += 1
         if where == "mask" and writes["mask"] == 5:  # image 3's instance mask
             import io
@@ -231,7 +230,7 @@ def test_a_full_disk_mid_run_stops_cleanly_and_the_rerun_completes(smears, refer
             half_then_full(path, buffer.getvalue())
         return real_imwrite(path, pixels, **kwargs)
 
-    def write_text(self: Path, text: str, *args, **kwargs):  # noqa: ANN001
+    def write_text(self: Path, text: str, *args, **kwargs):
         if self.parent.name == "parts":
             writes["part"] += 1
             if where == "part" and writes["part"] == 3:
@@ -264,7 +263,7 @@ def test_a_read_only_output_folder_is_refused_before_any_work(smears, tmp_path, 
     if os.geteuid() == 0:  # root writes through mode bits: make the probe see what a user sees
         real_mkstemp = tempfile.mkstemp
 
-        def mkstemp(*args, dir=None, **kwargs):  # noqa: ANN001, A002
+        def mkstemp(*args, dir=None, **kwargs):
             if dir is not None and Path(dir).is_relative_to(out):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             return real_mkstemp(*args, dir=dir, **kwargs)

@@ -222,12 +222,11 @@ def report_html(
         failed_rows = "".join(f"<tr><td>{esc(n)}</td><td>{esc(e)}</td></tr>" for n, e in failures)
         failed = (f"<h2>Failed images ({len(failures)})</h2><table class=\"failed\">"
                   f"<tr><th>image</th><th>error</th></tr>{failed_rows}</table>")
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1><p>Objects are outlined in their class colours.</p><div class=\"summary\"><table>" + info_rows + "</table>"
-        "<table><tr><th>class</th><th>total</th><th>per image</th><th>share</th></tr>"
-        + "".join(rows) + "</table>" + bar_chart_svg(totals, class_set) + "</div>"
-        + failed + f"<h2>Images ({n_images})</h2><div class=\"gallery\">" + "".join(figures)
-        + "</div></body></html>\n"
-    )
+    head = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>")
+    summary = (f"<h1>{esc(title)}</h1><p>Objects are outlined in their class colours.</p>"
+               f'<div class="summary"><table>{info_rows}</table><table><tr><th>class</th>'
+               f"<th>total</th><th>per image</th><th>share</th></tr>{''.join(rows)}</table>"
+               f"{bar_chart_svg(totals, class_set)}</div>")
+    gallery = f'<h2>Images ({n_images})</h2><div class="gallery">{"".join(figures)}</div>'
+    return head + summary + failed + gallery + "</body></html>\n"
