@@ -181,7 +181,7 @@ def test_failures_csv_lists_each_bad_image_with_its_error(smear_folder, tmp_path
     folder, truth = smear_folder
     (folder / "truncated.png").write_bytes((folder / "smear_1.png").read_bytes()[:300])
     tifffile.imwrite(folder / "stack.tif", np.zeros((3, 40, 50), np.uint8),
-                     metadata={"axes": "ZYX"})
+                     photometric="minisblack", metadata={"axes": "ZYX"})
     (folder / "empty.jpg").write_bytes(b"")
     out = tmp_path / "out"
     assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 3
