@@ -300,3 +300,33 @@ def test_inputs_sharing_a_name_or_stem_are_refused(tmp_path, capsys):
                      "-o", str(tmp_path / "o")]) == 2
         assert f"two inputs share the {what}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_box_models_keep_their_boxes_and_scores_through_the_parts(smear_folder, tmp_path):
+    """A CenterNet box model: boxes live only in the COCO entries, so the per-image parts must
+    carry them (with scores) into the merged file and the counts."""
+    from napari_cellquant.batch import collect_images, predict_images
+    from napari_cellquant.core.io.coco import coco_dict
+    from napari_cellquant.core.io.counts import write_counts_csv
+    from napari_cellquant.core.io.images import read_image
+    from napari_cellquant.core.predict import load_model, predict
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = load_model("net-detector", "cpu", weights="random")
+    model.card.postprocess = {**model.card.postprocess, "threshold": 0.0}  # random net: keep all
+    folder, _ = smear_folder
+    images = collect_images([folder])
+    predict_images(images, model, tmp_path / "out", tile=128, diameter=30)
+    direct = []
+    for path in images:
+        annotation = predict(read_image(path), model, tile=128, diameter=30)
+        annotation.image_name = path.name
+        direct.append(annotation)
+    assert all(len(a.boxes) for a in direct)
+    merged = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    expected = coco_dict(direct, encoding="rle")
+    assert merged["annotations"] == expected["annotations"]
+    assert all(a["attributes"]["box_only"] and "score" in a for a in merged["annotations"])
+    write_counts_csv(direct, tmp_path / "direct.csv")
+    assert (tmp_path / "out" / "counts.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
