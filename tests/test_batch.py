@@ -87,6 +87,7 @@ def test_a_rerun_resumes_and_leaves_complete_outputs_alone(smear_folder, tmp_pat
     folder, _ = smear_folder
     out = tmp_path / "out"
     assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out)]) == 0
+    (out / ".notes.v1.tmp").write_text("a user's file that looks like a temporary")
     before = snapshot(out)
     masks_written = {p.name: p.stat().st_mtime_ns for p in (out / "masks").glob("*.tif")}
     capsys.readouterr()

@@ -56,8 +56,10 @@ FAILURE_COLUMNS = ("image", "path", "error")
 PART_FORMAT = 1
 #: Below this much free space a run is refused before any work (it would fail part way).
 MIN_FREE_BYTES = 16 * 2**20
-# atomic_path's temporaries: ".<name>.<random>.tmp<suffix>"; a killed run can leave them.
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
+_PROBE_PREFIX = ".cellquant-probe-"
+# atomic_path's temporaries (".<name>.<random>.tmp<suffix>") and our write probes: a killed
+# run can leave them behind.
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9]+)?$")
 
 
 class RunMismatchError(OutputExistsError):
@@ -158,7 +160,7 @@ class OutputFolder:
             raise OutputError(f"{path}: is a file, not an output folder")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=path, prefix=".cellquant-probe-")
+            fd, probe = tempfile.mkstemp(dir=path, prefix=_PROBE_PREFIX)
             try:
                 os.write(fd, b"probe")
             finally:
@@ -190,11 +192,18 @@ class OutputFolder:
 
     def _remove_temporaries(self) -> None:
         """Temporary files a killed run left beside its targets (never a complete output)."""
-        for folder in (self.root, self.masks, self.parts):
-            if folder.is_dir():
-                for path in folder.iterdir():
-                    if _TEMPORARY.match(path.name) and path.is_file():
-                        path.unlink(missing_ok=True)
+        ours = {self.root: lambda name: name in RUN_FILES,
+                self.masks: lambda name: name == "classes.json" or name.endswith(
+                    ("_instances.tif", "_classes.tif")),
+                self.parts: lambda name: name.endswith(".json")}
+        for folder, is_ours in ours.items():
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                match = _TEMPORARY.match(path.name)
+                if (path.name.startswith(_PROBE_PREFIX) or (match and is_ours(match["target"]))
+                        ) and path.is_file():
+                    path.unlink(missing_ok=True)
 
     def _discard_parts(self) -> None:
         """Forget the per-image results of an earlier run (and the mask files they list)."""
