@@ -39,7 +39,7 @@ from scipy import ndimage as ndi
 from skimage import io
 from skimage.filters import threshold_triangle
 from skimage.measure import regionprops
-from skimage.transform import rescale, resize
+from skimage.transform import rescale
 
 from napari_cellquant.core.models.registry import get_card
 from napari_cellquant.core.scale import estimate_diameter, foreground_signal, image_scale
@@ -156,7 +156,7 @@ def report_set(name: str, items, card_name: str, calibrate: bool, peer_4x: bool)
     base: dict[str, list] = {"ours": [], "peer": []}
     for factor in FACTORS:
         rows = {"ours": [], "peer": []}
-        for image_name, image, truth in items:
+        for _name, image, truth in items:
             pixels = resized(image, factor)
             if calibrate:
                 scale = image_scale(pixels, card)

@@ -37,7 +37,8 @@ def _fluorescent_disks(diameter: int, shape=(600, 800), n=40, seed=0) -> np.ndar
     rows, cols = np.mgrid[: shape[0], : shape[1]]
     placed = 0
     for _ in range(2000):
-        cy, cx = rng.uniform(diameter, shape[0] - diameter), rng.uniform(diameter, shape[1] - diameter)
+        cy = rng.uniform(diameter, shape[0] - diameter)
+        cx = rng.uniform(diameter, shape[1] - diameter)
         disk = (rows - cy) ** 2 + (cols - cx) ** 2 <= (0.75 * diameter) ** 2  # apart
         if image[disk].any():
             continue
@@ -147,19 +148,19 @@ def _matched_share(reference, other) -> float:
 def _check_same_objects(results: dict[float, list]) -> None:
     """Counts per class (summed over the images) within 5% (at least 2) of 1x, and 90% of
     the 1x objects found again with their class."""
-    def totals(annotations):
+    def totals(found_list):
         out: dict[str, int] = {}
-        for a in annotations:
+        for a in found_list:
             for name, n in a.counts().items():
                 out[name] = out.get(name, 0) + n
         return out
 
     base = totals(results[1.0])
-    for factor, annotations in results.items():
-        got = totals(annotations)
+    for factor, found_list in results.items():
+        got = totals(found_list)
         for name, n in base.items():
             assert abs(got[name] - n) <= max(2, 0.05 * n), (factor, name, got, base)
-        share = np.mean([_matched_share(a, b) for a, b in zip(results[1.0], annotations)])
+        share = np.mean([_matched_share(a, b) for a, b in zip(results[1.0], found_list)])
         assert share >= 0.9, (factor, share)
 
 
@@ -186,8 +187,8 @@ def test_blood_smears_give_the_same_objects_at_any_scale(shared_data):
     _check_same_objects(results)
     # the estimate, in RBC diameters at 1x, against single RBCs in the colour maps (37.8 px)
     true_diameter = float(np.median(truth))
-    for factor, annotations in results.items():
-        estimate = np.median([a.meta["diameter_px"] for a in annotations]) / factor
+    for factor, found_list in results.items():
+        estimate = np.median([a.meta["diameter_px"] for a in found_list]) / factor
         assert abs(estimate / true_diameter - 1) <= 0.15, (factor, estimate, true_diameter)
 
 
@@ -211,8 +212,8 @@ def test_net_images_give_the_same_objects_at_any_scale(shared_data):
                   4.0: [predict(_resized(c, 4.0), model) for c in crops]}
     _check_same_objects(results)
     _check_same_objects(results_4x)
-    for factor, annotations in results.items():
-        for found in annotations:
+    for factor, found_list in results.items():
+        for found in found_list:
             nucleus = found.meta["diameter_px"] / factor
             assert abs(nucleus / true_nucleus - 1) <= 0.15, (factor, nucleus, true_nucleus)
     # a quarter of an image holds a handful of cells: its own 1x estimate is the reference
