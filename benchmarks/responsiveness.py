@@ -44,7 +44,9 @@ def measure_widget(image: np.ndarray, model, *, tile: int, runs: int) -> list[di
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Segment")
     user_models.register(model)  # selects it in the widget's model list
     widget.tile.value = tile
-    widget.diameter.value = 0.0  # the card's scale: no resizing, the full 12 megapixels
+    # the card's own object size: zoom 1, the network sees all 12 megapixels (0 would estimate
+    # the size from the image and resample it to the model's scale first)
+    widget.diameter.value = float(model.card.typical_diameter or 0.0)
     loop = QEventLoop()
     for _ in range(20):  # let the window settle before measuring
         loop.processEvents()
@@ -156,7 +158,7 @@ def main() -> None:
     if args.no_peer:
         return
     started = time.perf_counter()
-    peer = predict(image, model, tile=args.tile)
+    peer = predict(image, model, tile=args.tile, diameter=model.card.typical_diameter)
     peer_s = time.perf_counter() - started
     print(f"\nPeer: core.predict.predict called directly, no GUI: {peer_s:8.2f} s, "
           f"{len(peer.instance_ids())} objects")
