@@ -6,7 +6,7 @@ user's image may be at any other scale. :func:`estimate_diameter` measures the t
 diameter of an image from its content, without a model, in a fraction of a second:
 
 1. The image is shrunk by block averaging so that it holds about :data:`WORKING_PIXELS`
-   pixels (a 4032 x 3024 photograph is read at 1/8 of its side).
+   pixels (a 4032 x 3024 photograph is read at 1/14 of its side).
 2. Foreground = colour (or intensity) distance to the background above the triangle
    threshold (a dominant background peak with a tail of objects; Otsu would split stained
    nuclei from pale RBCs instead). The background is the bright glass of a brightfield
@@ -15,8 +15,10 @@ diameter of an image from its content, without a model, in a fraction of a secon
 3. Each object's radius is the maximum of the Euclidean distance transform inside it (its
    largest inscribed disk); a clump of touching cells still measures one cell and counts as
    as many cells as its area holds. The diameter is twice the weighted geometric mean of
-   the middle half of the radii (objects cut by the border are left out when enough others
-   remain).
+   the radii between the 10th and 50th percentiles (:data:`BAND`: the lower half, so nuclei
+   win over the NETs around them and RBCs over the fewer, larger WBCs; the smallest tenth,
+   platelets and debris, is left out). Objects cut by the border are left out when enough
+   others remain.
 4. The first pass gives a guess; the second measures again on the image resampled so that
    the guess is :data:`TARGET_DIAMETER` pixels wide (a central crop when that exceeds
    :data:`FINE_PIXELS`), so the same content at any magnification is measured at the same
@@ -25,11 +27,14 @@ diameter of an image from its content, without a model, in a fraction of a secon
 :func:`image_scale` turns a given diameter, a pixel size or an estimate into the diameter
 a model runs with and the zoom that brings the image to the model's scale.
 
-The figure is the size of the image's dominant objects: RBCs in a blood smear, nuclei or
-cells in fluorescence. An image that is mostly something else (a field of NETs, clumps)
-gives their size, as any content-based estimate does, and so does a field packed so densely
-that the objects merge (more than :data:`MAX_FOREGROUND` of the image): the estimate then
-gives up and the model's own diameter is used. Give the diameter or the pixel size then.
+The figure is the size of the image's common objects: RBCs in a blood smear, nuclei or
+cells in fluorescence. What it reads on a card's own data may differ from the card's
+reference object (NET images: nuclei and dead cells together read 33.5 px where the
+unstimulated nucleus is 28), so a card can state that reading (:data:`ESTIMATE_KEY`) and
+:func:`image_scale` converts. Images whose small objects are many (platelets or debris over
+~15% of the objects) read low, and a field packed so densely that its cells touch in one
+mass (BCCD's photographs) has no separate objects: the estimate then gives up (None) and
+the model's own scale is used. Give the diameter or the pixel size there.
 """
 
 from __future__ import annotations
@@ -69,12 +74,13 @@ MAX_ENLARGE = 4.0
 MIN_OBJECTS = 3
 #: a foreground covering more of the image than this is one merged mass, not objects
 MAX_FOREGROUND = 0.75
+#: the weighted percentiles of the radii whose geometric mean is the typical size
+BAND = (0.1, 0.5)
 #: the ``diameter_px`` key of a model card giving what :func:`estimate_diameter` reads on
 #: the card's training data, when that differs from its reference object's diameter (e.g.
 #: NET images read larger than their nuclei: NETs and dead cells are counted too)
 ESTIMATE_KEY = "objects"
 #: how the diameter a model runs with was decided (``Annotation.meta["diameter_source"]``)
-BAND = (0.1, 0.5)
 SOURCES = ("given", "pixel_size", "estimated", "model")
 
 
@@ -328,9 +334,9 @@ def _cells(radius: np.ndarray, area: np.ndarray) -> np.ndarray:
 
 def _typical_diameter(radius: np.ndarray, area: np.ndarray) -> float:
     """Typical diameter of the cells (clumps count as the cells they hold): the weighted
-    geometric mean of the middle half of the radii, steadier than the median when a few
-    dozen objects fall in two or three size groups."""
-    typical = _weighted_interquartile_mean(np.log(radius), _cells(radius, area), *BAND)
+    geometric mean of the radii in :data:`BAND`, steadier than a median when a few dozen
+    objects fall in two or three size groups."""
+    typical = _weighted_band_mean(np.log(radius), _cells(radius, area), *BAND)
     # the distance transform's maximum in a digital disk of diameter d is about d / 2 + 0.5
     return max(2.0 * float(np.exp(typical)) - 1.0, 1.0)
 
@@ -348,9 +354,9 @@ def _at_scale(pixels: np.ndarray, zoom: float) -> tuple[np.ndarray, float]:
     return small, small.shape[0] / crop.shape[0]
 
 
-def _weighted_interquartile_mean(values: np.ndarray, weights: np.ndarray, low: float = 0.25,
-                                 high: float = 0.75) -> float:
-    """Weighted mean of the values between the weighted 25th and 75th percentiles."""
+def _weighted_band_mean(values: np.ndarray, weights: np.ndarray, low: float,
+                        high: float) -> float:
+    """Weighted mean of the values between the weighted ``low`` and ``high`` quantiles."""
     order = np.argsort(values)
     values, weights = values[order], weights[order]
     upper = np.cumsum(weights) / weights.sum()
