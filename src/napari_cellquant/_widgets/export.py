@@ -98,10 +98,12 @@ class ExportWidget(Container):
                 if isinstance(layer, Labels | Shapes)]
 
     def _refresh_layers(self, event: Any = None) -> None:
+        """Keep the choice when layers come and go; a new layer is chosen at once, and all of
+        them at first."""
         chosen = list(self.layers.value)
         self.layers.reset_choices()
-        if event is None or event.type == "inserted":  # a new layer is chosen at once
-            chosen.append(getattr(event, "value", None))
+        if event is not None and event.type == "inserted":
+            chosen.append(event.value)
         available = [layer for _, layer in self._layer_choices()]
         self.layers.value = [layer for layer in available if any(layer is c for c in chosen)
                              ] or available

@@ -64,6 +64,7 @@ class SegmentWidget(Container):
         self.worker: Any = None  # the running (or last) thread worker
         self._progress: Any = None
         self._busy = False
+        self._run_over = False
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=False)
         self.model = ComboBox(label="model", choices=self._model_choices)
@@ -76,7 +77,9 @@ class SegmentWidget(Container):
             tooltip="Typical object diameter (a red cell, a nucleus) in pixels; "
                     "0 = estimate it from the image",
         )
-        self.thresholds = Container(label="thresholds", labels=True)
+        # the card's settings, rebuilt when the model changes (labelled by their own names)
+        self.thresholds = Container(label="", labels=True,
+                                    tooltip="The model card's thresholds and parameters")
         self.keep_previous = CheckBox(text="keep previous result", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -172,10 +175,10 @@ class SegmentWidget(Container):
         worker = create_worker(_segment, _start_thread=False, **job)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._show_result)
-        worker.aborted.connect(lambda: self._set_status("cancelled: no layer changed"))
+        worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self.worker = worker
-        self._busy = True
+        self._busy, self._run_over = True, False
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self._set_status(f"running {job['card'].name} on {job['layer_name']}...")
@@ -218,6 +221,8 @@ class SegmentWidget(Container):
         return job
 
     def _on_progress(self, step: tuple[int, int]) -> None:
+        if self._run_over:  # Qt may deliver the last step after the result or the cancel
+            return
         done, total = step
         if self._progress is None:
             from napari.utils import progress
@@ -228,7 +233,12 @@ class SegmentWidget(Container):
         self._progress.update(done - self._progress.n)
         self._set_status(f"step {done} of {total}")
 
+    def _on_aborted(self) -> None:
+        self._run_over = True
+        self._set_status("cancelled: no layer changed")
+
     def _show_result(self, result: Any) -> None:
+        self._run_over = True
         if isinstance(result, Failed):
             self._set_status("failed: no layer changed")
             _show_error(f"Segment failed: {result.message}")
