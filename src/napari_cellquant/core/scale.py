@@ -84,6 +84,9 @@ BAND = (0.1, 0.5)
 #: the card's training data, when that differs from its reference object's diameter (e.g.
 #: NET images read larger than their nuclei: NETs and dead cells are counted too)
 ESTIMATE_KEY = "objects"
+#: zooms closer to 1 than this are not applied: the networks are trained with 0.8-1.25
+#: scale jitter, and a per-image estimate on a small image varies by about this much
+NO_ZOOM = 0.1
 #: how the diameter a model runs with was decided (``Annotation.meta["diameter_source"]``)
 SOURCES = ("given", "pixel_size", "estimated", "model")
 
@@ -169,7 +172,8 @@ class ImageScale:
         image is taken to be at the model's scale).
     zoom
         Factor that brings the image to the model's scale: the card's diameter / ``diameter``
-        (1 when they differ by under 5%, so that nothing is resampled for nothing).
+        (1 when they differ by under :data:`NO_ZOOM`, so that nothing is resampled for
+        nothing).
     estimate
         The measurement, when the diameter was estimated.
     """
@@ -238,7 +242,7 @@ def image_scale(
             reads = float(card.diameter_px.get(ESTIMATE_KEY, reference))
             value, source = estimate.diameter * reference / reads, "estimated"
     zoom = reference / value
-    if abs(zoom - 1.0) < 0.05:
+    if abs(zoom - 1.0) < NO_ZOOM:
         zoom = 1.0
     log.info("object diameter %.1f px (%s); %s's own scale: %g px", value, _SAID[source],
              card.name, reference)
