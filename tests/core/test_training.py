@@ -337,6 +337,19 @@ def test_real_data_maps_onto_the_bundled_class_sets(shared_data):
     assert sorted(len(s.boxes) for s in samples) == [16, 27]
 
 
+def test_napari_layers_become_training_samples(tmp_path):
+    """Corrected napari layers (Labels with class features) train like files do."""
+    from napari_cellquant._layers import annotation_to_layer_data, layer_data_to_annotation
+
+    image, truth = synthetic_blood_smear((64, 64), seed=4, rbc_radius=9)
+    layers = annotation_to_layer_data(truth)
+    (annotation,) = layer_data_to_annotation(layers)
+    card = ModelCard.load(dense_card(tmp_path, "blood3", 3, name="coarse"))
+    sample = make_sample(image, annotation, card)
+    rbc = np.isin(truth.class_map(), [BLOOD10.id_of("healthy_rbc"), BLOOD10.id_of("infected_rbc")])
+    assert np.array_equal(sample.classes == BLOOD3.id_of("rbc"), rbc)
+
+
 def test_cli_train_writes_weights_and_card_that_predict_accepts(smear, tmp_path, capsys):
     image, annotation = smear
     (tmp_path / "images").mkdir()
@@ -363,3 +376,24 @@ def test_cli_train_writes_weights_and_card_that_predict_accepts(smear, tmp_path,
     code = cli_main(["train", "--images", str(tmp_path / "images"), "--annotations",
                      str(tmp_path / "labels"), "--model", card, "-o", str(out)])
     assert code == 1 and "already exists" in capsys.readouterr().err
+
+
+# --- the bundled models -----------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "figure"), [("blood-unet", "mean_iou"),
+                                              ("net-detector", "ap50_net")])
+def test_bundled_models_are_small_measured_and_run(name, figure):
+    from napari_cellquant.core.models.registry import BUNDLED_DIR, get_card, weights_status
+
+    card = get_card(name)
+    assert weights_status(card) == "bundled"
+    weights = BUNDLED_DIR / card.weights.file
+    assert weights.stat().st_size <= 10 * 2**20
+    held_out = card.metrics["held_out"]
+    assert held_out["scheme"] in ("3-fold", "leave-one-image-out")
+    assert 0.0 <= held_out[figure] <= 1.0
+    assert card.metrics["per_fold"] and card.training["script"] == "scripts/train_bundled.py"
+    model = load_model(name, "cpu")  # the sha256 in the card is checked here
+    image, _ = synthetic_blood_smear((64, 64), seed=2) if name == "blood-unet" else \
+        fluorescent_nuclei()
+    found = predict(image, model)
+    assert found.class_set.name == card.class_set and found.shape == image.shape[:2]
