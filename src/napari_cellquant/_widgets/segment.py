@@ -221,9 +221,12 @@ class SegmentWidget(Container):
         return job
 
     def _on_progress(self, step: tuple[int, int]) -> None:
-        if self._run_over:  # Qt may deliver the last step after the result or the cancel
+        if self._run_over:  # a step delivered after the result or the cancel
             return
         done, total = step
+        # status first: napari's progress bar processes events while it updates, so the
+        # result (or the cancel) may be handled inside the update and must have the last word
+        self._set_status(f"step {done} of {total}")
         if self._progress is None:
             from napari.utils import progress
 
@@ -231,7 +234,6 @@ class SegmentWidget(Container):
         if self._progress.total != total:
             self._progress.total = total
         self._progress.update(done - self._progress.n)
-        self._set_status(f"step {done} of {total}")
 
     def _on_aborted(self) -> None:
         self._run_over = True
