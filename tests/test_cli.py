@@ -116,3 +116,57 @@ def test_net_voc_folder_to_coco_keeps_boxes(shared_data, tmp_path, capsys):
         order_b = np.lexsort(ref.boxes.xywh.T)
         np.testing.assert_allclose(ann.boxes.xywh[order_a], ref.boxes.xywh[order_b], atol=1.0)
         assert ann.boxes.class_ids[order_a].tolist() == ref.boxes.class_ids[order_b].tolist()
+
+
+def test_models_lists_every_model_with_task_classes_scale_and_weights(capsys):
+    from napari_cellquant.core.models.registry import builtin_cards
+
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "kind", "task", "classes"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert set(rows) == set(builtin_cards())
+    expected = {"blood-classical": ("blood3", "none"), "blood-unet": ("blood10", "bundled"),
+                "fluo-classical": ("cell", "none"), "fluo-resunet": ("cell", "missing"),
+                "net-classical": ("net4", "none"), "net-detector": ("net4", "bundled")}
+    for name, (class_set, weights) in expected.items():
+        words = rows[name].split()
+        assert class_set in words and weights in words, rows[name]
+    assert "rbc 38" in rows["blood-unet"] and "nucleus 28" in rows["net-detector"]
+    # a red cell is 7.5 um: the blood models' own pixel size follows from their RBC diameter
+    assert f"{7.5 / 38:.3g}" in rows["blood-unet"].split()
+    assert "-" in rows["net-detector"].split()
+
+
+def test_predict_uses_the_weights_file_it_is_given(tmp_path, capsys):
+    """--weights replaces the bundled weights: a copy whose class head calls every pixel
+    background finds nothing where the bundled weights find the smear's cells."""
+    import torch
+    from skimage.io import imsave
+
+    from napari_cellquant.core.models.registry import get_card, resolve_weights
+    from napari_cellquant.core.synthetic import synthetic_blood_smear
+
+    pixels, _ = synthetic_blood_smear(shape=(160, 160), seed=3, rbc_radius=19)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    imsave(folder / "smear.png", pixels, check_contrast=False)
+    state = torch.load(resolve_weights(get_card("blood-unet")), weights_only=True)
+    state = dict(state.get("state_dict", state))
+    state["heads.classes.weight"] = torch.zeros_like(state["heads.classes.weight"])
+    state["heads.classes.bias"] = torch.tensor([50.0] + [0.0] * 9)  # background everywhere
+    blank = tmp_path / "blank.pt"
+    torch.save(state, blank)
+
+    def found(out: str, *extra: str) -> int:
+        assert main(["predict", str(folder), "-m", "blood-unet", "-o", str(tmp_path / out),
+                     "--diameter", "38", "--device", "cpu", *extra]) == 0
+        return len(json.loads((tmp_path / out / "annotations.json").read_text())["annotations"])
+
+    assert found("bundled") > 5
+    assert found("blank", "--weights", str(blank)) == 0
+    capsys.readouterr()
+    # a weights file that does not exist is a usage error, named
+    assert main(["predict", str(folder), "-m", "blood-unet", "-o", str(tmp_path / "x"),
+                 "--weights", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt does not exist" in capsys.readouterr().err

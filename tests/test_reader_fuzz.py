@@ -67,6 +67,7 @@ def _check(reader: Callable[[Path], object], path: Path) -> None:
         reader(path)
     except CellquantError as exc:
         assert str(exc), "an error without a message"
+        assert path.name in str(exc), f"the error does not name the file: {exc}"
     # any other exception propagates and fails the test, with hypothesis's minimal example
 
 

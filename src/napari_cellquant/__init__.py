@@ -18,6 +18,8 @@ _LAZY = {
     "read_annotations": "napari_cellquant.core.io",
     "write_annotations": "napari_cellquant.core.io",
     "read_image": "napari_cellquant.core.io.images",
+    "load_model": "napari_cellquant.core.predict",
+    "predict": "napari_cellquant.core.predict",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -39,12 +39,16 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from .core.models.registry import builtin_cards, weights_status
+    from .core.scale import expected_pixel_size_um
 
-    rows = [("name", "kind", "task", "classes", "diameter px", "weights", "description")]
+    rows = [("name", "kind", "task", "classes", "diameter px", "pixel um", "weights",
+             "description")]
     for card in builtin_cards().values():
         diameter = ", ".join(f"{k} {v:g}" for k, v in card.diameter_px.items()) or "-"
+        pixel = expected_pixel_size_um(card)
         rows.append((card.name, card.kind, card.task, card.class_set, diameter,
-                     weights_status(card), card.description))
+                     "-" if pixel is None else f"{pixel:.3g}", weights_status(card),
+                     card.description))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])

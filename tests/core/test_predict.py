@@ -36,14 +36,32 @@ def test_learned_model_with_random_weights_gives_an_annotation_on_the_input_grid
     assert all(result.origins[i] == "model" for i in result.classes)
 
 
-def test_box_model_returns_boxes_in_image_pixels(smear):
-    pixels, _ = smear
-    model = load_model("net-detector", "cpu", weights="random")
-    result = predict(pixels, model, tile=128)
-    assert result.shape == pixels.shape[:2] and result.class_set.name == "net4"
-    if len(result.boxes):
-        x, y, w, h = result.boxes.xywh.T
-        assert (x >= -w).all() and (x <= pixels.shape[1]).all() and (y <= pixels.shape[0]).all()
+def test_box_model_returns_boxes_in_image_pixels():
+    """The bundled detector on the bundled NET sample, shrunk to half size: boxes come back in
+    the half-size image's pixels, inside it, with net4 classes and scores."""
+    from importlib.resources import files
+
+    from skimage.transform import rescale
+
+    from napari_cellquant.core.io.images import read_image
+
+    full = read_image(files("napari_cellquant.samples") / "K.Fiok3_1Per2h006_scale.jpg")
+    half = (rescale(full, 0.5, channel_axis=-1, anti_aliasing=True) * 255).astype(np.uint8)
+    model = load_model("net-detector", "cpu")
+    at_full = predict(full, model, diameter="model")
+    at_half = predict(half, model)  # the nuclei are half the size: found by the estimate
+    assert at_half.shape == half.shape[:2] and at_half.class_set.name == "net4"
+    assert at_half.meta["diameter_source"] == "estimated"
+    assert len(at_full.boxes) >= 5 and len(at_half.boxes) >= 0.6 * len(at_full.boxes)
+    x, y, w, h = at_half.boxes.xywh.T
+    assert (w > 0).all() and (h > 0).all()
+    assert (x >= -1).all() and (y >= -1).all()
+    assert (x + w <= half.shape[1] + 1).all() and (y + h <= half.shape[0] + 1).all()
+    assert set(at_half.boxes.class_ids) <= {1, 2, 3, 4}
+    assert ((at_half.boxes.scores > 0) & (at_half.boxes.scores <= 1)).all()
+    # the same cells: the half-size boxes are about half the full-size ones
+    ratio = np.median(at_half.boxes.xywh[:, 2]) / np.median(at_full.boxes.xywh[:, 2])
+    assert 0.35 < ratio < 0.7
 
 
 def test_cancel_stops_with_cancelled_error(smear):
@@ -143,3 +161,12 @@ def test_corrupt_weights_are_a_clear_error(tmp_path):
 def test_image_of_wrong_dimensions_is_rejected(shape):
     with pytest.raises(InputError, match="2-D image"):
         predict(np.zeros(shape), load_model("blood-classical"))
+
+
+def test_load_model_and_predict_are_the_package_api():
+    import napari_cellquant
+    from napari_cellquant.core import predict as core_predict
+
+    assert napari_cellquant.load_model is core_predict.load_model
+    assert napari_cellquant.predict is core_predict.predict
+    assert {"load_model", "predict"} <= set(napari_cellquant.__all__)

@@ -104,9 +104,13 @@ def test_given_model_pixel_size_and_estimated_scales():
     assert estimated.source == "estimated" and estimated.estimate is not None
     assert estimated.diameter == pytest.approx(estimated.estimate.diameter * 38 / 37)
     assert 1.8 < estimated.zoom < 2.4  # RBCs of ~16 px brought to ~37
-    # a pixel size counts only when the card states its own
-    assert image_scale(pixels, card, pixel_size_um=0.25).source == "estimated"
-    sized = replace(card, pixel_size_um=0.1)
+    # a red cell is 7.5 um in every lab: a pixel size sets the RBC diameter without the card's
+    by_rbc = image_scale(pixels, card, pixel_size_um=0.25)
+    assert (by_rbc.source, by_rbc.diameter) == ("pixel_size", pytest.approx(7.5 / 0.25))
+    # an object with no fixed physical size needs the card's own pixel size
+    nuclei = replace(card, diameter_px={"nucleus": 38.0, "objects": 37.0})
+    assert image_scale(pixels, nuclei, pixel_size_um=0.25).source == "estimated"
+    sized = replace(nuclei, pixel_size_um=0.1)
     by_size = image_scale(pixels, sized, pixel_size_um=0.25)
     assert by_size.source == "pixel_size"
     assert by_size.diameter == pytest.approx(38 * 0.1 / 0.25)

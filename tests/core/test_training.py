@@ -397,3 +397,19 @@ def test_bundled_models_are_small_measured_and_run(name, figure):
         fluorescent_nuclei()
     found = predict(image, model)
     assert found.class_set.name == card.class_set and found.shape == image.shape[:2]
+
+
+def test_training_images_that_do_not_fit_their_labels_are_refused(tmp_path):
+    from skimage.io import imsave
+
+    masks, images = tmp_path / "masks", tmp_path / "images"
+    masks.mkdir()
+    images.mkdir()
+    labels = np.zeros((32, 40), np.uint16)
+    labels[4:12, 5:15] = 1
+    tifffile.imwrite(masks / "cells_instances.tif", labels)
+    tifffile.imwrite(masks / "cells_classes.tif", (labels > 0).astype(np.uint8))
+    imsave(images / "cells.png", np.zeros((32, 48, 3), np.uint8), check_contrast=False)
+    with pytest.raises(InputError, match=r"label shape \(32, 40\) differs from image shape "
+                       r"\(32, 48\)"):
+        load_training_pairs(images, masks)

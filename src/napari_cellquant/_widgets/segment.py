@@ -248,7 +248,8 @@ class SegmentWidget(Container):
         annotation, layer_data = result
         layers = show_layers(self._viewer, layer_data, replace=not self.keep_previous.value)
         n = len(annotation.instance_ids()) + len(annotation.boxes)
-        self._set_status(f"{n} objects -> {', '.join(layer.name for layer in layers)}")
+        self._set_status(f"{n} objects -> {', '.join(layer.name for layer in layers)}"
+                         f"{_scale_text(annotation.meta)}")
 
     def _on_finished(self) -> None:
         self._busy = False
@@ -295,6 +296,17 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
         log.debug("Segment failed", exc_info=True)
         return Failed(exc)
     return annotation, [_with_colormap_model(item) for item in layer_data]
+
+
+def _scale_text(meta: dict[str, Any]) -> str:
+    """What the run took the object size to be, so an estimate is never silent."""
+    diameter = meta.get("diameter_px")
+    if diameter is None or not np.isfinite(diameter):
+        return ""
+    source = meta.get("diameter_source", "")
+    said = {"estimated": "estimated", "pixel_size": "from the pixel size",
+            "model": "the model's scale", "given": "given"}.get(source, source)
+    return f" (diameter {diameter:.1f} px, {said})"
 
 
 def _with_colormap_model(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:

@@ -212,7 +212,7 @@ class TrainWidget(Container):
         self.worker = worker
         self.result = None
         self._last_event = None
-        self._busy = True
+        self._busy, self._run_over = True, False
         self.train_button.enabled = False
         self.cancel_button.enabled = True
         self.loss_plot.clear()
@@ -274,14 +274,11 @@ class TrainWidget(Container):
 
     # --- events from the worker ---------------------------------------------------------
     def _on_event(self, event: TrainingEvent) -> None:
-        self._last_event = event
-        if self._progress is None:
-            from napari.utils import progress
-
-            self._progress = progress(total=event.total_steps, desc="Train")
-        self._progress.update(event.step - self._progress.n)
         if event.phase == "step" and event.loss is not None:
             self.loss_plot.add(event.loss)
+        if self._run_over:  # Qt may deliver the last step after the result or the cancel
+            return
+        self._last_event = event
         text = f"epoch {max(event.epoch, 1)}/{event.epochs}, step {event.step}/{event.total_steps}"
         if event.loss is not None:
             text += f", loss {event.loss:.4g}"
@@ -290,8 +287,16 @@ class TrainWidget(Container):
         if event.phase == "start" and event.base_score is not None:
             text += f", base validation {event.base_score:.3f}"
         self._set_status(text)
+        # last: napari's progress bar processes pending events, so the cancel or the result
+        # may be handled inside this call, and its status must not be overwritten after it
+        if self._progress is None:
+            from napari.utils import progress
+
+            self._progress = progress(total=event.total_steps, desc="Train")
+        self._progress.update(event.step - self._progress.n)
 
     def _on_returned(self, result: TrainingResult | Failed) -> None:
+        self._run_over = True
         if isinstance(result, Failed):
             self._set_status("failed")
             _notify_error(f"Train failed: {result.message}")
@@ -308,6 +313,7 @@ class TrainWidget(Container):
             _notify_warning(f"Train: {message}")
 
     def _on_aborted(self) -> None:
+        self._run_over = True
         event = self._last_event
         if event is not None and event.checkpoint is not None:
             card = Path(event.checkpoint).with_suffix(".json")

@@ -207,8 +207,9 @@ def image_scale(
         take it from ``pixel_size_um``); ``"model"`` when the image is known to be at the
         model's scale (no estimate, no resampling).
     pixel_size_um
-        The image's pixel size in micrometres (a napari layer's scale); used when the card
-        states its own pixel size, ahead of an estimate.
+        The image's pixel size in micrometres (a napari layer's scale); used ahead of an
+        estimate when the card states its own pixel size, or its reference object has a
+        known physical size (:data:`PHYSICAL_DIAMETER_UM`).
     """
     reference = card.typical_diameter or card.params.get("diameter")
     if reference is None:  # a card that says nothing of scale runs every image as it is
@@ -224,10 +225,10 @@ def image_scale(
         value, source = float(diameter), "given"
         if not math.isfinite(value) or value <= 0:
             raise InputError(None, f"diameter must be a positive number of pixels, got {diameter}")
-    elif pixel_size_um is not None and card.pixel_size_um:
+    elif pixel_size_um is not None and _reference_um(card) is not None:
         if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
             raise InputError(None, f"pixel size must be positive, got {pixel_size_um} um")
-        value, source = reference * float(card.pixel_size_um) / float(pixel_size_um), "pixel_size"
+        value, source = float(_reference_um(card)) / float(pixel_size_um), "pixel_size"
     else:
         if pixel_size_um is not None:
             log.info("%s states no pixel size: estimating the diameter instead", card.name)
@@ -247,6 +248,27 @@ def image_scale(
     log.info("object diameter %.1f px (%s); %s's own scale: %g px", value, _SAID[source],
              card.name, reference)
     return ImageScale(value, source, zoom, estimate)
+
+
+#: Diameters of reference objects that are the same in every lab's images: a human red cell is
+#: 7.5 um across in a dried smear. With it, a layer's physical scale sets the size even when a
+#: card does not know the pixel size of its training data (the blood sets do not state one).
+PHYSICAL_DIAMETER_UM = {"rbc": 7.5}
+
+
+def _reference_um(card: ModelCard) -> float | None:
+    """The card's reference object diameter in micrometres, when it can be known."""
+    reference = card.typical_diameter
+    if card.pixel_size_um and reference:
+        return float(reference) * float(card.pixel_size_um)
+    group = next(iter(card.diameter_px), None)
+    return PHYSICAL_DIAMETER_UM.get(group) if group else None
+
+
+def expected_pixel_size_um(card: ModelCard) -> float | None:
+    """The pixel size (um) of the model's own scale: stated, or implied by its reference."""
+    reference_um, reference_px = _reference_um(card), card.typical_diameter
+    return reference_um / float(reference_px) if reference_um and reference_px else None
 
 
 _SAID = {"given": "given", "pixel_size": "from the pixel size", "estimated": "estimated",

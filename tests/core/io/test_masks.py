@@ -447,6 +447,22 @@ def test_masks_folder_shape_mismatch_names_both_files(tmp_path):
         read_masks_folder(tmp_path)
 
 
+def test_masks_whose_image_beside_them_differs_in_shape_are_refused(tmp_path):
+    from skimage.io import imsave
+
+    labels = np.zeros((6, 8), np.uint16)
+    labels[1:4, 2:5] = 1
+    _pair(tmp_path, "cells", labels, (labels > 0).astype(np.uint8))
+    imsave(tmp_path / "cells.png", np.zeros((6, 8, 3), np.uint8), check_contrast=False)
+    (found,) = read_masks_folder(tmp_path)
+    assert found.image_path == tmp_path / "cells.png"
+    imsave(tmp_path / "cells.png", np.zeros((7, 8, 3), np.uint8), check_contrast=False)
+    with pytest.raises(InputError, match=r"label shape \(6, 8\) differs from image shape "
+                       r"\(7, 8\)") as info:
+        read_masks_folder(tmp_path)
+    assert str(info.value.source).endswith("cells_instances.tif")
+
+
 def test_masks_folder_errors(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         read_masks_folder(tmp_path / "nothing")

@@ -43,7 +43,7 @@ from ..annotation import Annotation
 from ..classes import CELL, CLASS_SETS, ClassSet
 from ..errors import CellquantError, InputError, OutputExistsError
 from .atomic import atomic_path
-from .images import find_image, read_image
+from .images import find_image, image_shape, read_image
 
 log = logging.getLogger(__name__)
 
@@ -758,6 +758,12 @@ def _name_image(annotation: Annotation, folder: Path, recorded: dict[str, str]) 
         if found is not None:
             annotation.image_name = found.name
     if found is not None and found.stem == stem:
+        try:
+            shape = image_shape(found)
+        except InputError as exc:  # the masks stand on their own; the image fails when read
+            log.warning("masks of %s: %s", stem, exc)
+        else:
+            check_shape_matches(annotation, shape, annotation.meta.get("source"))
         annotation.image_path = found
 
 

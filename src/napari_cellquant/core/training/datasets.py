@@ -99,6 +99,7 @@ def load_training_pairs(
     """
     from ..io import read_annotations
     from ..io.images import find_image, read_image
+    from ..io.masks import check_shape_matches
 
     found = read_annotations(annotations, class_set=class_set, images_dir=images)
     if not found:
@@ -115,9 +116,7 @@ def load_training_pairs(
             raise InputError(annotations, f"image {annotation.image_name!r} not found in {where} "
                              "(pass --images DIR)")
         image = read_image(path)
-        if tuple(image.shape[:2]) != annotation.shape:
-            raise InputError(path, f"image is {image.shape[1]}x{image.shape[0]} but its "
-                             f"annotation is {annotation.shape[1]}x{annotation.shape[0]}")
+        check_shape_matches(annotation, image.shape, annotation.meta.get("source", annotations))
         annotation.image_path = Path(path)
         pairs.append((image, annotation))
     return pairs
