@@ -251,3 +251,27 @@ def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
     assert boxes.nshapes == 2 and len(boxes.features) == 2
     for colour, class_id in zip(boxes.edge_color, boxes.features["class"], strict=True):
         np.testing.assert_allclose(colour, class_rgba(NET4, int(class_id)))
+
+
+def test_the_object_size_comes_from_a_layer_in_micrometres_and_is_shown(
+    qtbot, make_napari_viewer, smear
+):
+    """A red cell is 7.5 um: a layer with a physical scale needs no diameter, and the status
+    says what the run took it to be; without one, the estimate is shown."""
+    image, truth = smear
+    viewer = make_napari_viewer()
+    sized = viewer.add_image(image, name="sized", rgb=True, scale=(0.25, 0.25),
+                             units=("um", "um"))
+    plain = viewer.add_image(image, name="plain", rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    widget.model.value = "blood-classical"
+    widget.diameter.value = 0.0
+    widget.image.value = sized
+    _run(qtbot, widget)
+    assert "(diameter 30.0 px, from the pixel size)" in widget.status.value, widget.status.value
+    true_rbc = truth.counts()["healthy_rbc"] + truth.counts()["infected_rbc"]
+    found = viewer.layers["sized instances"].features
+    assert abs((found["class_name"] == "rbc").sum() - true_rbc) <= 0.2 * true_rbc
+    widget.image.value = plain
+    _run(qtbot, widget)
+    assert "px, estimated)" in widget.status.value, widget.status.value
