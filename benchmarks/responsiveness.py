@@ -2,8 +2,8 @@
 
 Opens a real napari viewer (run it under Xvfb on a machine without a screen), adds a
 synthetic Giemsa smear, opens Segment through the manifest as a user would, hands it
-blood-unet with random weights (``load_model(..., weights="random")``, registered as an
-in-memory model, since no trained weights ship), and presses Run while a ``QTimer`` ticks
+blood-unet with its bundled weights (``--random-weights``: untrained ones, which find far more
+spurious objects; registered as an in-memory model), and presses Run while a ``QTimer`` ticks
 every 10 ms on the GUI thread, twice (the second run replaces the first result in place, the
 undoable path). For each run it prints the worst gap between ticks, split into the
 inference (the network's tiles), the post-processing (maps to objects and layer data, still in
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2,
                         help="widget runs; the first adds the layer, later ones replace it")
     parser.add_argument("--no-peer", action="store_true", help="skip the GUI-less peer run")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="untrained blood-unet instead of the bundled weights")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -144,8 +146,10 @@ def main() -> None:
     image, _ = synthetic_blood_smear(shape=(rows, cols), seed=0)
     made = time.perf_counter() - made
     torch.manual_seed(0)  # the same random network, hence the same objects, every time
-    model = load_model("blood-unet", args.device, weights="random")
-    print(f"blood-unet (random weights) on a {cols} x {rows} RGB smear, tile {args.tile}, "
+    model = load_model("blood-unet", args.device,
+                       weights="random" if args.random_weights else None)
+    weights = "random" if args.random_weights else "bundled"
+    print(f"blood-unet ({weights} weights) on a {cols} x {rows} RGB smear, tile {args.tile}, "
           f"device {model.device}, torch threads {torch.get_num_threads()} "
           f"(image synthesised in {made:.1f} s)")
 

@@ -202,3 +202,23 @@ def test_corrected_layer_converts_back_with_classes_and_origins(correct):
     assert ann.classes[3] == BLOOD3.id_of("wbc") and ann.origins[3] == "edited"
     assert ann.origins[16] == "drawn" and ann.classes[16] == BLOOD3.id_of("rbc")
     assert ann.origins.get(9, "file") == "model"
+
+
+def test_edits_that_outgrow_a_uint16_layer_widen_it(make_napari_viewer):
+    """Segment hands over uint16 pixels where the ids fit; a split or reclass that needs an
+    id above 65535 widens the layer instead of wrapping the id round to another object."""
+    ann = _annotation()
+    ann.labels[ann.labels == 15] = 65535  # the ring takes the largest uint16 id
+    ann.classes[65535] = ann.classes.pop(15)
+    ann.origins[65535] = ann.origins.pop(15)
+    ann.scores[65535] = ann.scores.pop(15)
+    viewer = make_napari_viewer()
+    (data, kwargs, _), = annotation_to_layer_data(ann)
+    layer = viewer.add_labels(data.astype(np.uint16), **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
+    edit = widget.split(12)
+    assert set(edit.event.result_ids) == {12, 65536}
+    assert layer.data.dtype == np.int32 and np.count_nonzero(layer.data == 65536) > 100
+    assert np.count_nonzero(layer.data == 65535) == np.count_nonzero(ann.labels == 65535)
+    f = _check_features(layer)
+    assert f.loc[65536, "class_name"] == "rbc" and f.loc[65535, "class_name"] == "wbc"

@@ -202,6 +202,22 @@ class LabelsEditor:
                 self._companions[int(i)] = companions
 
     # --- edits from the widget ----------------------------------------------------------------
+    def _fit_ids(self, largest: int) -> None:
+        """Widen the layer's pixels when an edit needs an id their type cannot hold.
+
+        Results arrive as uint16 where their ids fit (napari draws those without a colour
+        lookup); edits give objects new ids, so a long session may outgrow them.
+        """
+        data = self.layer.data
+        if np.issubdtype(data.dtype, np.integer) and largest > np.iinfo(data.dtype).max:
+            logger.info("layer %r: ids above %d, pixels widened to int32", self.layer.name,
+                        np.iinfo(data.dtype).max)
+            self._busy = True
+            try:
+                self.layer.data = data.astype(np.int32)
+            finally:
+                self._busy = False
+
     def apply(self, edit: editing.LabelEdit, *, origin_of_new: str = "edited") -> None:
         """Write ``edit`` through ``data_setitem`` (one undo step) and update the features."""
         touched = set(edit.classes) | set(edit.origins) | set(edit.removed)
@@ -209,6 +225,7 @@ class LabelsEditor:
             int(i): self._table.loc[i].to_dict() for i in touched if i in self._table.index
         }
         if edit.n_pixels:
+            self._fit_ids(int(np.max(edit.values, initial=0)))
             self._busy = True
             try:
                 with self.layer.block_history():
@@ -257,7 +274,7 @@ class LabelsEditor:
         row = self._table.loc[label_id].to_dict()
         moved = editing.LabelEdit(
             (rows + region[0].start, cols + region[1].start),
-            np.full(rows.size, new_id, dtype=self.labels.dtype),
+            np.full(rows.size, new_id, dtype=np.int64),  # may outgrow the layer: _fit_ids
             {new_id: class_id}, {}, (label_id,), edit.event,
         )
         edit.event.result_ids = [new_id]

@@ -36,7 +36,7 @@ from ..core.errors import InputError
 from ..core.models.card import ModelCard
 from ..core.models.registry import builtin_cards
 from ._models import UserModel, user_models
-from ._results import show_layers
+from ._results import build_layers, show_layers
 from ._workers import Failed, start_soon
 
 if TYPE_CHECKING:
@@ -245,8 +245,9 @@ class SegmentWidget(Container):
             self._set_status("failed: no layer changed")
             _show_error(f"Segment failed: {result.message}")
             return
-        annotation, layer_data = result
-        layers = show_layers(self._viewer, layer_data, replace=not self.keep_previous.value)
+        annotation, layer_data, prebuilt = result
+        layers = show_layers(self._viewer, layer_data, replace=not self.keep_previous.value,
+                             prebuilt=prebuilt)
         n = len(annotation.instance_ids()) + len(annotation.boxes)
         self._set_status(f"{n} objects -> {', '.join(layer.name for layer in layers)}"
                          f"{_scale_text(annotation.meta)}")
@@ -269,9 +270,10 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
              pixel_size_um: float | None, placement: dict[str, Any]):
     """Worker body: load the model, yield ``iter_predict``'s steps, build the layer data.
 
-    Returns ``(annotation, layer data tuples)``, or :class:`Failed` with the error (shown as
-    a notification). The layer data (features table, class colours) is built here, not on
-    the GUI thread: for tens of thousands of objects it takes seconds.
+    Returns ``(annotation, layer data tuples, the same as napari layers)``, or
+    :class:`Failed` with the error (shown as a notification). The layer data (features
+    table, class colours) and the layers are built here, not on the GUI thread: for tens of
+    thousands of objects it takes seconds.
     """
     from ..core.predict import Model, iter_predict, load_model
 
@@ -288,14 +290,15 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
             kwargs["pixel_size_um"] = pixel_size_um
         annotation = yield from iter_predict(pixels, model, **kwargs)
         annotation.image_name = placement["image_name"]
-        layer_data = annotation_to_layer_data(
+        layer_data = [_ready_for_napari(item) for item in annotation_to_layer_data(
             annotation, name=placement["name"], scale=placement["scale"],
             translate=placement["translate"],
-        )
+        )]
+        prebuilt = build_layers(layer_data)
     except Exception as exc:  # shown to the user; the traceback goes to the log
         log.debug("Segment failed", exc_info=True)
         return Failed(exc)
-    return annotation, [_with_colormap_model(item) for item in layer_data]
+    return annotation, layer_data, prebuilt
 
 
 def _scale_text(meta: dict[str, Any]) -> str:
@@ -309,17 +312,29 @@ def _scale_text(meta: dict[str, Any]) -> str:
     return f" (diameter {diameter:.1f} px, {said})"
 
 
-def _with_colormap_model(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:
-    """A Labels tuple with its ``{label: RGBA}`` colours as a napari ``DirectLabelColormap``.
+def _ready_for_napari(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:
+    """A Labels tuple ready for napari: uint16 pixels where the ids fit, colours as a
+    ``DirectLabelColormap``, features as a DataFrame.
 
-    napari checks every colour of a dict one by one (~40 us each) when a layer takes it;
-    building the colormap model here keeps that off the GUI thread.
+    napari checks every colour of a dict one by one (~40 us each) and builds the features
+    table (importing pandas the first time) when a layer takes them; doing both here, in the
+    worker, keeps them off the GUI thread.
     """
     data, kwargs, layer_type = item
-    if layer_type == "labels" and isinstance(kwargs.get("colormap"), dict):
-        from napari.utils.colormaps import DirectLabelColormap
+    if layer_type != "labels":
+        return item
+    import pandas as pd
+    from napari.utils.colormaps import DirectLabelColormap
 
-        kwargs = {**kwargs, "colormap": DirectLabelColormap(color_dict=kwargs["colormap"])}
+    kwargs = dict(kwargs)
+    if data.dtype.itemsize > 2 and int(data.max(initial=0)) <= np.iinfo(np.uint16).max:
+        # napari draws uint8/uint16 labels as they are, but maps wider ones through the
+        # colormap into a new texture at every refresh (0.1 s a time on 12 megapixels)
+        data = data.astype(np.uint16)
+    if isinstance(kwargs.get("colormap"), dict):
+        kwargs["colormap"] = DirectLabelColormap(color_dict=kwargs["colormap"])
+    if isinstance(kwargs.get("features"), dict):
+        kwargs["features"] = pd.DataFrame(kwargs["features"])
     return data, kwargs, layer_type
 
 

@@ -442,7 +442,7 @@ def split(
     new_ids[keeper] = label_id
     changed = mask & (new_ids[pieces] != label_id)
     local = np.nonzero(changed)
-    values = new_ids[pieces[local]].astype(labels.dtype)
+    values = new_ids[pieces[local]]  # wider than labels when new ids outgrow their type
     cls = int(classes.get(label_id, 0))
     result = [label_id, *new_ids[others].tolist()]
     event = CorrectionEvent(
