@@ -77,9 +77,6 @@ def _predict(args: argparse.Namespace) -> int:
     def report(done: int, total: int, path: Path, status: str) -> None:
         print(f"[{done}/{total}] {path.name}: {status}", file=sys.stderr)
 
-    if args.diameter is None and not args.workers:  # say what was estimated, image by image
-        _echo_log("napari_cellquant.core.scale")
-
     result = predict_images(images, spec, args.outdir, tile=args.tile, overlap=args.overlap,
                             diameter=args.diameter, overwrite=args.overwrite, force=args.force,
                             workers=args.workers or 0, scheduler=args.scheduler,
@@ -91,11 +88,6 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"{result.complete} of {len(images)} image(s) done{resumed}{failed}; results and "
           f"report.html in {args.outdir}", file=sys.stderr)
     return EXIT_PARTIAL if result.failures else EXIT_OK
-
-
-def _echo_log(name: str) -> None:
-    """Show the INFO messages of logger ``name`` on stderr even without -v."""
-    logging.getLogger(name).setLevel(logging.INFO)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -275,3 +275,20 @@ def test_the_object_size_comes_from_a_layer_in_micrometres_and_is_shown(
     widget.image.value = plain
     _run(qtbot, widget)
     assert "px, estimated)" in widget.status.value, widget.status.value
+
+
+def test_the_viewer_objects_are_out_of_the_collector_only_while_a_run_lasts(qtbot, segment):
+    import gc
+
+    from qtpy.QtCore import Qt
+
+    _, widget = segment
+    assert gc.get_freeze_count() == 0
+    frozen_during = []
+    worker = widget.run()
+    worker.yielded.connect(lambda _: frozen_during.append(gc.get_freeze_count()),
+                           Qt.ConnectionType.DirectConnection)
+    with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
+        pass
+    assert frozen_during and min(frozen_during) > 0
+    assert gc.get_freeze_count() == 0

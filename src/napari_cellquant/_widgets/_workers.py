@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any
+
+#: workers started through :func:`start_soon` that have not finished yet
+_running = 0
 
 
 def start_soon(worker: Any) -> None:
@@ -15,7 +19,31 @@ def start_soon(worker: Any) -> None:
     """
     from qtpy.QtCore import QTimer
 
+    _freeze_gc_until_finished(worker)
     QTimer.singleShot(0, worker.start)
+
+
+def _freeze_gc_until_finished(worker: Any) -> None:
+    """Keep the objects that exist now out of the garbage collector while ``worker`` runs.
+
+    A viewer holds millions of objects. A full collection over them, set off by the worker's
+    allocations, runs in the worker with the interpreter lock held: 0.2-0.3 s of frozen
+    GUI each time (measured while Segment post-processed a 3-megapixel result). Frozen, they
+    are skipped; they rejoin the collector when the last running worker finishes, so nothing
+    that became garbage meanwhile is kept for good.
+    """
+    global _running
+    if _running == 0:
+        gc.freeze()
+    _running += 1
+
+    def thaw() -> None:
+        global _running
+        _running -= 1
+        if _running == 0:
+            gc.unfreeze()
+
+    worker.finished.connect(thaw)
 
 
 @dataclass(frozen=True)

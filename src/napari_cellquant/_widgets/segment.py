@@ -59,6 +59,7 @@ class SegmentWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True)
+        _warm_layer_code()
         self._viewer = viewer
         self._builtin = builtin_cards()
         self.worker: Any = None  # the running (or last) thread worker
@@ -310,6 +311,26 @@ def _scale_text(meta: dict[str, Any]) -> str:
     said = {"estimated": "estimated", "pixel_size": "from the pixel size",
             "model": "the model's scale", "given": "given"}.get(source, source)
     return f" (diameter {diameter:.1f} px, {said})"
+
+
+_WARM = False
+
+
+def _warm_layer_code() -> None:
+    """Make one tiny result layer, once per process, while the widget opens.
+
+    The first result layer imports pandas and napari's colormap and layer code: done in the
+    worker, that held the GUI thread up for 0.1-0.3 s (imports hold the interpreter lock).
+    """
+    global _WARM
+    if _WARM:
+        return
+    from ..core.annotation import Annotation
+    from ..core.classes import CELL
+
+    tiny = Annotation(np.ones((2, 2), np.int32), CELL, classes={1: 1})
+    build_layers([_ready_for_napari(item) for item in annotation_to_layer_data(tiny)])
+    _WARM = True
 
 
 def _ready_for_napari(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:

@@ -161,8 +161,13 @@ def _record(folder: OutputFolder, image: ImageResult, result: BatchResult) -> No
 def _describe(image: ImageResult) -> str:
     assert image.annotation is not None
     counts = image.annotation.counts()
-    return f"{sum(counts.values())} objects (" + ", ".join(
+    text = f"{sum(counts.values())} objects (" + ", ".join(
         f"{name} {n}" for name, n in counts.items()) + ")"
+    diameter = image.annotation.meta.get("diameter_px")
+    if diameter is not None and diameter == diameter:  # NaN: a card that knows no scale
+        source = image.annotation.meta.get("diameter_source", "")
+        text += f", diameter {diameter:.1f} px ({source})"
+    return text
 
 
 @contextlib.contextmanager
