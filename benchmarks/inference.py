@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -61,7 +60,7 @@ def make_network(arch_name: str = "blood-unet", tiny: bool = False):
     return net
 
 
-def Unfused(net):  # noqa: N802 - a class factory, torch is imported lazily
+def Unfused(net):  # a class factory: torch is imported lazily
     import torch
 
     class _Unfused(torch.nn.Module):

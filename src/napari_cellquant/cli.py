@@ -123,7 +123,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     live = sys.stderr.isatty()
 
-    def report(event) -> None:  # noqa: ANN001 (a TrainingEvent)
+    def report(event) -> None:  # event: a core.training TrainingEvent
         best = "-" if event.best_score is None else f"{event.best_score:.3f}"
         if event.phase == "start":
             base = "none" if event.base_score is None else f"{event.base_score:.3f}"
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
