@@ -38,7 +38,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 #: training settings per model (same for every fold and for the final model)
 SETTINGS: dict[str, dict] = {
     "blood-unet": {
-        "data": "blood_smear_224", "folds": 3, "crop": 112, "batch_size": 6, "epochs": 26,
+        "data": "blood_smear_224", "folds": 3, "crop": 112, "batch_size": 6, "epochs": 40,
         "steps_per_epoch": 40, "lr": 3e-3, "scale_range": (0.85, 1.15), "seed": 0,
     },
     "net-detector": {

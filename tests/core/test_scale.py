@@ -247,9 +247,9 @@ def test_packed_bccd_fields_fall_back_on_the_model_scale(shared_data):
 
 def test_bundled_blood_unet_finds_the_same_rbcs_when_enlarged(shared_data):
     """The learned model through the same scale path: the image is brought back to the
-    network's scale, so 2x and 4x give the 1x RBCs. (Measured on these 5 images: RBCs 181 /
-    182 / 180 at 1x / 2x / 4x, 168 at 0.5x where detail is lost; WBC instances, which this
-    small network fragments, 63 / 57 / 55 and 52.)"""
+    network's scale, so 2x and 4x give the 1x RBCs. (Measured on these 5 images with the
+    earlier 26-epoch weights: RBCs 181 / 182 / 180 at 1x / 2x / 4x, 168 at 0.5x where detail
+    is lost; WBC instances, which this small network fragments, 63 / 57 / 55 and 52.)"""
     from napari_cellquant.core.models.registry import weights_status
 
     if weights_status(get_card("blood-unet")) != "bundled":
