@@ -225,10 +225,10 @@ def image_scale(
         value, source = float(diameter), "given"
         if not math.isfinite(value) or value <= 0:
             raise InputError(None, f"diameter must be a positive number of pixels, got {diameter}")
-    elif pixel_size_um is not None and _reference_um(card) is not None:
+    elif pixel_size_um is not None and (reference_um := _reference_um(card)) is not None:
         if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
             raise InputError(None, f"pixel size must be positive, got {pixel_size_um} um")
-        value, source = float(_reference_um(card)) / float(pixel_size_um), "pixel_size"
+        value, source = reference_um / float(pixel_size_um), "pixel_size"
     else:
         if pixel_size_um is not None:
             log.info("%s states no pixel size: estimating the diameter instead", card.name)
