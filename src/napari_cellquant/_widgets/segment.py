@@ -307,10 +307,10 @@ def _scale_text(meta: dict[str, Any]) -> str:
     diameter = meta.get("diameter_px")
     if diameter is None or not np.isfinite(diameter):
         return ""
+    from ..core.scale import DIAMETER_SOURCES
+
     source = meta.get("diameter_source", "")
-    said = {"estimated": "estimated", "pixel_size": "from the pixel size",
-            "model": "the model's scale", "given": "given"}.get(source, source)
-    return f" (diameter {diameter:.1f} px, {said})"
+    return f" (diameter {diameter:.1f} px, {DIAMETER_SOURCES.get(source, source)})"
 
 
 _WARM = False

@@ -245,7 +245,7 @@ def image_scale(
     zoom = reference / value
     if abs(zoom - 1.0) < NO_ZOOM:
         zoom = 1.0
-    log.info("object diameter %.1f px (%s); %s's own scale: %g px", value, _SAID[source],
+    log.info("object diameter %.1f px (%s); %s's own scale: %g px", value, DIAMETER_SOURCES[source],
              card.name, reference)
     return ImageScale(value, source, zoom, estimate)
 
@@ -271,8 +271,9 @@ def expected_pixel_size_um(card: ModelCard) -> float | None:
     return reference_um / float(reference_px) if reference_um and reference_px else None
 
 
-_SAID = {"given": "given", "pixel_size": "from the pixel size", "estimated": "estimated",
-         "model": "the model's own"}
+#: how each ``diameter_source`` reads in messages (logs, the Segment widget's status)
+DIAMETER_SOURCES = {"given": "given", "pixel_size": "from the pixel size",
+                    "estimated": "estimated", "model": "the model's scale"}
 
 
 def _as_channels_last(image: np.ndarray) -> np.ndarray:
