@@ -2,6 +2,10 @@
 
     python scripts/train_bundled.py [--data ../shared/data] [--only blood-unet] [--jobs 2]
 
+``blood-detector`` has a fixed split instead of folds (see ``scripts/blood_detector.py``):
+trained on ``txl_pbc`` train (a tenth of it held back to pick the epoch and the threshold),
+measured on ``txl_pbc`` val, which it never sees.
+
 For each model: k-fold cross-validation (``blood-unet``, 14 images of blood_smear_224, colour
 maps read as blood10) or leave-one-image-out (``net-detector``, the 2 NET fluorescence images):
 a model is trained on the other images only, predicts the held-out ones through
@@ -199,7 +203,7 @@ def figures(name: str, truth: list, predictions: list) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--only", choices=list(SETTINGS), action="append")
+    parser.add_argument("--only", choices=[*SETTINGS, "blood-detector"], action="append")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
     parser.add_argument("--folds-only", action="store_true",
                         help="cross-validate only; do not train or write the final models")
@@ -212,7 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    names = args.only or list(SETTINGS)
+    names = args.only or [*SETTINGS, "blood-detector"]
+    if "blood-detector" in names:
+        from blood_detector import main as train_blood_detector
+
+        names.remove("blood-detector")
+        train_blood_detector(["--data", str(args.data), "--out", str(args.out)])
+        if not names:
+            return 0
     workdir = tempfile.mkdtemp(prefix="cellquant-bundled-")
     started = time.perf_counter()
 

@@ -36,7 +36,7 @@ ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
 #: Name endings (before the suffix) that mark an integer image as instance labels.
 LABEL_IMAGE_ENDINGS = ("_instances", "_labels", "_masks")
 LABEL_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-_FOLDER_KINDS = ("coco", "voc", "masks")
+_FOLDER_KINDS = ("coco", "voc", "yolo", "masks")
 
 
 def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
@@ -64,11 +64,12 @@ def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
 
 
 def annotation_kind(path: Path) -> str | None:
-    """``coco``, ``voc``, ``masks`` or ``label_image`` when we read ``path``, else ``None``.
+    """``coco``, ``voc``, ``yolo``, ``masks`` or ``label_image`` when we read ``path``, else
+    ``None``.
 
     Cheap checks only: the file name, and for JSON/XML a look at the content.
     """
-    from .core.io import coco, voc
+    from .core.io import coco, voc, yolo
 
     try:
         if path.is_dir():
@@ -81,6 +82,8 @@ def annotation_kind(path: Path) -> str | None:
             return "coco" if coco.looks_like_coco(path) else None
         if suffix == ".xml":
             return "voc" if voc.looks_like_voc(path) else None
+        if suffix in (".yaml", ".yml"):
+            return "yolo" if yolo.looks_like_yolo(path) else None
         if suffix in LABEL_IMAGE_SUFFIXES and path.stem.lower().endswith(LABEL_IMAGE_ENDINGS):
             return "label_image" if _is_label_image(path) else None
     except (CellquantError, OSError) as exc:

@@ -106,6 +106,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     gt = read_annotations(args.gt, class_set=args.classes, images_dir=args.images)
     pred = read_annotations(args.pred, class_set=args.classes, images_dir=args.images)
+    # predictions in a finer class set are scored in the truth's (blood10 -> blood3 by name)
+    pred = [p.mapped_to(gt[0].class_set, strict=True) for p in pred]
     print(json.dumps(evaluate(gt, pred, iou=args.iou), indent=2))
     return EXIT_OK
 
@@ -124,18 +126,14 @@ def _train(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty()
 
     def report(event) -> None:  # event: a core.training TrainingEvent
-        best = "-" if event.best_score is None else f"{event.best_score:.3f}"
         if event.phase == "start":
             base = "none" if event.base_score is None else f"{event.base_score:.3f}"
             print(f"training {len(pairs)} image(s) for {event.epochs} epochs, "
                   f"{event.total_steps} steps; base model score {base}", file=sys.stderr)
         elif event.phase == "step" and live:
-            print(f"\repoch {event.epoch}/{event.epochs} step {event.step}/{event.total_steps} "
-                  f"loss {event.loss:.4f} best {best}", end="", file=sys.stderr, flush=True)
+            print(f"\r{event.describe()}", end="", file=sys.stderr, flush=True)
         elif event.phase == "epoch":
-            print(f"{chr(13) if live else ''}epoch {event.epoch}/{event.epochs} step "
-                  f"{event.step}/{event.total_steps} val {event.val_score:.3f} best {best}",
-                  file=sys.stderr)
+            print(f"{chr(13) if live else ''}{event.describe()}", file=sys.stderr)
 
     result = train(config, progress=report)
     base = "none" if result.base_score is None else f"{result.base_score:.3f}"

@@ -325,3 +325,22 @@ def test_heatmap_targets_round_trip():
 def test_bad_heatmaps_raise_input_error(heat, size, offset, kwargs, message):
     with pytest.raises(InputError, match=message):
         boxes_from_heatmap(heat, size, offset, stride=kwargs.pop("stride", 4), **kwargs)
+
+
+def test_instances_from_boxes_are_inscribed_ellipses_split_between_centres() -> None:
+    from napari_cellquant.core.annotation import Boxes
+    from napari_cellquant.core.postprocess import instances_from_boxes
+
+    boxes = Boxes([[10, 10, 40, 20], [40, 10, 40, 20], [200, 200, 10, 10], [0, 0, 0.2, 0.2]],
+                  [1, 2, 3, 1], [0.5, 0.9, 0.7, 0.3])
+    labels, classes, scores = instances_from_boxes(boxes, (64, 100))
+    # ids follow the scores; the box outside the image is dropped, the tiny one keeps a pixel
+    assert classes == {1: 2, 2: 1, 3: 1} and scores == {1: 0.9, 2: 0.5, 3: 0.3}
+    assert labels[0, 0] == 3 and (labels == 3).sum() == 1
+    # an ellipse fills pi/4 of its box, less the part of the overlap left of x = 45
+    ellipse = np.pi / 4 * 40 * 20
+    assert 0.85 * ellipse < (labels == 1).sum() < ellipse
+    assert labels[20, 44] == 2 and labels[20, 46] == 1
+    assert labels[10, 10] == 0  # box corners lie outside the ellipse
+    ys, xs = np.nonzero(labels == 2)
+    assert xs.min() == 10 and ys.min() == 10 and ys.max() == 29

@@ -184,6 +184,30 @@ class Annotation:
         )
         return replace(base, **changes) if changes else base
 
+    def mapped_to(self, class_set: ClassSet, *, strict: bool = False) -> Annotation:
+        """The same objects in another class set, mapped by name (``blood10`` -> ``blood3``:
+        the five WBC types are ``wbc``, platelets and clumps ``platelet``, both RBC kinds
+        ``rbc``). Objects whose class has no counterpart are left out, or with ``strict``
+        an InputError names their classes."""
+        from .training.datasets import IGNORE, class_lookup
+
+        if class_set.name == self.class_set.name and class_set.names == self.class_set.names:
+            return self
+        used = sorted(set(self.classes.values()) | set(self.boxes.class_ids.tolist()))
+        lookup = class_lookup(self.class_set, class_set, where=self.image_name or None,
+                              used=used if strict else None)
+        classes = {i: int(lookup[c]) for i, c in self.classes.items() if lookup[c] != IGNORE}
+        gone = [i for i in self.classes if i not in classes]
+        labels = self.labels
+        if gone:
+            labels = np.where(np.isin(labels, gone), 0, labels).astype(np.int32)
+        keep = lookup[self.boxes.class_ids] != IGNORE
+        boxes = self.boxes.select(keep)
+        boxes = Boxes(boxes.xywh, lookup[boxes.class_ids], boxes.scores)
+        return self.copy(labels=labels, class_set=class_set, classes=classes,
+                         scores={i: v for i, v in self.scores.items() if i in classes},
+                         boxes=boxes, semantic=None)
+
     def class_map(self) -> np.ndarray:
         """Class id per pixel from the instances (0 background and unclassed instances)."""
         lookup = np.zeros(int(self.labels.max(initial=0)) + 1, dtype=np.int32)

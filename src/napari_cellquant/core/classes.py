@@ -53,10 +53,15 @@ class ClassSet:
         return tuple(range(1, len(self.names) + 1))
 
     def id_of(self, name: str) -> int:
-        """Class id of ``name`` (case-insensitive)."""
+        """Class id of ``name``: case-insensitive, with the spellings real data uses
+        (``RBC``, ``Platelets``, ``Thrombocytes``, ``red blood cell``: see :func:`canonical_name`)."""
         lowered = [n.lower() for n in self.names]
+        for candidate in dict.fromkeys((name.lower(), canonical_name(name))):
+            if candidate in lowered:
+                return lowered.index(candidate) + 1
+        canonical = [canonical_name(n) for n in self.names]
         try:
-            return lowered.index(name.lower()) + 1
+            return canonical.index(canonical_name(name)) + 1
         except ValueError:
             raise CellquantError(
                 f"class {name!r} is not in class set {self.name!r} ({', '.join(self.names)})"
@@ -105,6 +110,28 @@ class ClassSet:
     def encode_colors(self, class_map: np.ndarray) -> np.ndarray:
         """Colour-code a class-id map (inverse of :meth:`decode_colors`)."""
         return self.palette()[np.clip(class_map, 0, len(self.names))]
+
+
+#: other spellings of class names in public data sets and annotation tools -> our name
+CLASS_ALIASES: dict[str, str] = {
+    "red_blood_cell": "rbc", "erythrocyte": "rbc", "red_cell": "rbc",
+    "white_blood_cell": "wbc", "leukocyte": "wbc", "leucocyte": "wbc", "white_cell": "wbc",
+    "thrombocyte": "platelet", "plt": "platelet",
+    "lymphocytes": "lymphocyte", "monocytes": "monocyte", "clump": "platelet_clump",
+    "clumps": "platelet_clump", "infected": "infected_rbc",
+}
+
+
+def canonical_name(name: str) -> str:
+    """A class name in one spelling: lower case, ``_`` for blanks and hyphens, singular, and
+    the common synonyms of :data:`CLASS_ALIASES` (``Platelets`` and ``Thrombocytes`` ->
+    ``platelet``, ``Red Blood Cells`` -> ``rbc``)."""
+    key = "_".join(str(name).strip().lower().replace("-", " ").split())
+    if key in CLASS_ALIASES:
+        return CLASS_ALIASES[key]
+    if key.endswith("s") and not key.endswith("ss") and len(key) > 3:
+        key = key[:-1]
+    return CLASS_ALIASES.get(key, key)
 
 
 def _class_set(name: str, entries: Sequence[tuple[str, RGB]], **kwargs) -> ClassSet:
@@ -185,6 +212,23 @@ def class_set_from_names(names: Iterable[str], name: str = "custom") -> ClassSet
             return builtin
     colors = tuple(_QUALITATIVE[i % len(_QUALITATIVE)] for i in range(len(names)))
     return ClassSet(name=name, names=names, colors=colors)
+
+
+def infer_class_set(names: Iterable[str]) -> ClassSet:
+    """The smallest built-in set holding every name (by :func:`canonical_name`), else a new set.
+
+    VOC and YOLO files list only the classes that occur or that the data set uses, so a NET
+    image without ``dead`` cells must still map onto ``net4``, and BCCD's ``RBC``, ``WBC``,
+    ``Platelets`` onto ``blood3``.
+    """
+    names = list(names)
+    wanted = {canonical_name(n) for n in names}
+    matches = [cs for cs in CLASS_SETS.values()
+               if wanted <= {canonical_name(n) for n in cs.names}]
+    if wanted and matches:
+        return min(matches, key=len)
+    unique = sorted({n.lower(): n for n in names}.values(), key=str.lower)
+    return class_set_from_names(unique)
 
 
 # Tableau-like qualitative palette for class sets read from files.

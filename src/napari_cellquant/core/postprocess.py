@@ -450,6 +450,61 @@ def boxes_from_heatmap(
     return Boxes(xywh, k + 1, values)
 
 
+def instances_from_boxes(
+    boxes: Boxes, shape: tuple[int, int]
+) -> tuple[np.ndarray, dict[int, int], dict[int, float]]:
+    """Instances drawn from detected boxes: each the ellipse inscribed in its box.
+
+    Where ellipses overlap, a pixel goes to the object in whose ellipse it lies deepest
+    (smallest normalised radius), so two overlapping cells are split along the line between
+    them rather than by painting order. Ids follow decreasing score (1 = most confident);
+    a box too small to cover a pixel centre still gets its centre pixel.
+
+    Returns
+    -------
+    labels, classes, scores
+        ``(H, W)`` int32 instance ids, id -> class id, id -> score.
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    labels = np.zeros((rows, cols), dtype=np.int32)
+    depth = np.full((rows, cols), np.inf, dtype=np.float32)
+    order = np.argsort(-np.nan_to_num(boxes.scores, nan=0.0), kind="stable")
+    classes: dict[int, int] = {}
+    scores: dict[int, float] = {}
+    next_id = 1
+    for index in order:  # a loop over objects; each one's work is a vectorised window
+        x, y, w, h = boxes.xywh[index]
+        x0, y0 = max(int(math.floor(x)), 0), max(int(math.floor(y)), 0)
+        x1, y1 = min(int(math.ceil(x + w)), cols), min(int(math.ceil(y + h)), rows)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        cy, cx = y + h / 2, x + w / 2
+        yy = (np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy) / max(h / 2, 0.5)
+        xx = (np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx) / max(w / 2, 0.5)
+        radius = yy**2 + xx**2
+        inside = radius <= 1.0
+        if not inside.any():
+            inside = radius == radius.min()
+        window = (slice(y0, y1), slice(x0, x1))
+        wins = inside & (radius < depth[window])
+        if not wins.any():
+            continue
+        labels[window][wins] = next_id
+        depth[window][wins] = radius[wins]
+        classes[next_id] = int(boxes.class_ids[index])
+        scores[next_id] = float(boxes.scores[index])
+        next_id += 1
+    present = np.bincount(labels.ravel(), minlength=next_id) > 0
+    gone = [i for i in classes if not present[i]]  # covered entirely by deeper neighbours
+    for i in gone:
+        del classes[i], scores[i]
+    if gone:
+        labels, mapping = relabel_sequential(labels)
+        classes = {mapping[i]: c for i, c in classes.items()}
+        scores = {mapping[i]: v for i, v in scores.items()}
+    return labels, classes, scores
+
+
 def _gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
     """CenterNet's radius: the largest centre shift that keeps IoU >= ``min_overlap``."""
     a1, b1 = 1.0, height + width

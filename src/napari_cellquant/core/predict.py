@@ -113,7 +113,15 @@ def iter_predict(
     from .scale import image_scale
 
     card = model.card
-    scale = image_scale(image, card, diameter=diameter, pixel_size_um=pixel_size_um)
+    estimator = None
+    if model.network is not None:
+        from .detector_scale import measure_diameter, measures_own_scale
+
+        if measures_own_scale(model):
+            def estimator(pixels: np.ndarray) -> Any:
+                return measure_diameter(pixels, model)
+    scale = image_scale(image, card, diameter=diameter, pixel_size_um=pixel_size_um,
+                        estimator=estimator)
     if card.kind == "classical":
         from .classical import run_pipeline
 
@@ -124,13 +132,11 @@ def iter_predict(
         annotation = run_pipeline(card.pipeline or card.name, image, params)
         yield (1, 1)
         return _record_scale(annotation, scale)
-    from .inference import iter_predict_maps, prepare_image
+    from .inference import iter_predict_maps
     from .normalization import channel_last_view, make_normalizer
 
     zoom = scale.zoom
-    pixels = channel_last_view(_resize(channel_last_view(image), zoom))
-    if pixels.shape[-1] != card.input_channels:  # grey <-> RGB: convert once, up front
-        pixels = prepare_image(pixels, card.input_channels)
+    pixels = to_model_channels(channel_last_view(_resize(channel_last_view(image), zoom)), card)
     steps = iter_predict_maps(
         pixels, model.network, tile=tile or card.tile,
         overlap=card.overlap if overlap is None else overlap,
@@ -154,20 +160,20 @@ def iter_predict(
     return _record_scale(annotation, scale)
 
 
+def to_model_channels(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Channel-last ``pixels`` with the channels ``card``'s network takes (grey <-> RGB
+    converted once, up front; unchanged when they already fit)."""
+    from .inference import prepare_image
+
+    if pixels.shape[-1] != card.input_channels:
+        return prepare_image(pixels, card.input_channels)
+    return pixels
+
+
 def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:
     annotation.meta.update(diameter_px=scale.diameter, diameter_source=scale.source,
                            zoom=scale.zoom)
     return annotation
-
-
-def _zoom_to_model(card: ModelCard, diameter: float | None) -> float:
-    """Factor that brings objects of ``diameter`` px to the size the model was trained on."""
-    if diameter is None or card.typical_diameter is None:
-        return 1.0
-    if diameter <= 0:
-        raise InputError(None, f"diameter must be positive, got {diameter}")
-    zoom = card.typical_diameter / float(diameter)
-    return 1.0 if abs(zoom - 1.0) < 0.05 else zoom
 
 
 def _resize(image: np.ndarray, zoom: float) -> np.ndarray:
@@ -209,13 +215,18 @@ def _maps_to_annotation(maps: dict[str, np.ndarray], card: ModelCard,
 
     settings = dict(card.postprocess)
     classes = card.classes
-    if card.task == "boxes":
+    if "heatmap" in maps:
         boxes = postprocess.boxes_from_heatmap(
             maps["heatmap"], maps["size"], maps.get("offset"),
-            stride=int(card.architecture.get("stride", 4)), **settings,
+            stride=int(card.architecture["detector"]["stride"]), **settings,
         )
-        return Annotation.empty((shape[0], shape[1]), classes, boxes=boxes,
-                                meta={"model": card.name})
+        if card.task == "boxes":
+            return Annotation.empty((shape[0], shape[1]), classes, boxes=boxes,
+                                    meta={"model": card.name})
+        # a detector of instances: every box becomes an editable mask (its inscribed ellipse)
+        labels, class_ids, scores = postprocess.instances_from_boxes(boxes, (shape[0], shape[1]))
+        return Annotation(labels, classes, classes=class_ids, scores=scores,
+                          origins=dict.fromkeys(class_ids, "model"), meta={"model": card.name})
     labels, class_ids, scores = postprocess.instances_from_maps(
         maps["classes"], distance=maps.get("distance"), boundary=maps.get("boundary"), **settings
     )

@@ -44,6 +44,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -190,6 +191,7 @@ def image_scale(
     *,
     diameter: float | str | None = None,
     pixel_size_um: float | None = None,
+    estimator: Callable[[np.ndarray], DiameterEstimate | None] | None = None,
 ) -> ImageScale:
     """Decide the diameter a model runs ``image`` with, and the zoom to the model's scale.
 
@@ -210,6 +212,10 @@ def image_scale(
         The image's pixel size in micrometres (a napari layer's scale); used ahead of an
         estimate when the card states its own pixel size, or its reference object has a
         known physical size (:data:`PHYSICAL_DIAMETER_UM`).
+    estimator
+        What measures the diameter when it is neither given nor known from the pixel size:
+        :func:`estimate_diameter` by default; a detector measures its own objects instead
+        (:func:`~napari_cellquant.core.detector_scale.measure_diameter`).
     """
     reference = card.typical_diameter or card.params.get("diameter")
     if reference is None:  # a card that says nothing of scale runs every image as it is
@@ -232,7 +238,7 @@ def image_scale(
     else:
         if pixel_size_um is not None:
             log.info("%s states no pixel size: estimating the diameter instead", card.name)
-        estimate = estimate_diameter(image)
+        estimate = (estimator or estimate_diameter)(image)
         if estimate is None:
             log.warning("could not estimate the object diameter (too few separate objects); "
                         "taking the image to be at the scale of %s (%g px): give the diameter "

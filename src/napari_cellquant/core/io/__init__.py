@@ -17,8 +17,8 @@ from ..annotation import Annotation
 from ..classes import ClassSet, get_class_set
 from ..errors import InputError
 
-KINDS = ("coco", "voc", "masks", "labels", "colormap")
-FORMATS = ("coco", "voc", "masks", "class-masks", "csv")
+KINDS = ("coco", "voc", "yolo", "masks", "labels", "colormap")
+FORMATS = ("coco", "voc", "yolo", "masks", "class-masks", "csv")
 
 PathLike = str | os.PathLike[str]
 
@@ -29,7 +29,7 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
     Returns one of :data:`KINDS`, or ``"image"`` for a plain RGB/grey picture that is only a
     colour-coded map when a class set is named.
     """
-    from . import coco, voc
+    from . import coco, voc, yolo
     from .images import IMAGE_SUFFIXES
 
     p = Path(path)
@@ -38,6 +38,11 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
     if p.is_dir():
         return _detect_folder_kind(p, class_set=class_set)
     suffix = p.suffix.lower()
+    if suffix in (".yaml", ".yml", ".txt"):
+        if yolo.looks_like_yolo(p) or (suffix == ".txt" and yolo.looks_like_yolo(p.parent)):
+            return "yolo"
+        raise InputError(p, "is not a YOLO data file (data.yaml with 'names', or a label "
+                         "file in a 'labels' folder)")
     if suffix == ".json":
         if coco.looks_like_coco(p):
             return "coco"
@@ -63,9 +68,11 @@ def _detect_image_kind(path: Path, *, class_set: ClassSet | str | None) -> str:
 
 
 def _detect_folder_kind(folder: Path, *, class_set: ClassSet | str | None) -> str:
-    from . import coco, voc
+    from . import coco, voc, yolo
     from .images import IMAGE_SUFFIXES
 
+    if yolo.looks_like_yolo(folder):
+        return "yolo"
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     if any(f.name.endswith(("_instances.tif", "_instances.tiff")) for f in files):
         return "masks"
@@ -102,7 +109,8 @@ def read_annotations(
     Parameters
     ----------
     path
-        A COCO JSON, a VOC XML or folder of them, a label image, a colour-coded map, or a
+        A COCO JSON, a VOC XML or folder of them, a YOLO ``data.yaml`` or labels folder,
+        a label image, a colour-coded map, or a
         folder of masks (``<stem>_instances.tif`` + ``<stem>_classes.tif`` pairs, or one
         ``<stem>_<class>.png`` per class) or of label images / colour maps.
     kind
@@ -112,7 +120,7 @@ def read_annotations(
     images_dir
         Where the images are, when they are not beside the annotations.
     """
-    from . import coco, masks, voc
+    from . import coco, masks, voc, yolo
 
     p = Path(path)
     cs = None if class_set is None else get_class_set(class_set)
@@ -130,6 +138,8 @@ def read_annotations(
         return coco.read_coco(target, images_dir=images_dir, class_set=cs)
     if kind == "voc":
         return voc.read_voc(p, images_dir=images_dir, class_set=cs)
+    if kind == "yolo":
+        return yolo.read_yolo(p, class_set=cs, images_dir=images_dir)
     if kind == "masks":
         return masks.read_masks_folder(p, class_set=cs)
     if kind == "colormap" and cs is None:
@@ -172,11 +182,12 @@ def write_annotations(
     """Write annotations in format ``to`` (one of :data:`FORMATS`); returns the files written.
 
     ``coco`` and ``csv`` write one file (``dst`` itself, or ``annotations.json`` /
-    ``counts.csv`` inside ``dst`` when it is a folder); ``voc``, ``masks`` and ``class-masks``
-    write files per image into the folder ``dst``. Existing files are refused unless
+    ``counts.csv`` inside ``dst`` when it is a folder); ``voc``, ``yolo``, ``masks`` and
+    ``class-masks`` write files per image into the folder ``dst`` (``yolo``: ``labels/``,
+    ``images/``, ``data.yaml``). Existing files are refused unless
     ``overwrite``; every file is written atomically.
     """
-    from . import coco, counts, masks, voc
+    from . import coco, counts, masks, voc, yolo
 
     if to not in FORMATS:
         raise InputError(None, f"unknown output format {to!r}; choose from {', '.join(FORMATS)}")
@@ -191,6 +202,8 @@ def write_annotations(
                                         overwrite=overwrite)]
     if to == "voc":
         return voc.write_voc(annotations, target, overwrite=overwrite)
+    if to == "yolo":
+        return yolo.write_yolo(annotations, target, overwrite=overwrite)
     if to == "masks":
         return masks.write_masks(annotations, target, overwrite=overwrite)
     written: list[Path] = []

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..annotation import Annotation, Boxes
-from ..classes import CLASS_SETS, ClassSet, class_set_from_names
+from ..classes import ClassSet, infer_class_set
 from ..errors import InputError, OutputExistsError
 from .atomic import atomic_path
 from .coco import (
@@ -152,23 +152,6 @@ class _VocFile:
         return bool(self._number(parent, tag, what))
 
 
-def _infer_class_set(names: Iterable[str]) -> ClassSet:
-    """The smallest built-in set holding every name (case-insensitive), else a new set.
-
-    VOC files list only the classes that occur, so a NET image without ``dead`` cells must
-    still map onto ``net4`` rather than a three-class set of its own.
-    """
-    names = list(names)
-    lowered = {n.lower() for n in names}
-    matches = [
-        cs for cs in CLASS_SETS.values() if lowered <= {n.lower() for n in cs.names}
-    ]
-    if lowered and matches:
-        return min(matches, key=len)
-    unique = sorted({n.lower(): n for n in names}.values(), key=str.lower)
-    return class_set_from_names(unique)
-
-
 def _to_annotation(
     parsed: _VocFile, class_set: ClassSet, search_dirs: list[Path], size_mismatch: SizeMismatch
 ) -> Annotation:
@@ -255,7 +238,7 @@ def read_voc(
         raise InputError(source, "file not found")
     parsed = [_VocFile(f) for f in files]
     if class_set is None:
-        class_set = _infer_class_set(n for p in parsed for n in p.names)
+        class_set = infer_class_set(n for p in parsed for n in p.names)
     return [
         _to_annotation(p, class_set, _search_dirs(p.path, images_dir), size_mismatch)
         for p in parsed

@@ -99,6 +99,12 @@ def _bad(problem: str) -> InputError:
     return InputError(None, f"network architecture: {problem}")
 
 
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _bad(f"{key} must be a positive integer, got {value!r}")
+    return value
+
+
 def _activation(name: str) -> nn.Module:
     if name == "relu":
         return nn.ReLU(inplace=True)
@@ -364,26 +370,21 @@ def _normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         raise _bad(f"unknown key(s) {sorted(unknown)}; known: {sorted(_ARCH_KEYS)}")
     a: dict[str, Any] = dict(arch)
     if a.setdefault("type", "unet") != "unet":
-        raise _bad(f"unknown type {a['type']!r} (known: 'unet')")
+        raise _bad(f"unknown type {a['type']!r} (known: 'unet', 'efficientnet-unet')")
 
-    def positive_int(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _bad(f"{key} must be a positive integer, got {value!r}")
-        return value
-
-    a["in_channels"] = positive_int("in_channels", a.get("in_channels", 3))
+    a["in_channels"] = _positive_int("in_channels", a.get("in_channels", 3))
     if a.get("widths") is not None:
         widths = a["widths"]
         if not isinstance(widths, (list, tuple)) or not widths:
             raise _bad(f"widths must be a non-empty list, got {widths!r}")
-        a["widths"] = [positive_int("widths", w) for w in widths]
+        a["widths"] = [_positive_int("widths", w) for w in widths]
     else:
-        width = positive_int("width", a.get("width", 16))
-        depth = positive_int("depth", a.get("depth", 4))
+        width = _positive_int("width", a.get("width", 16))
+        depth = _positive_int("depth", a.get("depth", 4))
         a["widths"] = [width * 2**i for i in range(depth)]
     a["width"] = a["widths"][0]
     a["depth"] = len(a["widths"])
-    a["bridge"] = positive_int("bridge", a.get("bridge") or 2 * a["widths"][-1])
+    a["bridge"] = _positive_int("bridge", a.get("bridge") or 2 * a["widths"][-1])
     a["residual"] = bool(a.get("residual", False))
     for key, allowed, default in (
         ("norm", _NORMS, "batch"),
@@ -393,18 +394,26 @@ def _normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         value = a.setdefault(key, default)
         if value not in allowed:
             raise _bad(f"{key} must be one of {allowed}, got {value!r}")
-    a["groups"] = positive_int("groups", a.get("groups", 8))
+    a["groups"] = _positive_int("groups", a.get("groups", 8))
     stem = a.get("stem_channels") or 0
-    a["stem_channels"] = 0 if stem == 0 else positive_int("stem_channels", stem)
-    heads = a.get("heads", ["classes"])
+    a["stem_channels"] = 0 if stem == 0 else _positive_int("stem_channels", stem)
+    a.update(_normalise_heads(a, depth=a["depth"]))
+    return a
+
+
+def _normalise_heads(arch: Mapping[str, Any], *, depth: int) -> dict[str, Any]:
+    """Validate the ``heads``, ``n_classes`` and ``detector`` keys shared by every family."""
+    a: dict[str, Any] = {}
+
+    heads = arch.get("heads", ["classes"])
     if isinstance(heads, str) or not isinstance(heads, (list, tuple)):
         raise _bad(f"heads must be a list of names, got {heads!r}")
     bad_heads = [h for h in heads if h not in DENSE_HEADS]
     if bad_heads:
         raise _bad(f"unknown head(s) {bad_heads}; dense heads are {DENSE_HEADS}")
     a["heads"] = list(dict.fromkeys(heads))
-    a["n_classes"] = positive_int("n_classes", a.get("n_classes", 1))
-    det = a.get("detector")
+    a["n_classes"] = _positive_int("n_classes", arch.get("n_classes", 1))
+    det = arch.get("detector")
     if det is not None:
         if not isinstance(det, Mapping):
             raise _bad(f"detector must be a dict or null, got {det!r}")
@@ -412,12 +421,12 @@ def _normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         if unknown:
             raise _bad(f"unknown detector key(s) {sorted(unknown)}")
         det = dict(det)
-        det["n_classes"] = positive_int("detector.n_classes", det.get("n_classes", 1))
-        stride = positive_int("detector.stride", det.get("stride", 4))
-        if stride & (stride - 1) or stride > 2 ** a["depth"]:
+        det["n_classes"] = _positive_int("detector.n_classes", det.get("n_classes", 1))
+        stride = _positive_int("detector.stride", det.get("stride", 4))
+        if stride & (stride - 1) or stride > 2**depth:
             raise _bad(f"detector.stride must be a power of two <= 2**depth, got {stride}")
         det["stride"] = stride
-        det["head_width"] = positive_int("detector.head_width", det.get("head_width", 64))
+        det["head_width"] = _positive_int("detector.head_width", det.get("head_width", 64))
         enc = det.setdefault("size_encoding", "log")
         if enc not in ("log", "direct"):
             raise _bad(f"detector.size_encoding must be 'log' or 'direct', got {enc!r}")
@@ -427,7 +436,7 @@ def _normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
     return a
 
 
-def build_network(arch: Mapping[str, Any]) -> UNet:
+def build_network(arch: Mapping[str, Any]) -> nn.Module:
     """Build a network from a plain architecture dict (as stored in a model card).
 
     Parameters
@@ -446,6 +455,10 @@ def build_network(arch: Mapping[str, Any]) -> UNet:
     InputError
         When the dict has unknown keys or invalid values.
     """
+    if isinstance(arch, Mapping) and arch.get("type") == "efficientnet-unet":
+        from .efficientnet import EfficientUNet
+
+        return EfficientUNet(arch)
     return UNet(arch)
 
 
@@ -483,6 +496,15 @@ DEFAULT_ARCHS: dict[str, dict[str, Any]] = {
         "upsample": "transpose",
         "n_classes": 1,
         "heads": ["classes", "distance"],
+    },
+    # Blood detector: ImageNet-pretrained EfficientNet-Lite0, U-Net decoder to stride 4, a
+    # CenterNet head for rbc / wbc / platelet (instances are drawn from its boxes).
+    "blood-detector": {
+        "type": "efficientnet-unet",
+        "in_channels": 3,
+        "decoder": [96, 64, 48],
+        "heads": [],
+        "detector": {"n_classes": 3, "stride": 4, "size_encoding": "log", "head_width": 64},
     },
     # NET detector: U-Net encoder/decoder to stride 4 and a CenterNet head for the NET-4 set.
     "net-detector": {

@@ -51,8 +51,16 @@ def cache_dir() -> Path:
 # - fluorescence (Fluorescent Neuronal Cells, 1600x1200): about 40 px, as fluo-classical's
 #   parameters; that data set is not in ../shared/data, so this one is not re-measured.
 #: the blood U-Net's training statistics (SEEDS.md), on the 0-255 scale
+#: ImageNet statistics on the 0-255 scale (the pretrained EfficientNet encoder's input)
+IMAGENET_MEAN_STD = {"mode": "meanstd", "mean": [123.675, 116.28, 103.53],
+                     "std": [58.395, 57.12, 57.375], "range": 255}
 BLOOD_MEAN_STD = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4],
                   "range": 255}
+
+
+#: the blood detector's scale: training images are resized so that their median RBC box is
+#: this wide (sqrt(w h)); txl_pbc's photographs hold RBCs of 71-125 px at their own size
+BLOOD_DETECTOR_RBC_PX = 40.0
 
 
 def _classical_card(name: str, class_set: str, description: str, channels: int,
@@ -85,6 +93,11 @@ def builtin_cards() -> dict[str, ModelCard]:
             "blood-classical", "blood3",
             "RBC / WBC / platelets in Giemsa or Leishman smears from stain colour (no weights)",
             3, {"rbc": 90.0, "objects": 83.0}),
+        "blood-detector": _learned_card(
+            "blood-detector", "instances", "blood3",
+            "Pretrained detector: RBC / WBC / platelets in smear photographs, boxes and masks",
+            3, IMAGENET_MEAN_STD, {"rbc": BLOOD_DETECTOR_RBC_PX}, 512,
+            {"threshold": 0.3, "max_detections": 5000}),
         "blood-unet": _learned_card(
             "blood-unet", "instances", "blood10",
             "U-Net: 5-part WBC differential, platelets, clumps, infected and healthy RBCs",

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..annotation import Annotation, Boxes
-from ..classes import BLOOD10_TO_BLOOD3, ClassSet
+from ..classes import BLOOD10_TO_BLOOD3, ClassSet, canonical_name
 from ..errors import InputError
 from ..models.card import ModelCard
 
@@ -131,13 +131,13 @@ def class_lookup(source: ClassSet, target: ClassSet, *, where: str | None = None
     in ``target`` map to :data:`IGNORE`; when any of the ids in ``used`` is such a class, an
     InputError names them and the model's classes.
     """
-    target_ids = {name.lower(): i for i, name in enumerate(target.names, start=1)}
-    coarse = {k.lower(): v.lower() for k, v in BLOOD10_TO_BLOOD3.items()} \
+    target_ids = {canonical_name(name): i for i, name in enumerate(target.names, start=1)}
+    coarse = {canonical_name(k): v for k, v in BLOOD10_TO_BLOOD3.items()} \
         if target.name == "blood3" else {}
     lookup = np.full(len(source) + 1, IGNORE, dtype=np.int64)
     lookup[0] = 0
     for class_id, name in enumerate(source.names, start=1):
-        key = name.lower()
+        key = canonical_name(name)
         key = key if key in target_ids else coarse.get(key, key)
         if key in target_ids:
             lookup[class_id] = target_ids[key]

@@ -117,6 +117,25 @@ class TrainingEvent:
     best_score: float | None = None
     base_score: float | None = None
     checkpoint: Path | None = None
+    #: training crops per second since this run started, and the seconds left at that rate
+    crops_per_s: float | None = None
+    eta_s: float | None = None
+
+    def describe(self) -> str:
+        """One progress line: epoch, step, loss or score, throughput and time left."""
+        parts = [f"epoch {self.epoch}/{self.epochs}", f"step {self.step}/{self.total_steps}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.val_score is not None:
+            parts.append(f"val {self.val_score:.4f}")
+        if self.best_score is not None:
+            parts.append(f"best {self.best_score:.4f}")
+        if self.crops_per_s:
+            parts.append(f"{self.crops_per_s:.1f} crops/s")
+        if self.eta_s is not None:
+            minutes, seconds = divmod(int(round(self.eta_s)), 60)
+            parts.append(f"ETA {minutes}:{seconds:02d}")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -306,11 +325,15 @@ class _Run:
             multiple = math.lcm(multiple, int(self.detector["stride"]))
         self.crop = -(-c.crop // multiple) * multiple
         self.fine_tuned = False
+        self.pretrained: str | None = None
         if not c.resume and not c.from_scratch and weights_status(card) not in ("missing",):
             from ..models.registry import resolve_weights
 
             _load_into(network, _read_checkpoint(resolve_weights(card)), card.name)
             self.fine_tuned = True
+        elif not c.resume and not c.from_scratch and hasattr(network, "load_pretrained_encoder"):
+            network.load_pretrained_encoder()  # ImageNet features (the training extra)
+            self.pretrained = "imagenet"
         self.network = network.to(self.device)
         self.amp = self.device.type == "cuda"
         if self.amp:
@@ -358,6 +381,7 @@ class _Run:
         self.since_best = int(state.get("since_best", 0))
         self.history = list(state.get("history", []))
         self.fine_tuned = bool(state.get("fine_tuned", False))
+        self.pretrained = state.get("pretrained")
         self.saved = self.weights_path.is_file()
         log.info("resuming %s after epoch %d", self.checkpoint_path, self.epoch)
 
@@ -421,10 +445,19 @@ class _Run:
         return self.result()
 
     def _event(self, phase: str, step: int, total: int, **values: Any) -> TrainingEvent:
+        if phase == "start":
+            self._clock = (time.perf_counter(), step)
+        started, first_step = getattr(self, "_clock", (time.perf_counter(), step))
+        elapsed, done = time.perf_counter() - started, step - first_step
+        rate = eta = None
+        if done > 0 and elapsed > 0:
+            rate = done * self.config.batch_size / elapsed
+            eta = (total - step) * elapsed / done
         return TrainingEvent(phase=phase, epoch=self.epoch, epochs=self.config.epochs,
                              step=step, total_steps=total, best_score=self.best_score,
                              base_score=self.base_score,
-                             checkpoint=self.weights_path if self.saved else None, **values)
+                             checkpoint=self.weights_path if self.saved else None,
+                             crops_per_s=rate, eta_s=eta, **values)
 
     # --- files --------------------------------------------------------------------------
     def _save_weights(self) -> None:
@@ -451,7 +484,7 @@ class _Run:
             "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
             "base_score": self.base_score, "since_best": self.since_best,
             "history": self.history, "class_set": self.base_card.class_set,
-            "fine_tuned": self.fine_tuned,
+            "fine_tuned": self.fine_tuned, "pretrained": self.pretrained,
         }
         with atomic_path(self.checkpoint_path, overwrite=True) as tmp:
             torch.save(state, tmp)
@@ -463,12 +496,13 @@ class _Run:
         base = self.base_card
         card = ModelCard.from_dict(base.to_dict())
         card.name = c.name or self.weights_path.stem
-        how = "fine-tuned from" if self.fine_tuned else "trained from scratch as"
+        how = ("fine-tuned from" if self.fine_tuned else "trained from ImageNet features as"
+               if self.pretrained else "trained from scratch as")
         card.description = f"{base.description} ({how} {base.name})"
         card.weights = WeightsSource(file=self.weights_path.name,
                                      sha256=pooch.file_hash(str(self.weights_path), alg="sha256"))
         card.training = {
-            "base": base.name, "fine_tuned": self.fine_tuned,
+            "base": base.name, "fine_tuned": self.fine_tuned, "pretrained": self.pretrained,
             "images": self.train_names, "validation_images": self.val_names,
             "validated_on_training_data": self.val_is_train,
             "objects": _object_counts(self.config.annotations, base),

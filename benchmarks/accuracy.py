@@ -1,0 +1,220 @@
+"""Accuracy of every built-in model on every annotated set in ../shared/data it applies to.
+
+    python benchmarks/accuracy.py [--data ../shared/data] [--only txl_pbc_val] [--limit N]
+                                  [--models blood-detector,blood-classical] [--json FILE]
+
+Every prediction goes through ``core.predict.predict`` with its default scale handling (what
+``cellquant predict`` does: no diameter given), and every figure is computed with
+``core.metrics`` / ``Annotation.counts``. Side by side, one row per model and set:
+
+- ``txl_pbc_val``: TXL-PBC val, 239 photographs (BCCD, PBC, Raabin-WBC), YOLO boxes with
+  every RBC boxed. No bundled model trained or tuned on it (``blood-detector`` trained on
+  TXL-PBC train; ``blood-classical`` was tuned on BCCD, some of whose photographs TXL-PBC
+  re-labels: the ``seen`` column counts them).
+- ``bccd``: BCCD trainval, 292 photographs, WBC and platelet truth (its RBC boxes are
+  incomplete, so no RBC figures). ``blood-classical`` was tuned on all of them, and
+  ``blood-detector`` trained on those that TXL-PBC train holds (found by pixel content):
+  figures are given on the photographs that each model never saw, and ``seen`` says how many
+  were left out.
+- ``net_fluorescence``: the 2 NET images (boxes): NET AP50 and NET %; both NET models were
+  fitted to these very images, so these are figures on seen images (``seen`` = 2).
+
+Blood figures (class set blood3; blood10 predictions are mapped by name):
+box mAP50 (pycocotools COCOeval, mean of the rbc, wbc and platelet AP50), WBC count exact
+(share of images), platelet count MAE per image, RBC total error and median per-image error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+BLOOD_MODELS = ("blood-detector", "blood-classical", "blood-unet")
+NET_MODELS = ("net-classical", "net-detector")
+
+
+# ------------------------------------------------------------------------------------------
+# prediction and figures
+# ------------------------------------------------------------------------------------------
+def predict_all(model_name, pairs: list) -> tuple[list, float]:
+    """Predictions of a model (name or weights path) on ``(image, truth)`` pairs, in the
+    truth's class set, and the seconds they took."""
+    from napari_cellquant.core.predict import load_model, predict
+
+    model = load_model(model_name, "cpu")
+    out = []
+    started = time.perf_counter()
+    for image, truth in pairs:
+        found = predict(image, model)
+        found = found.mapped_to(truth.class_set)
+        found.image_name = truth.image_name
+        out.append(found)
+    return out, time.perf_counter() - started
+
+
+def _per_image_counts(annotations: list, name: str) -> np.ndarray:
+    return np.array([a.counts()[name] for a in annotations], dtype=np.float64)
+
+
+def blood_figures(truth: list, predictions: list, *, rbc: bool = True) -> dict:
+    """The blood figures of the blood-detector issue, from ``core.metrics``."""
+    from napari_cellquant.core.metrics import evaluate_boxes
+
+    boxes = evaluate_boxes(truth, predictions, iou=0.5)
+    per_class = boxes.get("ap_per_class") or {}
+    classes = ("rbc", "wbc", "platelet") if rbc else ("wbc", "platelet")
+    ap50 = {c: (per_class.get(c) or {}).get("ap50") for c in classes}
+    valid = [v for v in ap50.values() if v is not None]
+    wbc_gt, wbc_pred = _per_image_counts(truth, "wbc"), _per_image_counts(predictions, "wbc")
+    plt_gt = _per_image_counts(truth, "platelet")
+    plt_pred = _per_image_counts(predictions, "platelet")
+    figures = {
+        "images": len(truth),
+        "map50": float(np.mean(valid)) if valid else None,
+        "ap50": ap50,
+        "wbc_exact": float(np.mean(wbc_gt == wbc_pred)),
+        "wbc_gt": int(wbc_gt.sum()), "wbc_pred": int(wbc_pred.sum()),
+        "platelet_mae": float(np.mean(np.abs(plt_gt - plt_pred))),
+        "platelet_gt": int(plt_gt.sum()), "platelet_pred": int(plt_pred.sum()),
+    }
+    if rbc:
+        rbc_gt, rbc_pred = _per_image_counts(truth, "rbc"), _per_image_counts(predictions, "rbc")
+        has = rbc_gt > 0
+        figures.update({
+            "rbc_gt": int(rbc_gt.sum()), "rbc_pred": int(rbc_pred.sum()),
+            "rbc_total_error": float(rbc_pred.sum() / max(rbc_gt.sum(), 1) - 1),
+            "rbc_median_error": float(np.median(np.abs(rbc_pred[has] - rbc_gt[has])
+                                                / rbc_gt[has])) if has.any() else None,
+        })
+    return figures
+
+
+def net_figures(truth: list, predictions: list) -> dict:
+    from napari_cellquant.core.metrics import count_errors, evaluate_boxes
+
+    boxes = evaluate_boxes(truth, predictions, iou=0.5)
+    counts = count_errors(truth, predictions)
+    net = (boxes.get("ap_per_class") or {}).get("NET") or {}
+    return {"images": len(truth), "ap50_net": net.get("ap50"),
+            "net_percent": [(round(r["gt"], 1), round(r["pred"], 1))
+                            for r in counts.get("net_percent") or [] if r["gt"] is not None
+                            and r["pred"] is not None],
+            "net_percent_mae": counts.get("net_percent_mae")}
+
+
+# ------------------------------------------------------------------------------------------
+# the sets
+# ------------------------------------------------------------------------------------------
+def _thumbnail(image: np.ndarray) -> np.ndarray:
+    from skimage.transform import resize
+
+    grey = image[..., :3].mean(axis=-1) if image.ndim == 3 else image
+    return resize(grey.astype(np.float32), (24, 32), anti_aliasing=True).ravel()
+
+
+def txl_train_bccd_names(data: Path, bccd_pairs: list) -> set[str]:
+    """Names of the BCCD photographs that TXL-PBC train holds (matched by pixel content)."""
+    from napari_cellquant.core.io.images import image_shape, read_image
+
+    folder = data / "txl_pbc" / "images" / "train"
+    train = [_thumbnail(read_image(p)) for p in sorted(folder.glob("*.jpg"))
+             if image_shape(p) == (480, 640)]
+    if not train:
+        return set()
+    bank = np.stack(train)
+    seen = set()
+    for image, truth in bccd_pairs:
+        distance = np.abs(bank - _thumbnail(image)).mean(axis=1).min()
+        if distance < 2.0:  # grey levels; different photographs differ by tens
+            seen.add(truth.image_name)
+    return seen
+
+
+def load_set(name: str, data: Path, limit: int | None) -> list:
+    from napari_cellquant.core.io import read_annotations
+    from napari_cellquant.core.io.images import read_image
+
+    if name == "txl_pbc_val":
+        annotations = read_annotations(data / "txl_pbc" / "labels" / "val")
+    elif name == "bccd":
+        annotations = read_annotations(data / "bccd" / "voc", images_dir=data / "bccd" / "images",
+                                       class_set="blood3")
+    else:
+        annotations = read_annotations(data / "net_fluorescence" / "coco.json")
+    annotations = annotations[:limit] if limit else annotations
+    return [(read_image(a.image_path), a) for a in annotations]
+
+
+def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None) -> list[dict]:
+    rows = []
+    for set_name in sets:
+        pairs = load_set(set_name, data, limit)
+        blood = set_name != "net_fluorescence"
+        names = [m for m in (BLOOD_MODELS if blood else NET_MODELS) if not models or m in models]
+        seen_by: dict[str, set[str]] = {}
+        if set_name == "bccd":
+            every = {a.image_name for _, a in pairs}
+            seen_by = {"blood-classical": every, "blood-detector": txl_train_bccd_names(data, pairs)}
+        for model in names:
+            seen = seen_by.get(model, set())
+            if set_name == "net_fluorescence":
+                seen = {a.image_name for _, a in pairs}
+            kept = [p for p in pairs if p[1].image_name not in seen] if blood else pairs
+            if not kept:
+                rows.append({"set": set_name, "model": model, "seen": len(seen), "images": 0})
+                continue
+            predictions, seconds = predict_all(model, kept)
+            truth = [a for _, a in kept]
+            figures = (blood_figures(truth, predictions, rbc=set_name == "txl_pbc_val")
+                       if blood else net_figures(truth, predictions))
+            rows.append({"set": set_name, "model": model, "seen": len(seen),
+                         "s_per_image": seconds / len(kept), **figures})
+            print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _line(row: dict) -> str:
+    keys = ("map50", "wbc_exact", "platelet_mae", "rbc_total_error", "rbc_median_error",
+            "ap50_net", "net_percent_mae")
+    shown = " ".join(f"{k}={_fmt(row.get(k))}" for k in keys if k in row)
+    return (f"{row['set']:<17} {row['model']:<16} images={row.get('images')} "
+            f"seen={row['seen']} {shown} s/img={_fmt(row.get('s_per_image'))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--only", action="append",
+                        choices=["txl_pbc_val", "bccd", "net_fluorescence"])
+    parser.add_argument("--models", help="comma-separated model names (default: all)")
+    parser.add_argument("--limit", type=int, help="first N images of each set (quick checks)")
+    parser.add_argument("--json", type=Path, help="write every row here")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"no data at {args.data}", file=sys.stderr)
+        return 2
+    sets = args.only or ["txl_pbc_val", "bccd", "net_fluorescence"]
+    models = args.models.split(",") if args.models else None
+    rows = run(args.data, sets, models, args.limit)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

