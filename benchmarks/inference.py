@@ -1,6 +1,7 @@
 """Tiled inference throughput and memory: napari-cellquant vs MONAI's sliding_window_inference.
 
-Runs blood-unet (random weights, 1.9M parameters) on a 4032 x 3024 RGB image with tile 256,
+Runs blood-unet (random weights, 1.9M parameters; ``--arch blood-detector`` for the
+EfficientNet-Lite0 detector) on a 4032 x 3024 RGB image with tile 256,
 overlap 0.25, Gaussian blending (sigma 0.125 * tile) and batch 4, through
 ``napari_cellquant.core.inference.predict_maps`` and through
 ``monai.inferers.sliding_window_inference`` with the same roi, overlap, mode and sw_batch_size,
@@ -9,6 +10,13 @@ measurement runs in its own process so ``ru_maxrss`` is its own) and the largest
 between the two outputs.
 
     python benchmarks/inference.py [--threads N] [--rounds 3] [--device cpu|cuda] [--huge]
+                                   [--arch blood-unet|blood-detector] [--e2e]
+
+``--e2e`` times ``cellquant predict`` end to end (a new process: start-up, reading, the
+detector's own scale measurement, tiled inference, instances, writing COCO and counts) with
+the bundled ``blood-detector`` on 4032 x 3024 mosaics of TXL-PBC val photographs at two
+magnifications (RBCs of about 100 px, as photographed, and of 40 px, the model's own
+scale, the costliest case), with its peak memory.
 
 ``--huge`` adds a 20000 x 20000 run (uint8 input memory-mapped from a temporary file, compact
 outputs memory-mapped) to show that memory is bounded by the tile band; when the estimated
@@ -117,9 +125,13 @@ def make_runner(kind: str, net, device):
     if kind == "monai-fused":  # ablation: give MONAI our folded, channels_last network
         monai_net = net.fuse_for_inference().to(device, memory_format=torch.channels_last)
 
+    from napari_cellquant.core.inference import _activate
+
+    acts = net.output_activations
+
     def predictor(x):
         out = monai_net(x)
-        return {"classes": torch.softmax(out["classes"], 1), "distance": out["distance"]}
+        return {k: _activate(v, acts[k]) for k, v in out.items()}
 
     def run(img):
         # a zero-copy (1, C, H, W) view, as MONAI wants channel-first input
@@ -157,7 +169,7 @@ def child(args: argparse.Namespace) -> dict:
     if kind == "huge":
         return child_huge(args, result)
 
-    net = make_network()
+    net = make_network(args.arch)
     image = make_image()
     megapixels = SHAPE[0] * SHAPE[1] / 1e6
     if kind == "timing":
@@ -194,7 +206,7 @@ def child_huge(args: argparse.Namespace, result: dict) -> dict:
     from napari_cellquant.core.inference import predict_maps
 
     tiny = args.tiny
-    net = make_network(tiny=tiny)
+    net = make_network(args.arch, tiny=tiny)
     tmp = Path(tempfile.mkdtemp(prefix="cellquant-bench-"))
     # the input lives on disk too: a 20000 x 20000 RGB float32 array alone would be 4.8 GB
     image = np.memmap(tmp / "input.u8", dtype=np.uint8, mode="w+", shape=(HUGE, HUGE, 3))
@@ -232,53 +244,51 @@ def compare(args: argparse.Namespace) -> dict:
     from napari_cellquant.core.inference import predict_maps
 
     torch.set_num_threads(args.threads)
-    net = make_network()
+    net = make_network(args.arch)
     image = make_image()
     device = torch.device(args.device)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].to(device)
     net = net.to(device)
+    from napari_cellquant.core.inference import _activate
+
+    acts = net.output_activations
+
     def predictor(t):
-        out = net(t)
-        return {"classes": torch.softmax(out["classes"], 1), "distance": out["distance"]}
+        return {k: _activate(v, acts[k]) for k, v in net(t).items()}
 
     with torch.no_grad():
         ref = sliding_window_inference(
             x, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian",
             sigma_scale=SIGMA,
         )
-    ref_classes = ref["classes"][0].cpu().numpy()  # (C, H, W), as ours
-    ref_distance = ref["distance"][0, 0].cpu().numpy()
-    del ref
+    ref = {k: v[0].cpu().numpy() for k, v in ref.items()}  # (C, H, W), as ours
     kw = dict(tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=device, sigma_scale=SIGMA,
               amp=False)
     res: dict = {}
     border = 16  # MONAI's 2-D-clamped window differs from ours only in image-border strips
     for blend in ("monai", "gaussian"):
         ours = predict_maps(image, net, blend=blend, compact=False, **kw)
-        dc = np.abs(ours["classes"] - ref_classes)
-        dd = np.abs(ours["distance"] - ref_distance)
-        res[blend] = {
-            "max_abs_diff_probs": float(dc.max()),
-            "max_abs_diff_distance": float(dd.max()),
-            "interior_max_abs_diff_probs": float(dc[:, border:-border, border:-border].max()),
+        res[blend] = {}
+        for key, expected in ref.items():
+            diff = np.abs(ours[key].reshape(expected.shape) - expected)
+            edge = max(1, border // (image.shape[0] // expected.shape[-2]))
+            res[blend][f"max_abs_diff_{key}"] = float(diff.max())
+            res[blend][f"interior_max_abs_diff_{key}"] = float(
+                diff[..., edge:-edge, edge:-edge].max())
+        del ours
+    if "classes" in ref:
+        compact = predict_maps(image, net, **kw)
+        res["compact"] = {
+            "argmax_agreement": float((compact["classes"] == ref["classes"].argmax(0)).mean()),
+            "max_abs_diff_confidence_f16": float(np.abs(
+                compact["classes_confidence"].astype(np.float32) - ref["classes"].max(0)).max()),
         }
-        del ours, dc, dd
-    compact = predict_maps(image, net, **kw)
-    res["compact"] = {
-        "argmax_agreement": float((compact["classes"] == ref_classes.argmax(0)).mean()),
-        "max_abs_diff_confidence_f16": float(
-            np.abs(compact["classes_confidence"].astype(np.float32) - ref_classes.max(0)).max()
-        ),
-        "max_abs_diff_distance_f16": float(
-            np.abs(compact["distance"].astype(np.float32) - ref_distance).max()
-        ),
-    }
     return res
 
 
 def spawn(args: argparse.Namespace, kind: str, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads),
-           "--rounds", str(args.rounds), "--device", args.device, *extra]
+           "--rounds", str(args.rounds), "--device", args.device, "--arch", args.arch, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
@@ -294,7 +304,7 @@ def report(args: argparse.Namespace) -> None:
     mp = SHAPE[0] * SHAPE[1] / 1e6
     devices = [args.device] if args.device != "auto" else (
         ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    print(f"blood-unet, {count_parameters(make_network()):,} parameters, random weights; "
+    print(f"{args.arch}, {count_parameters(make_network(args.arch)):,} parameters, random weights; "
           f"{SHAPE[1]}x{SHAPE[0]} RGB ({mp:.1f} MP), tile {TILE}, overlap {OVERLAP}, "
           f"gaussian sigma {SIGMA}*tile, batch {BATCH}, {args.threads} threads")
     ours_cpu = None
@@ -340,6 +350,69 @@ def report(args: argparse.Namespace) -> None:
               "float32 sums plus a 4.8 GB float32 input")
 
 
+def smear_mosaic(rbc_px: float) -> np.ndarray:
+    """A 4032 x 3024 smear made of TXL-PBC val's 640 x 480 (BCCD) photographs, resized so
+    that their RBCs (about 97 px as photographed) are ``rbc_px`` wide, tiled edge to edge."""
+    from skimage.transform import rescale
+
+    from napari_cellquant.core.io.images import image_shape, read_image
+
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "txl_pbc" / "images" / "val"
+    photos = [p for p in sorted(folder.glob("*.jpg")) if image_shape(p) == (480, 640)]
+    if not photos:
+        raise SystemExit(f"--e2e needs the TXL-PBC val photographs in {folder}")
+    mosaic = np.zeros((*SHAPE, 3), dtype=np.uint8)
+    zoom = rbc_px / 97.0
+    k = 0
+    y = 0
+    while y < SHAPE[0]:
+        x = 0
+        while x < SHAPE[1]:
+            tile = read_image(photos[k % len(photos)])[..., :3]
+            if zoom != 1:
+                tile = np.rint(rescale(tile.astype(np.float32), zoom, channel_axis=-1,
+                                       preserve_range=True, anti_aliasing=zoom < 1)
+                               ).clip(0, 255).astype(np.uint8)
+            h, w = min(tile.shape[0], SHAPE[0] - y), min(tile.shape[1], SHAPE[1] - x)
+            mosaic[y:y + h, x:x + w] = tile[:h, :w]
+            x += tile.shape[1]
+            k += 1
+        y += tile.shape[0]
+    return mosaic
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """``cellquant predict`` with the bundled blood-detector on 4032 x 3024 mosaics."""
+    from skimage.io import imsave
+
+    cli = Path(sys.executable).with_name("cellquant")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    print(f"cellquant predict -m blood-detector, {SHAPE[1]}x{SHAPE[0]} smear mosaics, "
+          f"{args.threads} threads, one process per run (wall s, peak RSS MB)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for rbc_px in (97.0, 40.0):
+            image = Path(tmp) / f"smear-rbc{int(rbc_px)}.png"
+            imsave(image, smear_mosaic(rbc_px), check_contrast=False)
+            out = Path(tmp) / f"out{int(rbc_px)}"
+            started = time.perf_counter()
+            proc = subprocess.Popen([str(cli), "predict", str(image), "-m", "blood-detector",
+                                     "-o", str(out), "--device", args.device
+                                     if args.device != "auto" else "cpu"],
+                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - started
+            stderr = proc.stderr.read() if proc.stderr else ""
+            if status:
+                sys.stderr.write(stderr)
+                raise SystemExit("cellquant predict failed")
+            counts = (out / "counts.csv").read_text(encoding="utf-8").strip().splitlines()
+            peak = usage.ru_maxrss / 2**10
+            print(f"  RBCs of {rbc_px:.0f} px: {wall:5.1f} s, peak RSS {peak:5.0f} MB; "
+                  f"{' '.join(line for line in stderr.splitlines() if 'diameter' in line)}; "
+                  f"counts: {counts[-1]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -349,7 +422,12 @@ def main() -> None:
     p.add_argument("--huge-limit", type=float, default=600.0)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--arch", default="blood-unet", choices=["blood-unet", "blood-detector"])
+    p.add_argument("--e2e", action="store_true", help="time cellquant predict end to end")
     args = p.parse_args()
+    if args.e2e:
+        end_to_end(args)
+        return
     if args.child:
         if args.device == "auto":
             args.device = "cpu"

@@ -170,3 +170,25 @@ def test_predict_uses_the_weights_file_it_is_given(tmp_path, capsys):
     assert main(["predict", str(folder), "-m", "blood-unet", "-o", str(tmp_path / "x"),
                  "--weights", str(tmp_path / "none.pt")]) == 2
     assert "none.pt does not exist" in capsys.readouterr().err
+
+
+def test_convert_bccd_voc_to_yolo_and_back_then_evaluate(tmp_path, capsys):
+    from napari_cellquant.demo import BLOOD_PHOTO_BOXES
+
+    yolo = tmp_path / "yolo"
+    assert main(["convert", str(BLOOD_PHOTO_BOXES), str(yolo), "--to", "yolo"]) == 0
+    assert (yolo / "images" / "BloodImage_00000.jpg").is_file()
+    assert "names:\n- rbc\n- wbc\n- platelet" in (yolo / "data.yaml").read_text()
+    assert main(["convert", str(yolo / "data.yaml"), str(tmp_path / "back.json"),
+                 "--to", "coco", "--from", "yolo"]) == 0
+    (voc,) = read_annotations(BLOOD_PHOTO_BOXES)
+    (back,) = read_annotations(tmp_path / "back.json")
+    np.testing.assert_allclose(back.boxes.xywh, voc.boxes.xywh, atol=1e-6)
+    np.testing.assert_array_equal(back.boxes.class_ids, voc.boxes.class_ids)
+    capsys.readouterr()
+    # BCCD's own VOC spelling (RBC, WBC, Platelets) scores as blood3, --classes blood3 too
+    assert main(["evaluate", "--gt", str(BLOOD_PHOTO_BOXES), "--pred", str(yolo / "labels"),
+                 "--classes", "blood3"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["class_set"] == "blood3"
+    assert scores["boxes"]["ap50"] == pytest.approx(1.0)

@@ -25,6 +25,11 @@ def test_demo_writes_truth_and_predictions_that_agree(tmp_path, capsys):
              if r["model"] == "blood-classical"}
     assert abs(blood["rbc"][1] - blood["rbc"][0]) <= 0.1 * blood["rbc"][0]
     assert blood["wbc"][1] == blood["wbc"][0]
+    photo = {r["class"]: (int(r["truth"]), int(r["predicted"])) for r in rows
+             if r["model"] == "blood-detector"}
+    assert photo["wbc"] == (1, 1)
+    # BCCD boxed 19 of this photograph's RBCs and left some out: at least those are found
+    assert photo["rbc"][0] == 19 and 17 <= photo["rbc"][1] <= 30
 
 
 def test_demo_refuses_to_overwrite_then_overwrites_when_asked(tmp_path, capsys):

@@ -14,7 +14,7 @@ from napari_cellquant._reader import annotation_kind, napari_get_reader
 from napari_cellquant.core.annotation import Annotation, Boxes
 from napari_cellquant.core.classes import BLOOD10, NET4
 from napari_cellquant.core.errors import InputError
-from napari_cellquant.core.io import write_annotations
+from napari_cellquant.core.io import read_annotations, write_annotations
 from napari_cellquant.core.synthetic import synthetic_blood_smear
 
 PLUGIN = "napari-cellquant"
@@ -125,6 +125,20 @@ def test_voc_opens_as_boxes(make_napari_viewer, tmp_path):
     assert shapes.name == "field boxes"
     assert list(shapes.features["class_name"]) == ["NET", "unstimulated"]
     np.testing.assert_allclose(shapes.data[1][0], [29.5, 39.5])
+
+
+def test_yolo_data_file_and_labels_folder_open_as_image_and_boxes(make_napari_viewer, tmp_path):
+    from napari_cellquant.demo import BLOOD_PHOTO_BOXES
+
+    write_annotations(read_annotations(BLOOD_PHOTO_BOXES), tmp_path / "yolo", to="yolo")
+    for target in (tmp_path / "yolo" / "data.yaml", tmp_path / "yolo" / "labels"):
+        assert annotation_kind(target) == "yolo"
+        viewer = make_napari_viewer()
+        image, shapes = viewer.open(target, plugin=PLUGIN)
+        assert image.data.shape == (480, 640, 3)
+        assert shapes.name == "BloodImage_00000 boxes"
+        assert list(shapes.features["class_name"]).count("rbc") == 19
+        assert list(shapes.features["class_name"]).count("wbc") == 1
 
 
 def test_label_image_without_classes_opens_in_one_class(make_napari_viewer, tmp_path):

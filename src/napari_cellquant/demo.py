@@ -1,12 +1,16 @@
 """The main job on the bundled samples, as a user would run it on their own images.
 
-``cellquant demo OUTDIR`` writes, for each sample (``net_fluorescence``, ``blood_smear``):
+``cellquant demo OUTDIR`` writes, for each sample (``net_fluorescence``, ``blood_photo``,
+``blood_smear``):
 
-- ``OUTDIR/<sample>/<image>``: the bundled NET micrograph, or a synthetic blood smear;
-- ``OUTDIR/<sample>/truth/``: its annotations (the expert NET boxes, the smear's exact
-  instances) as COCO ``annotations.json``, ``masks/`` and ``counts.csv``;
-- ``OUTDIR/<sample>/predictions/``: what the weight-free model finds, through the same
-  ``predict`` path as ``cellquant predict``, in the same three formats;
+- ``OUTDIR/<sample>/<image>``: the bundled NET micrograph, a BCCD smear photograph (MIT
+  licence; not among the photographs ``blood-detector`` trained on), or a synthetic smear;
+- ``OUTDIR/<sample>/truth/``: its annotations (the expert NET boxes, BCCD's VOC boxes, the
+  smear's exact instances) as COCO ``annotations.json``, ``masks/`` and ``counts.csv``;
+- ``OUTDIR/<sample>/predictions/``: what the model finds (``net-classical``,
+  ``blood-detector``, ``blood-classical``), through the same ``predict`` path as
+  ``cellquant predict`` (no diameter given for the photograph: the detector measures it), in
+  the same three formats;
 
 and ``OUTDIR/comparison.csv``: counts per class, truth next to prediction.
 """
@@ -26,6 +30,8 @@ from .core.io.atomic import atomic_path, write_text_atomic
 SAMPLES_DIR = Path(__file__).with_name("samples")
 NET_IMAGE = SAMPLES_DIR / "K.Fiok3_1Per2h006_scale.jpg"
 NET_BOXES = SAMPLES_DIR / "net_fluorescence.json"
+#: BCCD's photograph 0 (MIT licence, LICENSE-BCCD.txt); BCCD leaves some of its RBCs unboxed
+BLOOD_PHOTO_BOXES = SAMPLES_DIR / "BloodImage_00000.xml"
 OUTPUT_FORMATS = (("coco", "annotations.json"), ("masks", "masks"), ("csv", "counts.csv"))
 
 
@@ -51,15 +57,19 @@ def _write_image(sample_dir: Path, truth: Annotation, pixels, overwrite: bool) -
 
 def _samples(outdir: Path, overwrite: bool) -> tuple[list[DemoSample], list[Path]]:
     from .core.io.coco import read_coco
+    from .core.io.voc import read_voc
     from .core.synthetic import synthetic_blood_smear
 
     (net,) = read_coco(NET_BOXES, images_dir=SAMPLES_DIR)
+    (photo,) = read_voc(BLOOD_PHOTO_BOXES, images_dir=SAMPLES_DIR)
     pixels, smear = synthetic_blood_smear(shape=(512, 512), seed=0)
     smear.image_name = "synthetic_blood_smear.png"
     samples = [DemoSample("net_fluorescence", net, "net-classical"),
+               DemoSample("blood_photo", photo, "blood-detector"),
                # the generator's red cells are 2 x 17 px across
                DemoSample("blood_smear", smear, "blood-classical", diameter=34.0)]
     images = [_write_image(outdir / "net_fluorescence", net, None, overwrite),
+              _write_image(outdir / "blood_photo", photo, None, overwrite),
               _write_image(outdir / "blood_smear", smear, pixels, overwrite)]
     return samples, images
 
@@ -78,7 +88,7 @@ def _comparison_rows(sample: DemoSample, found: Annotation) -> list[list]:
 
 
 def run_demo(outdir: Path, *, overwrite: bool = False) -> list[Path]:
-    """Write the sample images, their truth and the weight-free models' predictions."""
+    """Write the sample images, their truth and the models' predictions."""
     from .core.io.images import read_image
     from .core.predict import load_model, predict
 

@@ -1,0 +1,77 @@
+"""The bundled blood-detector on a real BCCD photograph: counts, editable instances, its own
+scale at other magnifications, and its card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.transform import rescale
+
+from napari_cellquant.core.io import read_annotations
+from napari_cellquant.demo import SAMPLES_DIR
+from napari_cellquant.core.io.images import read_image
+from napari_cellquant.core.models.registry import BUNDLED_DIR, get_card, weights_status
+from napari_cellquant.core.predict import load_model, predict
+
+PHOTO = SAMPLES_DIR / "BloodImage_00000.jpg"  # BCCD, MIT; not in TXL-PBC train
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("blood-detector", "cpu")
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return read_image(PHOTO)
+
+
+@pytest.fixture(scope="module")
+def found(model, photo):
+    return predict(photo, model)
+
+
+def test_card_is_bundled_compact_and_says_where_its_figures_come_from() -> None:
+    card = get_card("blood-detector")
+    assert weights_status(card) == "bundled" and card.class_set == "blood3"
+    assert (BUNDLED_DIR / "blood-detector.pt").stat().st_size < 8e6  # fp16 on disk
+    figures = card.metrics["txl_pbc_val"]
+    assert "never trained or tuned on" in figures["images"]
+    for key in ("map50", "wbc_exact", "platelet_mae", "rbc_total_error", "rbc_median_error"):
+        assert isinstance(figures[key], float)
+    assert "ellipse" in card.training["masks"]
+
+
+def test_counts_the_photo_like_its_annotation(found) -> None:
+    (truth,) = read_annotations(PHOTO.with_suffix(".xml"))
+    counts = found.counts()
+    assert counts["wbc"] == truth.counts()["wbc"] == 1
+    # BCCD leaves some RBCs unboxed (19 boxed here): at least those, and not twice as many
+    assert 17 <= counts["rbc"] <= 30
+    assert counts["platelet"] <= 2
+    assert found.meta["diameter_source"] == "estimated"
+    assert 80 < found.meta["diameter_px"] < 120  # BCCD's RBCs: about 100 px across
+
+
+def test_every_object_is_an_editable_mask_with_class_and_score(found) -> None:
+    ids = found.instance_ids()
+    assert len(ids) == sum(found.counts().values()) and len(found.boxes) == 0
+    assert set(found.classes) == set(ids.tolist()) == set(found.scores)
+    assert all(0 < s <= 1 for s in found.scores.values())
+    wbc = [i for i, c in found.classes.items() if c == found.class_set.id_of("wbc")]
+    area = (found.labels == wbc[0]).sum()
+    assert 0.6 * np.pi / 4 * 200**2 < area < 1.4 * np.pi / 4 * 200**2  # a WBC ~200 px wide
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_scale_is_measured_at_other_magnifications(model, photo, found, factor) -> None:
+    resized = np.rint(rescale(photo.astype(np.float32), factor, channel_axis=-1,
+                              preserve_range=True, anti_aliasing=factor < 1)).astype(np.uint8)
+    other = predict(resized, model)
+    assert other.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"] * factor,
+                                                      rel=0.15)
+    assert other.counts()["wbc"] == 1
+    assert abs(other.counts()["rbc"] - found.counts()["rbc"]) <= 3
+    assert other.shape == resized.shape[:2]
