@@ -161,7 +161,8 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
         seen_by: dict[str, set[str]] = {}
         if set_name == "bccd":
             every = {a.image_name for _, a in pairs}
-            seen_by = {"blood-classical": every, "blood-detector": txl_train_bccd_names(data, pairs)}
+            seen_by = {"blood-classical": every,
+                       "blood-detector": txl_train_bccd_names(data, pairs)}
         for model in names:
             seen = seen_by.get(model, set())
             if set_name == "net_fluorescence":

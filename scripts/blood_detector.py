@@ -66,11 +66,11 @@ def load_split(data: Path, split: str) -> list:
 def to_model_scale(pairs: list, target: float) -> list:
     """Each photograph resized so its median RBC is ``target`` px; images with too few RBCs
     take the median zoom of photographs of the same size."""
-    from napari_cellquant.core.predict import _annotation_to_shape, _resize  # noqa: F401
+    from napari_cellquant.core.predict import _resize
 
     zooms = {}
     by_size: dict[tuple, list[float]] = {}
-    for image, ann in pairs:
+    for _, ann in pairs:
         d = rbc_diameter(ann)
         if d:
             zooms[ann.image_name] = target / d

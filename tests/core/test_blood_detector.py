@@ -3,17 +3,15 @@ scale at other magnifications, and its card."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.transform import rescale
 
 from napari_cellquant.core.io import read_annotations
-from napari_cellquant.demo import SAMPLES_DIR
 from napari_cellquant.core.io.images import read_image
 from napari_cellquant.core.models.registry import BUNDLED_DIR, get_card, weights_status
 from napari_cellquant.core.predict import load_model, predict
+from napari_cellquant.demo import SAMPLES_DIR
 
 PHOTO = SAMPLES_DIR / "BloodImage_00000.jpg"  # BCCD, MIT; not in TXL-PBC train
 

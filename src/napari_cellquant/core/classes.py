@@ -54,7 +54,7 @@ class ClassSet:
 
     def id_of(self, name: str) -> int:
         """Class id of ``name``: case-insensitive, with the spellings real data uses
-        (``RBC``, ``Platelets``, ``Thrombocytes``, ``red blood cell``: see :func:`canonical_name`)."""
+        (``RBC``, ``Platelets``, ``Thrombocytes``, ``red blood cell``; :func:`canonical_name`)."""
         lowered = [n.lower() for n in self.names]
         for candidate in dict.fromkeys((name.lower(), canonical_name(name))):
             if candidate in lowered:

@@ -109,7 +109,7 @@ def test_missing_image_and_names_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no image beside it"):
         read_annotations(root)
     (root / "data.yaml").unlink()
-    with pytest.raises(InputError, match="no data.yaml or classes.txt"):
+    with pytest.raises(InputError, match=r"no data\.yaml or classes\.txt"):
         read_yolo(root / "labels")
 
 

@@ -57,8 +57,11 @@ _STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3
 #: block indices whose outputs are the stride 2, 4, 8, 16 and 32 features
 _TAPS = (0, 2, 4, 10, 15)
 _TAP_CHANNELS = (16, 24, 40, 112, 320)
-# TensorFlow's batch-norm settings, kept for fine-tuning
-_BN = {"eps": 1e-3, "momentum": 0.01}
+def _bn(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with TensorFlow's settings, as the weights were trained (kept for fine-tuning)."""
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
 _ARCH_KEYS = {"type", "in_channels", "decoder", "n_classes", "heads", "detector"}
 
 
@@ -85,12 +88,12 @@ class MBConv(nn.Module):
         self.expand = expand != 1
         if self.expand:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
-            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+            self._bn0 = _bn(mid)
         self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid,
                                           bias=False)
-        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._bn1 = _bn(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
-        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self._bn2 = _bn(cout)
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +111,7 @@ class EfficientNetLite0(nn.Module):
     def __init__(self, *, head: bool = True) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        self._bn0 = _bn(32)
         blocks = []
         cin = 32
         for expand, kernel, stride, cout, repeats in _STAGES:
@@ -119,7 +122,7 @@ class EfficientNetLite0(nn.Module):
         self.head = head
         if head:
             self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-            self._bn1 = nn.BatchNorm2d(1280, **_BN)
+            self._bn1 = _bn(1280)
             self._fc = nn.Linear(1280, 1000)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -261,19 +264,21 @@ class EfficientUNet(nn.Module):
             elif isinstance(module, MBConv):
                 _fuse_mbconv(module)
         stem, bn = fused.encoder._conv_stem, fused.encoder._bn0
-        fused.encoder._conv_stem = _folded(stem, bn)
+        fused.encoder._conv_stem = _folded(stem, bn)  # type: ignore[assignment]
         fused.encoder._bn0 = nn.Identity()  # type: ignore[assignment]
         return fused
 
 
 @torch.no_grad()
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:  # keeps conv's class
     """``conv`` followed by eval-mode ``bn`` as one convolution with a bias."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None  # BatchNorm2d tracks them by default
+    scale = bn.weight / torch.sqrt(var + bn.eps)
     fused = copy.deepcopy(conv)
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+    fused.bias = nn.Parameter((bias - mean) * scale + bn.bias)
     return fused
 
 

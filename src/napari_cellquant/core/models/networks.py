@@ -58,13 +58,16 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    from .efficientnet import EfficientUNet
 
 DENSE_HEADS = ("classes", "distance", "boundary")
 DETECTION_HEADS = ("heatmap", "size", "offset")
@@ -436,7 +439,7 @@ def _normalise_heads(arch: Mapping[str, Any], *, depth: int) -> dict[str, Any]:
     return a
 
 
-def build_network(arch: Mapping[str, Any]) -> nn.Module:
+def build_network(arch: Mapping[str, Any]) -> UNet | EfficientUNet:
     """Build a network from a plain architecture dict (as stored in a model card).
 
     Parameters
