@@ -1,8 +1,11 @@
-"""Training throughput of blood-unet: crops per second through ``core.training.iter_train``.
+"""Training throughput: crops per second through ``core.training.iter_train``.
 
-Trains blood-unet from scratch on synthetic 512 x 512 smears (batch 4, crop 256, augmentation
-on) for a fixed number of steps on each device asked for, and prints crops (images) per second
-of the optimisation steps (validation and checkpoints are left out of the timing).
+Trains ``--model`` (blood-unet: batch 4, crop 256; blood-detector: batch 8, crop 192, from
+ImageNet features, the bundled recipe) on synthetic 512 x 512 smears (augmentation on) for a
+fixed number of steps on each device asked for, and prints crops (images) per second of the
+optimisation steps (validation and checkpoints are left out of the timing). It also times
+the data side alone (``make_batch``: crops, augmentation and targets of one batch, on the
+CPU in the training process) against the step, which shows whether data is the bottleneck.
 
 Peer, measured in the same run on the same device: a bare PyTorch loop with the same network,
 batch and optimiser (AdamW) on one pre-made batch, with cross-entropy on the class head and an
@@ -12,6 +15,7 @@ augmentation and loss bookkeeping of ``iter_train`` cost. Where both devices run
 over CPU speed-up is printed too.
 
     python benchmarks/training.py [--devices cpu,cuda] [--steps 20] [--threads N]
+                                  [--model blood-unet|blood-detector]
 """
 
 from __future__ import annotations
@@ -23,13 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
-BATCH, CROP, SIZE = 4, 256, 512
+SIZE = 512
+#: batch and crop of each model's bundled recipe
+RECIPES = {"blood-unet": (4, 256), "blood-detector": (8, 192)}
+MODEL = "blood-unet"
+BATCH, CROP = RECIPES[MODEL]
 
 
 def smears(n: int = 4) -> tuple[list[np.ndarray], list]:
+    from napari_cellquant.core.classes import BLOOD3
     from napari_cellquant.core.synthetic import synthetic_blood_smear
 
     pairs = [synthetic_blood_smear((SIZE, SIZE), seed=seed, rbc_radius=18) for seed in range(n)]
+    if MODEL == "blood-detector":  # a detector learns boxes of blood3
+        return [p[0] for p in pairs], [p[1].mapped_to(BLOOD3) for p in pairs]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -40,9 +51,10 @@ def ours(device: str, steps: int) -> float:
     images, annotations = smears()
     with tempfile.TemporaryDirectory() as folder:
         config = TrainingConfig(
-            base="blood-unet", images=images, annotations=annotations,
+            base=MODEL, images=images, annotations=annotations,
             output=Path(folder) / "bench.pt", epochs=1, val_fraction=0.0, batch_size=BATCH,
-            crop=CROP, steps_per_epoch=steps + 2, device=device, from_scratch=True,
+            crop=CROP, steps_per_epoch=steps + 2, device=device,
+            from_scratch=MODEL != "blood-detector",
         )
         stamps = [time.perf_counter() for event in iter_train(config) if event.phase == "step"]
     timed = np.diff(stamps[2:])  # the first steps warm up kernels and allocators
@@ -55,11 +67,14 @@ def bare(device: str, steps: int) -> float:
     import torch.nn.functional as F
 
     from napari_cellquant.core.models import DEFAULT_ARCHS, build_network
+    from napari_cellquant.core.training.losses import detection_loss
 
     torch.manual_seed(0)
     dev = torch.device(device)
     amp = dev.type == "cuda"
-    net = build_network(dict(DEFAULT_ARCHS["blood-unet"])).to(dev).train()
+    net = build_network(dict(DEFAULT_ARCHS[MODEL])).to(dev).train()
+    batch = data_batch()
+    detector = net.arch["detector"]
     if amp:
         net = net.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -67,14 +82,16 @@ def bare(device: str, steps: int) -> float:
     image = torch.randn(BATCH, 3, CROP, CROP, device=dev)
     if amp:
         image = image.to(memory_format=torch.channels_last)
-    classes = torch.randint(0, net.head_channels["classes"], (BATCH, CROP, CROP), device=dev)
-    distance = torch.rand(BATCH, 1, CROP, CROP, device=dev)
+    targets = {k: v.to(dev) for k, v in batch.items()}
     stamps = []
     for _ in range(steps + 2):
         with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
             out = net(image)
-            loss = F.cross_entropy(out["classes"].float(), classes) + F.l1_loss(
-                out["distance"].float(), distance)
+            if detector:
+                loss, _ = detection_loss(out, targets, size_encoding=detector["size_encoding"])
+            else:
+                loss = F.cross_entropy(out["classes"].float(), targets["classes"].clamp(min=0)) \
+                    + F.l1_loss(out["distance"].float(), targets["distance"])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -84,15 +101,42 @@ def bare(device: str, steps: int) -> float:
     return BATCH / float(np.median(np.diff(stamps[2:])))
 
 
+def data_batch(timed: int = 0) -> dict:
+    """One training batch as ``iter_train`` makes it; with ``timed`` > 0, the median seconds
+    of that many batches instead."""
+    from napari_cellquant.core.models.registry import get_card
+    from napari_cellquant.core.training import make_sample
+    from napari_cellquant.core.training.augment import AugmentSettings, make_batch
+
+    card = get_card(MODEL)
+    images, annotations = smears()
+    samples = [make_sample(i, a, card) for i, a in zip(images, annotations)]
+    settings = AugmentSettings(crop=CROP)
+    rng = np.random.default_rng(0)
+    detector = card.architecture.get("detector")
+    if not timed:
+        return make_batch(samples, BATCH, settings, rng, detector=detector)
+    seconds = []
+    for _ in range(timed):
+        started = time.perf_counter()
+        make_batch(samples, BATCH, settings, rng, detector=detector)
+        seconds.append(time.perf_counter() - started)
+    return {"seconds": float(np.median(seconds))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", default="cpu,cuda",
                         help="comma-separated; cuda is skipped where there is none")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--model", default=MODEL, choices=list(RECIPES))
     args = parser.parse_args()
     import torch
 
+    global MODEL, BATCH, CROP
+    MODEL = args.model
+    BATCH, CROP = RECIPES[MODEL]
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict[str, float] = {}
@@ -104,8 +148,11 @@ def main() -> None:
             f"CPU, {torch.get_num_threads()} threads"
         rate, peer = ours(device, args.steps), bare(device, args.steps)
         results[device] = rate
-        print(f"{device} ({label}): iter_train {rate:.2f} crops/s; bare PyTorch step "
+        print(f"{MODEL} on {device} ({label}): iter_train {rate:.2f} crops/s; bare PyTorch step "
               f"{peer:.2f} crops/s; ratio {rate / peer:.2f} (batch {BATCH}, crop {CROP})")
+        data = data_batch(timed=10)["seconds"]
+        print(f"  data side (make_batch, one batch): {1e3 * data:.0f} ms = "
+              f"{100 * data / (BATCH / rate):.0f}% of a step of iter_train")
     if "cpu" in results and any(d.startswith("cuda") for d in results):
         cuda = next(v for d, v in results.items() if d.startswith("cuda"))
         print(f"CUDA / CPU speed-up of iter_train: {cuda / results['cpu']:.1f}x")

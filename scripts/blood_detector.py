@@ -40,8 +40,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 NAME = "blood-detector"
 SETTINGS = {"epochs": 30, "batch_size": 8, "crop": 192, "lr": 1.5e-3, "weight_decay": 1e-4,
             "scale_range": (0.7, 1.4), "seed": 0, "inner_val_every": 10}
-#: thresholds tried on the inner validation images (never on val)
-THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+#: thresholds tried, per class, on the inner validation images (never on val)
+THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 
 log = logging.getLogger("blood_detector")
 
@@ -123,8 +123,9 @@ def cached_training_pairs(data: Path, target: float) -> list:
     return pairs
 
 
-def tune_threshold(weights: Path, pairs: list) -> tuple[float, list]:
-    """The threshold with the best box F1 at IoU 0.5 on ``pairs`` (at model scale)."""
+def tune_thresholds(weights: Path, pairs: list) -> tuple[list[float], list]:
+    """Per class, the threshold with the best box F1 at IoU 0.5 on ``pairs`` (model scale):
+    rare platelets and large WBCs need other thresholds than the many RBCs."""
     from napari_cellquant.core.inference import predict_maps
     from napari_cellquant.core.postprocess import boxes_from_heatmap
     from napari_cellquant.core.predict import load_model
@@ -133,7 +134,8 @@ def tune_threshold(weights: Path, pairs: list) -> tuple[float, list]:
 
     model = load_model(weights, "cpu")
     card = model.card
-    tallies = np.zeros((len(THRESHOLDS), 3))
+    n_classes = len(card.classes)
+    tallies = np.zeros((n_classes, len(THRESHOLDS), 3))
     for image, annotation in pairs:
         sample = make_sample(image, annotation, card)
         maps = predict_maps(sample.pixels, model.network, tile=card.tile, overlap=card.overlap,
@@ -142,13 +144,17 @@ def tune_threshold(weights: Path, pairs: list) -> tuple[float, list]:
             found = boxes_from_heatmap(maps["heatmap"], maps["size"], maps.get("offset"),
                                        stride=4, threshold=threshold,
                                        max_detections=card.postprocess["max_detections"])
-            tp = match_boxes(found, sample.boxes, 0.5)
-            tallies[row] += (tp, len(found), len(sample.boxes))
-    f1 = 2 * tallies[:, 0] / np.maximum(tallies[:, 1] + tallies[:, 2], 1)
-    return float(THRESHOLDS[int(np.argmax(f1))]), f1.round(4).tolist()
+            for k in range(n_classes):
+                mine = found.select(found.class_ids == k + 1)
+                truth = sample.boxes.select(sample.boxes.class_ids == k + 1)
+                tallies[k, row] += (match_boxes(mine, truth, 0.5), len(mine), len(truth))
+    f1 = 2 * tallies[..., 0] / np.maximum(tallies[..., 1] + tallies[..., 2], 1)
+    return [float(THRESHOLDS[int(i)]) for i in f1.argmax(axis=1)], f1.round(4).tolist()
 
 
-def train_detector(data: Path, workdir: Path, *, epochs: int, from_scratch: bool) -> dict:
+def train_detector(data: Path, workdir: Path, *, epochs: int, from_scratch: bool,
+                   trained: dict | None = None) -> dict:
+    """Train (or, given an earlier run's ``trained`` record, only re-tune its thresholds)."""
     import torch
 
     from napari_cellquant.core.models.registry import BLOOD_DETECTOR_RBC_PX
@@ -170,26 +176,28 @@ def train_detector(data: Path, workdir: Path, *, epochs: int, from_scratch: bool
         seed=s["seed"], device="cpu", patience=None, from_scratch=from_scratch,
         scale_range=s["scale_range"], name=NAME, overwrite=True,
     )
-    steps = iter_train(config)
-    while True:
-        try:
-            event = next(steps)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        if event.phase == "epoch":
-            log.info("%s", event.describe())
-    threshold, f1s = tune_threshold(result.weights, [pairs[i] for i in inner_val])
+    if trained is None:
+        steps = iter_train(config)
+        while True:
+            try:
+                event = next(steps)
+            except StopIteration as finished:
+                result = finished.value
+                break
+            if event.phase == "epoch":
+                log.info("%s", event.describe())
+        trained = {"weights": result.weights, "card": result.card, "history": result.history,
+                   "best_epoch": result.best_epoch, "train_s": time.perf_counter() - started,
+                   "load_s": loaded, "threads": torch.get_num_threads(),
+                   "pretrained": not from_scratch}
+    threshold, f1s = tune_thresholds(Path(trained["weights"]), [pairs[i] for i in inner_val])
     from napari_cellquant.core.models.card import ModelCard
 
-    card = ModelCard.load(result.card)
+    card = ModelCard.load(trained["card"])
     card.postprocess["threshold"] = threshold
-    card.save(result.card, overwrite=True)
-    return {"weights": result.weights, "card": result.card, "history": result.history,
-            "best_epoch": result.best_epoch, "threshold": threshold, "threshold_f1": f1s,
-            "inner_val": [pairs[i][1].image_name for i in inner_val],
-            "train_s": time.perf_counter() - started, "load_s": loaded,
-            "threads": torch.get_num_threads(), "pretrained": not from_scratch}
+    card.save(trained["card"], overwrite=True)
+    return {**trained, "threshold": threshold, "threshold_f1": f1s,
+            "inner_val": [pairs[i][1].image_name for i in inner_val]}
 
 
 def evaluate_on_val(weights: Path, data: Path, *, model_name: str | None = None) -> dict:
@@ -225,15 +233,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-scratch", action="store_true")
     parser.add_argument("--no-bundle", action="store_true",
                         help="train and measure, but do not write into the package")
+    parser.add_argument("--no-val", action="store_true",
+                        help="stop after training: only the inner validation score (for "
+                        "comparisons such as --from-scratch)")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="take the network of an earlier run in --workdir (trained.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.workdir.mkdir(parents=True, exist_ok=True)
+    earlier = None
+    if args.skip_training:
+        earlier = json.loads((args.workdir / "trained.json").read_text(encoding="utf-8"))
     trained = train_detector(args.data, args.workdir, epochs=args.epochs,
-                             from_scratch=args.from_scratch)
-    log.info("trained in %.0f s; threshold %.2f", trained["train_s"], trained["threshold"])
-    (args.workdir / "trained.json").write_text(json.dumps(trained, indent=2, default=str))
-    figures = evaluate_on_val(trained["weights"], args.data)
+                             from_scratch=args.from_scratch, trained=earlier)
+    log.info("trained in %.0f s; thresholds %s", trained["train_s"], trained["threshold"])
+    record = {k: v for k, v in trained.items() if k not in ("threshold", "threshold_f1")}
+    (args.workdir / "trained.json").write_text(json.dumps(record, indent=2, default=str))
     report = {k: v for k, v in trained.items() if k not in ("weights", "card")}
+    if args.no_val:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    figures = evaluate_on_val(trained["weights"], args.data)
     report["val"] = figures
     text = json.dumps(report, indent=2, default=str)
     print(text)

@@ -292,3 +292,24 @@ def test_the_viewer_objects_are_out_of_the_collector_only_while_a_run_lasts(qtbo
         pass
     assert frozen_during and min(frozen_during) > 0
     assert gc.get_freeze_count() == 0
+
+
+def test_blood_detector_is_the_default_with_a_threshold_per_class(make_napari_viewer, qtbot):
+    from napari_cellquant.core.io.images import read_image
+    from napari_cellquant.demo import SAMPLES_DIR
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(read_image(SAMPLES_DIR / "BloodImage_00000.jpg"), name="photo",
+                             rgb=True)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    assert widget.model.value == "blood-detector"
+    widget.image.value = layer
+    fields = {field.label: field for field in widget.thresholds}
+    assert {"threshold rbc", "threshold wbc", "threshold platelet"} <= set(fields)
+    fields["threshold wbc"].value = 0.99  # no WBC is that certain: the WBC goes, RBCs stay
+    assert widget.threshold_values()["threshold"][1] == 0.99
+    _run(qtbot, widget)
+    result = viewer.layers["photo instances"]
+    names = list(result.features["class_name"])
+    assert names.count("wbc") == 0 and names.count("rbc") >= 17
+    assert all(0 < s <= 1 for s in result.features["score"])

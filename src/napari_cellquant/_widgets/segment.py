@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: first choice of the model list
-DEFAULT_MODEL = "blood-classical"
+DEFAULT_MODEL = "blood-detector"
 
 
 class SegmentWidget(Container):
@@ -147,14 +147,29 @@ class SegmentWidget(Container):
         for name, value in settings.items():
             if name == "diameter":  # the diameter field sets it
                 continue
+            if _is_per_class(value, card):  # one field per class: "threshold rbc" ...
+                for class_name, v in zip(card.classes.names, value, strict=True):
+                    field = _field_for(f"{name}{PER_CLASS}{class_name}", float(v))
+                    if field is not None:
+                        field.label = f"{name.replace('_', ' ')} {class_name}"
+                        self.thresholds.append(field)
+                continue
             field = _field_for(name, value)
             if field is not None:
                 self.thresholds.append(field)
         self.status.value = card.description
 
     def threshold_values(self) -> dict[str, Any]:
-        """The card settings as the user set them (``postprocess`` or ``params``)."""
-        return {field.name: field.value for field in self.thresholds}
+        """The card settings as the user set them (``postprocess`` or ``params``); per-class
+        values come back as one list in class order."""
+        values: dict[str, Any] = {}
+        for field in self.thresholds:
+            name, _, _ = field.name.partition(PER_CLASS)
+            if PER_CLASS in field.name:
+                values.setdefault(name, []).append(field.value)
+            else:
+                values[name] = field.value
+        return values
 
     # --- running ------------------------------------------------------------------------
     def run(self) -> Any:
@@ -418,6 +433,15 @@ def _field_for(name: str, value: Any) -> Widget | None:
     if isinstance(value, str):
         return LineEdit(name=name, label=label, value=value)
     return None  # lists and tables stay as the card has them
+
+
+#: joins a setting's name and a class name in the field of a per-class setting
+PER_CLASS = "__"
+
+
+def _is_per_class(value: Any, card: Any) -> bool:
+    return (isinstance(value, list) and len(value) == len(card.classes)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
 
 
 def _step_for(value: float) -> float:

@@ -13,6 +13,7 @@ Everything is vectorised over pixels; the only Python loops run over objects or 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -377,7 +378,7 @@ def boxes_from_heatmap(
     offset: np.ndarray | None = None,
     *,
     stride: int,
-    threshold: float = 0.3,
+    threshold: float | Sequence[float] = 0.3,
     max_detections: int = 500,
     nms_kernel: int = 3,
 ) -> Boxes:
@@ -400,7 +401,7 @@ def boxes_from_heatmap(
     stride
         Input pixels per output cell.
     threshold
-        Minimum peak probability.
+        Minimum peak probability: one for every class, or one per class (in heatmap order).
     max_detections
         Keep at most this many boxes, highest scores first.
     nms_kernel
@@ -433,7 +434,11 @@ def boxes_from_heatmap(
     pooled = ndi.maximum_filter(
         heat, size=(1, nms_kernel, nms_kernel), mode="constant", cval=-np.inf
     )
-    peaks = (heat >= pooled) & (heat > threshold)
+    thresholds = np.asarray(threshold, dtype=np.float32).reshape(-1)
+    if thresholds.size not in (1, heat.shape[0]):
+        raise InputError(None, f"threshold: give one value or one per class "
+                         f"({heat.shape[0]}), got {thresholds.size}")
+    peaks = (heat >= pooled) & (heat > thresholds.reshape(-1, 1, 1))
     k, ys, xs = np.nonzero(peaks)
     values = heat[k, ys, xs]
     order = np.argsort(-values, kind="stable")[: max(int(max_detections), 0)]
