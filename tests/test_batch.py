@@ -336,3 +336,37 @@ def test_box_models_keep_their_boxes_and_scores_through_the_parts(smear_folder, 
     assert all(a["attributes"]["box_only"] and "score" in a for a in merged["annotations"])
     write_counts_csv(direct, tmp_path / "direct.csv")
     assert (tmp_path / "out" / "counts.csv").read_bytes() == (tmp_path / "direct.csv").read_bytes()
+
+
+def test_settings_are_checked_before_any_work_and_errors_name_the_flag(smear_folder, tmp_path,
+                                                                       capsys):
+    folder, _ = smear_folder
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--diameter", "-3"]) == 2
+    assert "--diameter must be a positive number" in capsys.readouterr().err
+    assert not out.exists()
+    # 0 means "estimate it", as in Segment
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--diameter", "0"]) == 0
+    assert "estimated" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "counts.csv").write_text("mine\n")
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o",
+                 str(tmp_path / "mine")]) == 1
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "overwrite=True" not in err
+
+
+def test_a_grey_image_for_a_colour_model_fails_once_by_name(tmp_path, capsys):
+    from skimage.io import imsave
+
+    pixels, _ = synthetic_blood_smear(shape=(128, 128), seed=1)
+    grey = tmp_path / "grey.png"
+    imsave(grey, pixels[..., 1], check_contrast=False)
+    assert main(["predict", str(grey), "-m", "blood-classical", "-o",
+                 str(tmp_path / "out")]) == 3
+    err = capsys.readouterr().err
+    line = next(line for line in err.splitlines() if line.startswith("error:"))
+    assert "stain's colours" in line and "RGB" in line
+    assert line.count("grey.png") == 1

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from .core.errors import CellquantError
+from .core.errors import CellquantError, OutputExistsError
 
 log = logging.getLogger("napari_cellquant")
 
@@ -63,6 +64,12 @@ def _predict(args: argparse.Namespace) -> int:
         print("error: --workers must be 1 or more (leave it out to run in this process)",
               file=sys.stderr)
         return EXIT_USAGE
+    if args.diameter is not None and not (args.diameter >= 0 and math.isfinite(args.diameter)):
+        print(f"error: --diameter must be a positive number of pixels, or 0 to estimate it "
+              f"from each image (got {args.diameter:g})", file=sys.stderr)
+        return EXIT_USAGE
+    if args.diameter == 0:  # as in Segment: 0 means "estimate it"
+        args.diameter = None
     try:  # nothing has run yet, so a bad input, model or weights is a usage error
         images = collect_images(args.inputs)
         model = load_model(args.model, args.device, weights=args.weights)
@@ -295,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
+    except OutputExistsError as exc:  # the command line's flag, not the Python keyword
+        print(f"error: {exc.path}: already exists (pass --overwrite to replace it)",
+              file=sys.stderr)
+        return EXIT_ERROR
     except CellquantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -112,7 +112,7 @@ def iter_on_cluster(client: Any, spec: ModelSpec, images: Sequence[Path],
                 yield result
             else:  # the task itself failed: e.g. its worker died again and again
                 error = result if isinstance(result, BaseException) else RuntimeError(result)
-                yield ImageResult(path=path, error=describe_error(error))
+                yield ImageResult(path=path, error=describe_error(error, path))
     finally:
         for future in futures:  # stopped early: do not leave work running
             future.cancel()

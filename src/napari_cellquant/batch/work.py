@@ -78,8 +78,17 @@ class ImageResult:
         return self.error is None
 
 
-def describe_error(exc: BaseException) -> str:
-    """One line for a person: our errors already name the file, others get their type."""
+def describe_error(exc: BaseException, path: Path | None = None) -> str:
+    """One line for a person: our errors already name the file, others get their type.
+
+    The image's own path is left out when the error names it (failures.csv and the CLI
+    print the path beside the message), so a failing file is named once.
+    """
+    from ..core.errors import InputError
+
+    if isinstance(exc, InputError) and exc.source is not None and path is not None:
+        if Path(exc.source) == Path(path):
+            return exc.problem
     if isinstance(exc, CellquantError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
@@ -104,7 +113,7 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
         thumbnail = render_thumbnail(pixels, annotation)
     except Exception as exc:  # one bad image must not cost the others their results
         log.debug("%s failed", path, exc_info=True)
-        return ImageResult(path=path, error=describe_error(exc))
+        return ImageResult(path=path, error=describe_error(exc, path))
     return ImageResult(path=path, annotation=annotation, coco=coco, thumbnail=thumbnail,
                        thumbnail_shape=thumbnail_shape(annotation.shape))
 

@@ -113,6 +113,9 @@ def iter_predict(
     from .scale import image_scale
 
     card = model.card
+    if card.class_set.startswith("blood") and (image.ndim == 2 or image.shape[-1] == 1):
+        raise InputError(None, f"a grey image, but {card.name} tells blood cells apart by the "
+                         "stain's colours: give the colour (RGB) image")
     estimator = None
     if model.network is not None:
         from .detector_scale import measure_diameter, measures_own_scale

@@ -231,6 +231,9 @@ def image_scale(
         value, source = float(diameter), "given"
         if not math.isfinite(value) or value <= 0:
             raise InputError(None, f"diameter must be a positive number of pixels, got {diameter}")
+        if value >= min(image.shape[:2]):
+            log.warning("objects %g px across cannot be found in a %d x %d image: is the "
+                        "diameter right?", value, image.shape[1], image.shape[0])
     elif pixel_size_um is not None and (reference_um := _reference_um(card)) is not None:
         if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
             raise InputError(None, f"pixel size must be positive, got {pixel_size_um} um")
