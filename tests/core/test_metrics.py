@@ -306,3 +306,19 @@ def test_ap_equals_plain_pycocotools_on_a_crowded_image(tmp_path):
     assert result["ap"] == pytest.approx(precision[precision > -1].mean())
     assert result["ap50"] == pytest.approx(precision[0][precision[0] > -1].mean())
     assert 0 < result["ap"] < result["ap50"] < 1
+
+
+def test_mask_figures_are_null_against_box_only_truth():
+    from napari_cellquant.core.annotation import Annotation, Boxes
+    from napari_cellquant.core.classes import BLOOD3
+    from napari_cellquant.core.metrics import evaluate
+
+    truth = Annotation.empty((40, 40), BLOOD3, image_name="a.png",
+                             boxes=Boxes([[5, 5, 10, 10]], [1]))
+    labels = np.zeros((40, 40), dtype=np.int32)
+    labels[5:15, 5:15] = 1
+    found = Annotation(labels, BLOOD3, classes={1: 1}, scores={1: 0.9}, image_name="a.png")
+    scores = evaluate([truth], [found])
+    assert scores["instances"]["f1"] is None and scores["instances"]["ap"] is None
+    assert scores["semantic"]["mean_iou"] is None
+    assert scores["boxes"]["ap50"] == pytest.approx(1.0) and scores["boxes"]["f1"] == 1.0

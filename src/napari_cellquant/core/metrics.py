@@ -534,10 +534,20 @@ def _without_boxes(data: dict) -> dict:
     return {**data, "annotations": keep}
 
 
+def _box_only_truth(pairs: Sequence[tuple[Annotation, Annotation]]) -> bool:
+    """Truth that holds boxes and no masks (VOC, YOLO, the NET boxes): masks cannot be scored."""
+    return (any(len(t.boxes) for t, _ in pairs)
+            and not any(t.semantic is not None or t.labels.any() for t, _ in pairs))
+
+
 def _instances_from(
     pairs: Sequence[tuple[Annotation, Annotation]], class_set: ClassSet, iou: float,
     coco: tuple[dict, dict],
 ) -> dict[str, Any]:
+    if _box_only_truth(pairs):  # undefined, not 0: there is no mask to match
+        return {"ap": None, "ap50": None, "ap_per_class": {}, "precision": None,
+                "recall": None, "f1": None, "tp": None, "fp": None, "fn": None,
+                "per_class": {}, "class_agnostic": None, "undefined": "box-only truth"}
     ap = _coco_ap(_without_boxes(coco[0]), _without_boxes(coco[1]), "segm", class_set)
     return {**ap, **instance_prf(pairs, class_set, iou)}
 
@@ -640,7 +650,7 @@ def _semantic_from(
     has_pixels = any(
         a.semantic is not None or a.labels.any() for pair in pairs for a in pair
     )
-    if not has_pixels:  # box-only data has no class map to compare
+    if not has_pixels or _box_only_truth(pairs):  # box-only truth has no class map
         return {"per_class": {}, "dice_per_class": {}, "mean_iou": None,
                 "mean_iou_foreground": None, "pixel_accuracy": None}
     cm = confusion_matrix(pairs, len(class_set))
