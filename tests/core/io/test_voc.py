@@ -70,11 +70,14 @@ def test_read_folder_shares_one_class_set(tmp_path):
     _write(tmp_path / "notes.txt", "not xml")
     anns = read_voc(tmp_path)
     assert [a.image_name for a in anns] == ["a.jpg", "b.jpg"]  # sorted by file
-    # not all names are in a built-in set: a set of the names, alphabetical
-    assert anns[0].class_set.names == ("Platelets", "RBC", "WBC")
+    # BCCD's spellings are blood3's classes (rbc, wbc, platelet)
+    assert anns[0].class_set.name == "blood3"
     assert anns[0].class_set is anns[1].class_set
-    np.testing.assert_array_equal(anns[0].boxes.class_ids, [1, 2])
-    np.testing.assert_array_equal(anns[1].boxes.class_ids, [3])
+    np.testing.assert_array_equal(anns[0].boxes.class_ids, [3, 1])
+    np.testing.assert_array_equal(anns[1].boxes.class_ids, [2])
+    _write(tmp_path / "c.xml", _voc(_obj("Echinocyte", 1, 1, 5, 5), filename="c.jpg"))
+    # names outside every built-in set: a set of the names, alphabetical
+    assert read_voc(tmp_path)[0].class_set.names == ("Echinocyte", "Platelets", "RBC", "WBC")
 
 
 def test_read_with_class_set_is_case_insensitive(tmp_path):
