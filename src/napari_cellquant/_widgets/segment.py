@@ -11,7 +11,6 @@ give the Cancel button a place to stop. The result becomes layers through
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 from pathlib import Path
@@ -300,11 +299,8 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
         else:
             model = load_model(source, device)
             model = Model(card=card, network=model.network, device=model.device)
-        kwargs: dict[str, Any] = {"tile": tile, "diameter": diameter}
-        if pixel_size_um is not None and "pixel_size_um" in inspect.signature(
-                iter_predict).parameters:
-            kwargs["pixel_size_um"] = pixel_size_um
-        annotation = yield from iter_predict(pixels, model, **kwargs)
+        annotation = yield from iter_predict(pixels, model, tile=tile, diameter=diameter,
+                                             pixel_size_um=pixel_size_um)
         annotation.image_name = placement["image_name"]
         layer_data = [_ready_for_napari(item) for item in annotation_to_layer_data(
             annotation, name=placement["name"], scale=placement["scale"],
