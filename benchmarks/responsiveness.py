@@ -53,7 +53,7 @@ def measure_widget(image: np.ndarray, model, *, tile: int, runs: int) -> list[di
         time.sleep(0.01)
     results = [_one_run(widget, loop) for _ in range(runs)]
     for result in results:
-        result["objects"] = int(len(viewer.layers["smear instances"].features))
+        result["objects"] = int(len(viewer.layers[f"smear {model.card.name} instances"].features))
     viewer.close()
     return results
 

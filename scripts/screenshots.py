@@ -50,6 +50,9 @@ def wait_until(done: Callable[[], bool], timeout: float = 300.0) -> None:
     settle()
 
 
+RESULT = f"{SMEAR} blood-classical instances"  # Segment's result beside the sample's truth
+
+
 def use_segment(viewer: Any, widget: Any, out: Path) -> None:
     viewer.layers.remove(f"{SMEAR} instances")  # the sample's truth: let the model find them
     widget.image.value = viewer.layers[SMEAR]
@@ -60,7 +63,7 @@ def use_segment(viewer: Any, widget: Any, out: Path) -> None:
 
 
 def use_correct(viewer: Any, widget: Any, out: Path) -> None:
-    viewer.layers.selection.active = viewer.layers[f"{SMEAR} instances"]
+    viewer.layers.selection.active = viewer.layers[RESULT]
     settle()
     if hasattr(widget, "remove_small"):
         widget.remove_small(150)  # specks below 150 px go, as one undo step
@@ -74,7 +77,7 @@ def use_count(viewer: Any, widget: Any, out: Path) -> None:
 
 def use_export(viewer: Any, widget: Any, out: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="cellquant-shots-"))
-    widget.layers.value = [viewer.layers[f"{SMEAR} instances"]]  # the corrected result
+    widget.layers.value = [viewer.layers[RESULT]]  # the corrected result
     widget.format.value = "coco"
     widget.destination.value = folder / "smear.json"
     widget.run()

@@ -74,7 +74,7 @@ def test_classical_result_is_a_labels_layer_with_features_colours_and_placement(
     viewer, widget = segment
     _, truth = smear
     _run(qtbot, widget)
-    layer = viewer.layers["smear instances"]
+    layer = viewer.layers["smear blood-classical instances"]
     assert layer._type_string == "labels"
     ids = _labels_ids(layer)
     # a real segmentation of the smear: most of its cells found, not one blob
@@ -90,20 +90,21 @@ def test_classical_result_is_a_labels_layer_with_features_colours_and_placement(
         np.testing.assert_allclose(layer.get_color(int(label)), expected, atol=1e-6)
     np.testing.assert_allclose(layer.scale, (0.5, 0.5))
     np.testing.assert_allclose(layer.translate, (10.0, -4.0))
-    assert [lyr.name for lyr in viewer.layers] == ["smear", "smear instances"]  # no Shapes
+    # no Shapes layer
+    assert [lyr.name for lyr in viewer.layers] == ["smear", "smear blood-classical instances"]
 
 
 def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     viewer, widget = segment
     _run(qtbot, widget)
-    layer = viewer.layers["smear instances"]
+    layer = viewer.layers["smear blood-classical instances"]
     first_pixels = layer.data.copy()
     first_features = layer.features.copy()
     # a stricter red-cell size threshold: a different result, in the same layer object
     widget.thresholds["rbc_min_area"].value = 0.9
     _run(qtbot, widget)
-    assert [lyr.name for lyr in viewer.layers] == ["smear", "smear instances"]
-    assert viewer.layers["smear instances"] is layer
+    assert [lyr.name for lyr in viewer.layers] == ["smear", "smear blood-classical instances"]
+    assert viewer.layers["smear blood-classical instances"] is layer
     second_ids = _labels_ids(layer)
     assert len(second_ids) < len(np.unique(first_pixels)) - 1
     assert sorted(layer.features["index"]) == second_ids.tolist()
@@ -118,7 +119,7 @@ def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     widget.thresholds["rbc_min_area"].value = 0.2
     _run(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers] == [
-        "smear", "smear instances", "smear instances [1]"]
+        "smear", "smear blood-classical instances", "smear blood-classical instances [1]"]
     assert _labels_ids(layer).tolist() == second_ids.tolist()
 
 
@@ -134,7 +135,7 @@ def test_loaded_model_appears_at_once_and_runs(qtbot, segment, random_unet):
     widget.thresholds["foreground_threshold"].value = 0.99
     widget.diameter.value = 0.0
     _run(qtbot, widget)
-    layer = viewer.layers["smear instances"]
+    layer = viewer.layers["smear test-unet instances"]
     assert layer.data.shape == (256, 256)
     assert set(layer.features["class_name"]) <= set(BLOOD10.names)
     # Train registers its card the same way: the list follows without reopening the widget
@@ -220,7 +221,8 @@ def test_timer_keeps_ticking_while_a_network_runs(qtbot, make_napari_viewer, ran
 def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
     qtbot, segment, tmp_path
 ):
-    """A CenterNet card (random weights): boxes as ``<image> boxes``, in the image's place."""
+    """A CenterNet card (random weights): boxes as ``<image> <model> boxes``, in the image's
+    place."""
     import torch
 
     from napari_cellquant.core.classes import NET4
@@ -237,8 +239,8 @@ def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
     widget.thresholds["threshold"].value = 0.0  # untrained: take the strongest peaks
     widget.thresholds["max_detections"].value = 5
     _run(qtbot, widget)
-    boxes = viewer.layers["smear boxes"]
-    assert [lyr.name for lyr in viewer.layers] == ["smear", "smear boxes"]
+    boxes = viewer.layers["smear test-detector boxes"]
+    assert [lyr.name for lyr in viewer.layers] == ["smear", "smear test-detector boxes"]
     assert boxes.nshapes == 5 and set(boxes.shape_type) == {"rectangle"}
     assert len(boxes.features) == 5 and set(boxes.features["class_name"]) <= set(NET4.names)
     for colour, class_id in zip(boxes.edge_color, boxes.features["class"], strict=True):
@@ -247,7 +249,7 @@ def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
     np.testing.assert_allclose(boxes.translate, (10.0, -4.0))
     widget.thresholds["max_detections"].value = 2
     _run(qtbot, widget)
-    assert viewer.layers["smear boxes"] is boxes
+    assert viewer.layers["smear test-detector boxes"] is boxes
     assert boxes.nshapes == 2 and len(boxes.features) == 2
     for colour, class_id in zip(boxes.edge_color, boxes.features["class"], strict=True):
         np.testing.assert_allclose(colour, class_rgba(NET4, int(class_id)))
@@ -270,7 +272,7 @@ def test_the_object_size_comes_from_a_layer_in_micrometres_and_is_shown(
     _run(qtbot, widget)
     assert "(diameter 30.0 px, from the pixel size)" in widget.status.value, widget.status.value
     true_rbc = truth.counts()["healthy_rbc"] + truth.counts()["infected_rbc"]
-    found = viewer.layers["sized instances"].features
+    found = viewer.layers["sized blood-classical instances"].features
     assert abs((found["class_name"] == "rbc").sum() - true_rbc) <= 0.2 * true_rbc
     widget.image.value = plain
     _run(qtbot, widget)
@@ -309,7 +311,39 @@ def test_blood_detector_is_the_default_with_a_threshold_per_class(make_napari_vi
     fields["threshold wbc"].value = 0.99  # no WBC is that certain: the WBC goes, RBCs stay
     assert widget.threshold_values()["threshold"][1] == 0.99
     _run(qtbot, widget)
-    result = viewer.layers["photo instances"]
+    result = viewer.layers["photo blood-detector instances"]
     names = list(result.features["class_name"])
     assert names.count("wbc") == 0 and names.count("rbc") >= 17
     assert all(0 < s <= 1 for s in result.features["score"])
+
+
+def test_segment_never_replaces_the_truth_it_did_not_make(make_napari_viewer, qtbot):
+    """The smear sample opens with its truth as "<image> instances"; Segment's result goes
+    beside it, and only Segment's own result is replaced by the next run."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "synthetic_blood_smear")
+    truth = viewer.layers["synthetic_blood_smear instances"]
+    truth_pixels = truth.data.copy()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    widget.image.value = viewer.layers["synthetic_blood_smear"]
+    widget.model.value = "blood-classical"
+    widget.diameter.value = RBC_DIAMETER
+    _run(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names == ["synthetic_blood_smear", "synthetic_blood_smear instances",
+                     "synthetic_blood_smear blood-classical instances"]
+    np.testing.assert_array_equal(truth.data, truth_pixels)
+    result = viewer.layers["synthetic_blood_smear blood-classical instances"]
+    # a user's layer that happens to bear the result's name is not Segment's either
+    viewer.layers.remove(result)
+    mine = viewer.add_labels(truth_pixels.copy(),
+                             name="synthetic_blood_smear blood-classical instances")
+    _run(qtbot, widget)
+    np.testing.assert_array_equal(mine.data, truth_pixels)
+    assert "synthetic_blood_smear blood-classical instances [1]" in viewer.layers
+    own = viewer.layers["synthetic_blood_smear blood-classical instances [1]"]
+    widget.thresholds["rbc_min_area"].value = 0.9
+    _run(qtbot, widget)  # Segment's own result is replaced, the user's layer is not
+    assert len(viewer.layers) == 4
+    np.testing.assert_array_equal(mine.data, truth_pixels)
+    assert own in viewer.layers

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +32,12 @@ _HISTORY_LIMIT = 100
 
 
 def show_layers(viewer: Any, layer_data: Sequence[LayerDataTuple], *, replace: bool,
-                prebuilt: Sequence[Any] | None = None) -> list[Any]:
-    """Add ``layer_data`` to ``viewer``; with ``replace``, reuse same-named layers of that type.
+                prebuilt: Sequence[Any] | None = None,
+                previous: Callable[[str], Any] | None = None) -> list[Any]:
+    """Add ``layer_data`` to ``viewer``; with ``replace``, reuse the layer of that type that
+    ``previous(name)`` finds (default: the layer of that name).
 
-    Without ``replace`` a name already in use gets napari's unique suffix (``name [1]``).
+    Otherwise a name already in use gets napari's unique suffix (``name [1]``).
     ``prebuilt`` holds the same layers already made from ``layer_data`` (by a worker, see
     :func:`build_layers`): a layer that is added new is taken from there instead of being
     made here. Returns the layers shown, in order.
@@ -45,7 +47,11 @@ def show_layers(viewer: Any, layer_data: Sequence[LayerDataTuple], *, replace: b
     shown = []
     for index, (data, kwargs, layer_type) in enumerate(layer_data):
         name = kwargs.get("name")
-        existing = _unwrapped(viewer.layers[name]) if replace and name in viewer.layers else None
+        existing = None
+        if replace:
+            found = previous(name) if previous is not None else (
+                viewer.layers[name] if name in viewer.layers else None)
+            existing = None if found is None else _unwrapped(found)
         if existing is not None and _layer_type(existing) == layer_type:
             if layer_type == "labels":
                 replace_labels(existing, data, kwargs)

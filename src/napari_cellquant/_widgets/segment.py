@@ -5,7 +5,8 @@ the model is loaded and run inside a napari ``thread_worker`` driving the
 ``iter_predict`` generator, whose ``(done, total)`` steps feed a napari progress bar and
 give the Cancel button a place to stop. The result becomes layers through
 :func:`napari_cellquant._layers.annotation_to_layer_data` and
-:func:`._results.show_layers` (which replaces a previous result undoably).
+:func:`._results.show_layers` (which replaces Segment's own previous result undoably, and
+never a layer it did not make, such as the truth a sample or a file opened with).
 """
 
 from __future__ import annotations
@@ -229,8 +230,9 @@ class SegmentWidget(Container):
             "pixel_size_um": pixel_size_um(layer),
         }
         # where the result goes, so the worker can build the layer data off the GUI thread
+        # named after the image and the model, so a truth layer of the image keeps its name
         job["placement"] = {
-            "name": layer.name, "image_name": _image_name(layer),
+            "name": f"{layer.name} {card.name}", "image_name": _image_name(layer),
             "scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:]),
         }
         return job
@@ -262,10 +264,16 @@ class SegmentWidget(Container):
             return
         annotation, layer_data, prebuilt = result
         layers = show_layers(self._viewer, layer_data, replace=not self.keep_previous.value,
-                             prebuilt=prebuilt)
+                             prebuilt=prebuilt, previous=self._previous_result)
         n = len(annotation.instance_ids()) + len(annotation.boxes)
         self._set_status(f"{n} objects -> {', '.join(layer.name for layer in layers)}"
                          f"{_scale_text(annotation.meta)}")
+
+    def _previous_result(self, name: str) -> Any:
+        """Segment's own earlier result meant to be called ``name`` (napari may have
+        suffixed it), never a layer Segment did not make."""
+        return next((layer for layer in self._viewer.layers
+                     if layer.metadata.get(META_RESULT_OF) == name), None)
 
     def _on_finished(self) -> None:
         self._busy = False
@@ -302,7 +310,7 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
         annotation = yield from iter_predict(pixels, model, tile=tile, diameter=diameter,
                                              pixel_size_um=pixel_size_um)
         annotation.image_name = placement["image_name"]
-        layer_data = [_ready_for_napari(item) for item in annotation_to_layer_data(
+        layer_data = [_owned(_ready_for_napari(item)) for item in annotation_to_layer_data(
             annotation, name=placement["name"], scale=placement["scale"],
             translate=placement["translate"],
         )]
@@ -342,6 +350,17 @@ def _warm_layer_code() -> None:
     tiny = Annotation(np.ones((2, 2), np.int32), CELL, classes={1: 1})
     build_layers([_ready_for_napari(item) for item in annotation_to_layer_data(tiny)])
     _WARM = True
+
+
+#: layer metadata key of Segment's results: the name the result was given (image, model and
+#: layer type); the next run replaces that layer, and only that one
+META_RESULT_OF = "cellquant_segment_result"
+
+
+def _owned(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:
+    data, kwargs, layer_type = item
+    metadata = {**kwargs.get("metadata", {}), META_RESULT_OF: kwargs["name"]}
+    return data, {**kwargs, "metadata": metadata}, layer_type
 
 
 def _ready_for_napari(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:
