@@ -73,3 +73,16 @@ def test_scale_is_measured_at_other_magnifications(model, photo, found, factor) 
     assert other.counts()["wbc"] == 1
     assert abs(other.counts()["rbc"] - found.counts()["rbc"]) <= 3
     assert other.shape == resized.shape[:2]
+
+
+@pytest.mark.gpu
+def test_cuda_with_amp_and_channels_last_counts_as_the_cpu(photo, found) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device here")
+    on_gpu = predict(photo, load_model("blood-detector", "cuda"))
+    assert on_gpu.counts() == found.counts()
+    assert on_gpu.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"], rel=0.02)
+    overlap = ((on_gpu.labels > 0) & (found.labels > 0)).sum()
+    assert overlap / max((found.labels > 0).sum(), 1) > 0.97

@@ -87,3 +87,14 @@ def test_bad_architectures_are_clear_errors() -> None:
         build_network({"type": "efficientnet-unet", "heads": ["classes"], "decoder": [8, 8]})
     with pytest.raises(InputError, match="unknown key"):
         build_network({"type": "efficientnet-unet", "width": 3})
+
+
+def test_channels_last_gives_the_same_outputs() -> None:
+    """The CUDA path runs networks channels-last; the TF padding and skips must not care."""
+    net = build_network(DEFAULT_ARCHS["blood-detector"]).eval()
+    x = torch.rand(2, 3, 96, 128)
+    with torch.inference_mode():
+        plain = net(x)
+        last = net.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    for key in plain:
+        torch.testing.assert_close(last[key], plain[key], atol=1e-5, rtol=1e-5)
