@@ -82,7 +82,7 @@ def test_net_boxes_and_instances_of_one_image_are_one_group(make_napari_viewer):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
     rows = widget.refresh()
-    assert {r["image"] for r in rows} == {"net.jpg"}
+    assert {r["image"] for r in rows} == {"net"}  # "net instances" + "net boxes"
     assert _value(rows, "net_percent", "NET") == pytest.approx(50.0)
     assert _value(rows, "count", "total", "before") == 4
     assert not any(r["group"] == "density" for r in rows)  # pixels of unknown size
@@ -98,6 +98,29 @@ def test_copy_and_save_csv_without_silent_overwrite(viewer_with_count, tmp_path)
     assert QApplication.clipboard().text() == text
     path = widget.save_csv(tmp_path / "counts.csv")
     lines = path.read_text().splitlines()
-    assert "smear.png,parasitaemia,infected_rbc,25,25,% of RBC" in lines
+    assert "smear,parasitaemia,infected_rbc,25,25,% of RBC" in lines
     with pytest.raises(OutputExistsError):
         widget.save_csv(path)
+
+
+def test_truth_and_prediction_are_counted_apart_and_hidden_layers_left_out(make_napari_viewer):
+    """The NET sample's 16 expert boxes and a prediction of the same image: two named groups,
+    never one sum (24 NETs, 72.7 %, before)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-cellquant", "net_fluorescence")
+    truth = viewer.layers["K.Fiok3_1Per2h006_scale boxes"]
+    predicted = viewer.add_shapes(truth.data[:5], shape_type="rectangle",
+                                  name="K.Fiok3_1Per2h006_scale net-classical boxes",
+                                  features=truth.features.iloc[:5].reset_index(drop=True),
+                                  metadata=dict(truth.metadata))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
+    rows = widget.refresh()
+    totals = {r["image"]: r["after"] for r in rows if r["group"] == "count"
+              and r["name"] == "total"}
+    assert totals == {"K.Fiok3_1Per2h006_scale": 16,
+                      "K.Fiok3_1Per2h006_scale net-classical": 5}
+    predicted.visible = False
+    rows = widget.refresh()
+    assert {r["image"] for r in rows} == {"K.Fiok3_1Per2h006_scale"}
+    widget.include_hidden.setChecked(True)
+    assert len({r["image"] for r in widget.refresh()}) == 2

@@ -1,7 +1,10 @@
 """Count: objects per class, shares and derived figures per image, before and after correction.
 
-The widget gathers the annotation layers (Labels and Shapes) of the viewer, groups them by
-image (as the writers do), counts each through :mod:`napari_cellquant.core.quantify` and shows
+The widget gathers the visible annotation layers (Labels and Shapes) of the viewer and counts
+each source on its own: the layers of one file or one result (``<name> instances`` and
+``<name> boxes``) form one group named ``<name>``, so an image's truth and a model's
+prediction of it are two named groups side by side, never added up. Hidden layers are left
+out unless asked. Each group is counted through :mod:`napari_cellquant.core.quantify` and shows
 the tidy table, a bar chart, and buttons to copy it and save it as CSV. It follows edits live:
 layer events restart a 200 ms single-shot timer, and the count itself (a ``bincount`` per
 Labels layer) runs in a ``thread_worker`` so a 12-megapixel layer never blocks the GUI.
@@ -37,14 +40,15 @@ from qtpy.QtWidgets import (
 )
 
 from .._layers import (
+    BOXES_SUFFIX,
+    INSTANCES_SUFFIX,
     META_CLASS_SET,
     META_DEFAULT_CLASS,
-    META_IMAGE_NAME,
     META_IMAGE_SHAPE,
     META_INITIAL_COUNTS,
     _as_table,
     _classes_from_table,
-    _group_key,
+    _strip_suffix,
     class_set_from_metadata,
 )
 from ..core import quantify
@@ -100,8 +104,10 @@ def _labels_2d(layer: Any) -> np.ndarray:
     return array
 
 
-def gather_groups(layers: Any) -> list[ImageGroup]:
-    """Annotation layers grouped by image, with what is needed to count them.
+def gather_groups(layers: Any, *, include_hidden: bool = False) -> list[ImageGroup]:
+    """Annotation layers grouped by source (the layer name without `` instances`` or
+    `` boxes``), with what is needed to count them; hidden layers only with
+    ``include_hidden``.
 
     Cheap (features tables and metadata only; arrays are referenced, not copied), so it runs
     on the GUI thread; :func:`count_groups` does the pixel work.
@@ -114,13 +120,14 @@ def gather_groups(layers: Any) -> list[ImageGroup]:
             kind = "shapes"
         else:
             continue
-        meta = {"name": layer.name, "metadata": layer.metadata}
-        key = _group_key(meta, kind)
+        if not layer.visible and not include_hidden:
+            continue
+        suffix = INSTANCES_SUFFIX if kind == "labels" else BOXES_SUFFIX
+        key = _strip_suffix(layer.name, suffix)
         class_set = class_set_from_metadata(layer.metadata.get(META_CLASS_SET)) or CELL
         group = groups.get(key)
         if group is None:
-            image = str(layer.metadata.get(META_IMAGE_NAME) or key)
-            group = groups[key] = ImageGroup(key, image, class_set)
+            group = groups[key] = ImageGroup(key, key, class_set)
         elif group.class_set.names != class_set.names:
             raise CellquantError(
                 f"layers of image {key!r} use different class sets "
@@ -234,6 +241,8 @@ class CountWidget(QWidget):
         self.live = QCheckBox("live")
         self.live.setChecked(True)
         self.live.setToolTip("Recount 200 ms after each edit, in the background")
+        self.include_hidden = QCheckBox("hidden layers")
+        self.include_hidden.setToolTip("Count hidden annotation layers too")
         copy_button = QPushButton("Copy")
         copy_button.setToolTip("Copy the table to the clipboard (tab-separated)")
         save_button = QPushButton("Save CSV…")
@@ -244,12 +253,12 @@ class CountWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.table.setMinimumHeight(220)
         self.image_combo = QComboBox()
-        self.image_combo.setToolTip("Image shown in the bar chart")
+        self.image_combo.setToolTip("Layers (a file or a result) shown in the bar chart")
         self.chart = BarChart()
         self.status = QLabel("")
 
         buttons = QHBoxLayout()
-        for w in (self.count_button, self.live, copy_button, save_button):
+        for w in (self.count_button, self.live, self.include_hidden, copy_button, save_button):
             buttons.addWidget(w)
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
@@ -260,6 +269,7 @@ class CountWidget(QWidget):
 
         # ~80 ms per 12-megapixel layer: the button counts in the background too
         self.count_button.clicked.connect(self._refresh_in_background)
+        self.include_hidden.toggled.connect(self.schedule)
         copy_button.clicked.connect(self.copy_to_clipboard)
         save_button.clicked.connect(self._save_dialog)
         self.image_combo.currentTextChanged.connect(self._draw_chart)
@@ -273,7 +283,7 @@ class CountWidget(QWidget):
     def _follow(self, layer: Any) -> None:
         if not isinstance(layer, napari.layers.Labels | napari.layers.Shapes):
             return
-        names = ("paint", "data", "features", "set_data", "labels_update")
+        names = ("paint", "data", "features", "set_data", "labels_update", "visible", "name")
         for name in names:
             emitter = getattr(layer.events, name, None)
             if emitter is not None:
@@ -283,7 +293,8 @@ class CountWidget(QWidget):
         if event.type == "inserted":
             self._follow(event.value)
         else:
-            for name in ("paint", "data", "features", "set_data", "labels_update"):
+            for name in ("paint", "data", "features", "set_data", "labels_update", "visible",
+                         "name"):
                 emitter = getattr(event.value.events, name, None)
                 if emitter is not None:
                     emitter.disconnect(self.schedule)
@@ -298,7 +309,8 @@ class CountWidget(QWidget):
     def refresh(self) -> list[quantify.Row]:
         """Count now, on the calling thread, and show the table; returns its rows."""
         try:
-            self._groups = gather_groups(self.viewer.layers)
+            self._groups = gather_groups(self.viewer.layers,
+                                         include_hidden=self.include_hidden.isChecked())
             self._show(count_groups(self._groups))
         except CellquantError as exc:
             self._warn(str(exc))
@@ -311,7 +323,8 @@ class CountWidget(QWidget):
         from napari.qt.threading import create_worker
 
         try:
-            self._groups = gather_groups(self.viewer.layers)
+            self._groups = gather_groups(self.viewer.layers,
+                                         include_hidden=self.include_hidden.isChecked())
         except CellquantError as exc:
             self._warn(str(exc))
             return
