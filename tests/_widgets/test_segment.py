@@ -334,6 +334,11 @@ def test_segment_never_replaces_the_truth_it_did_not_make(make_napari_viewer, qt
                      "synthetic_blood_smear blood-classical instances"]
     np.testing.assert_array_equal(truth.data, truth_pixels)
     result = viewer.layers["synthetic_blood_smear blood-classical instances"]
+    assert result.contour == 2 and truth.contour == 0  # results outlined: splits show
+    _, correct = viewer.window.add_plugin_dock_widget(PLUGIN, "Correct")
+    correct.layer_combo.value = result
+    assert correct.toggle_outlines() is False and result.contour == 0  # Shift-O: filled
+    assert correct.toggle_outlines() is True and result.contour == 2
     # a user's layer that happens to bear the result's name is not Segment's either
     viewer.layers.remove(result)
     mine = viewer.add_labels(truth_pixels.copy(),

@@ -50,7 +50,10 @@ SHORTCUTS: tuple[tuple[str, str, str], ...] = (
     ("Shift-H", "fill_holes", "fill holes in every object"),
     ("Shift-L", "relabel", "relabel ids 1..n"),
     ("Shift-N", "draw_new", "paint a new object with the next free id and the chosen class"),
+    ("Shift-O", "toggle_outlines", "show objects as outlines (to judge splits) or filled"),
 )
+#: outline width in screen pixels when objects are shown as outlines (napari's ``contour``)
+OUTLINE_WIDTH = 2
 
 
 class LabelsEditor:
@@ -576,6 +579,13 @@ class CorrectWidget(Container):
         logger.info(text)
 
     # --- edits (public: the buttons, shortcuts and tests call these) ------------------------
+    def toggle_outlines(self) -> bool:
+        """Outlines <-> filled objects on the chosen layer; returns whether outlines show."""
+        layer = self._editor().layer
+        layer.contour = 0 if layer.contour else OUTLINE_WIDTH
+        self._report("outlines" if layer.contour else "filled objects")
+        return bool(layer.contour)
+
     def set_class(self, class_name: str | None = None, label_id: int | None = None) -> int:
         """Give the object (under the cursor / selected) a class; returns its id afterwards."""
         editor = self._editor()
