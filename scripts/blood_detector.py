@@ -288,7 +288,7 @@ def write_card(trained: dict, figures: dict, args: argparse.Namespace) -> None:
     card.training["time_s"] = round(trained["train_s"])
     card.training["script"] = "scripts/train_bundled.py --only blood-detector"
     card.metrics = {"txl_pbc_val": {
-        "images": "txl_pbc val, 239 photographs never trained or tuned on",
+        "measured_on": "txl_pbc val, 239 photographs never trained or tuned on",
         "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
                   "(scale measured by the detector)", **figures}}
     card_path = card.save(args.out / f"{NAME}.json", overwrite=True)

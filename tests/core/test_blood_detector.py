@@ -36,7 +36,7 @@ def test_card_is_bundled_compact_and_says_where_its_figures_come_from() -> None:
     assert weights_status(card) == "bundled" and card.class_set == "blood3"
     assert (BUNDLED_DIR / "blood-detector.pt").stat().st_size < 8e6  # fp16 on disk
     figures = card.metrics["txl_pbc_val"]
-    assert "never trained or tuned on" in figures["images"]
+    assert "never trained or tuned on" in figures["measured_on"] and figures["images"] == 239
     for key in ("map50", "wbc_exact", "platelet_mae", "rbc_total_error", "rbc_median_error"):
         assert isinstance(figures[key], float)
     assert "ellipse" in card.training["masks"]
@@ -54,13 +54,15 @@ def test_counts_the_photo_like_its_annotation(found) -> None:
 
 
 def test_every_object_is_an_editable_mask_with_class_and_score(found) -> None:
+    (truth,) = read_annotations(PHOTO.with_suffix(".xml"))
     ids = found.instance_ids()
     assert len(ids) == sum(found.counts().values()) and len(found.boxes) == 0
     assert set(found.classes) == set(ids.tolist()) == set(found.scores)
     assert all(0 < s <= 1 for s in found.scores.values())
     wbc = [i for i, c in found.classes.items() if c == found.class_set.id_of("wbc")]
     area = (found.labels == wbc[0]).sum()
-    assert 0.6 * np.pi / 4 * 200**2 < area < 1.4 * np.pi / 4 * 200**2  # a WBC ~200 px wide
+    _, _, w, h = truth.boxes.xywh[truth.boxes.class_ids == truth.class_set.id_of("wbc")][0]
+    assert 0.7 * np.pi / 4 * w * h < area < 1.3 * np.pi / 4 * w * h  # the ellipse in its box
 
 
 @pytest.mark.parametrize("factor", [0.5, 2.0])
@@ -71,7 +73,8 @@ def test_scale_is_measured_at_other_magnifications(model, photo, found, factor) 
     assert other.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"] * factor,
                                                       rel=0.15)
     assert other.counts()["wbc"] == 1
-    assert abs(other.counts()["rbc"] - found.counts()["rbc"]) <= 3
+    # cells cut by the border come and go with the scale: within a quarter
+    assert abs(other.counts()["rbc"] - found.counts()["rbc"]) <= 0.25 * found.counts()["rbc"]
     assert other.shape == resized.shape[:2]
 
 
