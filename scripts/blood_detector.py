@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -224,6 +225,18 @@ def to_fp16(path: Path, target: Path) -> None:
         torch.save(half, tmp)
 
 
+def halve(weights: Path, card_path: Path) -> None:
+    """Store ``weights`` as fp16 in place and record the new hash in the card beside them."""
+    import pooch
+
+    from napari_cellquant.core.models.card import ModelCard
+
+    to_fp16(weights, weights)
+    card = ModelCard.load(card_path)
+    card.weights.sha256 = pooch.file_hash(str(weights), alg="sha256")
+    card.save(card_path, overwrite=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -249,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("trained in %.0f s; thresholds %s", trained["train_s"], trained["threshold"])
     record = {k: v for k, v in trained.items() if k not in ("threshold", "threshold_f1")}
     (args.workdir / "trained.json").write_text(json.dumps(record, indent=2, default=str))
+    if not args.no_val:  # the figures are those of the weights that ship: fp16 on disk
+        halve(Path(trained["weights"]), Path(trained["card"]))
     report = {k: v for k, v in trained.items() if k not in ("weights", "card")}
     if args.no_val:
         print(json.dumps(report, indent=2, default=str))
@@ -267,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
 def write_card(trained: dict, figures: dict, args: argparse.Namespace) -> None:
     import pooch
 
+    from napari_cellquant.core.io.atomic import atomic_path
     from napari_cellquant.core.models.card import ModelCard, WeightsSource
 
     weights = args.out / f"{NAME}.pt"
-    to_fp16(trained["weights"], weights)
+    with atomic_path(weights, overwrite=True) as tmp:
+        shutil.copyfile(trained["weights"], tmp)
     card = ModelCard.load(trained["card"])
     card.name = NAME
     card.description = ("RBC / WBC / platelets in smear photographs: ImageNet-pretrained "
