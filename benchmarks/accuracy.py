@@ -8,9 +8,9 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
 ``core.metrics`` / ``Annotation.counts``. Side by side, one row per model and set:
 
 - ``txl_pbc_val``: TXL-PBC val, 239 photographs (BCCD, PBC, Raabin-WBC), YOLO boxes with
-  every RBC boxed. No bundled model trained or tuned on it (``blood-detector`` trained on
-  TXL-PBC train; ``blood-classical`` was tuned on BCCD, some of whose photographs TXL-PBC
-  re-labels: the ``seen`` column counts them).
+  every RBC boxed. ``blood-detector`` never saw it (it trained on TXL-PBC train);
+  ``blood-classical`` was tuned on BCCD, 39 of whose photographs are in this set: they are
+  kept (so every model is scored on the same images) and the ``seen`` column counts them.
 - ``bccd``: BCCD trainval, 292 photographs, WBC and platelet truth (its RBC boxes are
   incomplete, so no RBC figures). ``blood-classical`` was tuned on all of them, and
   ``blood-detector`` trained on those that TXL-PBC train holds (found by pixel content):
@@ -119,19 +119,21 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
     return resize(grey.astype(np.float32), (24, 32), anti_aliasing=True).ravel()
 
 
-def txl_train_bccd_names(data: Path, bccd_pairs: list) -> set[str]:
-    """Names of the BCCD photographs that TXL-PBC train holds (matched by pixel content)."""
+def same_photographs(pairs: list, folder: Path) -> set[str]:
+    """Names of the images in ``pairs`` that are also among the 640 x 480 photographs of
+    ``folder`` (BCCD's size; TXL-PBC renames them), matched by pixel content."""
     from napari_cellquant.core.io.images import image_shape, read_image
 
-    folder = data / "txl_pbc" / "images" / "train"
-    train = [_thumbnail(read_image(p)) for p in sorted(folder.glob("*.jpg"))
-             if image_shape(p) == (480, 640)]
-    if not train:
+    bank = [_thumbnail(read_image(p)) for p in sorted(folder.glob("*.jpg"))
+            if image_shape(p) == (480, 640)]
+    if not bank:
         return set()
-    bank = np.stack(train)
+    stacked = np.stack(bank)
     seen = set()
-    for image, truth in bccd_pairs:
-        distance = np.abs(bank - _thumbnail(image)).mean(axis=1).min()
+    for image, truth in pairs:
+        if image.shape[:2] != (480, 640):
+            continue
+        distance = np.abs(stacked - _thumbnail(image)).mean(axis=1).min()
         if distance < 2.0:  # grey levels; different photographs differ by tens
             seen.add(truth.image_name)
     return seen
@@ -161,13 +163,18 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
         seen_by: dict[str, set[str]] = {}
         if set_name == "bccd":
             every = {a.image_name for _, a in pairs}
-            seen_by = {"blood-classical": every,
-                       "blood-detector": txl_train_bccd_names(data, pairs)}
+            seen_by = {"blood-classical": every, "blood-detector": same_photographs(
+                pairs, data / "txl_pbc" / "images" / "train")}
+        elif set_name == "txl_pbc_val":  # BCCD's photographs, on which blood-classical was tuned
+            seen_by = {"blood-classical": same_photographs(pairs, data / "bccd" / "images")}
         for model in names:
             seen = seen_by.get(model, set())
             if set_name == "net_fluorescence":
                 seen = {a.image_name for _, a in pairs}
-            kept = [p for p in pairs if p[1].image_name not in seen] if blood else pairs
+            # bccd: each model on the photographs it never saw; txl_pbc_val: every model on
+            # every image (the seen column says how many blood-classical was tuned on)
+            kept = [p for p in pairs if p[1].image_name not in seen] if set_name == "bccd" \
+                else pairs
             if not kept:
                 rows.append({"set": set_name, "model": model, "seen": len(seen), "images": 0})
                 continue

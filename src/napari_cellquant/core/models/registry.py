@@ -97,7 +97,7 @@ def builtin_cards() -> dict[str, ModelCard]:
             "blood-detector", "instances", "blood3",
             "Pretrained detector: RBC / WBC / platelets in smear photographs, boxes and masks",
             3, IMAGENET_MEAN_STD, {"rbc": BLOOD_DETECTOR_RBC_PX}, 512,
-            {"threshold": 0.3, "max_detections": 5000}),
+            {"threshold": 0.3, "max_detections": 200000}),
         "blood-unet": _learned_card(
             "blood-unet", "instances", "blood10",
             "U-Net: 5-part WBC differential, platelets, clumps, infected and healthy RBCs",
