@@ -125,16 +125,16 @@ def data_batch(timed: int = 0) -> dict:
 
 
 def main() -> None:
+    global MODEL, BATCH, CROP
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--devices", default="cpu,cuda",
                         help="comma-separated; cuda is skipped where there is none")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--model", default=MODEL, choices=list(RECIPES))
+    parser.add_argument("--model", default="blood-unet", choices=list(RECIPES))
     args = parser.parse_args()
     import torch
 
-    global MODEL, BATCH, CROP
     MODEL = args.model
     BATCH, CROP = RECIPES[MODEL]
     if args.threads:
