@@ -128,3 +128,15 @@ def test_bccd_voc_reads_as_blood3(shared_data: Path) -> None:
     totals = {k: sum(a.counts()[k] for a in anns) for k in ("rbc", "wbc", "platelet")}
     assert totals == {"rbc": 3350, "wbc": 301, "platelet": 292}
     assert read_annotations(shared_data / "bccd" / "voc")[0].class_set is BLOOD3
+
+
+def test_yolo_data_trains_like_any_format(tmp_path: Path) -> None:
+    """`cellquant train --annotations data.yaml` finds the images and maps the classes."""
+    from napari_cellquant.core.models.registry import get_card
+    from napari_cellquant.core.training import load_training_pairs, make_sample
+
+    root = _dataset(tmp_path, {"a": "1 0.5 0.5 0.25 0.5\n2 0.25 0.25 0.125 0.25\n"})
+    ((image, annotation),) = load_training_pairs(None, root / "data.yaml")
+    assert image.shape[:2] == annotation.shape == (48, 64)
+    sample = make_sample(image, annotation, get_card("blood-detector"))
+    np.testing.assert_array_equal(sample.boxes.class_ids, [1, 3])
