@@ -303,8 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except OutputExistsError as exc:  # the command line's flag, not the Python keyword
-        print(f"error: {exc.path}: already exists (pass --overwrite to replace it)",
-              file=sys.stderr)
+        message = str(exc).replace("overwrite=True / --overwrite", "--overwrite")
+        print(f"error: {message}", file=sys.stderr)
         return EXIT_ERROR
     except CellquantError as exc:
         print(f"error: {exc}", file=sys.stderr)
