@@ -7,6 +7,7 @@ runs the same generator in a ``thread_worker``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -116,13 +117,12 @@ def iter_predict(
     if card.class_set.startswith("blood") and (image.ndim == 2 or image.shape[-1] == 1):
         raise InputError(None, f"a grey image, but {card.name} tells blood cells apart by the "
                          "stain's colours: give the colour (RGB) image")
-    estimator = None
+    estimator: Callable[[np.ndarray], Any] | None = None
     if model.network is not None:
         from .detector_scale import measure_diameter, measures_own_scale
 
-        if measures_own_scale(model):
-            def estimator(pixels: np.ndarray) -> Any:
-                return measure_diameter(pixels, model)
+        if measures_own_scale(model):  # a detector measures its own objects
+            estimator = functools.partial(measure_diameter, model=model)
     scale = image_scale(image, card, diameter=diameter, pixel_size_um=pixel_size_um,
                         estimator=estimator)
     if card.kind == "classical":
