@@ -303,8 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except OutputExistsError as exc:  # the command line's flag, not the Python keyword
-        message = str(exc).replace("overwrite=True / --overwrite", "--overwrite")
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {exc.for_command_line()}", file=sys.stderr)
         return EXIT_ERROR
     except CellquantError as exc:
         print(f"error: {exc}", file=sys.stderr)

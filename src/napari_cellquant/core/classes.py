@@ -56,9 +56,8 @@ class ClassSet:
         """Class id of ``name``: case-insensitive, with the spellings real data uses
         (``RBC``, ``Platelets``, ``Thrombocytes``, ``red blood cell``; :func:`canonical_name`)."""
         lowered = [n.lower() for n in self.names]
-        for candidate in dict.fromkeys((name.lower(), canonical_name(name))):
-            if candidate in lowered:
-                return lowered.index(candidate) + 1
+        if name.lower() in lowered:
+            return lowered.index(name.lower()) + 1
         canonical = [canonical_name(n) for n in self.names]
         try:
             return canonical.index(canonical_name(name)) + 1

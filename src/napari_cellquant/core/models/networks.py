@@ -263,6 +263,13 @@ def make_heads(arch: Mapping[str, Any], dense_features: int, detector_features: 
     return heads, channels, strides
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``x`` padded (replicate) at the bottom and right to a multiple of ``multiple``; the
+    heads' outputs are cropped back (:func:`apply_heads`)."""
+    ph, pw = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
 def apply_heads(heads: nn.ModuleDict, strides: Mapping[str, int], dense: torch.Tensor,
                 detection: torch.Tensor | None, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Every head on its features, cropped to the input's ``shape`` (rows, columns) at its
@@ -352,10 +359,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        x = pad_to_multiple(x, self.size_multiple)
         x = self.stem(x)
         skips = []
         for enc in self.encoder:

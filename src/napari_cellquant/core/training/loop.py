@@ -261,6 +261,7 @@ class _Run:
         self.val_names: list[str] = []
         self.val_is_train = False
         self.score_name = ""
+        self._clock = (time.perf_counter(), 0)  # (time, step) throughput counts from
 
     # --- set-up -------------------------------------------------------------------------
     def _check(self) -> None:
@@ -445,9 +446,9 @@ class _Run:
         return self.result()
 
     def _event(self, phase: str, step: int, total: int, **values: Any) -> TrainingEvent:
-        if phase == "start":
+        if phase == "start":  # throughput counts from here (a resumed run from its resume)
             self._clock = (time.perf_counter(), step)
-        started, first_step = getattr(self, "_clock", (time.perf_counter(), step))
+        started, first_step = self._clock
         elapsed, done = time.perf_counter() - started, step - first_step
         rate = eta = None
         if done > 0 and elapsed > 0:
