@@ -18,6 +18,10 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
   were left out.
 - ``net_fluorescence``: the 2 NET images (boxes): NET AP50 and NET %; both NET models were
   fitted to these very images, so these are figures on seen images (``seen`` = 2).
+- ``dsb2018_val``: the fluorescence images of the DSB2018 validation split (every sixth id
+  within each modality, ``scripts/fluo_nuclei.py``), instance masks; ``fluo-resunet`` never
+  trained or tuned on them. Instance F1 at IoU 0.5, mean matched IoU, median per-image count
+  error, and F1 on the crowded images (>= 50 nuclei) alone.
 
 Blood figures (class set blood3; blood10 predictions are mapped by name):
 box mAP50 (pycocotools COCOeval, mean of the rbc, wbc and platelet AP50), WBC count exact
@@ -38,6 +42,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 BLOOD_MODELS = ("blood-detector", "blood-classical", "blood-unet")
 NET_MODELS = ("net-classical", "net-detector")
+NUCLEI_MODELS = ("fluo-resunet", "fluo-classical")
+#: a crowded image, where touching nuclei must be split
+CROWDED = 50
+SETS = ("txl_pbc_val", "bccd", "net_fluorescence", "dsb2018_val")
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,6 +117,51 @@ def net_figures(truth: list, predictions: list) -> dict:
             "net_percent_mae": counts.get("net_percent_mae")}
 
 
+def nuclei_figures(truth: list, predictions: list) -> dict:
+    """Instance figures of the nuclei issue: F1 and mean matched IoU at IoU 0.5, count error,
+    and F1 on the crowded images alone."""
+    from napari_cellquant.core.metrics import evaluate_instances
+
+    scores = evaluate_instances(truth, predictions, iou=0.5)
+    gt = np.array([len(a.instance_ids()) for a in truth], dtype=np.float64)
+    found = np.array([len(a.instance_ids()) for a in predictions], dtype=np.float64)
+    crowded = [i for i, n in enumerate(gt) if n >= CROWDED]
+    crowded_f1 = (evaluate_instances([truth[i] for i in crowded],
+                                     [predictions[i] for i in crowded])["f1"]
+                  if crowded else None)
+    has = gt > 0
+    return {"images": len(truth), "f1": scores["f1"], "precision": scores["precision"],
+            "recall": scores["recall"], "ap50": scores["ap50"],
+            "mean_matched_iou": scores["mean_matched_iou"],
+            "count_median_error": float(np.median(np.abs(found[has] - gt[has]) / gt[has])),
+            "nuclei_gt": int(gt.sum()), "nuclei_pred": int(found.sum()),
+            "crowded_images": len(crowded), "crowded_f1": crowded_f1}
+
+
+def net_area_figures(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray]) -> dict:
+    """NET area figures over the fields both hold: pixel IoU (pooled over the fields and the
+    mean per field), the NET share of each field and its absolute error in percentage
+    points, and R^2 of the shares."""
+    names = sorted(set(truth) & set(predicted))
+    inter = np.array([(truth[n] & predicted[n]).sum() for n in names], dtype=np.float64)
+    union = np.array([(truth[n] | predicted[n]).sum() for n in names], dtype=np.float64)
+    share_gt = np.array([100 * truth[n].mean() for n in names])
+    share_pred = np.array([100 * predicted[n].mean() for n in names])
+    error = np.abs(share_pred - share_gt)
+    total = ((share_gt - share_gt.mean()) ** 2).sum()
+    return {
+        "fields": len(names),
+        "pixel_iou": float(inter.sum() / union.sum()) if union.sum() else None,
+        "mean_field_iou": float(np.mean(inter[union > 0] / union[union > 0]))
+        if (union > 0).any() else None,
+        "share_abs_error_mean_pp": float(error.mean()),
+        "share_abs_error_median_pp": float(np.median(error)),
+        "share_abs_error_max_pp": float(error.max()),
+        "fields_within_3pp": float(np.mean(error <= 3)),
+        "share_r2": float(1 - ((share_pred - share_gt) ** 2).sum() / total) if total else None,
+    }
+
+
 # ------------------------------------------------------------------------------------------
 # the sets
 # ------------------------------------------------------------------------------------------
@@ -139,10 +192,22 @@ def same_photographs(pairs: list, folder: Path) -> set[str]:
     return seen
 
 
+def dsb2018_val(data: Path, limit: int | None = None) -> list:
+    """``(image, truth)`` of the fluorescence images of the DSB2018 validation split."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from fluo_nuclei import load_pair, split_ids
+
+    split = split_ids(data)
+    ids = [i for i in split["val"] if split["modality"][i] == "fluorescence"]
+    return [load_pair(data, i) for i in ids[:limit]]
+
+
 def load_set(name: str, data: Path, limit: int | None) -> list:
     from napari_cellquant.core.io import read_annotations
     from napari_cellquant.core.io.images import read_image
 
+    if name == "dsb2018_val":
+        return dsb2018_val(data, limit)
     if name == "txl_pbc_val":
         annotations = read_annotations(data / "txl_pbc" / "labels" / "val")
     elif name == "bccd":
@@ -158,8 +223,9 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
     rows = []
     for set_name in sets:
         pairs = load_set(set_name, data, limit)
-        blood = set_name != "net_fluorescence"
-        names = [m for m in (BLOOD_MODELS if blood else NET_MODELS) if not models or m in models]
+        blood = set_name in ("txl_pbc_val", "bccd")
+        family = {"net_fluorescence": NET_MODELS, "dsb2018_val": NUCLEI_MODELS}
+        names = [m for m in family.get(set_name, BLOOD_MODELS) if not models or m in models]
         seen_by: dict[str, set[str]] = {}
         if set_name == "bccd":
             every = {a.image_name for _, a in pairs}
@@ -180,8 +246,12 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
                 continue
             predictions, seconds = predict_all(model, kept)
             truth = [a for _, a in kept]
-            figures = (blood_figures(truth, predictions, rbc=set_name == "txl_pbc_val")
-                       if blood else net_figures(truth, predictions))
+            if blood:
+                figures = blood_figures(truth, predictions, rbc=set_name == "txl_pbc_val")
+            elif set_name == "dsb2018_val":
+                figures = nuclei_figures(truth, predictions)
+            else:
+                figures = net_figures(truth, predictions)
             rows.append({"set": set_name, "model": model, "seen": len(seen),
                          "s_per_image": seconds / len(kept), **figures})
             print(_line(rows[-1]), flush=True)
@@ -198,7 +268,8 @@ def _fmt(value) -> str:
 
 def _line(row: dict) -> str:
     keys = ("map50", "wbc_exact", "platelet_mae", "rbc_total_error", "rbc_median_error",
-            "ap50_net", "net_percent_mae")
+            "ap50_net", "net_percent_mae", "f1", "mean_matched_iou", "count_median_error",
+            "crowded_f1")
     shown = " ".join(f"{k}={_fmt(row.get(k))}" for k in keys if k in row)
     return (f"{row['set']:<17} {row['model']:<16} images={row.get('images')} "
             f"seen={row['seen']} {shown} s/img={_fmt(row.get('s_per_image'))}")
@@ -208,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--only", action="append",
-                        choices=["txl_pbc_val", "bccd", "net_fluorescence"])
+                        choices=[*SETS])
     parser.add_argument("--models", help="comma-separated model names (default: all)")
     parser.add_argument("--limit", type=int, help="first N images of each set (quick checks)")
     parser.add_argument("--json", type=Path, help="write every row here")
@@ -216,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"no data at {args.data}", file=sys.stderr)
         return 2
-    sets = args.only or ["txl_pbc_val", "bccd", "net_fluorescence"]
+    sets = args.only or list(SETS)
     models = args.models.split(",") if args.models else None
     rows = run(args.data, sets, models, args.limit)
     if args.json:

@@ -190,8 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict", help="segment or detect objects in images and write COCO, masks and counts",
         description="Run a model on images (files, folders or glob patterns) and write "
-        "OUTDIR/annotations.json, counts.csv, masks/, failures.csv and report.html. A rerun "
-        "with the same OUTDIR, model and settings resumes: only images without complete "
+        "OUTDIR/annotations.json, counts.csv, figures.csv, masks/, failures.csv and "
+        "report.html. A rerun with the same OUTDIR, model and settings resumes: only images without complete "
         "outputs are done. Exit status 3 when some images failed (see failures.csv).",
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")

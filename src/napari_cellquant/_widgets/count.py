@@ -160,12 +160,20 @@ def count_groups(groups: list[ImageGroup]) -> list[quantify.Row]:
     for group in groups:
         n = len(group.class_set)
         counts = np.zeros(n + 1, dtype=np.int64)
+        measures_area = any(c in group.class_set.names for c in quantify.AREA_CLASSES)
+        areas = np.zeros(n + 1, dtype=np.int64)
+        field_px = None
         for part in group.parts:
             if part.labels is not None:
                 counts += quantify.instance_class_counts(
                     part.labels, part.row_labels, part.row_classes, n,
                     default_class=part.default_class,
                 )
+                if measures_area:
+                    areas += quantify.instance_class_areas(
+                        part.labels, part.row_labels, part.row_classes, n,
+                        default_class=part.default_class)
+                    field_px = field_px or int(part.labels.size)
             counts += quantify.box_class_counts(part.box_classes, n)
         before: dict[str, int] | None = None
         if group.parts and all(p.initial is not None for p in group.parts):
@@ -175,7 +183,9 @@ def count_groups(groups: list[ImageGroup]) -> list[quantify.Row]:
                     before[name] = before.get(name, 0) + int(value)
         after = quantify.counts_by_name(group.class_set, counts)
         rows += quantify.count_table(
-            group.image, group.class_set, after, before, area_mm2=group.area_mm2)
+            group.image, group.class_set, after, before, area_mm2=group.area_mm2,
+            areas_px=quantify.counts_by_name(group.class_set, areas) if measures_area else None,
+            field_px=field_px)
     return rows
 
 

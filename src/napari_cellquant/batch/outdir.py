@@ -10,6 +10,9 @@ Layout::
                                        written last, so it is the image's completion record
     OUTDIR/annotations.json            merged COCO, rebuilt from parts/ at the end
     OUTDIR/counts.csv                  image,class,count, rebuilt from parts/ at the end
+    OUTDIR/figures.csv                 image,group,name,value,unit: the figures derived from
+                                       the counts (shares, NET %, NET area, differential),
+                                       from core.quantify, rebuilt from parts/ at the end
     OUTDIR/failures.csv                image,path,error (header only when nothing failed)
     OUTDIR/report.html                 thumbnails, counts, summary table and chart
 
@@ -27,6 +30,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -47,10 +51,11 @@ MASKS_DIR = "masks"
 PARTS_DIR = "parts"
 ANNOTATIONS = "annotations.json"
 COUNTS = "counts.csv"
+FIGURES = "figures.csv"
 FAILURES = "failures.csv"
 REPORT = "report.html"
 #: Everything a run writes at the top of its folder.
-RUN_FILES = (RUN_RECORD, ANNOTATIONS, COUNTS, FAILURES, REPORT, MASKS_DIR, PARTS_DIR)
+RUN_FILES = (RUN_RECORD, ANNOTATIONS, COUNTS, FIGURES, FAILURES, REPORT, MASKS_DIR, PARTS_DIR)
 FAILURE_COLUMNS = ("image", "path", "error")
 #: Version of the part-file layout; a part of another version is done again.
 PART_FORMAT = 1
@@ -246,6 +251,7 @@ class OutputFolder:
     def write_image(self, result: ImageResult) -> list[Path]:
         """Write one done image: its masks, then its part file (the completion record)."""
         from ..core.io.masks import write_masks
+        from ..core.quantify import figure_rows
 
         assert result.annotation is not None and result.coco is not None
         written = write_masks([result.annotation], self.masks, overwrite=True)
@@ -263,6 +269,8 @@ class OutputFolder:
                 "outputs": {p.relative_to(self.root).as_posix(): p.stat().st_size
                             for p in masks},
                 "counts": result.annotation.counts(),
+                "figures": [[r["group"], r["name"], _finite(r["value"]), r["unit"]]
+                            for r in figure_rows(result.annotation)],
                 "thumbnail": {
                     "height": int(result.thumbnail_shape[0]),
                     "width": int(result.thumbnail_shape[1]),
@@ -288,9 +296,10 @@ class OutputFolder:
         if parts:
             written.append(self._write_coco(parts))
             written.append(self._write_counts(parts))
+            written.append(self._write_figures(parts))
             written.append(self._write_masks_record(parts))
         else:  # nothing done: merged files of an earlier run would describe other results
-            for name in (ANNOTATIONS, COUNTS):
+            for name in (ANNOTATIONS, COUNTS, FIGURES):
                 (self.root / name).unlink(missing_ok=True)
         written.append(self._write_failures(failures))
         written.append(self._write_report(parts, failures, class_set, title))
@@ -330,6 +339,21 @@ class OutputFolder:
             tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
         return self.root / COUNTS
 
+    def _write_figures(self, parts: Sequence[dict[str, Any]]) -> Path:
+        from ..core.quantify import FIGURE_COLUMNS
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(FIGURE_COLUMNS)
+        for part in parts:
+            extra = part["cellquant"]
+            writer.writerows((extra["image"], group, name, "" if value is None else
+                              f"{value:.6g}", unit)
+                             for group, name, value, unit in extra.get("figures", []))
+        with atomic_path(self.root / FIGURES, overwrite=True) as tmp:
+            tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
+        return self.root / FIGURES
+
     def _write_masks_record(self, parts: Sequence[dict[str, Any]]) -> Path:
         """classes.json with the done images in name order (a resumed run wrote them in
         another order, and a dask run in the order they finished)."""
@@ -359,6 +383,7 @@ class OutputFolder:
         images = [
             ReportImage(
                 name=p["cellquant"]["image"], counts=p["cellquant"]["counts"],
+                figures=[tuple(f) for f in p["cellquant"].get("figures", [])],
                 thumbnail=base64.b64decode(p["cellquant"]["thumbnail"]["jpeg_base64"]),
                 width=p["cellquant"]["thumbnail"]["width"],
                 height=p["cellquant"]["thumbnail"]["height"],
@@ -370,6 +395,12 @@ class OutputFolder:
         page = report_html(images, [(p.name, m) for p, m in sorted(failures)], class_set,
                            title=title, details=details)
         return write_text_atomic(self.root / REPORT, page, overwrite=True)
+
+
+def _finite(value: object) -> float | None:
+    """A figure for JSON: NaN (an undefined share) as null."""
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
 
 
 def _b64(data: bytes) -> str:

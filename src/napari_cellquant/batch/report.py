@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -135,6 +135,25 @@ class ReportImage:
     thumbnail: bytes  # JPEG
     width: int  # thumbnail size in pixels
     height: int
+    #: ``(group, name, value, unit)`` of ``core.quantify.figure_rows``; value None: undefined
+    figures: list[tuple] = field(default_factory=list)
+
+
+#: the figures shown under each thumbnail (the plain shares are in the summary table)
+_SHOWN_FIGURES = {("net_percent", "NET"), ("net_area", "field_share"), ("net_area", "area"),
+                  ("parasitaemia", "infected_rbc")}
+
+
+def _figure_text(figures: Sequence[tuple]) -> str:
+    """NET %, NET area, parasitaemia and the WBC differential of one image, as text."""
+    shown = []
+    for group, name, value, unit in figures:
+        if value is None or not ((group, name) in _SHOWN_FIGURES or group == "wbc_differential"):
+            continue
+        label = {"net_percent": "NET", "net_area": "NET area",
+                 "parasitaemia": "parasitaemia"}.get(group, name)
+        shown.append(f"<span>{html.escape(label)} {value:.4g} {html.escape(unit)}</span>")
+    return f'<div class="figures">{"".join(shown)}</div>' if shown else ""
 
 
 def _colour(rgb: Sequence[int]) -> str:
@@ -175,7 +194,7 @@ svg text{font:12px system-ui,sans-serif}
 figure{margin:0;padding:6px;background:#fff;border:1px solid #ccc;width:256px}
 figure img{display:block;image-rendering:auto}
 figcaption{font-size:12px;margin-top:4px;word-break:break-all}
-.counts span{white-space:nowrap;margin-right:8px}.failed td{color:#a00}
+.counts span,.figures span{white-space:nowrap;margin-right:8px}.figures{color:#135}.failed td{color:#a00}
 """
 
 
@@ -215,7 +234,8 @@ def report_html(
         figures.append(
             f'<figure><img src="data:image/jpeg;base64,{data}" width="{image.width}" '
             f'height="{image.height}" alt="{esc(image.name)}"><figcaption><b>{esc(image.name)}'
-            f'</b><div class="counts">{counts}</div></figcaption></figure>'
+            f'</b><div class="counts">{counts}</div>{_figure_text(image.figures)}'
+            f'</figcaption></figure>'
         )
     failed = ""
     if failures:

@@ -171,8 +171,11 @@ NET4 = _class_set(
     ],
 )
 CELL = _class_set("cell", [("cell", (255, 200, 0))])
+#: NET-covered regions (an area, not cells): named apart from net4's ``NET`` so that files
+#: holding only NET boxes still read as net4
+NET_AREA = _class_set("net-area", [("net_region", (0, 220, 90))])
 
-CLASS_SETS: dict[str, ClassSet] = {cs.name: cs for cs in (BLOOD10, BLOOD3, NET4, CELL)}
+CLASS_SETS: dict[str, ClassSet] = {cs.name: cs for cs in (BLOOD10, BLOOD3, NET4, CELL, NET_AREA)}
 
 # blood10 -> blood3: which coarse class each fine class belongs to
 BLOOD10_TO_BLOOD3: dict[str, str] = {

@@ -322,6 +322,7 @@ def _tally(
     n_gt = np.zeros(n, dtype=np.int64)
     n_pred = np.zeros(n, dtype=np.int64)
     tp_agnostic = 0
+    matched_iou: list[np.ndarray] = []
     for gt_objs, pred_objs, (gi, pi, iou) in images:
         n_gt += np.bincount(gt_objs.classes, minlength=n)[:n]
         n_pred += np.bincount(pred_objs.classes, minlength=n)[:n]
@@ -329,16 +330,33 @@ def _tally(
         same = g_cls == p_cls
         mg, _ = match_pairs(gi[same], pi[same], iou[same], threshold)
         tp += np.bincount(gt_objs.class_of(mg), minlength=n)[:n]
-        tp_agnostic += len(match_pairs(gi, pi, iou, threshold)[0])
+        agnostic = match_pairs(gi, pi, iou, threshold)
+        tp_agnostic += len(agnostic[0])
+        matched_iou.append(_iou_of(gi, pi, iou, *agnostic))
     # unclassed objects (class 0) can never be a class-aware match but still count as misses
     out = _prf(int(tp.sum()), int(n_gt.sum()), int(n_pred.sum()))
     out["iou_threshold"] = float(threshold)
+    ious = np.concatenate(matched_iou) if matched_iou else np.zeros(0)
+    #: StarDist's "mean matched score": how well the found objects fit, beside how many
+    out["mean_matched_iou"] = float(ious.mean()) if len(ious) else None
     out["per_class"] = {
         name: _prf(int(tp[c]), int(n_gt[c]), int(n_pred[c]))
         for c, name in zip(class_set.ids, class_set.names)
     }
     out["class_agnostic"] = _prf(tp_agnostic, int(n_gt.sum()), int(n_pred.sum()))
     return out
+
+
+def _iou_of(gi: np.ndarray, pi: np.ndarray, iou: np.ndarray, matched_gt: np.ndarray,
+            matched_pred: np.ndarray) -> np.ndarray:
+    """IoU of each matched pair, looked up among the candidate pairs."""
+    if not len(matched_gt):
+        return np.zeros(0)
+    base = int(pi.max()) + 1
+    keys = gi.astype(np.int64) * base + pi
+    order = np.argsort(keys)
+    at = np.searchsorted(keys[order], matched_gt * base + matched_pred)
+    return np.asarray(iou, dtype=np.float64)[order][at]
 
 
 def _instance_objects(ann: Annotation) -> _Objects:
@@ -585,7 +603,8 @@ def evaluate_instances(
     dict
         ``ap``, ``ap50``, ``ap_per_class`` ({class: {ap, ap50}}, ``None`` for classes without
         ground truth), ``precision``, ``recall``, ``f1``, ``tp``, ``fp``, ``fn``, ``gt``,
-        ``pred``, ``iou_threshold``, ``per_class`` ({class: the same counts and ratios}) and
+        ``pred``, ``iou_threshold``, ``mean_matched_iou`` (mean IoU of the class-agnostic
+        matches), ``per_class`` ({class: the same counts and ratios}) and
         ``class_agnostic``. Ratios are ``None`` where undefined (0/0).
 
     Raises

@@ -226,6 +226,7 @@ def instances_from_maps(
     min_size: int = 0,
     max_hole: int = 0,
     min_distance: int = 5,
+    split: bool = True,
 ) -> tuple[np.ndarray, dict[int, int], dict[int, float]]:
     """Instances, a class and a score per instance from a segmentation network's outputs.
 
@@ -254,6 +255,9 @@ def instances_from_maps(
         Background holes of at most this many pixels inside the foreground are filled first.
     min_distance
         Minimum distance between two seeds (pixels): about half the smallest object diameter.
+    split
+        False: every connected region of the foreground is one instance (areas such as NET
+        regions, which are not cells to split).
 
     Returns
     -------
@@ -308,30 +312,37 @@ def instances_from_maps(
             )
 
     foreground = fill_small_holes(foreground, max_hole)
-    if distance is None and boundary is not None:
-        boundary = np.asarray(boundary, dtype=np.float32)
-        seeds = foreground & (boundary < boundary_threshold)
-        markers = ndi.label(seeds)[0]
-        # seeds from single stray pixels between boundaries would split cells: drop tiny ones
-        markers = remove_small_instances(markers, max(min_size // 4, 1))
-        surface = boundary
+    if split:
+        surface, markers = _watershed_seeds(foreground, distance, boundary,
+                                            boundary_threshold, min_size, min_distance)
+        labels = _label_leftovers(watershed(surface, markers, mask=foreground), foreground)
     else:
-        if distance is None:
-            dist = ndi.distance_transform_edt(foreground).astype(np.float32)
-        else:
-            dist = np.where(foreground, np.asarray(distance, dtype=np.float32), 0.0)
-        seed_mask = foreground
-        if boundary is not None:
-            boundary = np.asarray(boundary, dtype=np.float32)
-            seed_mask = foreground & (boundary < boundary_threshold)
-        markers = peak_markers(dist, seed_mask, min_distance)
-        surface = -dist if boundary is None else boundary
-    labels = watershed(surface, markers, mask=foreground)
-    labels = _label_leftovers(labels, foreground)
+        labels = ndi.label(foreground)[0]
     labels = remove_small_instances(labels, min_size)
     labels, _ = relabel_sequential(labels)
     classes, scores = _vote_classes(labels, pixel_class, n_classes, probs, confidence)
     return labels.astype(np.int32), classes, scores
+
+
+def _watershed_seeds(foreground: np.ndarray, distance: np.ndarray | None,
+                     boundary: np.ndarray | None, boundary_threshold: float, min_size: int,
+                     min_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """The surface a watershed floods and its markers (see :func:`instances_from_maps`)."""
+    if distance is None and boundary is not None:
+        boundary = np.asarray(boundary, dtype=np.float32)
+        markers = ndi.label(foreground & (boundary < boundary_threshold))[0]
+        # seeds from single stray pixels between boundaries would split cells: drop tiny ones
+        return boundary, remove_small_instances(markers, max(min_size // 4, 1))
+    if distance is None:
+        dist = ndi.distance_transform_edt(foreground).astype(np.float32)
+    else:
+        dist = np.where(foreground, np.asarray(distance, dtype=np.float32), 0.0)
+    seed_mask = foreground
+    if boundary is not None:
+        boundary = np.asarray(boundary, dtype=np.float32)
+        seed_mask = foreground & (boundary < boundary_threshold)
+    markers = peak_markers(dist, seed_mask, min_distance)
+    return (-dist if boundary is None else boundary), markers
 
 
 def _vote_classes(

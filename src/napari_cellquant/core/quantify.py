@@ -13,6 +13,8 @@ The table has one row per (image, group, name) with the figure before and after 
     Infected RBCs as a share of all RBCs (infected + healthy).
 ``net_percent`` (``net4``)
     NETs as a share of all cells (NET, dead, unstimulated, decondensed).
+``net_area`` (``net-area``)
+    The pixels NET regions cover, their share of the field and, with a pixel size, um^2.
 ``density``
     Objects per mm^2 of image, per class and in total, when the pixel size is known.
 
@@ -37,6 +39,10 @@ from .io.atomic import atomic_path
 #: Columns of the count table, in order.
 COLUMNS: tuple[str, ...] = ("image", "group", "name", "before", "after", "unit")
 
+#: Classes that are areas rather than cells, and the group of their area figures.
+AREA_CLASSES: dict[str, str] = {"net_region": "net_area"}
+#: The columns of :func:`figure_rows` (``figures.csv``).
+FIGURE_COLUMNS: tuple[str, ...] = ("image", "group", "name", "value", "unit")
 #: The white blood cell classes of ``blood10``, in the order of a 5-part differential.
 WBC_CLASSES: tuple[str, ...] = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 RBC_CLASSES: tuple[str, ...] = ("infected_rbc", "healthy_rbc")
@@ -73,38 +79,76 @@ def instance_class_counts(
     numpy.ndarray
         ``(n_classes + 1,)`` int64: entry 0 counts unclassified objects.
     """
-    flat = np.asarray(labels).ravel()
+    flat = _flat_ids(labels)
     if flat.size == 0:
         return np.zeros(n_classes + 1, dtype=np.int64)
-    if flat.dtype.itemsize > 4 or (flat.dtype.kind == "u" and flat.dtype.itemsize == 4):
-        flat = flat.astype(np.int64, copy=False)
-    present = present_ids(flat)
-    lookup = np.full(present.size, int(default_class), dtype=np.int64)
-    label_ids = np.asarray(label_ids, dtype=np.int64).ravel()
-    class_ids = np.asarray(class_ids, dtype=np.int64).ravel()
-    inside = (label_ids > 0) & (label_ids < present.size)
-    lookup[label_ids[inside]] = class_ids[inside]
-    lookup[(lookup < 0) | (lookup > n_classes)] = 0
+    present = id_pixels(flat) > 0
+    present[0] = False  # background
+    lookup = _class_of_ids(present.size, label_ids, class_ids, n_classes, default_class)
     return np.bincount(lookup[present], minlength=n_classes + 1)[: n_classes + 1]
 
 
-#: pixels per ``np.bincount`` call in :func:`present_ids`
+def instance_class_areas(
+    labels: np.ndarray,
+    label_ids: np.ndarray | Sequence[int],
+    class_ids: np.ndarray | Sequence[int],
+    n_classes: int,
+    *,
+    default_class: int = 0,
+) -> np.ndarray:
+    """Pixels covered per class id, as :func:`instance_class_counts` counts objects.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_classes + 1,)`` int64 pixel counts; entry 0: unclassified objects' pixels.
+    """
+    flat = _flat_ids(labels)
+    if flat.size == 0:
+        return np.zeros(n_classes + 1, dtype=np.int64)
+    pixels = id_pixels(flat)
+    pixels[0] = 0  # background
+    lookup = _class_of_ids(pixels.size, label_ids, class_ids, n_classes, default_class)
+    areas = np.bincount(lookup, weights=pixels, minlength=n_classes + 1)[: n_classes + 1]
+    return np.rint(areas).astype(np.int64)
+
+
+def _flat_ids(labels: np.ndarray) -> np.ndarray:
+    flat = np.asarray(labels).ravel()
+    if flat.dtype.itemsize > 4 or (flat.dtype.kind == "u" and flat.dtype.itemsize == 4):
+        flat = flat.astype(np.int64, copy=False)
+    return flat
+
+
+def _class_of_ids(size: int, label_ids: np.ndarray | Sequence[int],
+                  class_ids: np.ndarray | Sequence[int], n_classes: int,
+                  default_class: int) -> np.ndarray:
+    """The class of every id ``0..size - 1`` (a class outside ``1..n_classes``: 0)."""
+    lookup = np.full(size, int(default_class), dtype=np.int64)
+    label_ids = np.asarray(label_ids, dtype=np.int64).ravel()
+    class_ids = np.asarray(class_ids, dtype=np.int64).ravel()
+    inside = (label_ids > 0) & (label_ids < size)
+    lookup[label_ids[inside]] = class_ids[inside]
+    lookup[(lookup < 0) | (lookup > n_classes)] = 0
+    return lookup
+
+
+#: pixels per ``np.bincount`` call in :func:`id_pixels`
 _CHUNK = 1 << 20
 
 
-def present_ids(flat: np.ndarray) -> np.ndarray:
-    """Boolean ``(max id + 1,)``: which ids occur in ``flat`` (non-negative ints; 0 False).
+def id_pixels(flat: np.ndarray) -> np.ndarray:
+    """``(max id + 1,)`` int64: pixels of each id in ``flat`` (non-negative ints).
 
     Counted a megapixel at a time: ``np.bincount`` holds the interpreter lock, and over a
     12-megapixel result in one call it stalled napari's GUI thread for 0.3 s while a
     worker thread post-processed.
     """
     top = int(flat.max(initial=0))
-    present = np.zeros(top + 1, dtype=bool)
+    pixels = np.zeros(top + 1, dtype=np.int64)
     for start in range(0, flat.size, _CHUNK):
-        present |= np.bincount(flat[start : start + _CHUNK], minlength=top + 1) > 0
-    present[0] = False
-    return present
+        pixels += np.bincount(flat[start : start + _CHUNK], minlength=top + 1)
+    return pixels
 
 
 def box_class_counts(class_ids: np.ndarray | Sequence[int], n_classes: int) -> np.ndarray:
@@ -142,6 +186,23 @@ def _share(part: float, whole: float) -> float:
     return 100.0 * part / whole if whole else math.nan
 
 
+def _area_figures(class_set: ClassSet, areas_px: Mapping[str, int] | None,
+                  field_px: int | None, area_mm2: float | None) -> list[
+    tuple[str, str, float, str]
+]:
+    """Pixels, share of the field and um^2 of each area class (NaN when not measured)."""
+    out: list[tuple[str, str, float, str]] = []
+    for name, group in AREA_CLASSES.items():
+        if name not in class_set.names:
+            continue
+        px = float(areas_px.get(name, 0)) if areas_px is not None else math.nan
+        out.append((group, "pixels", px, "px"))
+        out.append((group, "field_share", _share(px, field_px or 0), "% of field"))
+        if area_mm2 and field_px:
+            out.append((group, "area", px * area_mm2 * 1e6 / field_px, "um^2"))
+    return out
+
+
 def _figures(class_set: ClassSet, counts: Mapping[str, int], area_mm2: float | None) -> list[
     tuple[str, str, float, str]
 ]:
@@ -177,6 +238,8 @@ def count_table(
     before: Mapping[str, int] | None = None,
     *,
     area_mm2: float | None = None,
+    areas_px: Mapping[str, int] | None = None,
+    field_px: int | None = None,
 ) -> list[Row]:
     """The tidy count table of one image (see the module docstring for the groups).
 
@@ -193,6 +256,9 @@ def count_table(
         ``before`` column is NaN.
     area_mm2
         Image area, for densities.
+    areas_px, field_px
+        Pixels covered per area class (:data:`AREA_CLASSES`, now) and the image's pixels,
+        for the area figures; the ``before`` column of those is NaN.
 
     Returns
     -------
@@ -204,8 +270,12 @@ def count_table(
         after = {**after, "unclassified": 0}
     if before_map is not None and "unclassified" in after and "unclassified" not in before_map:
         before_map["unclassified"] = 0
-    now = _figures(class_set, after, area_mm2)
-    then = _figures(class_set, before_map, area_mm2) if before_map is not None else None
+    now = _figures(class_set, after, area_mm2) + _area_figures(class_set, areas_px, field_px,
+                                                               area_mm2)
+    then = None
+    if before_map is not None:
+        then = _figures(class_set, before_map, area_mm2) + _area_figures(
+            class_set, None, field_px, area_mm2)
     rows: list[Row] = []
     for k, (group, name, value, unit) in enumerate(now):
         rows.append({
@@ -225,12 +295,31 @@ def quantify_annotation(
     before: Mapping[str, int] | None = None,
     pixel_size_um: Sequence[float] | float | None = None,
 ) -> list[Row]:
-    """:func:`count_table` of an annotation's instances and boxes."""
-    counts = counts_by_name(annotation.class_set, annotation_class_counts(annotation))
+    """:func:`count_table` of an annotation's instances and boxes (and the pixels of its
+    area classes)."""
+    class_set = annotation.class_set
+    counts = counts_by_name(class_set, annotation_class_counts(annotation))
     area = image_area_mm2(annotation.shape, pixel_size_um) if pixel_size_um else None
+    areas = None
+    if any(name in class_set.names for name in AREA_CLASSES):
+        ids = np.fromiter(annotation.classes.keys(), dtype=np.int64)
+        cls = np.fromiter(annotation.classes.values(), dtype=np.int64)
+        pixels = instance_class_areas(annotation.labels, ids, cls, len(class_set))
+        areas = counts_by_name(class_set, pixels)
     return count_table(
-        annotation.image_name, annotation.class_set, counts, before, area_mm2=area
+        annotation.image_name, class_set, counts, before, area_mm2=area, areas_px=areas,
+        field_px=int(np.prod(annotation.shape)),
     )
+
+
+def figure_rows(annotation: Annotation, *, pixel_size_um: Sequence[float] | float | None = None
+                ) -> list[dict[str, object]]:
+    """The figures derived from an annotation's objects, without the plain counts:
+    ``{image, group, name, value, unit}`` rows (what ``figures.csv`` holds)."""
+    return [{"image": row["image"], "group": row["group"], "name": row["name"],
+             "value": row["after"], "unit": row["unit"]}
+            for row in quantify_annotation(annotation, pixel_size_um=pixel_size_um)
+            if row["group"] != "count"]
 
 
 def _cell(value: object) -> object:
@@ -276,7 +365,9 @@ def write_count_table(
 
 
 __all__ = [
+    "AREA_CLASSES",
     "COLUMNS",
+    "FIGURE_COLUMNS",
     "NET_CELL_CLASSES",
     "RBC_CLASSES",
     "WBC_CLASSES",
@@ -284,7 +375,9 @@ __all__ = [
     "box_class_counts",
     "count_table",
     "counts_by_name",
+    "figure_rows",
     "image_area_mm2",
+    "instance_class_areas",
     "instance_class_counts",
     "quantify_annotation",
     "table_to_csv",

@@ -14,7 +14,7 @@ exposes the same interface as :class:`~.networks.UNet` (``arch``, ``in_channels`
 Architecture keys (``type: "efficientnet-unet"``):
 
 ``in_channels``
-    3 (the encoder is an RGB network; grey images are converted before).
+    3 (the encoder is an RGB network), or 1 for one stain, repeated into the three.
 ``decoder``
     Filters of the decoder levels from stride 16 up to stride 1, default
     ``[96, 64, 48, 32, 24]``; the decoder stops at the highest resolution a head needs.
@@ -181,7 +181,7 @@ class EfficientUNet(nn.Module):
         super().__init__()
         a = normalise_arch(arch)
         self.arch = a
-        self.in_channels = 3
+        self.in_channels = a["in_channels"]
         self.size_multiple = 32
         self.encoder = EfficientNetLite0(head=False)
         det = a["detector"]
@@ -214,6 +214,8 @@ class EfficientUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
+        if x.shape[1] == 1:  # one stain (a DNA channel): the ImageNet stem sees it as grey
+            x = x.expand(-1, 3, -1, -1)
         x = pad_to_multiple(x, self.size_multiple)
         taps = self.encoder.features(x)
         y = taps[-1]
@@ -275,10 +277,10 @@ def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         raise InputError(None, f"network architecture: unknown key(s) {sorted(unknown)}; "
                          f"known: {sorted(_ARCH_KEYS)}")
     a = dict(arch)
-    if a.get("in_channels", 3) != 3:
+    if a.get("in_channels", 3) not in (1, 3):
         raise InputError(None, "network architecture: the EfficientNet encoder takes 3 "
-                         f"channels, got in_channels={a['in_channels']}")
-    a["in_channels"] = 3
+                         f"channels (or 1, repeated), got in_channels={a['in_channels']}")
+    a["in_channels"] = a.get("in_channels", 3)
     decoder = a.get("decoder", [96, 64, 48, 32, 24])
     if (not isinstance(decoder, (list, tuple)) or not decoder
             or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in decoder)):

@@ -116,6 +116,11 @@ def builtin_cards() -> dict[str, ModelCard]:
             "net-classical", "net4",
             "NETs, dead, unstimulated, decondensed neutrophils from the DNA channel",
             3, {"nucleus": 28.0, "objects": 33.5}),
+        "net-area": _learned_card(
+            "net-area", "instances", "net-area",
+            "NET-covered area in the DNA stain: NET regions, their area and share of the field",
+            1, {"mode": "percentile", "low": 1.0, "high": 99.8}, {}, 512,
+            {"foreground_threshold": 0.5, "min_size": 20, "max_hole": 50, "split": False}),
         "net-detector": _learned_card(
             "net-detector", "boxes", "net4",
             "CenterNet-style box detector for NETs and neutrophil states",

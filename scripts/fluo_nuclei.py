@@ -1,0 +1,360 @@
+"""Train the bundled ``fluo-resunet`` nuclei model on DSB2018 and measure it on held-out images.
+
+    python scripts/fluo_nuclei.py [--data ../shared/data] [--arch both|resunet|efficientnet]
+
+Split (fixed by rule, every id written into the card):
+- ``dsb2018`` images are sorted by id within each modality; every sixth (index 0, 6, 12, ...)
+  is **validation** (17 %, stratified by modality) and never trained or tuned on.
+- The rest is training. Of its fluorescence images every tenth is held back as the *inner*
+  validation set, which picks the epoch, the network (c-ResUnet-like or the ImageNet
+  EfficientNet-Lite0 U-Net) and the post-processing (foreground threshold, seed distance).
+
+Only fluorescence images are trained on (the DSB2018 brightfield and histology images are
+other stains; they were not tried).
+
+Scale: each training image is resized so its median nucleus (equivalent diameter) is
+``NUCLEUS_PX`` wide, then scale-jittered 0.6-1.6x, so the estimator's error at prediction is
+inside what the network has seen. Validation goes through ``core.predict.predict`` with the
+diameter estimated from the image, as ``cellquant predict`` does.
+
+Instances come from the predicted distance map (peaks seed a watershed of the foreground).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+BUNDLED = ROOT / "src" / "napari_cellquant" / "core" / "models" / "bundled"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+NAME = "fluo-resunet"
+#: the nucleus diameter the network works at (DSB2018 fluorescence: median 15 px, 9-49 px)
+NUCLEUS_PX = 24.0
+VAL_EVERY, INNER_VAL_EVERY = 6, 10
+ARCHS = {
+    "resunet": None,  # the registry's c-ResUnet-like network
+    "efficientnet": {"type": "efficientnet-unet", "in_channels": 3,
+                     "decoder": [64, 48, 32, 24, 16], "heads": ["classes", "distance"],
+                     "n_classes": 1},
+}
+SETTINGS = {"epochs": 14, "steps_per_epoch": 100, "batch_size": 8, "crop": 192,
+            "weight_decay": 1e-4, "scale_range": (0.6, 1.6), "seed": 0,
+            "lr": {"resunet": 3e-3, "efficientnet": 1.5e-3}}
+#: post-processing tried on the inner validation images (never on validation)
+FOREGROUND = (0.4, 0.5, 0.6)
+MIN_DISTANCE = (3, 4, 5, 7)
+
+log = logging.getLogger("fluo_nuclei")
+
+
+def split_ids(data: Path) -> dict[str, list[str]]:
+    """``train`` / ``val`` ids of dsb2018 by the fixed rule, and ``inner_val`` (train,
+    fluorescence), with each id's modality under ``modality``."""
+    with open(data / "dsb2018" / "modality.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    by_modality: dict[str, list[str]] = {}
+    for row in rows:
+        by_modality.setdefault(row["modality"], []).append(row["id"])
+    train, val = [], []
+    for ids in by_modality.values():
+        for i, image_id in enumerate(sorted(ids)):
+            (val if i % VAL_EVERY == 0 else train).append(image_id)
+    modality = {row["id"]: row["modality"] for row in rows}
+    fluo_train = sorted(i for i in train if modality[i] == "fluorescence")
+    inner = fluo_train[::INNER_VAL_EVERY]
+    return {"train": sorted(train), "val": sorted(val), "inner_val": inner,
+            "modality": modality}  # type: ignore[dict-item]
+
+
+def load_pair(data: Path, image_id: str) -> tuple[np.ndarray, object]:
+    """An image and its instance Annotation (class set ``cell``), at its own size."""
+    import tifffile
+
+    from napari_cellquant.core.annotation import Annotation
+    from napari_cellquant.core.classes import get_class_set
+    from napari_cellquant.core.io.images import read_image
+
+    image = read_image(data / "dsb2018" / "images" / f"{image_id}.png")
+    if image.ndim == 3 and image.shape[-1] == 4:
+        image = image[..., :3]
+    labels = tifffile.imread(data / "dsb2018" / "labels" / f"{image_id}.tif").astype(np.int32)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    return image, Annotation(labels, get_class_set("cell"), classes=dict.fromkeys(
+        ids.tolist(), 1), image_name=image_id)
+
+
+def nucleus_diameter(labels: np.ndarray) -> float:
+    areas = np.bincount(labels.ravel())[1:]
+    areas = areas[areas > 0]
+    return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else NUCLEUS_PX
+
+
+def to_model_scale(image: np.ndarray, annotation) -> tuple[np.ndarray, object]:
+    """Image and labels resized so the median nucleus is ``NUCLEUS_PX`` across."""
+    from skimage.transform import resize
+
+    from napari_cellquant.core.predict import _resize
+
+    zoom = NUCLEUS_PX / nucleus_diameter(annotation.labels)
+    small = _resize(image, zoom)
+    labels = resize(annotation.labels, small.shape[:2], order=0, preserve_range=True,
+                    anti_aliasing=False).astype(np.int32)
+    present = set(np.unique(labels).tolist()) - {0}
+    return small, annotation.copy(labels=labels, classes=dict.fromkeys(sorted(present), 1))
+
+
+def base_card(arch: str, workdir: Path) -> str:
+    """The registry name or a card JSON in ``workdir`` for one of :data:`ARCHS`."""
+    if ARCHS[arch] is None:
+        return NAME
+    from napari_cellquant.core.models.registry import get_card
+
+    card = get_card(NAME)
+    card.architecture = dict(ARCHS[arch])
+    card.description = ("fluorescent nuclei: ImageNet-pretrained EfficientNet-Lite0 U-Net, "
+                        "foreground and distance map")
+    path = workdir / f"base-{arch}.json"
+    card.save(path, overwrite=True)
+    return str(path)
+
+
+def train_one(arch: str, data: str, workdir: str, epochs: int, steps: int) -> dict:
+    """One training (own process, one thread) on the fluorescence train split."""
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_cellquant.core.training import TrainingConfig, iter_train
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {arch} %(message)s")
+    started = time.perf_counter()
+    split = split_ids(Path(data))
+    modality = split["modality"]
+    ids = [i for i in split["train"] if modality[i] == "fluorescence"]  # type: ignore[index]
+    pairs = [to_model_scale(*load_pair(Path(data), i)) for i in ids]
+    inner = [ids.index(i) for i in split["inner_val"]]
+    s = SETTINGS
+    config = TrainingConfig(
+        base=base_card(arch, Path(workdir)), images=[p[0] for p in pairs],
+        annotations=[p[1] for p in pairs], output=Path(workdir) / f"{NAME}-{arch}.pt",
+        val_indices=inner, epochs=epochs, batch_size=s["batch_size"], crop=s["crop"],
+        lr=s["lr"][arch], weight_decay=s["weight_decay"], seed=s["seed"], device="cpu",
+        patience=None, steps_per_epoch=steps, scale_range=s["scale_range"],
+        name=NAME, overwrite=True,
+    )
+    steps = iter_train(config)
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        if event.phase == "epoch":
+            log.info("%s", event.describe())
+    return {"arch": arch, "weights": str(result.weights), "card": str(result.card),
+            "inner_val_iou": result.score, "best_epoch": result.best_epoch,
+            "history": result.history, "train_s": time.perf_counter() - started,
+            "n_train": len(ids) - len(inner), "n_inner_val": len(inner)}
+
+
+def tune_postprocess(weights: Path, data: Path, inner_ids: list[str]) -> dict:
+    """Foreground threshold and seed distance with the best instance F1 at IoU 0.5 on the
+    inner validation images (at model scale)."""
+    from napari_cellquant.core.inference import predict_maps
+    from napari_cellquant.core.metrics import evaluate_instances
+    from napari_cellquant.core.postprocess import instances_from_maps
+    from napari_cellquant.core.predict import load_model
+    from napari_cellquant.core.training import make_sample
+
+    model = load_model(weights, "cpu")
+    card = model.card
+    truth, maps = [], []
+    for image_id in inner_ids:
+        image, annotation = to_model_scale(*load_pair(data, image_id))
+        sample = make_sample(image, annotation, card)
+        maps.append(predict_maps(sample.pixels, model.network, tile=card.tile,
+                                 overlap=card.overlap, device="cpu"))
+        truth.append(annotation)
+    settings = {k: v for k, v in card.postprocess.items()
+                if k not in ("foreground_threshold", "min_distance")}
+    table = []
+    for fg in FOREGROUND:
+        for md in MIN_DISTANCE:
+            found = []
+            for t, m in zip(truth, maps):
+                labels, classes, scores = instances_from_maps(
+                    m["classes"], distance=m.get("distance"), foreground_threshold=fg,
+                    min_distance=md, **settings)
+                found.append(t.copy(labels=labels, classes=classes, scores=scores))
+            f1 = evaluate_instances(truth, found)["f1"] or 0.0
+            table.append({"foreground_threshold": fg, "min_distance": md, "f1": round(f1, 4)})
+    best = max(table, key=lambda row: row["f1"])
+    return {"best": {k: best[k] for k in ("foreground_threshold", "min_distance")},
+            "inner_val_f1": best["f1"], "table": table}
+
+
+#: fluo-classical settings tried on training images (``DEFAULT_PARAMS`` overrides)
+CLASSICAL_GRID = {"otsu_floor": (0.5, 0.75, 1.0), "min_snr": (3.0, 5.0),
+                  "min_distance": (0.3, 0.5), "block_size": (3.0, 6.0)}
+
+
+def tune_classical(data: Path, every: int = 5) -> dict:
+    """The ``fluo-classical`` settings with the best instance F1 at IoU 0.5 on every
+    ``every``-th fluorescence training image (diameter estimated, as at prediction)."""
+    import itertools
+
+    from napari_cellquant.core.classical import DEFAULT_PARAMS
+    from napari_cellquant.core.metrics import evaluate_instances
+    from napari_cellquant.core.models.registry import get_card
+    from napari_cellquant.core.predict import Model, predict
+
+    split = split_ids(data)
+    modality = split["modality"]
+    ids = [i for i in split["train"] if modality[i] == "fluorescence"][::every]  # type: ignore
+    pairs = [load_pair(data, i) for i in ids]
+    table = []
+    for values in itertools.product(*CLASSICAL_GRID.values()):
+        overrides = dict(zip(CLASSICAL_GRID, values))
+        card = get_card("fluo-classical")
+        card.params = {**DEFAULT_PARAMS["fluo-classical"], **overrides}
+        model = Model(card=card, network=None, device="cpu")
+        found = []
+        for image, truth in pairs:
+            result = predict(image, model)
+            result.image_name = truth.image_name
+            found.append(result)
+        f1 = evaluate_instances([t for _, t in pairs], found)["f1"] or 0.0
+        table.append({**overrides, "f1": round(f1, 4)})
+        log.info("fluo-classical %s: F1 %.4f", overrides, f1)
+    best = max(table, key=lambda row: row["f1"])
+    return {"images": len(pairs), "best": {k: best[k] for k in CLASSICAL_GRID},
+            "train_f1": best["f1"], "table": table}
+
+
+def evaluate_on_val(model: str | Path, data: Path) -> dict:
+    """Figures of a model on the fluorescence images of the validation split, predicted
+    through ``core.predict.predict`` (diameter estimated)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import dsb2018_val, nuclei_figures, predict_all
+
+    pairs = dsb2018_val(data)
+    predictions, seconds = predict_all(model, pairs)
+    return {**nuclei_figures([a for _, a in pairs], predictions),
+            "seconds_per_image": seconds / len(pairs)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=BUNDLED)
+    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / NAME)
+    parser.add_argument("--arch", choices=[*ARCHS, "both"], default="both")
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    parser.add_argument("--steps", type=int, default=SETTINGS["steps_per_epoch"],
+                        help="optimisation steps per epoch")
+    parser.add_argument("--skip-training", action="store_true",
+                        help="take the networks of an earlier run in --workdir (trained.json)")
+    parser.add_argument("--no-bundle", action="store_true")
+    parser.add_argument("--tune-classical", action="store_true",
+                        help="only re-tune fluo-classical on training images and print it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.tune_classical:
+        print(json.dumps(tune_classical(args.data), indent=2))
+        return 0
+    archs = list(ARCHS) if args.arch == "both" else [args.arch]
+    record_path = args.workdir / "trained.json"
+    if args.skip_training:
+        trained = json.loads(record_path.read_text(encoding="utf-8"))
+    else:  # two one-thread processes beat one two-thread process on this 2-core CPU
+        with ProcessPoolExecutor(len(archs), mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(train_one, a, str(args.data), str(args.workdir), args.epochs,
+                                   args.steps)
+                       for a in archs]
+            trained = {f.result()["arch"]: f.result() for f in futures}
+        record_path.write_text(json.dumps(trained, indent=2, default=str), encoding="utf-8")
+    split = split_ids(args.data)
+    for arch, run in trained.items():
+        run["postprocess"] = tune_postprocess(Path(run["weights"]), args.data,
+                                              split["inner_val"])  # type: ignore[arg-type]
+        log.info("%s: inner-val IoU %.4f, F1 %.4f with %s", arch, run["inner_val_iou"],
+                 run["postprocess"]["inner_val_f1"], run["postprocess"]["best"])
+    chosen = max(trained, key=lambda a: trained[a]["postprocess"]["inner_val_f1"])
+    report = {"trained": trained, "chosen": chosen}
+    from napari_cellquant.core.models.card import ModelCard
+
+    from blood_detector import halve
+
+    run = trained[chosen]
+    card = ModelCard.load(run["card"])
+    card.postprocess.update(run["postprocess"]["best"])
+    card.save(run["card"], overwrite=True)
+    halve(Path(run["weights"]), Path(run["card"]))  # the figures are those of fp16 weights
+    report["val"] = evaluate_on_val(run["weights"], args.data)
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    (args.workdir / "report.json").write_text(text + "\n", encoding="utf-8")
+    if not args.no_bundle:
+        write_card(run, report, split, args.out)
+    return 0
+
+
+def write_card(run: dict, report: dict, split: dict, out: Path) -> None:
+    import pooch
+
+    from napari_cellquant.core.io.atomic import atomic_path
+    from napari_cellquant.core.models.card import ModelCard, WeightsSource
+
+    weights = out / f"{NAME}.pt"
+    with atomic_path(weights, overwrite=True) as tmp:
+        shutil.copyfile(run["weights"], tmp)
+    card = ModelCard.load(run["card"])
+    card.name = NAME
+    kind = ("ImageNet-pretrained EfficientNet-Lite0 U-Net" if run["arch"] == "efficientnet"
+            else "c-ResUnet-like residual U-Net")
+    card.description = (f"fluorescent nuclei and cells: {kind} trained on DSB2018 "
+                        "fluorescence (foreground + distance map, watershed)")
+    card.weights = WeightsSource(file=weights.name,
+                                 sha256=pooch.file_hash(str(weights), alg="sha256"))
+    card.diameter_px = {"cell": NUCLEUS_PX, "objects": NUCLEUS_PX}
+    card.training.pop("images", None)
+    card.training.pop("validation_images", None)
+    card.training["images"] = (f"dsb2018 fluorescence train: {run['n_train']} images trained "
+                               f"on, {run['n_inner_val']} held back, resized to "
+                               f"{NUCLEUS_PX:g} px per nucleus")
+    card.training["split"] = (f"dsb2018 sorted by id within each modality: every "
+                              f"{VAL_EVERY}th (index 0, {VAL_EVERY}, ...) is validation; of the "
+                              f"fluorescence rest, every {INNER_VAL_EVERY}th is inner validation")
+    card.training["validation_ids"] = split["val"]
+    card.training["epoch_network_postprocess_chosen_on"] = "inner validation (train split)"
+    card.training["compared"] = {a: {"inner_val_iou": r["inner_val_iou"],
+                                     "inner_val_f1": r["postprocess"]["inner_val_f1"],
+                                     "train_s": round(r["train_s"])}
+                                 for a, r in report["trained"].items()}
+    card.training["time_s"] = round(run["train_s"])
+    card.training["script"] = "scripts/train_bundled.py --only fluo-resunet"
+    card.metrics = {"dsb2018_val": {
+        "measured_on": "dsb2018 validation split (ids in training.validation_ids), never "
+                       "trained or tuned on",
+        "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
+                  "(diameter estimated)", **report["val"]}}
+    card_path = card.save(out / f"{NAME}.json", overwrite=True)
+    for path in (weights, card_path):
+        path.chmod(0o644)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

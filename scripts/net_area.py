@@ -1,0 +1,220 @@
+"""Train the bundled ``net-area`` model on Coelho et al. 2015 and measure it by sample.
+
+    python scripts/net_area.py [--data ../shared/data] [--folds 4] [--jobs 2]
+
+Data: ``net_coelho2015``, 58 DNA-stained fields (512 x 512) from 20 samples, with an expert's
+drawing of the NET regions (``rois``) and, for 24 fields, a second expert's (``rois2``).
+
+Split: fields of one sample are never apart. Samples sorted by id are dealt into ``--folds``
+folds in turn; each fold's model trains on the other samples' fields only and predicts the
+held-out samples' fields through ``core.predict.predict``. The figures pool every fold's
+held-out fields: pixel IoU of the NET area, and the absolute error of the NET share of the
+field in percentage points, next to the same figures between the two experts and for the
+weight-free ``net-classical`` (its NET cells' area). Nothing is chosen on held-out fields:
+the epoch is the last, the threshold 0.5. Then the final model trains on all 58 fields with
+the same settings and is bundled with the held-out figures in its card.
+
+Input: the DNA stain alone (the histone stain is not used: most NET images, such as the
+``net_fluorescence`` set, have no such channel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+BUNDLED = ROOT / "src" / "napari_cellquant" / "core" / "models" / "bundled"
+DEFAULT_DATA = ROOT.parent / "shared" / "data"
+NAME = "net-area"
+SETTINGS = {"epochs": 10, "steps_per_epoch": 30, "batch_size": 8, "crop": 192, "lr": 1.5e-3,
+            "weight_decay": 1e-4, "scale_range": (0.8, 1.25), "seed": 0}
+FIELD = re.compile(r"image_(\d+)_(\d+)_dna\.png$")
+
+log = logging.getLogger("net_area")
+
+
+def load_fields(data: Path) -> list[dict]:
+    """Every field: ``sample``, ``name``, ``dna`` image, ``rois`` mask, ``rois2`` (or None)."""
+    from napari_cellquant.core.io.images import read_image
+
+    folder = data / "net_coelho2015"
+    fields = []
+    for path in sorted(folder.glob("image_*_dna.png")):
+        match = FIELD.search(path.name)
+        if not match:
+            continue
+        stem = path.name[: -len("_dna.png")]
+        second = folder / f"{stem}_rois2.png"
+        fields.append({
+            "sample": match.group(1), "name": stem, "dna": read_image(path),
+            "rois": read_image(folder / f"{stem}_rois.png") > 0,
+            "rois2": read_image(second) > 0 if second.is_file() else None,
+        })
+    return fields
+
+
+def as_annotation(field: dict, mask: np.ndarray):
+    """NET regions as instances of ``net-area`` (each connected region one object)."""
+    from scipy import ndimage as ndi
+
+    from napari_cellquant.core.annotation import Annotation
+    from napari_cellquant.core.classes import get_class_set
+
+    labels, n = ndi.label(mask)
+    return Annotation(labels.astype(np.int32), get_class_set(NAME),
+                      classes=dict.fromkeys(range(1, n + 1), 1), image_name=field["name"])
+
+
+def sample_folds(fields: list[dict], k: int) -> list[list[str]]:
+    """Held-out samples of each fold: samples sorted by id, dealt in turn."""
+    samples = sorted({f["sample"] for f in fields})
+    return [samples[i::k] for i in range(k)]
+
+
+def run_fold(data: str, held_out: list[str], workdir: str, tag: str) -> dict:
+    """Train on the fields of every sample but ``held_out``; predict the held-out fields."""
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_cellquant.core.predict import load_model, predict
+    from napari_cellquant.core.training import TrainingConfig, train
+
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    fields = load_fields(Path(data))
+    train_fields = [f for f in fields if f["sample"] not in held_out]
+    s = SETTINGS
+    config = TrainingConfig(
+        base=NAME, images=[f["dna"] for f in train_fields],
+        annotations=[as_annotation(f, f["rois"]) for f in train_fields],
+        output=Path(workdir) / f"{NAME}-{tag}.pt", val_fraction=0.0, epochs=s["epochs"],
+        batch_size=s["batch_size"], crop=s["crop"], lr=s["lr"], weight_decay=s["weight_decay"],
+        seed=s["seed"], device="cpu", patience=None, steps_per_epoch=s["steps_per_epoch"],
+        scale_range=s["scale_range"], name=NAME, overwrite=True,
+    )
+    result = train(config)
+    predictions = {}
+    if held_out:
+        model = load_model(result.weights, "cpu")
+        for f in fields:
+            if f["sample"] in held_out:
+                predictions[f["name"]] = predict(f["dna"], model).labels > 0
+    return {"tag": tag, "held_out": held_out, "weights": str(result.weights),
+            "card": str(result.card), "predictions": predictions,
+            "n_train_fields": len(train_fields), "wall_s": time.perf_counter() - started}
+
+
+def classical_masks(fields: list[dict]) -> dict[str, np.ndarray]:
+    """NET area by ``net-classical``: the pixels of the objects it calls NET."""
+    from napari_cellquant.core.predict import load_model, predict
+
+    model = load_model("net-classical", "cpu")
+    out = {}
+    for f in fields:
+        found = predict(f["dna"], model)
+        net = [i for i, c in found.classes.items() if found.class_set.names[c - 1] == "NET"]
+        out[f["name"]] = np.isin(found.labels, net)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=BUNDLED)
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
+    parser.add_argument("--no-bundle", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import net_area_figures
+
+    started = time.perf_counter()
+    fields = load_fields(args.data)
+    folds = sample_folds(fields, args.folds)
+    jobs = [(held, f"fold{i + 1}") for i, held in enumerate(folds)]
+    if not args.no_bundle:
+        jobs.append(([], "final"))
+    workdir = tempfile.mkdtemp(prefix="cellquant-net-area-")
+    with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_fold, str(args.data), held, workdir, tag)
+                   for held, tag in jobs]
+        done = {}
+        for future in futures:
+            out = future.result()
+            done[out["tag"]] = out
+            log.info("%s (held out %s): %.0f s", out["tag"], out["held_out"], out["wall_s"])
+    predicted = {k: v for out in done.values() for k, v in out["predictions"].items()}
+    truth = {f["name"]: f["rois"] for f in fields}
+    second = {f["name"]: f["rois2"] for f in fields if f["rois2"] is not None}
+    report = {
+        "scheme": f"{args.folds}-fold by sample ({len({f['sample'] for f in fields})} samples, "
+                  f"{len(fields)} fields)",
+        "folds": [{"tag": o["tag"], "held_out_samples": o["held_out"],
+                   "train_fields": o["n_train_fields"], "wall_s": round(o["wall_s"])}
+                  for o in done.values()],
+        "net-area": net_area_figures(truth, predicted),
+        "net-classical": net_area_figures(truth, classical_masks(fields)),
+        "second_expert": net_area_figures({k: truth[k] for k in second}, second),
+        "net-area_on_second_expert_fields": net_area_figures(
+            {k: truth[k] for k in second}, {k: predicted[k] for k in second}),
+        "wall_s": round(time.perf_counter() - started),
+    }
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if "final" in done:
+        write_card(done["final"], report, args.out)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def write_card(final: dict, report: dict, out: Path) -> None:
+    import pooch
+
+    from napari_cellquant.core.io.atomic import atomic_path
+    from napari_cellquant.core.models.card import ModelCard, WeightsSource
+
+    from blood_detector import to_fp16
+
+    weights = out / f"{NAME}.pt"
+    to_fp16(Path(final["weights"]), Path(final["weights"]))
+    with atomic_path(weights, overwrite=True) as tmp:
+        shutil.copyfile(final["weights"], tmp)
+    card = ModelCard.load(final["card"])
+    card.name = NAME
+    card.description = ("NET-covered area in the DNA stain: ImageNet-pretrained "
+                        "EfficientNet-Lite0 U-Net trained on Coelho et al. 2015 (58 fields)")
+    card.weights = WeightsSource(file=weights.name,
+                                 sha256=pooch.file_hash(str(weights), alg="sha256"))
+    card.training.pop("images", None)
+    card.training.pop("validation_images", None)
+    card.training.pop("validated_on_training_data", None)
+    card.training["images"] = "all 58 fields of shared/data/net_coelho2015 (DNA stain)"
+    card.training["epoch_and_threshold"] = "the last epoch, threshold 0.5: nothing tuned"
+    card.training["script"] = "scripts/train_bundled.py --only net-area"
+    card.metrics = {"held_out": {
+        "scheme": report["scheme"],
+        "source": "core.predict.predict on the fields of samples each fold's model never saw",
+        **report["net-area"]},
+        "second_expert": report["second_expert"],
+        "net-classical": report["net-classical"], "folds": report["folds"]}
+    card_path = card.save(out / f"{NAME}.json", overwrite=True)
+    for path in (weights, card_path):
+        path.chmod(0o644)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
