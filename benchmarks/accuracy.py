@@ -22,6 +22,13 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
   within each modality, ``scripts/fluo_nuclei.py``), instance masks; ``fluo-resunet`` never
   trained or tuned on them. Instance F1 at IoU 0.5, mean matched IoU, median per-image count
   error, and F1 on the crowded images (>= 50 nuclei) alone.
+- ``net_fluorescence_loio``: ``net-classical`` with its rule thresholds fitted on one NET
+  image and scored on the other (``scripts/net_loio.py``): NET % and NET AP50 per image.
+- ``coelho``: the 58 NET fields of Coelho et al. 2015 (20 samples), NET region masks.
+  ``net-area`` is trained on all of them, so its row shows the figures of its card: each
+  field predicted by a model that never saw its sample (``scripts/net_area.py``).
+  ``net-classical`` (never tuned on them: its NET cells' area) and the second expert
+  (``rois2``, 24 fields) are scored here against the first.
 
 Blood figures (class set blood3; blood10 predictions are mapped by name):
 box mAP50 (pycocotools COCOeval, mean of the rbc, wbc and platelet AP50), WBC count exact
@@ -45,7 +52,8 @@ NET_MODELS = ("net-classical", "net-detector")
 NUCLEI_MODELS = ("fluo-resunet", "fluo-classical")
 #: a crowded image, where touching nuclei must be split
 CROWDED = 50
-SETS = ("txl_pbc_val", "bccd", "net_fluorescence", "dsb2018_val")
+SETS = ("txl_pbc_val", "bccd", "net_fluorescence", "net_fluorescence_loio", "dsb2018_val",
+        "coelho")
 
 
 # ------------------------------------------------------------------------------------------
@@ -219,9 +227,55 @@ def load_set(name: str, data: Path, limit: int | None) -> list:
     return [(read_image(a.image_path), a) for a in annotations]
 
 
+def coelho_rows(data: Path, models: list[str] | None) -> list[dict]:
+    """net-area (its card's cross-validated figures), net-classical and the second expert
+    on the Coelho NET fields."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from net_area import classical_masks, load_fields
+
+    from napari_cellquant.core.models.registry import get_card
+
+    fields = load_fields(data)
+    truth = {f["name"]: f["rois"] for f in fields}
+    rows = []
+    if not models or "net-area" in models:
+        held_out = dict(get_card("net-area").metrics.get("held_out") or {})
+        if held_out:
+            rows.append({"set": "coelho", "model": "net-area", "seen": 0,
+                         "source": "card: " + str(held_out.pop("scheme", "")),
+                         **{k: v for k, v in held_out.items() if k != "source"}})
+    if not models or "net-classical" in models:
+        rows.append({"set": "coelho", "model": "net-classical", "seen": 0,
+                     **net_area_figures(truth, classical_masks(fields))})
+    second = {f["name"]: f["rois2"] for f in fields if f["rois2"] is not None}
+    rows.append({"set": "coelho", "model": "second expert", "seen": 0,
+                 **net_area_figures({k: truth[k] for k in second}, second)})
+    return rows
+
+
+def loio_rows(data: Path) -> list[dict]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from net_loio import leave_one_image_out
+
+    result = leave_one_image_out(data)
+    return [{"set": "net_fluorescence_loio", "model": "net-classical", "seen": 0,
+             "images": 1, **image} for image in result["held_out"]]
+
+
 def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None) -> list[dict]:
     rows = []
     for set_name in sets:
+        if set_name in ("coelho", "net_fluorescence_loio"):
+            if set_name == "coelho":
+                extra = coelho_rows(data, models)
+            elif not models or "net-classical" in models:
+                extra = loio_rows(data)
+            else:
+                extra = []
+            for row in extra:
+                print(_line(row), flush=True)
+            rows += extra
+            continue
         pairs = load_set(set_name, data, limit)
         blood = set_name in ("txl_pbc_val", "bccd")
         family = {"net_fluorescence": NET_MODELS, "dsb2018_val": NUCLEI_MODELS}
@@ -269,9 +323,10 @@ def _fmt(value) -> str:
 def _line(row: dict) -> str:
     keys = ("map50", "wbc_exact", "platelet_mae", "rbc_total_error", "rbc_median_error",
             "ap50_net", "net_percent_mae", "f1", "mean_matched_iou", "count_median_error",
-            "crowded_f1")
+            "crowded_f1", "net_percent_gt", "net_percent_pred", "pixel_iou",
+            "share_abs_error_mean_pp", "fields_within_3pp", "share_r2")
     shown = " ".join(f"{k}={_fmt(row.get(k))}" for k in keys if k in row)
-    return (f"{row['set']:<17} {row['model']:<16} images={row.get('images')} "
+    return (f"{row['set']:<17} {row['model']:<16} images={row.get('images', row.get('fields'))} "
             f"seen={row['seen']} {shown} s/img={_fmt(row.get('s_per_image'))}")
 
 

@@ -84,7 +84,7 @@ def sample_folds(fields: list[dict], k: int) -> list[list[str]]:
     return [samples[i::k] for i in range(k)]
 
 
-def run_fold(data: str, held_out: list[str], workdir: str, tag: str) -> dict:
+def run_fold(data: str, held_out: list[str], workdir: str, tag: str, settings: dict) -> dict:
     """Train on the fields of every sample but ``held_out``; predict the held-out fields."""
     import torch
 
@@ -96,7 +96,7 @@ def run_fold(data: str, held_out: list[str], workdir: str, tag: str) -> dict:
     started = time.perf_counter()
     fields = load_fields(Path(data))
     train_fields = [f for f in fields if f["sample"] not in held_out]
-    s = SETTINGS
+    s = settings
     config = TrainingConfig(
         base=NAME, images=[f["dna"] for f in train_fields],
         annotations=[as_annotation(f, f["rois"]) for f in train_fields],
@@ -136,8 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BUNDLED)
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
+    parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
+    parser.add_argument("--steps", type=int, default=SETTINGS["steps_per_epoch"],
+                        help="optimisation steps per epoch")
     parser.add_argument("--no-bundle", action="store_true")
     args = parser.parse_args(argv)
+    SETTINGS.update(epochs=args.epochs, steps_per_epoch=args.steps)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from accuracy import net_area_figures
@@ -150,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(([], "final"))
     workdir = tempfile.mkdtemp(prefix="cellquant-net-area-")
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_fold, str(args.data), held, workdir, tag)
+        futures = [pool.submit(run_fold, str(args.data), held, workdir, tag, SETTINGS)
                    for held, tag in jobs]
         done = {}
         for future in futures:

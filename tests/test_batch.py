@@ -370,3 +370,41 @@ def test_a_grey_image_for_a_colour_model_fails_once_by_name(tmp_path, capsys):
     line = next(line for line in err.splitlines() if line.startswith("error:"))
     assert "stain's colours" in line and "RGB" in line
     assert line.count("grey.png") == 1
+
+
+def test_figures_csv_holds_each_images_shares_from_core_quantify(smear_folder, tmp_path):
+    """figures.csv: per image the figures core.quantify derives (shares of rbc / wbc /
+    platelet here), the same values as quantify.figure_rows on the written annotations; the
+    report shows figures per thumbnail."""
+    from napari_cellquant.core.quantify import FIGURE_COLUMNS, figure_rows
+
+    folder, truth = smear_folder
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--diameter", "34"]) == 0
+    with open(out / "figures.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == FIGURE_COLUMNS
+        rows = list(reader)
+    assert {r["image"] for r in rows} == set(truth)
+    assert {r["group"] for r in rows} == {"percent"}  # blood3: shares, no pixel size
+    for annotation in read_annotations(out / "annotations.json"):
+        expected = {r["name"]: r["value"] for r in figure_rows(annotation)}
+        written = {r["name"]: float(r["value"]) for r in rows
+                   if r["image"] == annotation.image_name}
+        assert written == pytest.approx(expected, rel=1e-5)  # written to 6 digits
+        shares = [float(r["value"]) for r in rows if r["image"] == annotation.image_name]
+        assert sum(shares) == pytest.approx(100.0, abs=0.01)
+
+
+def test_report_shows_net_percent_and_net_area_per_image():
+    from napari_cellquant.batch.report import ReportImage, report_html
+    from napari_cellquant.core.classes import NET4
+
+    image = ReportImage(name="a.png", counts={"NET": 1, "dead": 3}, thumbnail=b"", width=4,
+                        height=4, figures=[("net_percent", "NET", 25.0, "% of cells"),
+                                           ("net_area", "field_share", 12.5, "% of field"),
+                                           ("percent", "NET", 25.0, "%")])
+    page = report_html([image], [], NET4, title="t")
+    assert "NET 25 % of cells" in page and "NET area 12.5 % of field" in page
+    assert page.count("25 %") == 1  # plain shares stay in the summary table

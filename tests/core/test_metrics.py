@@ -85,8 +85,11 @@ def test_precision_recall_f1_at_iou_half(exact_and_shifted):
         "precision": None, "recall": None, "f1": None,
         "tp": 0, "fp": 0, "fn": 0, "gt": 0, "pred": 0,
     }
+    assert result["mean_matched_iou"] == 1.0  # only the exact square is matched at 0.5
     # at IoU 0.3 the shifted square (IoU 1/3) counts too
-    assert evaluate_instances(gt, pred, iou=0.3)["f1"] == 1.0
+    at_03 = evaluate_instances(gt, pred, iou=0.3)
+    assert at_03["f1"] == 1.0
+    assert at_03["mean_matched_iou"] == pytest.approx((1 + 1 / 3) / 2)
     # boxes of squares are the squares: the same figures
     boxes = evaluate_boxes(gt, pred, iou=0.5)
     assert (boxes["precision"], boxes["recall"]) == (0.5, 0.5)

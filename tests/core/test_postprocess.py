@@ -63,6 +63,16 @@ def test_two_touching_disks_become_two_instances():
     assert np.array_equal(labels > 0, cmap > 0)
 
 
+def test_areas_are_not_split_each_connected_region_is_one_instance():
+    """split=False (NET regions): the touching pair stays one object, a separate disk
+    another, whatever min_distance says."""
+    cmap = _disks((80, 160), [(40, 40, 20, 1), (40, 78, 20, 1), (40, 135, 15, 1)])
+    labels, classes, _ = instances_from_maps(_probs(cmap, 1), min_distance=3, split=False)
+    assert labels.max() == 2 and classes == {1: 1, 2: 1}
+    assert labels[40, 40] == labels[40, 78] != labels[40, 135]
+    assert np.array_equal(labels > 0, cmap > 0)
+
+
 def test_class_map_input_gives_the_same_instances():
     cmap = _disks((80, 120), [(40, 40, 20, 2), (40, 78, 20, 1)])
     labels, classes, scores = instances_from_maps(cmap, min_distance=8)

@@ -93,3 +93,32 @@ def test_csv_is_written_atomically_and_not_overwritten(tmp_path):
         write_count_table(rows, path)
     write_count_table(rows[:1], path, overwrite=True)
     assert path.read_text() == table_to_csv(rows[:1])
+
+
+def test_net_area_is_the_pixels_net_regions_cover_and_their_share_of_the_field():
+    from napari_cellquant.core.classes import NET_AREA
+    from napari_cellquant.core.quantify import figure_rows, instance_class_areas
+
+    labels = np.zeros((100, 200), dtype=np.int32)
+    labels[10:30, 10:60] = 1  # 1000 px
+    labels[50:60, 100:150] = 2  # 500 px
+    annotation = Annotation(labels, NET_AREA, {1: 1, 2: 1}, image_name="field.png")
+    np.testing.assert_array_equal(instance_class_areas(labels, [1, 2], [1, 1], 1), [0, 1500])
+    rows = quantify_annotation(annotation, pixel_size_um=0.5)
+    assert _value(rows, "net_area", "pixels") == 1500
+    assert _value(rows, "net_area", "field_share") == pytest.approx(7.5)
+    assert _value(rows, "net_area", "area") == pytest.approx(1500 * 0.25)  # um^2
+    assert _value(rows, "count", "net_region") == 2
+    figures = figure_rows(annotation)
+    assert {r["group"] for r in figures} == {"percent", "net_area"}  # no counts, no um^2
+    assert all(r["image"] == "field.png" for r in figures)
+
+
+def test_area_rows_before_correction_are_unknown():
+    from napari_cellquant.core.classes import NET_AREA
+
+    rows = count_table("f", NET_AREA, {"net_region": 2}, {"net_region": 3},
+                       areas_px={"net_region": 40}, field_px=400)
+    assert _value(rows, "net_area", "field_share") == pytest.approx(10.0)
+    assert math.isnan(_value(rows, "net_area", "pixels", "before"))
+    assert _value(rows, "count", "net_region", "before") == 3

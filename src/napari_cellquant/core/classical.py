@@ -40,8 +40,10 @@ from .postprocess import (
 __all__ = [
     "DEFAULT_PARAMS",
     "blood_classical",
+    "classify_net_objects",
     "fluo_classical",
     "net_classical",
+    "net_objects",
     "resolve_params",
     "run_pipeline",
 ]
@@ -625,6 +627,26 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
         instances"]`` is True: the boxes describe the same objects, they are not extra ones).
     """
     p = resolve_params("net-classical", params)
+    labels, features, full_shape = net_objects(image, p)
+    if not len(features["area"]):
+        return _annotation(labels, {}, {}, NET4, p, "net-classical", shape=full_shape)
+    class_of, score = classify_net_objects(features, p)
+    index = np.arange(1, len(class_of) + 1)
+    classes = {int(i): int(c) for i, c in zip(index, class_of)}
+    scores = {int(i): float(s) for i, s in zip(index, score)}
+    return _annotation(
+        labels, classes, scores, NET4, p, "net-classical", shape=full_shape
+    )
+
+
+def net_objects(image: np.ndarray, params: Mapping[str, Any] | None = None
+                ) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
+    """Steps 1 and 2 of :func:`net_classical`: the objects (labels at the working scale)
+    and their measurements, one array per feature indexed by ``label - 1`` (``area`` in
+    reference-nucleus areas, ``solidity``, ``dna_mean``, ``fraction`` (NaN with one dye),
+    ``brightness``), and the image's own shape. The rules of step 3 only read these, so
+    they can be fitted on some images and applied to others (``classify_net_objects``)."""
+    p = resolve_params("net-classical", params)
     img = _as_float_image(image, rgb=False, source="NET image")
     full_shape = img.shape[:2]
     img, scale = _working_scale(img, p)
@@ -654,31 +676,41 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
     labels = remove_small_instances(labels, scale.area(p["min_area"]))
     labels, _ = relabel_sequential(labels)
     n = int(labels.max(initial=0))
+    empty = np.zeros(0)
     if n == 0:
-        return _annotation(
-            labels, {}, {}, NET4, p, "net-classical", shape=full_shape
-        )
-
+        return labels, {k: empty for k in ("area", "solidity", "dna_mean", "fraction",
+                                           "brightness")}, full_shape
     index = np.arange(1, n + 1)
     props = regionprops_table(labels, properties=("label", "area", "solidity"))
-    area = props["area"] / scale.area_unit
-    solidity = props["solidity"]
     dna_mean = np.asarray(ndi.mean(signals[0], labels, index))
     if nuclear is not None:
         nuc_mean = np.asarray(ndi.mean(signals[1], labels, index))
         fraction = dna_mean / np.maximum(dna_mean + nuc_mean, 1e-6)
-        compromised = fraction >= p["compromised_min_dna_fraction"]
         brightness = nuc_mean  # intact nuclei are read in the permeable dye
     else:
         fraction = np.full(n, np.nan)
-        compromised = np.zeros(n, dtype=bool)
         brightness = dna_mean
+    features = {"area": props["area"] / scale.area_unit, "solidity": props["solidity"],
+                "dna_mean": dna_mean, "fraction": fraction, "brightness": brightness}
+    return labels, features, full_shape
 
+
+def classify_net_objects(features: Mapping[str, np.ndarray], params: Mapping[str, Any]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Step 3 of :func:`net_classical`: each object's ``net4`` class id and score from its
+    measurements (:func:`net_objects`) and the rule thresholds in ``params``."""
+    p = resolve_params("net-classical", params)
+    area, solidity = features["area"], features["solidity"]
+    fraction, brightness = features["fraction"], features["brightness"]
+    two_dyes = not np.isnan(fraction).all()
+    n = len(area)
+    compromised = fraction >= p["compromised_min_dna_fraction"] if two_dyes \
+        else np.zeros(n, dtype=bool)
     net_by_area = area >= p["net_min_area"]
     net_by_shape = solidity <= p["net_max_solidity"]
-    net_by_fraction = fraction >= p["net_min_dna_fraction"] if nuclear is not None else False
+    net_by_fraction = fraction >= p["net_min_dna_fraction"] if two_dyes else False
     is_net = net_by_area | net_by_shape | net_by_fraction
-    if nuclear is not None:
+    if two_dyes:
         is_net &= compromised
         is_dead = compromised & ~is_net
     else:
@@ -701,7 +733,7 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
 
     # score: distance past the deciding threshold, on a log scale for areas
     area_margin = np.log(area / p["net_min_area"])
-    if nuclear is not None:
+    if two_dyes:
         frac_margin = fraction - p["compromised_min_dna_fraction"]
         net_margin = np.maximum(area_margin, fraction - p["net_min_dna_fraction"])
         score = np.where(
@@ -717,11 +749,7 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
     score = np.where(
         intact & ~is_decondensed, np.minimum(score, _logistic(-decond_margin, 0.15)), score
     )
-    classes = {int(i): int(c) for i, c in zip(index, class_of)}
-    scores = {int(i): float(s) for i, s in zip(index, score)}
-    return _annotation(
-        labels, classes, scores, NET4, p, "net-classical", shape=full_shape
-    )
+    return class_of, score
 
 
 #: The pipelines by model name (the ``pipeline`` field of a classical model card).
