@@ -124,3 +124,26 @@ def test_truth_and_prediction_are_counted_apart_and_hidden_layers_left_out(make_
     assert {r["image"] for r in rows} == {"K.Fiok3_1Per2h006_scale"}
     widget.include_hidden.setChecked(True)
     assert len({r["image"] for r in widget.refresh()}) == 2
+
+
+def test_net_area_is_shown_and_follows_painting(make_napari_viewer, qtbot):
+    """A net-area result: Count shows the pixels NET regions cover, their share of the field
+    and um^2 with the layer's pixel size; painting more NET region raises them."""
+    from napari_cellquant.core.classes import NET_AREA
+
+    labels = np.zeros((100, 200), dtype=np.int32)
+    labels[10:30, 10:60] = 1
+    labels[50:60, 100:150] = 2
+    viewer = make_napari_viewer()
+    (data, kwargs, _), = annotation_to_layer_data(
+        Annotation(labels, NET_AREA, {1: 1, 2: 1}, image_name="field.png"))
+    kwargs["scale"] = (0.5, 0.5)
+    kwargs["units"] = ("um", "um")
+    layer = viewer.add_labels(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
+    rows = widget.refresh()
+    assert _value(rows, "net_area", "pixels") == 1500
+    assert _value(rows, "net_area", "field_share") == pytest.approx(7.5)
+    assert _value(rows, "net_area", "area") == pytest.approx(375.0)
+    layer.paint((80, 20), 1, refresh=True)  # brush of the default size onto region 1
+    qtbot.waitUntil(lambda: _value(widget.rows, "net_area", "pixels") > 1500, timeout=5000)

@@ -82,11 +82,25 @@ def test_bad_architectures_are_clear_errors() -> None:
     from napari_cellquant.core.errors import InputError
 
     with pytest.raises(InputError, match="3 channels"):
-        build_network({"type": "efficientnet-unet", "in_channels": 1, "heads": ["classes"]})
+        build_network({"type": "efficientnet-unet", "in_channels": 2, "heads": ["classes"]})
     with pytest.raises(InputError, match="decoder needs 5 widths"):
         build_network({"type": "efficientnet-unet", "heads": ["classes"], "decoder": [8, 8]})
     with pytest.raises(InputError, match="unknown key"):
         build_network({"type": "efficientnet-unet", "width": 3})
+
+
+def test_one_stain_is_seen_as_grey_by_the_rgb_encoder() -> None:
+    """in_channels 1 (a DNA stain): the same outputs as that channel repeated into RGB."""
+    torch.manual_seed(0)
+    grey = build_network({"type": "efficientnet-unet", "in_channels": 1,
+                          "heads": ["classes"], "n_classes": 1}).eval()
+    rgb = build_network({"type": "efficientnet-unet", "in_channels": 3,
+                         "heads": ["classes"], "n_classes": 1}).eval()
+    rgb.load_state_dict(grey.state_dict())
+    x = torch.rand(1, 1, 64, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(grey(x)["classes"], rgb(x.expand(-1, 3, -1, -1))["classes"])
+    assert grey.in_channels == 1
 
 
 def test_channels_last_gives_the_same_outputs() -> None:
