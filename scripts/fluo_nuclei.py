@@ -294,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
                  run["postprocess"]["inner_val_f1"], run["postprocess"]["best"])
     chosen = max(trained, key=lambda a: trained[a]["postprocess"]["inner_val_f1"])
     report = {"trained": trained, "chosen": chosen}
-    from napari_cellquant.core.models.card import ModelCard
-
     from blood_detector import halve
+
+    from napari_cellquant.core.models.card import ModelCard
 
     run = trained[chosen]
     card = ModelCard.load(run["card"])

@@ -187,11 +187,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_card(final: dict, report: dict, out: Path) -> None:
     import pooch
+    from blood_detector import to_fp16
 
     from napari_cellquant.core.io.atomic import atomic_path
     from napari_cellquant.core.models.card import ModelCard, WeightsSource
-
-    from blood_detector import to_fp16
 
     weights = out / f"{NAME}.pt"
     to_fp16(Path(final["weights"]), Path(final["weights"]))

@@ -56,8 +56,8 @@ def measured_images(data: Path) -> list[dict]:
 def classified(image: dict, params: dict):
     """The image's objects as net4 boxes under ``params``."""
     from napari_cellquant.core.annotation import Annotation, Boxes
-    from napari_cellquant.core.classical import classify_net_objects
     from napari_cellquant.core.classes import NET4
+    from napari_cellquant.core.classical import classify_net_objects
 
     class_of, score = classify_net_objects(image["features"], params)
     return Annotation.empty(image["shape"], NET4, boxes=Boxes(image["xywh"], class_of, score),

@@ -376,7 +376,8 @@ def test_figures_csv_holds_each_images_shares_from_core_quantify(smear_folder, t
     """figures.csv: per image the figures core.quantify derives (shares of rbc / wbc /
     platelet here), the same values as quantify.figure_rows on the written annotations; the
     report shows figures per thumbnail."""
-    from napari_cellquant.core.quantify import FIGURE_COLUMNS, figure_rows
+    from napari_cellquant.core.io.counts import FIGURE_COLUMNS
+    from napari_cellquant.core.quantify import figure_rows
 
     folder, truth = smear_folder
     out = tmp_path / "out"

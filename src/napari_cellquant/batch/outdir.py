@@ -327,32 +327,19 @@ class OutputFolder:
                                  json.dumps(merged, separators=(",", ":")), overwrite=True)
 
     def _write_counts(self, parts: Sequence[dict[str, Any]]) -> Path:
-        from ..core.io.counts import COLUMNS
+        from ..core.io.counts import COLUMNS, write_rows_csv
 
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        for part in parts:
-            extra = part["cellquant"]
-            writer.writerows((extra["image"], name, n) for name, n in extra["counts"].items())
-        with atomic_path(self.root / COUNTS, overwrite=True) as tmp:
-            tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
-        return self.root / COUNTS
+        rows = [{"image": p["cellquant"]["image"], "class": name, "count": n}
+                for p in parts for name, n in p["cellquant"]["counts"].items()]
+        return write_rows_csv(COLUMNS, rows, self.root / COUNTS, overwrite=True)
 
     def _write_figures(self, parts: Sequence[dict[str, Any]]) -> Path:
-        from ..core.quantify import FIGURE_COLUMNS
+        from ..core.io.counts import write_figures_csv
 
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(FIGURE_COLUMNS)
-        for part in parts:
-            extra = part["cellquant"]
-            writer.writerows((extra["image"], group, name, "" if value is None else
-                              f"{value:.6g}", unit)
-                             for group, name, value, unit in extra.get("figures", []))
-        with atomic_path(self.root / FIGURES, overwrite=True) as tmp:
-            tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
-        return self.root / FIGURES
+        rows = [{"image": p["cellquant"]["image"], "group": group, "name": name,
+                 "value": value, "unit": unit}
+                for p in parts for group, name, value, unit in p["cellquant"].get("figures", [])]
+        return write_figures_csv(rows, self.root / FIGURES, overwrite=True)
 
     def _write_masks_record(self, parts: Sequence[dict[str, Any]]) -> Path:
         """classes.json with the done images in name order (a resumed run wrote them in

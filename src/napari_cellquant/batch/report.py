@@ -194,7 +194,8 @@ svg text{font:12px system-ui,sans-serif}
 figure{margin:0;padding:6px;background:#fff;border:1px solid #ccc;width:256px}
 figure img{display:block;image-rendering:auto}
 figcaption{font-size:12px;margin-top:4px;word-break:break-all}
-.counts span,.figures span{white-space:nowrap;margin-right:8px}.figures{color:#135}.failed td{color:#a00}
+.counts span,.figures span{white-space:nowrap;margin-right:8px}.figures{color:#135}
+.failed td{color:#a00}
 """
 
 

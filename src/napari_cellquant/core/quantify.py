@@ -23,8 +23,6 @@ Shares whose denominator is zero are NaN (an empty cell in the CSV), never 0.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -34,15 +32,12 @@ import numpy as np
 
 from .annotation import Annotation
 from .classes import ClassSet
-from .io.atomic import atomic_path
 
 #: Columns of the count table, in order.
 COLUMNS: tuple[str, ...] = ("image", "group", "name", "before", "after", "unit")
 
 #: Classes that are areas rather than cells, and the group of their area figures.
 AREA_CLASSES: dict[str, str] = {"net_region": "net_area"}
-#: The columns of :func:`figure_rows` (``figures.csv``).
-FIGURE_COLUMNS: tuple[str, ...] = ("image", "group", "name", "value", "unit")
 #: The white blood cell classes of ``blood10``, in the order of a 5-part differential.
 WBC_CLASSES: tuple[str, ...] = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil")
 RBC_CLASSES: tuple[str, ...] = ("infected_rbc", "healthy_rbc")
@@ -315,34 +310,26 @@ def quantify_annotation(
 def figure_rows(annotation: Annotation, *, pixel_size_um: Sequence[float] | float | None = None
                 ) -> list[dict[str, object]]:
     """The figures derived from an annotation's objects, without the plain counts:
-    ``{image, group, name, value, unit}`` rows (what ``figures.csv`` holds)."""
+    ``{image, group, name, value, unit}`` rows (``core.io.counts.write_figures_csv``)."""
     return [{"image": row["image"], "group": row["group"], "name": row["name"],
              "value": row["after"], "unit": row["unit"]}
             for row in quantify_annotation(annotation, pixel_size_um=pixel_size_um)
             if row["group"] != "count"]
 
 
-def _cell(value: object) -> object:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        return f"{value:.6g}" if not value.is_integer() else str(int(value))
-    return value
-
-
 def table_to_csv(rows: Sequence[Row]) -> str:
     """The rows as CSV text (columns :data:`COLUMNS`; NaN as an empty cell)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: _cell(row.get(c, "")) for c in COLUMNS} for row in rows)
-    return buffer.getvalue()
+    from .io.counts import csv_text
+
+    return csv_text(COLUMNS, rows)
 
 
 def table_to_tsv(rows: Sequence[Row]) -> str:
     """The rows tab-separated, as spreadsheets paste them from the clipboard."""
     lines = ["\t".join(COLUMNS)]
-    lines += ["\t".join(str(_cell(row.get(c, ""))) for c in COLUMNS) for row in rows]
+    from .io.counts import csv_cell
+
+    lines += ["\t".join(str(csv_cell(row.get(c, ""))) for c in COLUMNS) for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -358,16 +345,14 @@ def write_count_table(
     OutputError
         The file could not be written.
     """
-    target = Path(path)
-    with atomic_path(target, overwrite=overwrite) as tmp:
-        tmp.write_text(table_to_csv(rows), encoding="utf-8", newline="")
-    return target
+    from .io.counts import write_rows_csv
+
+    return write_rows_csv(COLUMNS, rows, path, overwrite=overwrite)
 
 
 __all__ = [
     "AREA_CLASSES",
     "COLUMNS",
-    "FIGURE_COLUMNS",
     "NET_CELL_CLASSES",
     "RBC_CLASSES",
     "WBC_CLASSES",

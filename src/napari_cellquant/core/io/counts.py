@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ..annotation import Annotation
@@ -20,6 +21,8 @@ PathLike = str | os.PathLike[str]
 
 #: The CSV columns, in order.
 COLUMNS: tuple[str, ...] = ("image", "class", "count")
+#: The columns of ``figures.csv``: the figures derived from the counts (``core.quantify``).
+FIGURE_COLUMNS: tuple[str, ...] = ("image", "group", "name", "value", "unit")
 
 
 def counts_rows(annotations: Sequence[Annotation]) -> list[dict[str, str | int]]:
@@ -59,14 +62,47 @@ def write_counts_csv(
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
     """
+    return write_rows_csv(COLUMNS, counts_rows(annotations), path, overwrite=overwrite)
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> str:
+    """``rows`` as CSV text under a ``columns`` header; a float to 6 significant digits, an
+    undefined figure (NaN or None) as an empty cell."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(counts_rows(annotations))
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([csv_cell(row.get(c, "")) for c in columns] for row in rows)
+    return buffer.getvalue()
+
+
+def csv_cell(value: object) -> object:
+    """One CSV cell: a float to 6 significant digits (whole numbers without a point), an
+    undefined figure (NaN, None) empty."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        return str(int(value)) if value.is_integer() else f"{value:.6g}"
+    return value
+
+
+def write_rows_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]],
+                   path: PathLike, *, overwrite: bool = False) -> Path:
+    """Write :func:`csv_text` atomically (UTF-8); an existing ``path`` is refused unless
+    ``overwrite`` (OutputExistsError). Every CSV the package writes goes through here."""
     target = Path(path)
     with atomic_path(target, overwrite=overwrite) as tmp:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
+        tmp.write_text(csv_text(columns, rows), encoding="utf-8", newline="")
     return target
+
+
+def write_figures_csv(rows: Sequence[Mapping[str, object]], path: PathLike, *,
+                      overwrite: bool = False) -> Path:
+    """Write ``figures.csv``: :data:`FIGURE_COLUMNS`, one row per figure of an image (the
+    rows of ``core.quantify.figure_rows``), atomically; refused if ``path`` exists unless
+    ``overwrite``."""
+    return write_rows_csv(FIGURE_COLUMNS, rows, path, overwrite=overwrite)
 
 
 def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
@@ -128,4 +164,5 @@ def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
     return rows
 
 
-__all__ = ["COLUMNS", "counts_rows", "read_counts_csv", "write_counts_csv"]
+__all__ = ["COLUMNS", "FIGURE_COLUMNS", "counts_rows", "csv_cell", "csv_text", "read_counts_csv",
+           "write_counts_csv", "write_figures_csv", "write_rows_csv"]
