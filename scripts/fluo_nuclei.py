@@ -206,8 +206,8 @@ def tune_postprocess(weights: Path, data: Path, inner_ids: list[str]) -> dict:
 
 
 #: fluo-classical settings tried on training images (``DEFAULT_PARAMS`` overrides)
-CLASSICAL_GRID = {"otsu_floor": (0.5, 0.75, 1.0), "min_snr": (3.0, 5.0),
-                  "min_distance": (0.3, 0.5), "block_size": (3.0, 6.0)}
+CLASSICAL_GRID = {"otsu_floor": (0.3, 0.5, 0.75, 1.0), "min_snr": (1.5, 3.0, 5.0),
+                  "min_distance": (0.2, 0.3, 0.5), "block_size": (3.0, 6.0)}
 
 
 def tune_classical(data: Path, every: int = 5) -> dict:

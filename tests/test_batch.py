@@ -47,6 +47,9 @@ def test_predict_writes_coco_counts_and_masks(smear_folder, tmp_path, capsys):
         counted = {r["class"]: int(r["count"]) for r in rows if r["image"] == name}
         true_rbc = sum(v for k, v in annotation.counts().items() if k.endswith("_rbc"))
         assert abs(counted["rbc"] - true_rbc) <= 0.15 * true_rbc
+        overlay = out / "overlays" / f"{stem}.jpg"  # what the report's thumbnail opens
+        assert overlay.is_file() and f'href="overlays/{stem}.jpg"' in (
+            out / "report.html").read_text()
     # the masks folder and the COCO file describe the same objects
     from_masks = read_annotations(out / "masks")
     from_coco = read_annotations(out / "annotations.json")

@@ -30,6 +30,18 @@ def test_demo_writes_truth_and_predictions_that_agree(tmp_path, capsys):
     assert photo["wbc"] == (1, 1)
     # BCCD boxed 19 of this photograph's RBCs and left some out: at least those are found
     assert photo["rbc"][0] == 19 and 17 <= photo["rbc"][1] <= 30
+    # every sample's predictions get a report whose thumbnail opens the full-size overlay
+    from skimage.io import imread
+
+    for sample, image in (("net_fluorescence", "K.Fiok3_1Per2h006_scale"),
+                          ("blood_photo", "BloodImage_00000")):
+        page = (out / sample / "predictions" / "report.html").read_text()
+        assert f'href="overlays/{image}.jpg"' in page
+        overlay = imread(out / sample / "predictions" / "overlays" / f"{image}.jpg")
+        original = imread(next((out / sample).glob(f"{image}.*")))
+        assert overlay.shape[:2] == original.shape[:2]  # full size (under 2048 px)
+        assert not (overlay == original[..., :3]).all()  # outlines drawn on it
+    assert "NET" in (out / "net_fluorescence" / "predictions" / "report.html").read_text()
 
 
 def test_demo_refuses_to_overwrite_then_overwrites_when_asked(tmp_path, capsys):

@@ -10,7 +10,8 @@
 - ``OUTDIR/<sample>/predictions/``: what the model finds (``net-classical``,
   ``blood-detector``, ``blood-classical``), through the same ``predict`` path as
   ``cellquant predict`` (no diameter given for the photograph: the detector measures it), in
-  the same three formats;
+  the same three formats, and ``report.html`` with each prediction outlined (its thumbnail
+  opens ``overlays/<image>.jpg``, the overlay at full size);
 
 and ``OUTDIR/comparison.csv``: counts per class, truth next to prediction.
 """
@@ -89,6 +90,7 @@ def _comparison_rows(sample: DemoSample, found: Annotation) -> list[list]:
 
 def run_demo(outdir: Path, *, overwrite: bool = False) -> list[Path]:
     """Write the sample images, their truth and the models' predictions."""
+    from .batch.report import write_report
     from .core.io.images import read_image
     from .core.predict import load_model, predict
 
@@ -104,6 +106,10 @@ def run_demo(outdir: Path, *, overwrite: bool = False) -> list[Path]:
             for to, name in OUTPUT_FORMATS:
                 written += write_annotations([annotation], image_path.parent / part / name,
                                              to=to, overwrite=overwrite)
+        written += write_report(image_path.parent / "predictions",
+                                [(read_image(image_path), found)], found.class_set,
+                                title=f"{sample.model} on {found.image_name}",
+                                overwrite=overwrite)
         writer.writerows(_comparison_rows(sample, found))
     written.append(write_text_atomic(outdir / "comparison.csv", table.getvalue(),
                                      overwrite=overwrite))

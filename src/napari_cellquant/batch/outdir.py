@@ -6,6 +6,8 @@ Layout::
     OUTDIR/masks/<stem>_instances.tif  per image, as `cellquant convert --to masks` writes them
     OUTDIR/masks/<stem>_classes.tif
     OUTDIR/masks/classes.json
+    OUTDIR/overlays/<stem>.jpg         per image, its objects outlined on the image (long
+                                       side at most 2048 px): what a report thumbnail opens
     OUTDIR/parts/<stem>.json           per image: its COCO (RLE, scores), counts and thumbnail;
                                        written last, so it is the image's completion record
     OUTDIR/annotations.json            merged COCO, rebuilt from parts/ at the end
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 RUN_RECORD = "run.json"
 MASKS_DIR = "masks"
+OVERLAYS_DIR = "overlays"
 PARTS_DIR = "parts"
 ANNOTATIONS = "annotations.json"
 COUNTS = "counts.csv"
@@ -55,7 +58,8 @@ FIGURES = "figures.csv"
 FAILURES = "failures.csv"
 REPORT = "report.html"
 #: Everything a run writes at the top of its folder.
-RUN_FILES = (RUN_RECORD, ANNOTATIONS, COUNTS, FIGURES, FAILURES, REPORT, MASKS_DIR, PARTS_DIR)
+RUN_FILES = (RUN_RECORD, ANNOTATIONS, COUNTS, FIGURES, FAILURES, REPORT, MASKS_DIR,
+             OVERLAYS_DIR, PARTS_DIR)
 FAILURE_COLUMNS = ("image", "path", "error")
 #: Version of the part-file layout; a part of another version is done again.
 PART_FORMAT = 1
@@ -112,6 +116,7 @@ class OutputFolder:
         self.record = record
         self.run_id = _digest(record)
         self.masks = self.root / MASKS_DIR
+        self.overlays = self.root / OVERLAYS_DIR
         self.parts = self.root / PARTS_DIR
 
     # --- opening ---------------------------------------------------------------------------
@@ -154,7 +159,7 @@ class OutputFolder:
             folder._discard_parts()
         write_text_atomic(folder.root / RUN_RECORD, json.dumps(record, indent=1, default=str),
                           overwrite=True)
-        for sub in (folder.masks, folder.parts):
+        for sub in (folder.masks, folder.overlays, folder.parts):
             folder._make_writable_dir(sub)
         return folder, resume
 
@@ -200,6 +205,7 @@ class OutputFolder:
         ours = {self.root: lambda name: name in RUN_FILES,
                 self.masks: lambda name: name == "classes.json" or name.endswith(
                     ("_instances.tif", "_classes.tif")),
+                self.overlays: lambda name: name.endswith(".jpg"),
                 self.parts: lambda name: name.endswith(".json")}
         for folder, is_ours in ours.items():
             if not folder.is_dir():
@@ -219,7 +225,7 @@ class OutputFolder:
                 outputs = json.loads(part.read_text(encoding="utf-8"))["cellquant"]["outputs"]
                 for relative in outputs:
                     target = (self.root / relative).resolve()
-                    if target.parent == self.masks.resolve():
+                    if target.parent in (self.masks.resolve(), self.overlays.resolve()):
                         target.unlink(missing_ok=True)
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # a foreign or broken part: only the part itself goes
@@ -228,6 +234,9 @@ class OutputFolder:
     # --- per image -------------------------------------------------------------------------
     def part_path(self, image: Path) -> Path:
         return self.parts / f"{Path(image).stem}.json"
+
+    def overlay_path(self, image: Path) -> Path:
+        return self.overlays / f"{Path(image).stem}.jpg"
 
     def read_part(self, image: Path) -> dict[str, Any] | None:
         """The image's part if it is complete and belongs to this run, else None."""
@@ -256,6 +265,11 @@ class OutputFolder:
         assert result.annotation is not None and result.coco is not None
         written = write_masks([result.annotation], self.masks, overwrite=True)
         masks = [p for p in written if p.name != "classes.json"]
+        if result.overlay:
+            overlay = self.overlay_path(result.path)
+            with atomic_path(overlay, overwrite=True) as tmp:
+                tmp.write_bytes(result.overlay)
+            masks.append(overlay)
         stat = result.path.stat()
         part = {
             **result.coco,
@@ -374,6 +388,7 @@ class OutputFolder:
                 thumbnail=base64.b64decode(p["cellquant"]["thumbnail"]["jpeg_base64"]),
                 width=p["cellquant"]["thumbnail"]["width"],
                 height=p["cellquant"]["thumbnail"]["height"],
+                link=_overlay_link(p),
             )
             for p in parts
         ]
@@ -382,6 +397,12 @@ class OutputFolder:
         page = report_html(images, [(p.name, m) for p, m in sorted(failures)], class_set,
                            title=title, details=details)
         return write_text_atomic(self.root / REPORT, page, overwrite=True)
+
+
+def _overlay_link(part: dict[str, Any]) -> str | None:
+    """The overlay a part lists among its outputs, relative to the report."""
+    return next((name for name in part["cellquant"]["outputs"]
+                 if name.startswith(f"{OVERLAYS_DIR}/")), None)
 
 
 def _finite(value: object) -> float | None:

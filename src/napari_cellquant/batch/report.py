@@ -6,7 +6,9 @@ image, boxes as rectangles) and its counts; above them a summary table and a bar
 the run, and the images that failed with their errors. Nothing is fetched from anywhere: CSS
 is inline, thumbnails are ``data:`` URIs and the chart is inline SVG, so the page opens
 offline and can be mailed as one file. Thumbnails are at most :data:`THUMBNAIL_SIZE` pixels
-on their long side (about 10-20 kB each), so a thousand images stay a page a browser opens.
+on their long side (about 10-20 kB each), so a thousand images stay a page a browser opens;
+each links to its overlay at up to :data:`OVERLAY_SIZE` pixels, a JPEG beside the page
+(``overlays/<stem>.jpg``), for checking the outlines cell by cell.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import base64
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +26,8 @@ from ..core.classes import ClassSet
 
 #: Long side of a thumbnail, in pixels.
 THUMBNAIL_SIZE = 256
+#: Long side of the overlay a thumbnail opens (full size up to this).
+OVERLAY_SIZE = 2048
 _JPEG_QUALITY = 88
 _UNCLASSED_RGB = (255, 255, 255)
 
@@ -116,6 +121,32 @@ def _draw_rectangle(rgb: np.ndarray, top: int, left: int, bottom: int, right: in
             rgb[r0 : r1 + 1, col] = colour
 
 
+def write_report(folder: Path, entries: Sequence[tuple[np.ndarray, Annotation]],
+                 class_set: ClassSet, *, title: str, overwrite: bool = False) -> list[Path]:
+    """``folder/report.html`` and ``folder/overlays/<stem>.jpg`` for in-memory results
+    (``cellquant demo``; a batch run builds the same page from its part files)."""
+    from ..core.io.atomic import atomic_path, write_text_atomic
+    from ..core.quantify import figure_rows
+
+    written, images = [], []
+    for pixels, annotation in entries:
+        overlay = folder / "overlays" / f"{Path(annotation.image_name).stem}.jpg"
+        overlay.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(overlay, overwrite=overwrite) as tmp:
+            tmp.write_bytes(render_thumbnail(pixels, annotation, OVERLAY_SIZE))
+        written.append(overlay)
+        rows, cols = thumbnail_shape(annotation.shape)
+        images.append(ReportImage(
+            name=annotation.image_name, counts=annotation.counts(),
+            thumbnail=render_thumbnail(pixels, annotation), width=cols, height=rows,
+            figures=[(r["group"], r["name"], r["value"], r["unit"])
+                     for r in figure_rows(annotation)],
+            link=overlay.relative_to(folder).as_posix()))
+    page = report_html(images, [], class_set, title=title)
+    written.append(write_text_atomic(folder / "report.html", page, overwrite=overwrite))
+    return written
+
+
 def render_thumbnail(pixels: np.ndarray, annotation: Annotation,
                      long_side: int = THUMBNAIL_SIZE) -> bytes:
     """JPEG bytes of :func:`outlined_thumbnail` (no chroma subsampling: outlines stay crisp)."""
@@ -137,6 +168,8 @@ class ReportImage:
     height: int
     #: ``(group, name, value, unit)`` of ``core.quantify.figure_rows``; value None: undefined
     figures: list[tuple] = field(default_factory=list)
+    #: the larger overlay the thumbnail opens, relative to the page (None: no link)
+    link: str | None = None
 
 
 #: the figures shown under each thumbnail (the plain shares are in the summary table)
@@ -232,9 +265,13 @@ def report_html(
             f'{_colour(class_set.color_of(class_set.id_of(name)))}"></span>{esc(name)} '
             f'{image.counts.get(name, 0)}</span>' for name in names
         )
+        thumbnail = (f'<img src="data:image/jpeg;base64,{data}" width="{image.width}" '
+                     f'height="{image.height}" alt="{esc(image.name)}">')
+        if image.link:
+            thumbnail = (f'<a href="{esc(image.link)}" title="open the overlay at full size">'
+                         f"{thumbnail}</a>")
         figures.append(
-            f'<figure><img src="data:image/jpeg;base64,{data}" width="{image.width}" '
-            f'height="{image.height}" alt="{esc(image.name)}"><figcaption><b>{esc(image.name)}'
+            f'<figure>{thumbnail}<figcaption><b>{esc(image.name)}'
             f'</b><div class="counts">{counts}</div>{_figure_text(image.figures)}'
             f'</figcaption></figure>'
         )

@@ -67,6 +67,7 @@ class ImageResult:
     coco: dict[str, Any] | None = None  # coco_dict([annotation], "rle") without "info"
     thumbnail: bytes | None = None  # JPEG
     thumbnail_shape: tuple[int, int] = (0, 0)
+    overlay: bytes | None = None  # JPEG, the larger view a thumbnail opens
     error: str | None = None
 
     @property
@@ -99,7 +100,7 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
     from ..core.io.coco import coco_dict
     from ..core.io.images import read_image
     from ..core.predict import predict
-    from .report import render_thumbnail, thumbnail_shape
+    from .report import OVERLAY_SIZE, render_thumbnail, thumbnail_shape
 
     path = Path(path)
     try:
@@ -111,11 +112,12 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
         coco = coco_dict([annotation], encoding="rle")
         coco.pop("info", None)  # dated; the merged file gets its own
         thumbnail = render_thumbnail(pixels, annotation)
+        overlay = render_thumbnail(pixels, annotation, OVERLAY_SIZE)
     except Exception as exc:  # one bad image must not cost the others their results
         log.debug("%s failed", path, exc_info=True)
         return ImageResult(path=path, error=describe_error(exc, path))
     return ImageResult(path=path, annotation=annotation, coco=coco, thumbnail=thumbnail,
-                       thumbnail_shape=thumbnail_shape(annotation.shape))
+                       thumbnail_shape=thumbnail_shape(annotation.shape), overlay=overlay)
 
 
 # --- on a dask worker ------------------------------------------------------------------------
