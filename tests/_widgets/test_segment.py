@@ -101,7 +101,7 @@ def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     first_pixels = layer.data.copy()
     first_features = layer.features.copy()
     # a stricter red-cell size threshold: a different result, in the same layer object
-    widget.thresholds["rbc_min_area"].value = 0.9
+    widget.parameters["rbc_min_area"].value = 0.9
     _run(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers] == ["smear", "smear blood-classical instances"]
     assert viewer.layers["smear blood-classical instances"] is layer
@@ -116,7 +116,7 @@ def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     assert sorted(layer.features["index"]) == _labels_ids(layer).tolist() == second_ids.tolist()
     # "keep previous result": a new layer beside the old one
     widget.keep_previous.value = True
-    widget.thresholds["rbc_min_area"].value = 0.2
+    widget.parameters["rbc_min_area"].value = 0.2
     _run(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers] == [
         "smear", "smear blood-classical instances", "smear blood-classical instances [1]"]
@@ -129,8 +129,8 @@ def test_loaded_model_appears_at_once_and_runs(qtbot, segment, random_unet):
     assert widget.model.value == str(random_unet.resolve())
     assert "test-unet" in widget.model.current_choice
     # the fields now show the learned card's post-processing thresholds
-    assert [f.name for f in widget.thresholds] == [
-        "foreground_threshold", "min_size", "max_hole", "min_distance"]
+    assert [f.name for f in widget.thresholds] == ["foreground_threshold"]
+    assert [f.name for f in widget.parameters] == ["min_size", "max_hole", "min_distance"]
     assert widget.tile.enabled and widget.tile.value == 256
     widget.thresholds["foreground_threshold"].value = 0.99
     widget.diameter.value = 0.0
@@ -237,7 +237,7 @@ def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
     widget.load_model.value = tmp_path / "test-detector.json"
     widget.diameter.value = 0.0
     widget.thresholds["threshold"].value = 0.0  # untrained: take the strongest peaks
-    widget.thresholds["max_detections"].value = 5
+    widget.parameters["max_detections"].value = 5
     _run(qtbot, widget)
     boxes = viewer.layers["smear test-detector boxes"]
     assert [lyr.name for lyr in viewer.layers] == ["smear", "smear test-detector boxes"]
@@ -247,7 +247,7 @@ def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
         np.testing.assert_allclose(colour, class_rgba(NET4, int(class_id)))
     np.testing.assert_allclose(boxes.scale, (0.5, 0.5))
     np.testing.assert_allclose(boxes.translate, (10.0, -4.0))
-    widget.thresholds["max_detections"].value = 2
+    widget.parameters["max_detections"].value = 2
     _run(qtbot, widget)
     assert viewer.layers["smear test-detector boxes"] is boxes
     assert boxes.nshapes == 2 and len(boxes.features) == 2
@@ -347,8 +347,50 @@ def test_segment_never_replaces_the_truth_it_did_not_make(make_napari_viewer, qt
     np.testing.assert_array_equal(mine.data, truth_pixels)
     assert "synthetic_blood_smear blood-classical instances [1]" in viewer.layers
     own = viewer.layers["synthetic_blood_smear blood-classical instances [1]"]
-    widget.thresholds["rbc_min_area"].value = 0.9
+    widget.parameters["rbc_min_area"].value = 0.9
     _run(qtbot, widget)  # Segment's own result is replaced, the user's layer is not
     assert len(viewer.layers) == 4
     np.testing.assert_array_equal(mine.data, truth_pixels)
     assert own in viewer.layers
+
+
+def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segment, qtbot):
+    """In view: image, model, device, diameter and the score thresholds. The 24 internal
+    parameters of blood-classical sit in a collapsed Advanced section, each labelled with
+    its unit where it has one and explained in a tooltip."""
+    viewer, widget = segment
+    shown = [w.label for w in widget if not w.native.isHidden()]
+    assert shown[:4] == ["image", "model", "device", "diameter (px)"]
+    assert widget.advanced.native.isHidden() and not widget.show_advanced.value
+    parameters = {f.name: f for f in widget.parameters}
+    assert len(parameters) == 24 and not len(widget.thresholds)
+    assert parameters["rbc_min_distance"].label == "rbc min distance (x diameter)"
+    assert parameters["rbc_min_area"].label == "rbc min area (x object area)"
+    assert "minimum distance between RBC seeds" in parameters["rbc_min_distance"].tooltip
+    assert all(f.tooltip for f in parameters.values())
+    widget.show_advanced.value = True
+    assert not widget.advanced.native.isHidden() and not widget.tile.native.isHidden()
+    widget.model.value = "blood-detector"  # a learned card: its thresholds stay in view
+    assert [f.label for f in widget.thresholds] == [
+        "threshold rbc", "threshold wbc", "threshold platelet"]
+    assert {f.label for f in widget.parameters} == {"max detections (objects)"}
+
+
+def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_viewer, qtbot):
+    """Every widget docked at 1280 x 800: the docks are tabbed, the window does not grow
+    past the size it was given (stacked, it grew to 2,315 px), the canvas keeps its share
+    beside napari's own layer panels (measured: 591 of 1280 px), and Segment's first field
+    is visible."""
+    viewer = make_napari_viewer(show=True)
+    window = viewer.window._qt_window
+    window.resize(1280, 800)
+    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[0]
+             for name in ("Segment", "Correct", "Count", "Export", "Train")]
+    qtbot.wait(200)
+    assert window.width() <= 1280 and window.height() <= 800
+    canvas = window.centralWidget()  # the canvas and its layer controls
+    assert canvas.width() >= 0.4 * window.width(), (canvas.width(), window.width())
+    assert all(len(window.tabifiedDockWidgets(dock)) == 4 for dock in docks)
+    segment = docks[0].widget()
+    first = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")[1].image.native
+    assert first.isVisible() and first.mapTo(segment, first.rect().topLeft()).y() >= 0

@@ -35,6 +35,7 @@ from .._layers import (
 from ..core import editing
 from ..core.classes import CELL, ClassSet
 from ..core.errors import CellquantError
+from ._docking import tab_with_plugin_docks
 
 logger = logging.getLogger(__name__)
 
@@ -479,6 +480,7 @@ class CorrectWidget(Container):
             self.seeds_combo, self.min_distance_spin, buttons[2],
             buttons[3], self.min_size_spin, buttons[4], *buttons[5:], self.status_label,
         ])
+        tab_with_plugin_docks(self.native)
         self.tooltip = "\n".join(f"{k}: {w}" for k, _, w in SHORTCUTS) + "\nCtrl+Z: undo"
         self.layer_combo.changed.connect(self._on_layer_chosen)
         self.class_combo.changed.connect(self._on_class_chosen)

@@ -54,6 +54,7 @@ from .._layers import (
 from ..core import quantify
 from ..core.classes import CELL, ClassSet
 from ..core.errors import CellquantError, OutputExistsError
+from ._docking import tab_with_plugin_docks
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,7 @@ class CountWidget(QWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_plugin_docks(self)
         self.viewer = viewer
         self.rows: list[quantify.Row] = []
         self._groups: list[ImageGroup] = []
@@ -267,11 +269,15 @@ class CountWidget(QWidget):
         self.chart = BarChart()
         self.status = QLabel("")
 
-        buttons = QHBoxLayout()
-        for w in (self.count_button, self.live, self.include_hidden, copy_button, save_button):
-            buttons.addWidget(w)
+        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
-        layout.addLayout(buttons)
+        # two short rows, so the dock stays narrow beside the canvas
+        for row in ((self.count_button, self.live, self.include_hidden),
+                    (copy_button, save_button)):
+            buttons = QHBoxLayout()
+            for w in row:
+                buttons.addWidget(w)
+            layout.addLayout(buttons)
         layout.addWidget(self.table, 3)
         layout.addWidget(self.image_combo)
         layout.addWidget(self.chart, 1)

@@ -26,6 +26,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, S
 from .._layers import META_CORRECTIONS, META_IMAGE_NAME, layer_data_to_annotation
 from ..core.errors import OutputExistsError
 from ..core.io import FORMATS
+from ._docking import tab_with_plugin_docks
 from ._workers import Failed, start_soon
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class ExportWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        tab_with_plugin_docks(self.native)
         self._viewer = viewer
         self.confirm: Callable[[str], bool] = lambda message: ask_overwrite(message, self.native)
         self.worker: Any = None

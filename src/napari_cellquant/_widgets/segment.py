@@ -32,9 +32,11 @@ from magicgui.widgets import (
 )
 
 from .._layers import META_IMAGE_NAME, annotation_to_layer_data
+from ..core.classical import param_help
 from ..core.errors import InputError
 from ..core.models.card import ModelCard
 from ..core.models.registry import builtin_cards
+from ._docking import tab_with_plugin_docks
 from ._models import UserModel, user_models
 from ._results import build_layers, show_layers
 from ._workers import Failed, start_soon
@@ -59,6 +61,7 @@ class SegmentWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True)
+        tab_with_plugin_docks(self.native)
         _warm_layer_code()
         self._viewer = viewer
         self._builtin = builtin_cards()
@@ -78,20 +81,29 @@ class SegmentWidget(Container):
             tooltip="Typical object diameter (a red cell, a nucleus) in pixels; "
                     "0 = estimate it from the image",
         )
-        # the card's settings, rebuilt when the model changes (labelled by their own names)
+        # the card's settings, rebuilt when the model changes: its score thresholds in view,
+        # every other parameter in the collapsed Advanced section
         self.thresholds = Container(label="", labels=True,
-                                    tooltip="The model card's thresholds and parameters")
+                                    tooltip="How sure the model must be to keep an object")
+        self.parameters = Container(label="", labels=True)
+        self.show_advanced = CheckBox(text="advanced settings", value=False,
+                                      tooltip="Tile size, a model file, and the model's "
+                                              "internal parameters (with their units)")
+        self.advanced = Container(widgets=[self.load_model, self.tile, self.parameters],
+                                  label="", labels=True, visible=False)
         self.keep_previous = CheckBox(text="keep previous result", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # a card's description must not widen the dock
         self.extend([
-            self.image, self.model, self.load_model, self.device, self.tile, self.diameter,
-            self.thresholds, self.keep_previous,
+            self.image, self.model, self.device, self.diameter, self.thresholds,
+            self.keep_previous,
             Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
                       labels=False),
-            self.status,
+            self.status, self.show_advanced, self.advanced,
         ])
+        self.show_advanced.changed.connect(self._toggle_advanced)
 
         self.model.changed.connect(self._show_card)
         self.load_model.changed.connect(self._register_file)
@@ -143,27 +155,38 @@ class SegmentWidget(Container):
         self.tile.value = int(card.tile)
         self.tile.enabled = card.kind == "learned"
         settings = card.postprocess if card.kind == "learned" else card.params
+        help_of = LEARNED_HELP if card.kind == "learned" else param_help(card.pipeline or "")
         self.thresholds.clear()
+        self.parameters.clear()
         for name, value in settings.items():
             if name == "diameter":  # the diameter field sets it
                 continue
+            home = self.thresholds if name in SCORE_SETTINGS else self.parameters
+            unit, text = help_of.get(name, ("", ""))
             if _is_per_class(value, card):  # one field per class: "threshold rbc" ...
                 for class_name, v in zip(card.classes.names, value, strict=True):
                     field = _field_for(f"{name}{PER_CLASS}{class_name}", float(v))
                     if field is not None:
                         field.label = f"{name.replace('_', ' ')} {class_name}"
-                        self.thresholds.append(field)
+                        field.tooltip = f"{text} ({class_name})" if text else None
+                        home.append(field)
                 continue
             field = _field_for(name, value)
             if field is not None:
-                self.thresholds.append(field)
+                if unit:
+                    field.label = f"{field.label} ({unit})"
+                field.tooltip = f"{text} [{unit}]" if unit else text or None
+                home.append(field)
         self.status.value = card.description
+
+    def _toggle_advanced(self, shown: bool) -> None:
+        self.advanced.visible = bool(shown)
 
     def threshold_values(self) -> dict[str, Any]:
         """The card settings as the user set them (``postprocess`` or ``params``); per-class
         values come back as one list in class order."""
         values: dict[str, Any] = {}
-        for field in self.thresholds:
+        for field in [*self.thresholds, *self.parameters]:
             name, _, _ = field.name.partition(PER_CLASS)
             if PER_CLASS in field.name:
                 values.setdefault(name, []).append(field.value)
@@ -460,6 +483,19 @@ def _field_for(name: str, value: Any) -> Widget | None:
 
 #: joins a setting's name and a class name in the field of a per-class setting
 PER_CLASS = "__"
+#: the settings a biologist sets (shown); the rest go to the Advanced section
+SCORE_SETTINGS = frozenset({"threshold", "foreground_threshold"})
+#: unit and meaning of a learned card's post-processing settings (at the model's scale)
+LEARNED_HELP: dict[str, tuple[str, str]] = {
+    "threshold": ("", "minimum detection score, 0-1: higher keeps fewer, surer objects"),
+    "foreground_threshold": ("", "minimum probability, 0-1, that a pixel belongs to an object"),
+    "min_size": ("px", "objects smaller than this are dropped"),
+    "max_hole": ("px", "holes up to this size inside an object are filled"),
+    "min_distance": ("px", "two object centres are at least this far apart (splits "
+                           "touching cells)"),
+    "max_detections": ("objects", "at most this many objects per image"),
+    "split": ("", "split touching objects (off: every connected region is one object)"),
+}
 
 
 def _is_per_class(value: Any, card: Any) -> bool:

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import QSizePolicy, QWidget
 from .._layers import META_IMAGE_NAME, layer_data_to_annotation
 from ..core.errors import InputError
 from ..core.models.registry import builtin_cards
+from ._docking import tab_with_plugin_docks
 from ._models import UserModel, user_models
 from ._workers import Failed, start_soon
 
@@ -108,6 +109,7 @@ class TrainWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(scrollable=True)
+        tab_with_plugin_docks(self.native)
         self._viewer = viewer
         self._builtin = {n: c for n, c in builtin_cards().items() if c.kind == "learned"}
         self.worker: Any = None

@@ -17,6 +17,7 @@ clearly it passed the rule that classed it (see each function).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "fluo_classical",
     "net_classical",
     "net_objects",
+    "param_help",
     "resolve_params",
     "run_pipeline",
 ]
@@ -132,6 +134,40 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
         "single_dye_dead_min_intensity": 1.3,
     },
 }
+
+
+def param_help(pipeline: str) -> dict[str, tuple[str, str]]:
+    """``{parameter: (unit, explanation)}`` of a pipeline, for tooltips.
+
+    Read from the comments beside :data:`DEFAULT_PARAMS` in this module's source, so the
+    explanation has one home: lengths are multiples of the diameter, areas of the reference
+    object's area.
+    """
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(sys.modules[__name__])
+    except (OSError, TypeError):  # no source (a frozen install): no tooltips
+        return {}
+    block = source[source.index(f'    "{pipeline}": {{'):]
+    block = block[: block.index("\n    },")]
+    out: dict[str, tuple[str, str]] = {}
+    pending: list[str] = []
+    for line in block.splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#"):
+            pending.append(text.lstrip("# "))
+            continue
+        match = re.match(r'"(\w+)":[^#]*(?:#\s*(.*))?$', text)
+        if match:
+            note = " ".join([*pending, match.group(2) or ""]).strip()
+            unit = ("x diameter" if "(length)" in note else
+                    "x object area" if "(area)" in note or "this area" in note else
+                    "px" if "pixels" in note else "")
+            out[match.group(1)] = (unit, note)
+        pending = []
+    return out
 
 
 def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
