@@ -358,7 +358,7 @@ def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segm
     """In view: image, model, device, diameter and the score thresholds. The 24 internal
     parameters of blood-classical sit in a collapsed Advanced section, each labelled with
     its unit where it has one and explained in a tooltip."""
-    viewer, widget = segment
+    _, widget = segment
     shown = [w.label for w in widget if not w.native.isHidden()]
     assert shown[:4] == ["image", "model", "device", "diameter (px)"]
     assert widget.advanced.native.isHidden() and not widget.show_advanced.value

@@ -29,7 +29,7 @@ class _TabWhenDocked(QObject):
         super().__init__(widget)
         self.widget = widget
 
-    def eventFilter(self, watched: Any, event: Any) -> bool:  # noqa: N802 (Qt's name)
+    def eventFilter(self, watched: Any, event: Any) -> bool:
         if event.type() == QEvent.Type.ParentChange:
             dock = _dock_of(self.widget)
             if dock is not None and watched is self.widget:
