@@ -4,7 +4,9 @@
 
 ``blood-detector`` has a fixed split instead of folds (see ``scripts/blood_detector.py``):
 trained on ``txl_pbc`` train (a tenth of it held back to pick the epoch and the threshold),
-measured on ``txl_pbc`` val, which it never sees.
+measured on ``txl_pbc`` val, which it never sees. ``fluo-resunet`` likewise on DSB2018 (a
+fixed split by modality, ``scripts/fluo_nuclei.py``); ``net-area`` by folds of whole samples
+of Coelho et al. 2015 (``scripts/net_area.py``).
 
 For each model: k-fold cross-validation (``blood-unet``, 14 images of blood_smear_224, colour
 maps read as blood10) or leave-one-image-out (``net-detector``, the 2 NET fluorescence images):
@@ -50,6 +52,10 @@ SETTINGS: dict[str, dict] = {
         "steps_per_epoch": 25, "lr": 1.5e-3, "scale_range": (0.8, 1.25), "seed": 0,
     },
 }
+
+#: models whose recipe is a script of its own (its split and figures are its own)
+OWN_SCRIPTS = {"blood-detector": "blood_detector", "fluo-resunet": "fluo_nuclei",
+               "net-area": "net_area"}
 
 #: detection thresholds tried on a detector's own training images (never the held-out ones)
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
@@ -203,7 +209,7 @@ def figures(name: str, truth: list, predictions: list) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--only", choices=[*SETTINGS, "blood-detector"], action="append")
+    parser.add_argument("--only", choices=[*SETTINGS, *OWN_SCRIPTS], action="append")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
     parser.add_argument("--folds-only", action="store_true",
                         help="cross-validate only; do not train or write the final models")
@@ -216,14 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    names = args.only or [*SETTINGS, "blood-detector"]
-    if "blood-detector" in names:
-        from blood_detector import main as train_blood_detector
+    names = args.only or [*SETTINGS, *OWN_SCRIPTS]
+    for name in [n for n in names if n in OWN_SCRIPTS]:
+        import importlib
 
-        names.remove("blood-detector")
-        train_blood_detector(["--data", str(args.data), "--out", str(args.out)])
-        if not names:
-            return 0
+        names.remove(name)
+        script = importlib.import_module(OWN_SCRIPTS[name])
+        script.main(["--data", str(args.data), "--out", str(args.out)])
+    if not names:
+        return 0
     workdir = tempfile.mkdtemp(prefix="cellquant-bundled-")
     started = time.perf_counter()
 
