@@ -412,3 +412,31 @@ def test_report_shows_net_percent_and_net_area_per_image():
     page = report_html([image], [], NET4, title="t")
     assert "NET 25 % of cells" in page and "NET area 12.5 % of field" in page
     assert page.count("25 %") == 1  # plain shares stay in the summary table
+
+
+def test_objects_csv_has_one_row_per_object_with_its_measurements(smear_folder, tmp_path):
+    """objects.csv (core.measure over skimage's regionprops): every object of every image,
+    its class, score, area equal to its mask's pixels, shape figures and the mean of each
+    colour channel; it opens in pandas."""
+    import pandas as pd
+    from skimage.io import imread
+
+    folder, truth = smear_folder
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--diameter", "34"]) == 0
+    table = pd.read_csv(out / "objects.csv")
+    assert list(table.columns[:5]) == ["image", "id", "class", "score", "origin"]
+    assert {"mean_intensity_0", "mean_intensity_2", "solidity"} <= set(table.columns)
+    for annotation in read_annotations(out / "masks"):
+        mine = table[table["image"] == annotation.image_name].set_index("id")
+        ids = annotation.instance_ids()
+        assert sorted(mine.index) == sorted(ids.tolist())
+        areas = np.bincount(annotation.labels.ravel())
+        assert (mine.loc[ids, "area_px"].to_numpy() == areas[ids]).all()
+        pixels = imread(folder / annotation.image_name)
+        first = int(ids[0])
+        assert mine.loc[first, "mean_intensity_1"] == pytest.approx(
+            pixels[annotation.labels == first][:, 1].mean(), rel=1e-4)
+        assert set(mine["class"]) <= {"rbc", "wbc", "platelet"}
+        assert mine["solidity"].between(0, 1).all()

@@ -12,6 +12,8 @@ Layout::
                                        written last, so it is the image's completion record
     OUTDIR/annotations.json            merged COCO, rebuilt from parts/ at the end
     OUTDIR/counts.csv                  image,class,count, rebuilt from parts/ at the end
+    OUTDIR/objects.csv                 one row per object: class, score, centroid, area, shape,
+                                       mean intensity per channel (core.measure)
     OUTDIR/figures.csv                 image,group,name,value,unit: the figures derived from
                                        the counts (shares, NET %, NET area, differential),
                                        from core.quantify, rebuilt from parts/ at the end
@@ -55,10 +57,11 @@ PARTS_DIR = "parts"
 ANNOTATIONS = "annotations.json"
 COUNTS = "counts.csv"
 FIGURES = "figures.csv"
+OBJECTS = "objects.csv"
 FAILURES = "failures.csv"
 REPORT = "report.html"
 #: Everything a run writes at the top of its folder.
-RUN_FILES = (RUN_RECORD, ANNOTATIONS, COUNTS, FIGURES, FAILURES, REPORT, MASKS_DIR,
+RUN_FILES = (RUN_RECORD, ANNOTATIONS, COUNTS, FIGURES, OBJECTS, FAILURES, REPORT, MASKS_DIR,
              OVERLAYS_DIR, PARTS_DIR)
 FAILURE_COLUMNS = ("image", "path", "error")
 #: Version of the part-file layout; a part of another version is done again.
@@ -285,6 +288,7 @@ class OutputFolder:
                 "counts": result.annotation.counts(),
                 "figures": [[r["group"], r["name"], _finite(r["value"]), r["unit"]]
                             for r in figure_rows(result.annotation)],
+                "objects": _columnar(result.objects or []),
                 "thumbnail": {
                     "height": int(result.thumbnail_shape[0]),
                     "width": int(result.thumbnail_shape[1]),
@@ -311,9 +315,10 @@ class OutputFolder:
             written.append(self._write_coco(parts))
             written.append(self._write_counts(parts))
             written.append(self._write_figures(parts))
+            written.append(self._write_objects(parts))
             written.append(self._write_masks_record(parts))
         else:  # nothing done: merged files of an earlier run would describe other results
-            for name in (ANNOTATIONS, COUNTS, FIGURES):
+            for name in (ANNOTATIONS, COUNTS, FIGURES, OBJECTS):
                 (self.root / name).unlink(missing_ok=True)
         written.append(self._write_failures(failures))
         written.append(self._write_report(parts, failures, class_set, title))
@@ -354,6 +359,16 @@ class OutputFolder:
                  "value": value, "unit": unit}
                 for p in parts for group, name, value, unit in p["cellquant"].get("figures", [])]
         return write_figures_csv(rows, self.root / FIGURES, overwrite=True)
+
+    def _write_objects(self, parts: Sequence[dict[str, Any]]) -> Path:
+        from ..core.io.counts import write_rows_csv
+        from ..core.measure import object_columns
+
+        rows = [dict(zip(table["columns"], values))
+                for p in parts for table in [p["cellquant"].get("objects") or
+                                             {"columns": [], "rows": []}]
+                for values in table["rows"]]
+        return write_rows_csv(object_columns(rows), rows, self.root / OBJECTS, overwrite=True)
 
     def _write_masks_record(self, parts: Sequence[dict[str, Any]]) -> Path:
         """classes.json with the done images in name order (a resumed run wrote them in
@@ -403,6 +418,14 @@ def _overlay_link(part: dict[str, Any]) -> str | None:
     """The overlay a part lists among its outputs, relative to the report."""
     return next((name for name in part["cellquant"]["outputs"]
                  if name.startswith(f"{OVERLAYS_DIR}/")), None)
+
+
+def _columnar(rows: Sequence[dict[str, Any]]) -> dict[str, list]:
+    """Object rows as one column list and value rows (a tenth of the JSON of dicts)."""
+    from ..core.measure import object_columns
+
+    columns = object_columns(rows)
+    return {"columns": columns, "rows": [[row.get(c) for c in columns] for row in rows]}
 
 
 def _finite(value: object) -> float | None:

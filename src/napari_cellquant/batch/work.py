@@ -68,6 +68,7 @@ class ImageResult:
     thumbnail: bytes | None = None  # JPEG
     thumbnail_shape: tuple[int, int] = (0, 0)
     overlay: bytes | None = None  # JPEG, the larger view a thumbnail opens
+    objects: list[dict[str, Any]] | None = None  # core.measure.object_table rows
     error: str | None = None
 
     @property
@@ -99,6 +100,7 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
     """Read ``path``, run ``model`` on it and prepare everything the driver writes."""
     from ..core.io.coco import coco_dict
     from ..core.io.images import read_image
+    from ..core.measure import object_table
     from ..core.predict import predict
     from .report import OVERLAY_SIZE, render_thumbnail, thumbnail_shape
 
@@ -113,11 +115,13 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
         coco.pop("info", None)  # dated; the merged file gets its own
         thumbnail = render_thumbnail(pixels, annotation)
         overlay = render_thumbnail(pixels, annotation, OVERLAY_SIZE)
+        objects = object_table(annotation, pixels)
     except Exception as exc:  # one bad image must not cost the others their results
         log.debug("%s failed", path, exc_info=True)
         return ImageResult(path=path, error=describe_error(exc, path))
     return ImageResult(path=path, annotation=annotation, coco=coco, thumbnail=thumbnail,
-                       thumbnail_shape=thumbnail_shape(annotation.shape), overlay=overlay)
+                       thumbnail_shape=thumbnail_shape(annotation.shape), overlay=overlay,
+                       objects=objects)
 
 
 # --- on a dask worker ------------------------------------------------------------------------
