@@ -69,12 +69,25 @@ def test_a_corrupt_image_fails_alone_with_exit_3(smear_folder, tmp_path, capsys)
     assert sorted(im["file_name"] for im in coco["images"]) == sorted(truth)
 
 
+@pytest.fixture
+def card_without_weights(tmp_path):
+    """A learned model's card that names no weights (a card shared before training)."""
+    from napari_cellquant.core.models.card import WeightsSource
+    from napari_cellquant.core.models.registry import get_card
+
+    card = get_card("fluo-resunet")
+    card.name, card.weights = "untrained", WeightsSource()
+    return str(card.save(tmp_path / "untrained.json"))
+
+
 @pytest.mark.parametrize(
     ("model", "message"),
-    [("fluo-resunet", "has no trained weights yet"), ("no-such-model", "unknown model")],
+    [("untrained", "has no trained weights yet"), ("no-such-model", "unknown model")],
 )
-def test_model_problems_are_usage_errors(smear_folder, tmp_path, capsys, model, message):
+def test_model_problems_are_usage_errors(smear_folder, tmp_path, capsys, model, message,
+                                         card_without_weights):
     folder, _ = smear_folder
+    model = card_without_weights if model == "untrained" else model
     assert main(["predict", str(folder), "-m", model, "-o", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -127,8 +127,9 @@ def test_models_lists_every_model_with_task_classes_scale_and_weights(capsys):
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(builtin_cards())
     expected = {"blood-classical": ("blood3", "none"), "blood-unet": ("blood10", "bundled"),
-                "fluo-classical": ("cell", "none"), "fluo-resunet": ("cell", "missing"),
-                "net-classical": ("net4", "none"), "net-detector": ("net4", "bundled")}
+                "fluo-classical": ("cell", "none"), "fluo-resunet": ("cell", "bundled"),
+                "net-classical": ("net4", "none"), "net-detector": ("net4", "bundled"),
+                "net-area": ("net-area", "bundled")}
     for name, (class_set, weights) in expected.items():
         words = rows[name].split()
         assert class_set in words and weights in words, rows[name]

@@ -167,12 +167,19 @@ def test_cancel_after_first_step_changes_no_layer(qtbot, make_napari_viewer, ran
     assert "cancel" in widget.status.value, widget.status.value
 
 
-def test_errors_are_notifications_and_add_no_layer(qtbot, segment):
+def test_errors_are_notifications_and_add_no_layer(qtbot, segment, monkeypatch):
     from napari.utils.notifications import notification_manager
+
+    from napari_cellquant.core.models import registry
+    from napari_cellquant.core.models.card import WeightsSource
 
     viewer, widget = segment
     before = len(notification_manager.records)
-    widget.model.value = "fluo-resunet"  # built in, but no weights are bundled for it
+    # a built-in card whose weights are not there (a card shared before training)
+    cards = registry.builtin_cards()
+    cards["fluo-resunet"].weights = WeightsSource()
+    monkeypatch.setattr(registry, "builtin_cards", lambda: cards)
+    widget.model.value = "fluo-resunet"
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         pass

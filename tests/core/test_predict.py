@@ -138,7 +138,7 @@ def test_weights_file_with_its_card_beside_it(tmp_path, smear):
     network = build_network(card.architecture)
     torch.save(network.state_dict(), tmp_path / "mine.pt")
     card.name = "mine"
-    card.weights.file = "mine.pt"
+    card.weights.file, card.weights.sha256 = "mine.pt", None  # a card written by hand
     card.save(tmp_path / "mine.json")
     model = load_model(tmp_path / "mine.pt", "cpu")
     loaded = model.network.state_dict()
@@ -151,7 +151,7 @@ def test_weights_file_with_its_card_beside_it(tmp_path, smear):
 def test_corrupt_weights_are_a_clear_error(tmp_path):
     card = get_card("fluo-resunet")
     (tmp_path / "bad.pt").write_bytes(b"definitely not a checkpoint")
-    card.name, card.weights.file = "bad", "bad.pt"
+    card.name, card.weights.file, card.weights.sha256 = "bad", "bad.pt", None
     card.save(tmp_path / "bad.json")
     with pytest.raises(Exception, match="not a readable PyTorch weights file"):
         load_model(tmp_path / "bad.pt", "cpu")

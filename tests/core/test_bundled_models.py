@@ -1,0 +1,90 @@
+"""The bundled nuclei and NET-area models on images as users have them."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+from napari_cellquant.core.metrics import evaluate_instances
+from napari_cellquant.core.predict import load_model, predict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _nuclei_field(seed: int = 0, n: int = 40, shape=(256, 256)):
+    """Bright round nuclei (radius 6-9 px, some touching) on a dark, noisy field."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(12, 3, shape)
+    truth = np.zeros(shape, dtype=np.int32)
+    placed = 0
+    while placed < n:
+        r = rng.uniform(6, 9)
+        centre = rng.uniform(r + 2, np.array(shape) - r - 2)
+        rr, cc = disk(centre, r, shape=shape)
+        if (truth[rr, cc] > 0).mean() > 0.05:
+            continue
+        placed += 1
+        truth[rr, cc] = placed
+        image[rr, cc] += rng.uniform(90, 160)
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+def test_bundled_nuclei_model_counts_synthetic_nuclei():
+    image, truth = _nuclei_field()
+    model = load_model("fluo-resunet", "cpu")
+    found = predict(image, model)
+    n = len(found.instance_ids())
+    assert abs(n - truth.max()) <= 0.15 * truth.max(), (n, truth.max())
+    assert found.meta["diameter_source"] == "estimated"
+
+
+def test_nuclei_model_on_dsb2018_images_it_never_saw(shared_data):
+    """Ten fluorescence images of the fixed validation split (never trained or tuned on)."""
+    split = _script("fluo_nuclei")
+    ids = split.split_ids(shared_data)
+    val = [i for i in ids["val"] if ids["modality"][i] == "fluorescence"][:10]
+    assert not set(val) & set(ids["train"])
+    model = load_model("fluo-resunet", "cpu")
+    truth, found = [], []
+    for image_id in val:
+        image, annotation = split.load_pair(shared_data, image_id)
+        result = predict(image, model)
+        result.image_name = annotation.image_name
+        truth.append(annotation)
+        found.append(result)
+    scores = evaluate_instances(truth, found)
+    assert scores["f1"] >= 0.75, scores["f1"]
+    assert scores["mean_matched_iou"] >= 0.75
+
+
+def test_net_area_is_unsplit_regions_whose_area_follows_the_expert(shared_data):
+    """net-area on Coelho fields (trained on all of them: a check of the path, not a
+    figure; the held-out figures are in its card): one object per connected region, class
+    net_region, and the NET share of the field near the expert's."""
+    from scipy import ndimage as ndi
+
+    from napari_cellquant.core.quantify import figure_rows
+
+    fields = {f["name"]: f for f in _script("net_area").load_fields(shared_data)}
+    model = load_model("net-area", "cpu")
+    for field in (fields["image_05_01"], fields["image_09_02"]):
+        found = predict(field["dna"], model)
+        mask = found.labels > 0
+        assert found.labels.max() == ndi.label(mask)[1]  # regions are not split
+        assert set(found.classes.values()) <= {1}
+        share = {r["name"]: r["value"] for r in figure_rows(found)
+                 if r["group"] == "net_area"}["field_share"]
+        assert share == pytest.approx(100 * mask.mean())
+        assert abs(share - 100 * field["rois"].mean()) <= 15, (field["name"], share)
+    assert model.card.metrics["held_out"]["scheme"].startswith("4-fold by sample")
