@@ -65,6 +65,10 @@ def _assert_every_file_is_whole(out: Path) -> None:
             json.loads(path.read_text())
         elif path.suffix == ".tif":
             assert tifffile.imread(path).ndim == 2
+        elif path.suffix == ".jpg":  # an overlay
+            from skimage.io import imread
+
+            assert imread(path).ndim == 3
         else:
             path.read_text()
 
@@ -122,10 +126,13 @@ def test_runs_killed_at_random_points_resume_to_the_same_files(smears, reference
         assert_same_outputs(out, reference)
 
 
+RENAMES_PER_IMAGE = 5
+
+
 def test_runs_that_die_mid_write_resume_to_the_same_files(smears, reference, tmp_path, capsys):
-    # 4 renames per image (2 masks, classes.json, part) after run.json; pick a few points
+    # 5 renames per image (2 masks, classes.json, overlay, part) after run.json; a few points
     rng = random.Random(5)
-    for crash_at in sorted(rng.sample(range(2, 4 * N_IMAGES + 2), 3)):
+    for crash_at in sorted(rng.sample(range(2, RENAMES_PER_IMAGE * N_IMAGES + 2), 3)):
         out = tmp_path / f"crash_{crash_at}"
         run = subprocess.run(
             [sys.executable, "-c", _CRASH_AT_WRITE, str(crash_at), "predict",
@@ -138,7 +145,7 @@ def test_runs_that_die_mid_write_resume_to_the_same_files(smears, reference, tmp
         capsys.readouterr()
         assert main(["predict", *_predict_command(smears, out)]) == 0
         err = capsys.readouterr().err
-        done_before = (crash_at - 2) // 4  # images whose part file was renamed in place
+        done_before = (crash_at - 2) // RENAMES_PER_IMAGE  # images whose part was renamed
         assert f"({done_before} already done before)" in err or done_before == 0
         assert_same_outputs(out, reference)  # temporaries are gone too
 
