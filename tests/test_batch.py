@@ -434,7 +434,7 @@ def test_objects_csv_has_one_row_per_object_with_its_measurements(smear_folder, 
     import pandas as pd
     from skimage.io import imread
 
-    folder, truth = smear_folder
+    folder, _ = smear_folder
     out = tmp_path / "out"
     assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
                  "--diameter", "34"]) == 0

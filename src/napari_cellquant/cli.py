@@ -190,9 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict", help="segment or detect objects in images and write COCO, masks and counts",
         description="Run a model on images (files, folders or glob patterns) and write "
-        "OUTDIR/annotations.json, counts.csv, figures.csv, masks/, failures.csv and "
-        "report.html. A rerun with the same OUTDIR, model and settings resumes: only images without complete "
-        "outputs are done. Exit status 3 when some images failed (see failures.csv).",
+        "OUTDIR/annotations.json, counts.csv, figures.csv, objects.csv, masks/, overlays/, "
+        "failures.csv and report.html. A rerun with the same OUTDIR, model and settings "
+        "resumes: only images without complete outputs are done. Exit status 3 when some "
+        "images failed (see failures.csv).",
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
     predict.add_argument("-m", "--model", required=True,

@@ -329,8 +329,8 @@ def test_net_rules_apart_from_measurements_give_the_pipelines_classes():
     """Measuring once and classing with other thresholds is what LOIO fitting does: with
     the same thresholds it must class as the pipeline does, and a lower NET area threshold
     can only turn more objects into NETs."""
-    from napari_cellquant.core.classical import classify_net_objects, net_objects
     from napari_cellquant.core.classes import NET4
+    from napari_cellquant.core.classical import classify_net_objects, net_objects
 
     image, _ = _net_image(0)
     params = {"diameter": 26}
