@@ -124,6 +124,12 @@ def cached_training_pairs(data: Path, target: float) -> list:
     return pairs
 
 
+def log_epochs(event) -> None:
+    """Training progress for a script's log: one line per epoch."""
+    if event.phase == "epoch":
+        log.info("%s", event.describe())
+
+
 def tune_thresholds(weights: Path, pairs: list) -> tuple[list[float], list]:
     """Per class, the threshold with the best box F1 at IoU 0.5 on ``pairs`` (model scale):
     rare platelets and large WBCs need other thresholds than the many RBCs."""
@@ -159,7 +165,7 @@ def train_detector(data: Path, workdir: Path, *, epochs: int, from_scratch: bool
     import torch
 
     from napari_cellquant.core.models.registry import BLOOD_DETECTOR_RBC_PX
-    from napari_cellquant.core.training import TrainingConfig, iter_train
+    from napari_cellquant.core.training import TrainingConfig, train
 
     started = time.perf_counter()
     pairs = cached_training_pairs(data, BLOOD_DETECTOR_RBC_PX)
@@ -178,15 +184,7 @@ def train_detector(data: Path, workdir: Path, *, epochs: int, from_scratch: bool
         scale_range=s["scale_range"], name=NAME, overwrite=True,
     )
     if trained is None:
-        steps = iter_train(config)
-        while True:
-            try:
-                event = next(steps)
-            except StopIteration as finished:
-                result = finished.value
-                break
-            if event.phase == "epoch":
-                log.info("%s", event.describe())
+        result = train(config, progress=log_epochs)
         trained = {"weights": result.weights, "card": result.card, "history": result.history,
                    "best_epoch": result.best_epoch, "train_s": time.perf_counter() - started,
                    "load_s": loaded, "threads": torch.get_num_threads(),
@@ -279,23 +277,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_card(trained: dict, figures: dict, args: argparse.Namespace) -> None:
+def bundled_card(weights: Path, card_path: Path, out: Path, name: str, description: str):
+    """Copy trained ``weights`` into the package as ``out/<name>.pt`` and return their card,
+    renamed, described and pointing at the copy; finish it with :func:`save_bundled`."""
     import pooch
 
     from napari_cellquant.core.io.atomic import atomic_path
     from napari_cellquant.core.models.card import ModelCard, WeightsSource
 
-    weights = args.out / f"{NAME}.pt"
-    with atomic_path(weights, overwrite=True) as tmp:
-        shutil.copyfile(trained["weights"], tmp)
-    card = ModelCard.load(trained["card"])
-    card.name = NAME
-    card.description = ("RBC / WBC / platelets in smear photographs: ImageNet-pretrained "
+    target = out / f"{name}.pt"
+    with atomic_path(target, overwrite=True) as tmp:
+        shutil.copyfile(weights, tmp)
+    card = ModelCard.load(card_path)
+    card.name, card.description = name, description
+    card.weights = WeightsSource(file=target.name,
+                                 sha256=pooch.file_hash(str(target), alg="sha256"))
+    for key in ("images", "validation_images", "validated_on_training_data"):
+        card.training.pop(key, None)
+    return card
+
+
+def save_bundled(card, out: Path) -> None:
+    """Write a bundled card beside its weights; both readable by everyone (package data)."""
+    path = card.save(out / f"{card.name}.json", overwrite=True)
+    for written in (path, out / f"{card.name}.pt"):
+        written.chmod(0o644)
+
+
+def write_card(trained: dict, figures: dict, args: argparse.Namespace) -> None:
+    card = bundled_card(Path(trained["weights"]), Path(trained["card"]), args.out, NAME,
+                        "RBC / WBC / platelets in smear photographs: ImageNet-pretrained "
                         "EfficientNet-Lite0 detector trained on TXL-PBC (823 photographs)")
-    card.weights = WeightsSource(file=weights.name,
-                                 sha256=pooch.file_hash(str(weights), alg="sha256"))
-    card.training.pop("images", None)
-    card.training.pop("validation_images", None)
     n_inner = len(trained["inner_val"])
     card.training["images"] = (f"txl_pbc train: {823 - n_inner} photographs trained on and "
                                f"{n_inner} held back (823), resized to 40 px per RBC")
@@ -311,9 +323,7 @@ def write_card(trained: dict, figures: dict, args: argparse.Namespace) -> None:
         "measured_on": "txl_pbc val, 239 photographs never trained or tuned on",
         "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
                   "(scale measured by the detector)", **figures}}
-    card_path = card.save(args.out / f"{NAME}.json", overwrite=True)
-    for path in (weights, card_path):
-        path.chmod(0o644)
+    save_bundled(card, args.out)
 
 
 if __name__ == "__main__":

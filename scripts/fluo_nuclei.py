@@ -28,7 +28,6 @@ import argparse
 import csv
 import json
 import logging
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -138,7 +137,9 @@ def train_one(arch: str, data: str, workdir: str, epochs: int, steps: int) -> di
     import torch
 
     torch.set_num_threads(1)
-    from napari_cellquant.core.training import TrainingConfig, iter_train
+    from blood_detector import log_epochs
+
+    from napari_cellquant.core.training import TrainingConfig, train
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {arch} %(message)s")
     started = time.perf_counter()
@@ -156,15 +157,7 @@ def train_one(arch: str, data: str, workdir: str, epochs: int, steps: int) -> di
         patience=None, steps_per_epoch=steps, scale_range=s["scale_range"],
         name=NAME, overwrite=True,
     )
-    steps = iter_train(config)
-    while True:
-        try:
-            event = next(steps)
-        except StopIteration as finished:
-            result = finished.value
-            break
-        if event.phase == "epoch":
-            log.info("%s", event.describe())
+    result = train(config, progress=log_epochs)
     return {"arch": arch, "weights": str(result.weights), "card": str(result.card),
             "inner_val_iou": result.score, "best_epoch": result.best_epoch,
             "history": result.history, "train_s": time.perf_counter() - started,
@@ -325,24 +318,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_card(run: dict, report: dict, split: dict, out: Path) -> None:
-    import pooch
+    from blood_detector import bundled_card, save_bundled
 
-    from napari_cellquant.core.io.atomic import atomic_path
-    from napari_cellquant.core.models.card import ModelCard, WeightsSource
-
-    weights = out / f"{NAME}.pt"
-    with atomic_path(weights, overwrite=True) as tmp:
-        shutil.copyfile(run["weights"], tmp)
-    card = ModelCard.load(run["card"])
-    card.name = NAME
     kind = ("ImageNet-pretrained EfficientNet-Lite0 U-Net" if run["arch"] == "efficientnet"
             else "c-ResUnet-like residual U-Net")
-    card.description = (f"fluorescent nuclei and cells: {kind} trained on DSB2018 "
+    card = bundled_card(Path(run["weights"]), Path(run["card"]), out, NAME,
+                        f"fluorescent nuclei and cells: {kind} trained on DSB2018 "
                         "fluorescence (foreground + distance map, watershed)")
-    card.weights = WeightsSource(file=weights.name,
-                                 sha256=pooch.file_hash(str(weights), alg="sha256"))
-    card.training.pop("images", None)
-    card.training.pop("validation_images", None)
     card.training["images"] = (f"dsb2018 fluorescence train: {run['n_train']} images trained "
                                f"on, {run['n_inner_val']} held back, resized to "
                                f"{NUCLEUS_PX:g} px per nucleus")
@@ -362,9 +344,7 @@ def write_card(run: dict, report: dict, split: dict, out: Path) -> None:
                        "trained or tuned on",
         "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
                   "(diameter estimated)", **report["val"]}}
-    card_path = card.save(out / f"{NAME}.json", overwrite=True)
-    for path in (weights, card_path):
-        path.chmod(0o644)
+    save_bundled(card, out)
 
 
 if __name__ == "__main__":

@@ -186,25 +186,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_card(final: dict, report: dict, out: Path) -> None:
-    import pooch
-    from blood_detector import to_fp16
+    from blood_detector import bundled_card, save_bundled, to_fp16
 
-    from napari_cellquant.core.io.atomic import atomic_path
-    from napari_cellquant.core.models.card import ModelCard, WeightsSource
-
-    weights = out / f"{NAME}.pt"
     to_fp16(Path(final["weights"]), Path(final["weights"]))
-    with atomic_path(weights, overwrite=True) as tmp:
-        shutil.copyfile(final["weights"], tmp)
-    card = ModelCard.load(final["card"])
-    card.name = NAME
-    card.description = ("NET-covered area in the DNA stain: ImageNet-pretrained "
+    card = bundled_card(Path(final["weights"]), Path(final["card"]), out, NAME,
+                        "NET-covered area in the DNA stain: ImageNet-pretrained "
                         "EfficientNet-Lite0 U-Net trained on Coelho et al. 2015 (58 fields)")
-    card.weights = WeightsSource(file=weights.name,
-                                 sha256=pooch.file_hash(str(weights), alg="sha256"))
-    card.training.pop("images", None)
-    card.training.pop("validation_images", None)
-    card.training.pop("validated_on_training_data", None)
     card.training["images"] = "all 58 fields of shared/data/net_coelho2015 (DNA stain)"
     card.training["epoch_and_threshold"] = "the last epoch, threshold 0.5: nothing tuned"
     card.training["script"] = "scripts/train_bundled.py --only net-area"
@@ -214,9 +201,7 @@ def write_card(final: dict, report: dict, out: Path) -> None:
         **report["net-area"]},
         "second_expert": report["second_expert"],
         "net-classical": report["net-classical"], "folds": report["folds"]}
-    card_path = card.save(out / f"{NAME}.json", overwrite=True)
-    for path in (weights, card_path):
-        path.chmod(0o644)
+    save_bundled(card, out)
 
 
 if __name__ == "__main__":
