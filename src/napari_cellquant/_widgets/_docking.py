@@ -3,8 +3,7 @@
 napari stacks each new dock widget under the others in the right-hand area; five of ours
 stacked need about 2,300 px of height, and Qt grows the window past the screen to fit them.
 Tabbed in one area they need the height of the tallest (each widget scrolls inside its tab),
-and the canvas keeps its width (drop-down lists are kept from widening a dock with long
-names). napari's own ``tabify`` flag is not set when a widget opens
+and the canvas keeps its width. napari's own ``tabify`` flag is not set when a widget opens
 from the Plugins menu, so each widget tabs itself as soon as it is docked, and gives
 back the height Qt added to the window for it while it was stacked.
 """
@@ -15,7 +14,7 @@ import weakref
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject, QSize, QTimer
-from qtpy.QtWidgets import QComboBox, QDockWidget, QMainWindow, QWidget
+from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
 
 _docks: weakref.WeakSet[QDockWidget] = weakref.WeakSet()
 #: each window's size once the last of our docks had settled in it
@@ -53,18 +52,6 @@ def _dock_of(widget: QWidget) -> QDockWidget | None:
     return dock
 
 
-#: a drop-down list is at least this many characters wide (its list opens wider)
-COMBO_CHARACTERS = 10
-
-
-def _narrow(widget: QWidget) -> None:
-    """Long model and layer names must not widen the dock: lists show what fits."""
-    for combo in widget.findChildren(QComboBox):
-        combo.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        combo.setMinimumContentsLength(COMBO_CHARACTERS)
-
-
 def _alive(obj: QObject) -> bool:
     """False once Qt has deleted the object behind a Python wrapper (a closed viewer)."""
     try:
@@ -77,7 +64,6 @@ def _alive(obj: QObject) -> bool:
 def _tab_with_siblings(widget: QWidget) -> None:
     if not _alive(widget):
         return
-    _narrow(widget)
     dock = _dock_of(widget)
     if dock is None:
         return

@@ -90,12 +90,11 @@ class SegmentWidget(Container):
                                       tooltip="Tile size, a model file, and the model's "
                                               "internal parameters (with their units)")
         self.advanced = Container(widgets=[self.load_model, self.tile, self.parameters],
-                                  label="", labels=True, visible=False)
+                                  label="", labels=True)
         self.keep_previous = CheckBox(text="keep previous result", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.status.native.setWordWrap(True)  # a card's description must not widen the dock
         self.extend([
             self.image, self.model, self.device, self.diameter, self.thresholds,
             self.keep_previous,
@@ -104,6 +103,7 @@ class SegmentWidget(Container):
             self.status, self.show_advanced, self.advanced,
         ])
         self.show_advanced.changed.connect(self._toggle_advanced)
+        self.advanced.native.hide()  # collapsed; hidden once in the layout, so it adds no size
 
         self.model.changed.connect(self._show_card)
         self.load_model.changed.connect(self._register_file)
@@ -177,7 +177,9 @@ class SegmentWidget(Container):
                     field.label = f"{field.label} ({unit})"
                 field.tooltip = f"{text} [{unit}]" if unit else text or None
                 home.append(field)
-        self.status.value = card.description
+        # the description is the model list's tooltip: as a label it would widen the dock
+        self.model.tooltip = card.description
+        self.status.value = ""
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.visible = bool(shown)
