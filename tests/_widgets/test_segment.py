@@ -386,13 +386,22 @@ def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segm
 def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_viewer, qtbot):
     """Every widget docked at 1280 x 800: the docks are tabbed, the window does not grow
     past the size it was given (stacked, it grew to 2,315 px), the canvas keeps its share
-    beside napari's own layer panels (measured: 591 of 1280 px)."""
+    beside napari's own layer panels (measured: 591 of 1280 px), and Segment's first field
+    lies below the dock's title bar, not under it."""
+    from qtpy.QtCore import QPoint
+
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     window.resize(1280, 800)
-    docks = [viewer.window.add_plugin_dock_widget(PLUGIN, name)[0]
-             for name in ("Segment", "Correct", "Count", "Export", "Train")]
+    opened = [viewer.window.add_plugin_dock_widget(PLUGIN, name)
+              for name in ("Segment", "Correct", "Count", "Export", "Train")]
+    docks = [dock for dock, _ in opened]
     qtbot.wait(200)
+    segment_dock, segment = opened[0]
+    segment_dock.raise_()
+    qtbot.wait(50)
+    top = segment.image.native.mapTo(segment_dock, QPoint(0, 0)).y()
+    assert top >= segment_dock.titleBarWidget().height(), top
     assert window.width() <= 1280 and window.height() <= 800
     canvas = window.centralWidget()  # the canvas and its layer controls
     assert canvas.width() >= 0.4 * window.width(), (canvas.width(), window.width())

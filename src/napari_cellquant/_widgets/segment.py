@@ -60,7 +60,11 @@ class SegmentWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        # not scrollable=True: napari docks a magicgui container's ``native`` (the inner
+        # widget), orphaning its scroll area; the inner widget then kept the scroll area's
+        # geometry, under the dock's title bar and wider than the dock. Tabbed docks make
+        # the scrolling unnecessary.
+        super().__init__()
         tab_with_plugin_docks(self.native)
         _warm_layer_code()
         self._viewer = viewer

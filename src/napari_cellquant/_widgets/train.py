@@ -108,7 +108,11 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(scrollable=True)
+        # not scrollable=True: napari docks a magicgui container's ``native`` (the inner
+        # widget), orphaning its scroll area; the inner widget then kept the scroll area's
+        # geometry, under the dock's title bar and wider than the dock. Tabbed docks make
+        # the scrolling unnecessary.
+        super().__init__()
         tab_with_plugin_docks(self.native)
         self._viewer = viewer
         self._builtin = {n: c for n, c in builtin_cards().items() if c.kind == "learned"}
