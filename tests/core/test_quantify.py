@@ -97,13 +97,15 @@ def test_csv_is_written_atomically_and_not_overwritten(tmp_path):
 
 def test_net_area_is_the_pixels_net_regions_cover_and_their_share_of_the_field():
     from napari_cellquant.core.classes import NET_AREA
-    from napari_cellquant.core.quantify import figure_rows, instance_class_areas
+    from napari_cellquant.core.quantify import figure_rows, instance_class_totals
 
     labels = np.zeros((100, 200), dtype=np.int32)
     labels[10:30, 10:60] = 1  # 1000 px
     labels[50:60, 100:150] = 2  # 500 px
     annotation = Annotation(labels, NET_AREA, {1: 1, 2: 1}, image_name="field.png")
-    np.testing.assert_array_equal(instance_class_areas(labels, [1, 2], [1, 1], 1), [0, 1500])
+    objects, pixels = instance_class_totals(labels, [1, 2], [1, 1], 1)
+    np.testing.assert_array_equal(objects, [0, 2])
+    np.testing.assert_array_equal(pixels, [0, 1500])
     rows = quantify_annotation(annotation, pixel_size_um=0.5)
     assert _value(rows, "net_area", "pixels") == 1500
     assert _value(rows, "net_area", "field_share") == pytest.approx(7.5)

@@ -166,15 +166,13 @@ def count_groups(groups: list[ImageGroup]) -> list[quantify.Row]:
         field_px = None
         for part in group.parts:
             if part.labels is not None:
-                counts += quantify.instance_class_counts(
+                objects, pixels = quantify.instance_class_totals(
                     part.labels, part.row_labels, part.row_classes, n,
                     default_class=part.default_class,
                 )
-                if measures_area:
-                    areas += quantify.instance_class_areas(
-                        part.labels, part.row_labels, part.row_classes, n,
-                        default_class=part.default_class)
-                    field_px = field_px or int(part.labels.size)
+                counts += objects
+                areas += pixels
+                field_px = field_px or int(part.labels.size)
             counts += quantify.box_class_counts(part.box_classes, n)
         before: dict[str, int] | None = None
         if group.parts and all(p.initial is not None for p in group.parts):

@@ -46,15 +46,16 @@ NET_CELL_CLASSES: tuple[str, ...] = ("NET", "dead", "unstimulated", "decondensed
 Row = dict[str, object]
 
 
-def instance_class_counts(
+def instance_class_totals(
     labels: np.ndarray,
     label_ids: np.ndarray | Sequence[int],
     class_ids: np.ndarray | Sequence[int],
     n_classes: int,
     *,
     default_class: int = 0,
-) -> np.ndarray:
-    """Objects per class id in an instance image, by one ``bincount`` over the pixels.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Objects and pixels per class id in an instance image, from one count of each id's
+    pixels.
 
     Parameters
     ----------
@@ -71,19 +72,30 @@ def instance_class_counts(
 
     Returns
     -------
-    numpy.ndarray
-        ``(n_classes + 1,)`` int64: entry 0 counts unclassified objects.
+    objects, pixels
+        ``(n_classes + 1,)`` int64 each: entry 0 is unclassified objects (their pixels).
     """
-    flat = _flat_ids(labels)
+    flat = np.asarray(labels).ravel()
     if flat.size == 0:
-        return np.zeros(n_classes + 1, dtype=np.int64)
-    present = id_pixels(flat) > 0
-    present[0] = False  # background
-    lookup = _class_of_ids(present.size, label_ids, class_ids, n_classes, default_class)
-    return np.bincount(lookup[present], minlength=n_classes + 1)[: n_classes + 1]
+        return np.zeros(n_classes + 1, dtype=np.int64), np.zeros(n_classes + 1, dtype=np.int64)
+    if flat.dtype.itemsize > 4 or (flat.dtype.kind == "u" and flat.dtype.itemsize == 4):
+        flat = flat.astype(np.int64, copy=False)
+    pixels = id_pixels(flat)
+    pixels[0] = 0  # background
+    lookup = np.full(pixels.size, int(default_class), dtype=np.int64)
+    label_ids = np.asarray(label_ids, dtype=np.int64).ravel()
+    class_ids = np.asarray(class_ids, dtype=np.int64).ravel()
+    inside = (label_ids > 0) & (label_ids < pixels.size)
+    lookup[label_ids[inside]] = class_ids[inside]
+    lookup[(lookup < 0) | (lookup > n_classes)] = 0
+    present = pixels > 0
+    objects = np.bincount(lookup[present], minlength=n_classes + 1)[: n_classes + 1]
+    area = np.bincount(lookup[present], weights=pixels[present],
+                       minlength=n_classes + 1)[: n_classes + 1]
+    return objects, np.rint(area).astype(np.int64)
 
 
-def instance_class_areas(
+def instance_class_counts(
     labels: np.ndarray,
     label_ids: np.ndarray | Sequence[int],
     class_ids: np.ndarray | Sequence[int],
@@ -91,41 +103,9 @@ def instance_class_areas(
     *,
     default_class: int = 0,
 ) -> np.ndarray:
-    """Pixels covered per class id, as :func:`instance_class_counts` counts objects.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(n_classes + 1,)`` int64 pixel counts; entry 0: unclassified objects' pixels.
-    """
-    flat = _flat_ids(labels)
-    if flat.size == 0:
-        return np.zeros(n_classes + 1, dtype=np.int64)
-    pixels = id_pixels(flat)
-    pixels[0] = 0  # background
-    lookup = _class_of_ids(pixels.size, label_ids, class_ids, n_classes, default_class)
-    areas = np.bincount(lookup, weights=pixels, minlength=n_classes + 1)[: n_classes + 1]
-    return np.rint(areas).astype(np.int64)
-
-
-def _flat_ids(labels: np.ndarray) -> np.ndarray:
-    flat = np.asarray(labels).ravel()
-    if flat.dtype.itemsize > 4 or (flat.dtype.kind == "u" and flat.dtype.itemsize == 4):
-        flat = flat.astype(np.int64, copy=False)
-    return flat
-
-
-def _class_of_ids(size: int, label_ids: np.ndarray | Sequence[int],
-                  class_ids: np.ndarray | Sequence[int], n_classes: int,
-                  default_class: int) -> np.ndarray:
-    """The class of every id ``0..size - 1`` (a class outside ``1..n_classes``: 0)."""
-    lookup = np.full(size, int(default_class), dtype=np.int64)
-    label_ids = np.asarray(label_ids, dtype=np.int64).ravel()
-    class_ids = np.asarray(class_ids, dtype=np.int64).ravel()
-    inside = (label_ids > 0) & (label_ids < size)
-    lookup[label_ids[inside]] = class_ids[inside]
-    lookup[(lookup < 0) | (lookup > n_classes)] = 0
-    return lookup
+    """Objects per class id (see :func:`instance_class_totals`); entry 0: unclassified."""
+    return instance_class_totals(labels, label_ids, class_ids, n_classes,
+                                 default_class=default_class)[0]
 
 
 #: pixels per ``np.bincount`` call in :func:`id_pixels`
@@ -293,14 +273,14 @@ def quantify_annotation(
     """:func:`count_table` of an annotation's instances and boxes (and the pixels of its
     area classes)."""
     class_set = annotation.class_set
-    counts = counts_by_name(class_set, annotation_class_counts(annotation))
+    ids = np.fromiter(annotation.classes.keys(), dtype=np.int64, count=len(annotation.classes))
+    cls = np.fromiter(annotation.classes.values(), dtype=np.int64, count=len(annotation.classes))
+    objects, pixels = instance_class_totals(annotation.labels, ids, cls, len(class_set))
+    counts = counts_by_name(class_set, objects + box_class_counts(annotation.boxes.class_ids,
+                                                                  len(class_set)))
     area = image_area_mm2(annotation.shape, pixel_size_um) if pixel_size_um else None
-    areas = None
-    if any(name in class_set.names for name in AREA_CLASSES):
-        ids = np.fromiter(annotation.classes.keys(), dtype=np.int64)
-        cls = np.fromiter(annotation.classes.values(), dtype=np.int64)
-        pixels = instance_class_areas(annotation.labels, ids, cls, len(class_set))
-        areas = counts_by_name(class_set, pixels)
+    areas = (counts_by_name(class_set, pixels)
+             if any(name in class_set.names for name in AREA_CLASSES) else None)
     return count_table(
         annotation.image_name, class_set, counts, before, area_mm2=area, areas_px=areas,
         field_px=int(np.prod(annotation.shape)),
@@ -362,8 +342,8 @@ __all__ = [
     "counts_by_name",
     "figure_rows",
     "image_area_mm2",
-    "instance_class_areas",
     "instance_class_counts",
+    "instance_class_totals",
     "quantify_annotation",
     "table_to_csv",
     "table_to_tsv",
