@@ -248,7 +248,7 @@ def _pair_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def match_pairs(
     gt_ids: np.ndarray, pred_ids: np.ndarray, iou: np.ndarray, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-to-one matches among candidate pairs, greedily from the highest IoU down.
 
     Parameters
@@ -260,23 +260,24 @@ def match_pairs(
 
     Returns
     -------
-    matched_gt, matched_pred
-        The ids of the matched pairs.
+    matched_gt, matched_pred, matched_iou
+        The ids of the matched pairs and their IoU.
     """
     keep = iou >= threshold
     gt_ids, pred_ids, iou = gt_ids[keep], pred_ids[keep], iou[keep]
     order = np.lexsort((pred_ids, gt_ids, -iou))  # ties broken by id: reproducible
     used_gt: set[int] = set()
     used_pred: set[int] = set()
-    out_gt, out_pred = [], []
-    for g, p in zip(gt_ids[order].tolist(), pred_ids[order].tolist()):  # loop over pairs only
-        if g in used_gt or p in used_pred:
+    taken = []
+    for k, g, p in zip(order.tolist(), gt_ids[order].tolist(), pred_ids[order].tolist()):
+        if g in used_gt or p in used_pred:  # loop over pairs only
             continue
         used_gt.add(g)
         used_pred.add(p)
-        out_gt.append(g)
-        out_pred.append(p)
-    return np.asarray(out_gt, dtype=np.int64), np.asarray(out_pred, dtype=np.int64)
+        taken.append(k)
+    at = np.asarray(taken, dtype=np.int64)
+    return (gt_ids[at].astype(np.int64), pred_ids[at].astype(np.int64),
+            np.asarray(iou, dtype=np.float64)[at])
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,11 +329,11 @@ def _tally(
         n_pred += np.bincount(pred_objs.classes, minlength=n)[:n]
         g_cls, p_cls = gt_objs.class_of(gi), pred_objs.class_of(pi)
         same = g_cls == p_cls
-        mg, _ = match_pairs(gi[same], pi[same], iou[same], threshold)
+        mg, _, _ = match_pairs(gi[same], pi[same], iou[same], threshold)
         tp += np.bincount(gt_objs.class_of(mg), minlength=n)[:n]
-        agnostic = match_pairs(gi, pi, iou, threshold)
-        tp_agnostic += len(agnostic[0])
-        matched_iou.append(_iou_of(gi, pi, iou, *agnostic))
+        _, _, agnostic_iou = match_pairs(gi, pi, iou, threshold)
+        tp_agnostic += len(agnostic_iou)
+        matched_iou.append(agnostic_iou)
     # unclassed objects (class 0) can never be a class-aware match but still count as misses
     out = _prf(int(tp.sum()), int(n_gt.sum()), int(n_pred.sum()))
     out["iou_threshold"] = float(threshold)
@@ -345,18 +346,6 @@ def _tally(
     }
     out["class_agnostic"] = _prf(tp_agnostic, int(n_gt.sum()), int(n_pred.sum()))
     return out
-
-
-def _iou_of(gi: np.ndarray, pi: np.ndarray, iou: np.ndarray, matched_gt: np.ndarray,
-            matched_pred: np.ndarray) -> np.ndarray:
-    """IoU of each matched pair, looked up among the candidate pairs."""
-    if not len(matched_gt):
-        return np.zeros(0)
-    base = int(pi.max()) + 1
-    keys = gi.astype(np.int64) * base + pi
-    order = np.argsort(keys)
-    at = np.searchsorted(keys[order], matched_gt * base + matched_pred)
-    return np.asarray(iou, dtype=np.float64)[order][at]
 
 
 def _instance_objects(ann: Annotation) -> _Objects:
