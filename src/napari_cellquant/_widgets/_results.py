@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 _LABELS_STATE = ("features", "colormap", "metadata")
 #: replacements remembered per layer (napari's Labels keep 100 history items)
 _HISTORY_LIMIT = 100
+#: outline width in screen pixels when objects are shown as outlines (napari's ``contour``):
+#: results start so, so touching cells of one class stay apart; Correct's Shift-O toggles it
+OUTLINE_WIDTH = 2
 
 
 def show_layers(viewer: Any, layer_data: Sequence[LayerDataTuple], *, replace: bool,

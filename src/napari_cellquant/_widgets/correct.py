@@ -36,6 +36,7 @@ from ..core import editing
 from ..core.classes import CELL, ClassSet
 from ..core.errors import CellquantError
 from ._docking import tab_with_plugin_docks
+from ._results import OUTLINE_WIDTH
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ SHORTCUTS: tuple[tuple[str, str, str], ...] = (
     ("Shift-N", "draw_new", "paint a new object with the next free id and the chosen class"),
     ("Shift-O", "toggle_outlines", "show objects as outlines (to judge splits) or filled"),
 )
-#: outline width in screen pixels when objects are shown as outlines (napari's ``contour``)
-OUTLINE_WIDTH = 2
 
 
 class LabelsEditor:

@@ -229,6 +229,10 @@ class BarChart(QWidget):
             painter.end()
 
 
+#: the layer events after which Count recounts (those a layer lacks are skipped)
+FOLLOWED_EVENTS = ("paint", "data", "features", "set_data", "labels_update", "visible", "name")
+
+
 class CountWidget(QWidget):
     """Counts per class, shares, WBC differential, parasitaemia, NET % and density per mm^2
     for every image's annotation layers, before and after correction; follows edits live."""
@@ -297,8 +301,7 @@ class CountWidget(QWidget):
     def _follow(self, layer: Any) -> None:
         if not isinstance(layer, napari.layers.Labels | napari.layers.Shapes):
             return
-        names = ("paint", "data", "features", "set_data", "labels_update", "visible", "name")
-        for name in names:
+        for name in FOLLOWED_EVENTS:
             emitter = getattr(layer.events, name, None)
             if emitter is not None:
                 emitter.connect(self.schedule)
@@ -307,8 +310,7 @@ class CountWidget(QWidget):
         if event.type == "inserted":
             self._follow(event.value)
         else:
-            for name in ("paint", "data", "features", "set_data", "labels_update", "visible",
-                         "name"):
+            for name in FOLLOWED_EVENTS:
                 emitter = getattr(event.value.events, name, None)
                 if emitter is not None:
                     emitter.disconnect(self.schedule)

@@ -38,7 +38,7 @@ from ..core.models.card import ModelCard
 from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, user_models
-from ._results import build_layers, show_layers
+from ._results import OUTLINE_WIDTH, build_layers, show_layers
 from ._workers import Failed, start_soon
 
 if TYPE_CHECKING:
@@ -346,7 +346,7 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
         prebuilt = build_layers(layer_data)
         for layer, (_, _, kind) in zip(prebuilt, layer_data, strict=True):
             if kind == "labels":  # napari takes no contour when it makes a Labels layer
-                layer.contour = RESULT_CONTOUR
+                layer.contour = OUTLINE_WIDTH
     except Exception as exc:  # shown to the user; the traceback goes to the log
         log.debug("Segment failed", exc_info=True)
         return Failed(exc)
@@ -387,11 +387,6 @@ def _warm_layer_code() -> None:
 #: layer metadata key of Segment's results: the name the result was given (image, model and
 #: layer type); the next run replaces that layer, and only that one
 META_RESULT_OF = "cellquant_segment_result"
-
-
-#: results show their objects as outlines, so touching cells of one class stay apart
-#: (Correct's Shift-O fills them)
-RESULT_CONTOUR = 2
 
 
 def _owned(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[str, Any], str]:
