@@ -290,34 +290,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_bundled(name: str, final: dict, entry: dict, out: Path, n_images: int) -> dict:
     """Copy the final weights into the package and write their card with held-out figures."""
-    import pooch
-
-    from napari_cellquant.core.io.atomic import atomic_path
-    from napari_cellquant.core.models.card import ModelCard, WeightsSource
+    from blood_detector import bundled_card, save_bundled
 
     out.mkdir(parents=True, exist_ok=True)
-    weights = out / f"{name}.pt"
-    with atomic_path(weights, overwrite=True) as tmp:
-        shutil.copyfile(final["weights"], tmp)
-    card = ModelCard.load(final["card"])
-    card.name = name
-    card.description = DESCRIPTIONS[name]
-    card.weights = WeightsSource(file=weights.name,
-                                 sha256=pooch.file_hash(str(weights), alg="sha256"))
+    card = bundled_card(Path(final["weights"]), Path(final["card"]), out, name,
+                        DESCRIPTIONS[name])
     card.training["images"] = f"all {n_images} images of shared/data/{SETTINGS[name]['data']}"
-    card.training.pop("validation_images", None)
-    card.training.pop("validated_on_training_data", None)
     card.training["script"] = "scripts/train_bundled.py"
     card.metrics = {
         "held_out": {"scheme": entry["scheme"], "source": "core.metrics.evaluate on "
                      "predictions of models that never saw the image", **entry["pooled"]},
         "per_fold": entry["per_fold"],
     }
-    card_path = card.save(out / f"{name}.json", overwrite=True)
-    for path in (weights, card_path):  # package data: readable by everyone
-        path.chmod(0o644)
+    save_bundled(card, out)
+    weights = out / f"{name}.pt"
     return {"weights": str(weights), "weights_bytes": weights.stat().st_size,
-            "card": str(card_path)}
+            "card": str(out / f"{name}.json")}
 
 
 if __name__ == "__main__":
