@@ -16,9 +16,11 @@ clearly it passed the rule that classed it (see each function).
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -138,12 +140,13 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-def param_help(pipeline: str) -> dict[str, tuple[str, str]]:
+@functools.cache
+def param_help(pipeline: str) -> Mapping[str, tuple[str, str]]:
     """``{parameter: (unit, explanation)}`` of a pipeline, for tooltips.
 
     Read from the comments beside :data:`DEFAULT_PARAMS` in this module's source, so the
     explanation has one home: lengths are multiples of the diameter, areas of the reference
-    object's area.
+    object's area. Read once per pipeline (Segment asks at every change of model).
     """
     import inspect
     import re
@@ -151,7 +154,7 @@ def param_help(pipeline: str) -> dict[str, tuple[str, str]]:
     try:
         source = inspect.getsource(sys.modules[__name__])
     except (OSError, TypeError):  # no source (a frozen install): no tooltips
-        return {}
+        return MappingProxyType({})
     block = source[source.index(f'    "{pipeline}": {{'):]
     block = block[: block.index("\n    },")]
     out: dict[str, tuple[str, str]] = {}
@@ -169,7 +172,7 @@ def param_help(pipeline: str) -> dict[str, tuple[str, str]]:
                     "px" if "pixels" in note else "")
             out[match.group(1)] = (unit, note)
         pending = []
-    return out
+    return MappingProxyType(out)  # shared by every caller: read-only
 
 
 def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
