@@ -14,7 +14,7 @@ import errno
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ..errors import OutputError, OutputExistsError
@@ -101,3 +101,13 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, overwrite: boo
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def check_free(paths: Iterable[Path], overwrite: bool) -> None:
+    """Refuse before writing anything, so a refused run of several files leaves none of them
+    (each file's own publish is still exclusive: see :func:`atomic_path`)."""
+    if overwrite:
+        return
+    for path in paths:
+        if path.exists():
+            raise OutputExistsError(path)

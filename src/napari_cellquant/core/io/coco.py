@@ -44,12 +44,12 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage as ndi
-from skimage.measure import find_contours
 
 from ..annotation import ORIGINS, Annotation, Boxes
 from ..classes import ClassSet, class_set_from_names
 from ..errors import CellquantError, InputError
 from .atomic import atomic_path
+from .outlines import trace_pixel_borders
 
 __all__ = ["coco_dict", "looks_like_coco", "read_coco", "write_coco"]
 
@@ -344,49 +344,8 @@ def _compress(counts: list[int], shape: tuple[int, int]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------
-# polygons: exact pixel-border tracing
+# polygons: exact pixel-border tracing (core.io.outlines), checked against pycocotools
 # ------------------------------------------------------------------------------------------
-def trace_pixel_borders(mask: np.ndarray) -> list[list[int]]:
-    """Polygons along the pixel borders of a binary mask, vertices on pixel corners.
-
-    Marching squares (``find_contours`` at level 0.5, foreground 8-connected) visits the
-    midpoints of the border edges in order but cuts each corner; we put the corner back
-    between consecutive midpoints that lie on perpendicular edges and keep only the turning
-    corners. The result is the exact outline, so pycocotools rasterises it to the same pixels
-    (holes excepted: COCO polygons are a union, they cannot describe a hole).
-
-    Returns a list of flat ``[x0, y0, x1, y1, ...]`` integer polygons in the mask's frame.
-    """
-    padded = np.pad(np.asarray(mask, dtype=np.float32), 1)
-    polygons = []
-    for contour in find_contours(padded, 0.5, fully_connected="high"):
-        p = contour[:-1]  # closed contours repeat their first point
-        if len(p) < 2:
-            continue
-        q = np.roll(p, -1, axis=0)
-        # in marching squares output exactly one coordinate of each point is half-integer
-        p_half = (p % 1) != 0
-        corner = np.where(p_half, p, q)
-        perpendicular = (p[:, 0] != q[:, 0]) & (p[:, 1] != q[:, 1])
-        points = np.concatenate([p[:, None, :], corner[:, None, :]], axis=1).reshape(-1, 2)
-        keep = np.ones(len(points), dtype=bool)
-        keep[1::2] = perpendicular
-        points = points[keep]
-        corners = points[np.all((points % 1) != 0, axis=1)]
-        before = np.roll(corners, 1, axis=0)
-        after = np.roll(corners, -1, axis=0)
-        turn = (corners[:, 0] - before[:, 0]) * (after[:, 1] - corners[:, 1]) - (
-            corners[:, 1] - before[:, 1]
-        ) * (after[:, 0] - corners[:, 0])
-        corners = corners[turn != 0]
-        if len(corners) < 3:
-            continue
-        # padded pixel-centre frame -> mask pixel-corner frame: -1 (pad) + 0.5 (centre->corner)
-        xy = np.rint(corners[:, ::-1] - 0.5).astype(np.int64)
-        polygons.append(xy.ravel().tolist())
-    return polygons
-
-
 def _polygon_counts(polygons: list[list[float]], shape: tuple[int, int]) -> bytes:
     rles = mask_utils.frPyObjects(polygons, *shape)
     merged = rles[0] if len(rles) == 1 else mask_utils.merge(rles)

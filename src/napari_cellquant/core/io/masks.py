@@ -42,7 +42,7 @@ from skimage.segmentation import watershed
 from ..annotation import Annotation
 from ..classes import CELL, CLASS_SETS, ClassSet
 from ..errors import CellquantError, InputError, OutputExistsError
-from .atomic import atomic_path
+from .atomic import atomic_path, check_free
 from .images import find_image, image_shape, read_image
 
 log = logging.getLogger(__name__)
@@ -390,15 +390,6 @@ def _stem_of(annotation: Annotation) -> str:
     return Path(annotation.image_name).stem
 
 
-def _check_free(paths: Sequence[Path], overwrite: bool) -> None:
-    """Refuse before writing anything, so a refused run leaves no partial set of files."""
-    if overwrite:
-        return
-    for path in paths:
-        if path.exists():
-            raise OutputExistsError(path)
-
-
 def _class_set_record(class_set: ClassSet) -> dict[str, Any]:
     return {
         "name": class_set.name,
@@ -448,7 +439,7 @@ def write_masks(
     if repeated:
         raise InputError(folder, f"several images share the stem {repeated[0]!r}")
     targets = [(folder / f"{s}{INSTANCES_SUFFIX}", folder / f"{s}{CLASSES_SUFFIX}") for s in stems]
-    _check_free([p for pair in targets for p in pair], overwrite)
+    check_free([p for pair in targets for p in pair], overwrite)
     sidecar = folder / CLASSES_JSON
     record = {**_class_set_record(class_set), "images": {}}
     if sidecar.exists():
@@ -511,7 +502,7 @@ def write_class_masks(
         if not name or any(ch in name for ch in '/\\:*?"<>|'):
             raise InputError(folder, f"class name {name!r} cannot be part of a file name")
     targets = [folder / f"{stem}_{name}.png" for name in annotation.class_set.names]
-    _check_free(targets, overwrite)
+    check_free(targets, overwrite)
     class_map = annotation.class_map()
     for class_id, target in zip(annotation.class_set.ids, targets, strict=True):
         encoded = imagecodecs.png_encode(np.where(class_map == class_id, 255, 0).astype(np.uint8))

@@ -29,8 +29,8 @@ import numpy as np
 
 from ..annotation import Annotation, Boxes
 from ..classes import ClassSet, infer_class_set
-from ..errors import InputError, OutputExistsError
-from .atomic import atomic_path, write_text_atomic
+from ..errors import InputError
+from .atomic import atomic_path, check_free, write_text_atomic
 
 __all__ = ["looks_like_yolo", "read_yolo", "write_yolo"]
 
@@ -309,10 +309,7 @@ def write_yolo(
         stems[stem] = annotation.image_name or stem
     targets = [folder / "labels" / f"{stem}.txt" for stem in stems]
     targets += [folder / "data.yaml", folder / "classes.txt"]
-    if not overwrite:
-        for target in targets:
-            if target.exists():
-                raise OutputExistsError(target)
+    check_free(targets, overwrite)
     written = []
     for annotation in annotations:
         stem = Path(annotation.image_name or "image").stem
