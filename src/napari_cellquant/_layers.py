@@ -10,7 +10,10 @@ Layers made here:
     A Labels layer. Its ``features`` table has one row per instance with an ``index`` column
     holding the label value: napari (0.9) maps a label to its feature row through ``index``
     when that column exists (otherwise row ``i`` would describe label ``i``, which breaks for
-    sparse ids), so hovering a cell shows its ``class_name``, ``score`` and ``origin``. Its
+    sparse ids), so hovering a cell shows its ``class_name``, ``score`` and ``origin``, and
+    napari's features table widget shows its measurements (the columns of
+    :func:`~napari_cellquant.core.measure.measure_objects`: centroid, area in px and µm²,
+    perimeter, eccentricity, solidity, equivalent diameter, mean intensity per channel). Its
     ``colormap`` is a ``{label: RGBA}`` dict coloured by class (napari turns a mapping into a
     ``DirectLabelColormap``): background transparent, labels without a class (painted later)
     in the default class colour.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +156,28 @@ def rectangles_to_xywh(vertices: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([lows[:, 1] + 0.5, lows[:, 0] + 0.5, size[:, 1], size[:, 0]], axis=1)
 
 
+def layer_pixel_size_um(layer: Any) -> tuple[float, float] | None:
+    """(rows, columns) micrometres per pixel of a layer: its scale where its units are
+    lengths, else what the TIFF it was opened from records (napari's own reader opens an
+    ImageJ TIFF without its pixel size), else None."""
+    try:
+        sizes = [(float(s) * u).to("micrometer").magnitude
+                 for s, u in zip(layer.scale[-2:], layer.units[-2:], strict=True)]
+        return (float(sizes[0]), float(sizes[1]))
+    except Exception:  # pixel (or no) units: no physical size in the layer itself
+        pass
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or Path(path).suffix.lower() not in (".tif", ".tiff") or not Path(path).is_file():
+        return None
+    from .core.errors import CellquantError
+    from .core.io.image_metadata import read_image_metadata
+
+    try:
+        return read_image_metadata(path).pixel_size_um
+    except CellquantError:
+        return None
+
+
 # --- Annotation -> layers ----------------------------------------------------------------------
 def layer_base_name(annotation: Annotation) -> str:
     """Name stem of an annotation's layers: the image file stem, or ``cellquant``."""
@@ -164,7 +190,9 @@ def annotation_to_layer_data(
     name: str | None = None,
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
+    units: Sequence[str] | None = None,
     image: np.ndarray | None = None,
+    intensity_image: np.ndarray | None = None,
 ) -> list[LayerDataTuple]:
     """Layer data tuples showing one annotation in napari.
 
@@ -175,10 +203,13 @@ def annotation_to_layer_data(
     name
         Base layer name (default: the image file stem); layers are ``<name>``,
         ``<name> instances`` and ``<name> boxes``.
-    scale, translate
-        The image layer's scale and translate, carried to every layer so they overlay.
+    scale, translate, units
+        The image layer's scale, translate and units, carried to every layer so they overlay
+        (and so the labels know their pixel size).
     image
         The image itself; when given an Image layer ``<name>`` comes first.
+    intensity_image
+        The pixels the measurements' mean intensities come from (default: ``image``).
 
     Returns
     -------
@@ -194,6 +225,8 @@ def annotation_to_layer_data(
         placement["scale"] = tuple(float(s) for s in scale)
     if translate is not None:
         placement["translate"] = tuple(float(t) for t in translate)
+    if units is not None:
+        placement["units"] = tuple(str(u) for u in units)
     shared_meta = {
         META_IMAGE_NAME: ann.image_name,
         META_IMAGE_SHAPE: list(ann.shape),
@@ -207,18 +240,31 @@ def annotation_to_layer_data(
         )
     has_instances = bool(ann.labels.any())
     if has_instances or not len(ann.boxes):
-        layers.append(_labels_tuple(ann, f"{base}{INSTANCES_SUFFIX}", placement, shared_meta))
+        pixels = image if intensity_image is None else intensity_image
+        layers.append(_labels_tuple(ann, f"{base}{INSTANCES_SUFFIX}", placement, shared_meta,
+                                    pixels))
     if len(ann.boxes):
         layers.append(_shapes_tuple(ann, f"{base}{BOXES_SUFFIX}", placement, shared_meta))
     return layers
 
 
-def _labels_tuple(
-    ann: Annotation, name: str, placement: dict[str, Any], shared_meta: dict[str, Any]
-) -> LayerDataTuple:
+def labels_features(ann: Annotation, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A Labels layer's ``features``: ``index`` (napari maps a label value to its row through
+    it), label, class, class_name, score, origin, then the measurements."""
+    from .core.measure import measure_objects
+
     table = ann.features()
-    # napari maps label value -> feature row through an ``index`` column when there is one.
-    features = {"index": table["label"].astype(np.int64), **table}
+    measured = measure_objects(replace(ann, boxes=Boxes()), image)  # no copy of the pixels
+    shared = ("image", "id", "class", "score", "origin")
+    return {"index": table["label"].astype(np.int64), **table,
+            **{k: v for k, v in measured.items() if k not in shared}}
+
+
+def _labels_tuple(
+    ann: Annotation, name: str, placement: dict[str, Any], shared_meta: dict[str, Any],
+    image: np.ndarray | None,
+) -> LayerDataTuple:
+    features = labels_features(ann, image)
     kwargs = {
         "name": name,
         "features": features,

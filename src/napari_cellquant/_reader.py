@@ -1,17 +1,26 @@
-"""napari reader: COCO JSON, Pascal VOC XML, mask folders and label images as layers.
+"""napari reader: annotations (COCO, VOC, YOLO, QuPath GeoJSON, ImageJ ROI sets, masks,
+label images) and OME-TIFF images with their pixel size, as layers.
 
 ``napari_get_reader`` only claims what it can read as annotations and returns ``None``
 otherwise, so napari falls back to its built-in reader:
 
-- ``*.json`` that is COCO, ``*.xml`` that is Pascal VOC;
+- ``*.json`` that is COCO or GeoJSON, ``*.geojson`` (QuPath), ``*.xml`` that is Pascal VOC,
+  ``*.zip`` / ``*.roi`` that are ImageJ ROIs, ``data.yaml`` of YOLO;
+- ``*.ome.tif`` / ``*.ome.tiff`` images: the layer's ``scale`` and ``units`` are the file's
+  physical pixel size (µm), and the channels of a multi-channel image open as layers named
+  after the OME channels;
 - label images named ``<stem>_instances``, ``<stem>_labels`` or ``<stem>_masks``
   (``.tif``/``.tiff``/``.png``) holding a 2-D integer image; a ``<stem>_instances.tif``
   written by this plugin is read with its ``<stem>_classes.tif`` so classes come back;
 - folders of masks (``*_instances.tif`` pairs), of VOC XML files, or holding one COCO file.
 
-Plain images (photos, micrographs) are left to napari's built-in reader: claiming every
-``*.tif`` or ``*.png`` in the manifest would make napari ask the user to choose a reader for
-every image (and make ``viewer.open(path)`` without ``plugin=`` fail for scripts).
+Plain images (photos, micrographs) are left to napari's built-in reader: napari picks readers
+by file name alone, so claiming every ``*.tif`` or ``*.png`` in the manifest would make it ask
+the user to choose a reader for every image (and make ``viewer.open(path)`` without
+``plugin=`` fail for scripts). An ImageJ or plain TIFF that records its pixel size but is not
+named ``.ome.tif`` therefore opens through napari's reader; Segment and Count still find its
+pixel size in the file the layer came from (``_layers.layer_pixel_size_um``), and
+``cellquant predict`` reads it from every file.
 
 Each image's annotation becomes layers through :func:`._layers.annotation_to_layer_data`,
 preceded by the image itself when it is found beside the annotation file. Errors in a file
@@ -36,7 +45,8 @@ ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
 #: Name endings (before the suffix) that mark an integer image as instance labels.
 LABEL_IMAGE_ENDINGS = ("_instances", "_labels", "_masks")
 LABEL_IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-_FOLDER_KINDS = ("coco", "voc", "yolo", "masks")
+_FOLDER_KINDS = ("coco", "voc", "yolo", "geojson", "roiset", "masks")
+OME_SUFFIXES = (".ome.tif", ".ome.tiff")
 
 
 def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
@@ -64,12 +74,12 @@ def napari_get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
 
 
 def annotation_kind(path: Path) -> str | None:
-    """``coco``, ``voc``, ``yolo``, ``masks`` or ``label_image`` when we read ``path``, else
-    ``None``.
+    """``coco``, ``voc``, ``yolo``, ``geojson``, ``roiset``, ``masks``, ``label_image`` or
+    ``ome_image`` when we read ``path``, else ``None``.
 
     Cheap checks only: the file name, and for JSON/XML a look at the content.
     """
-    from .core.io import coco, voc, yolo
+    from .core.io import coco, geojson, roiset, voc, yolo
 
     try:
         if path.is_dir():
@@ -78,8 +88,14 @@ def annotation_kind(path: Path) -> str | None:
             kind = detect_kind(path)
             return kind if kind in _FOLDER_KINDS else None
         suffix = path.suffix.lower()
-        if suffix == ".json":
-            return "coco" if coco.looks_like_coco(path) else None
+        if path.name.lower().endswith(OME_SUFFIXES):
+            return "ome_image"
+        if suffix == ".json" and coco.looks_like_coco(path):
+            return "coco"
+        if suffix in (".json", ".geojson"):
+            return "geojson" if geojson.looks_like_geojson(path) else None
+        if suffix in (".zip", ".roi"):
+            return "roiset" if roiset.looks_like_roiset(path) else None
         if suffix == ".xml":
             return "voc" if voc.looks_like_voc(path) else None
         if suffix in (".yaml", ".yml"):
@@ -140,6 +156,8 @@ def _strip_label_ending(stem: str) -> str:
 
 def read_layers(path: Path, kind: str) -> list[LayerDataTuple]:
     """Layer data for every image annotated in ``path``: image (when found) then objects."""
+    if kind == "ome_image":
+        return image_layers(path)
     layers: list[LayerDataTuple] = []
     for annotation in read_annotation_files(path, kind):
         image = None
@@ -154,4 +172,27 @@ def read_layers(path: Path, kind: str) -> list[LayerDataTuple]:
     return layers
 
 
-__all__ = ["annotation_kind", "napari_get_reader", "read_annotation_files", "read_layers"]
+def image_layers(path: Path) -> list[LayerDataTuple]:
+    """An image file as Image layers: ``scale`` and ``units`` from its pixel size, and one
+    layer per channel (named after the file's channels) when it has several that are not RGB."""
+    from .core.io.image_metadata import read_image_metadata
+    from .core.io.images import read_image
+
+    pixels = read_image(path)
+    metadata = read_image_metadata(path)
+    lower = path.name.lower()
+    name = next((path.name[: -len(s)] for s in OME_SUFFIXES if lower.endswith(s)), path.stem)
+    kwargs: dict[str, object] = {"name": name}
+    if metadata.pixel_size_um is not None:
+        kwargs.update(scale=metadata.pixel_size_um, units=("um", "um"))
+    channels = pixels.shape[-1] if pixels.ndim == 3 else 1
+    rgb = channels in (3, 4) and pixels.dtype == "uint8" and not metadata.channel_names
+    if channels > 1 and not rgb:
+        names = list(metadata.channel_names) if len(metadata.channel_names) == channels else [
+            f"channel {c}" for c in range(channels)]
+        kwargs.update(channel_axis=2, name=[f"{name} {n}" for n in names])
+    return [(pixels, kwargs, "image")]
+
+
+__all__ = ["annotation_kind", "image_layers", "napari_get_reader", "read_annotation_files",
+           "read_layers"]

@@ -68,6 +68,11 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"error: --diameter must be a positive number of pixels, or 0 to estimate it "
               f"from each image (got {args.diameter:g})", file=sys.stderr)
         return EXIT_USAGE
+    if args.pixel_size is not None and not (args.pixel_size > 0
+                                            and math.isfinite(args.pixel_size)):
+        print(f"error: --pixel-size must be a positive number of micrometres per pixel "
+              f"(got {args.pixel_size:g})", file=sys.stderr)
+        return EXIT_USAGE
     if args.diameter == 0:  # as in Segment: 0 means "estimate it"
         args.diameter = None
     try:  # nothing has run yet, so a bad input, model or weights is a usage error
@@ -85,7 +90,8 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"[{done}/{total}] {path.name}: {status}", file=sys.stderr)
 
     result = predict_images(images, spec, args.outdir, tile=args.tile, overlap=args.overlap,
-                            diameter=args.diameter, overwrite=args.overwrite, force=args.force,
+                            diameter=args.diameter, pixel_size_um=args.pixel_size,
+                            overwrite=args.overwrite, force=args.force,
                             workers=args.workers or 0, scheduler=args.scheduler,
                             loaded=model, on_image=report)
     for path, message in result.failures:
@@ -169,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = sub.add_parser(
         "convert",
-        help="convert annotations between COCO, VOC, masks and counts CSV",
+        help="convert annotations between COCO, VOC, YOLO, QuPath GeoJSON, Fiji ROI sets, "
+             "masks and counts CSV",
         description="Read annotations from SRC (kind detected from content) and write them to DST.",
     )
     convert.add_argument("src", type=Path, metavar="SRC", help="annotation file or folder")
@@ -209,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "and the result back. Leave it out to estimate it from each image "
                          "(printed per image); pass it when the images hold few separate "
                          "objects (dense smears)")
+    predict.add_argument("--pixel-size", type=float, metavar="UM",
+                         help="micrometres per pixel, for images whose files do not record "
+                         "it (OME-TIFF, ImageJ and TIFF resolution tags are read from each "
+                         "file); gives the model's scale, densities and areas in um^2")
     predict.add_argument(
         "--overwrite", action="store_true",
         help="replace an OUTDIR that holds other results (another model or settings, or files "

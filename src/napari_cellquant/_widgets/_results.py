@@ -131,7 +131,7 @@ def replace_shapes(layer: Any, rectangles: list[np.ndarray], kwargs: dict[str, A
 
 
 def _placement(layer: Any, kwargs: dict[str, Any]) -> None:
-    for key in ("scale", "translate"):
+    for key in ("scale", "translate", "units"):
         if key in kwargs:
             setattr(layer, key, kwargs[key])
 

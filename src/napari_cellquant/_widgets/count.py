@@ -50,6 +50,7 @@ from .._layers import (
     _classes_from_table,
     _strip_suffix,
     class_set_from_metadata,
+    layer_pixel_size_um,
 )
 from ..core import quantify
 from ..core.classes import CELL, ClassSet
@@ -83,16 +84,6 @@ class ImageGroup:
     class_set: ClassSet
     parts: list[_LayerCounts] = field(default_factory=list)
     area_mm2: float | None = None
-
-
-def _pixel_size_um(layer: Any) -> tuple[float, float] | None:
-    """Physical pixel size (rows, columns) in micrometres, when the layer's units say it."""
-    try:
-        sizes = [(float(s) * u).to("micrometer").magnitude
-                 for s, u in zip(layer.scale[-2:], layer.units[-2:], strict=True)]
-    except Exception:  # pixel or other non-length units: no physical size
-        return None
-    return (sizes[0], sizes[1])
 
 
 def _labels_2d(layer: Any) -> np.ndarray:
@@ -144,7 +135,7 @@ def gather_groups(layers: Any, *, include_hidden: bool = False) -> list[ImageGro
             part.row_labels = np.asarray(ids, dtype=np.int64)
             part.row_classes = _classes_from_table(table, n_rows, class_set, default, layer.name)
             if group.area_mm2 is None:
-                size = _pixel_size_um(layer)
+                size = layer_pixel_size_um(layer)
                 shape = layer.metadata.get(META_IMAGE_SHAPE) or part.labels.shape
                 if size is not None:
                     group.area_mm2 = quantify.image_area_mm2(shape, size)

@@ -31,7 +31,7 @@ from magicgui.widgets import (
     Widget,
 )
 
-from .._layers import META_IMAGE_NAME, annotation_to_layer_data
+from .._layers import META_IMAGE_NAME, annotation_to_layer_data, layer_pixel_size_um
 from ..core.classical import param_help
 from ..core.errors import InputError
 from ..core.models.card import ModelCard
@@ -256,13 +256,14 @@ class SegmentWidget(Container):
             "loaded": entry.model if entry is not None else None,
             "device": self.device.value, "tile": int(self.tile.value),
             "diameter": float(self.diameter.value) or None,
-            "pixel_size_um": pixel_size_um(layer),
+            "pixel_size_um": layer_pixel_size_um(layer),
         }
         # where the result goes, so the worker can build the layer data off the GUI thread
         # named after the image and the model, so a truth layer of the image keeps its name
         job["placement"] = {
             "name": f"{layer.name} {card.name}", "image_name": _image_name(layer),
             "scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:]),
+            "units": tuple(str(u) for u in layer.units[-2:]),
         }
         return job
 
@@ -319,7 +320,7 @@ class SegmentWidget(Container):
 
 def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: ModelCard,
              source: str | None, loaded: Any, device: str, tile: int, diameter: float | None,
-             pixel_size_um: float | None, placement: dict[str, Any]):
+             pixel_size_um: tuple[float, float] | None, placement: dict[str, Any]):
     """Worker body: load the model, yield ``iter_predict``'s steps, build the layer data.
 
     Returns ``(annotation, layer data tuples, the same as napari layers)``, or
@@ -336,12 +337,15 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
         else:
             model = load_model(source, device)
             model = Model(card=card, network=model.network, device=model.device)
-        annotation = yield from iter_predict(pixels, model, tile=tile, diameter=diameter,
-                                             pixel_size_um=pixel_size_um)
+        annotation = yield from iter_predict(
+            pixels, model, tile=tile, diameter=diameter,
+            pixel_size_um=None if pixel_size_um is None else pixel_size_um[1])
         annotation.image_name = placement["image_name"]
+        if pixel_size_um is not None:
+            annotation.meta["pixel_size_um"] = pixel_size_um
         layer_data = [_owned(_ready_for_napari(item)) for item in annotation_to_layer_data(
             annotation, name=placement["name"], scale=placement["scale"],
-            translate=placement["translate"],
+            translate=placement["translate"], units=placement["units"], intensity_image=pixels,
         )]
         prebuilt = build_layers(layer_data)
         for layer, (_, _, kind) in zip(prebuilt, layer_data, strict=True):
@@ -433,20 +437,6 @@ def _image_array(data: Any, multiscale: bool, rgb: bool, name: str) -> np.ndarra
     return pixels
 
 
-def pixel_size_um(layer: Any) -> float | None:
-    """Pixel width in micrometres when the layer's last axis has a length unit, else None."""
-    units = getattr(layer, "units", None)
-    if not units:
-        return None
-    unit = units[-1]
-    try:
-        if unit.dimensionality != {"[length]": 1}:
-            return None
-        return float((float(layer.scale[-1]) * unit).to("micrometer").magnitude)
-    except Exception:  # pint variants without these attributes: treat as pixels
-        return None
-
-
 def _image_name(layer: Any) -> str:
     """The file name the result annotates (COCO ``file_name``)."""
     if layer.metadata.get(META_IMAGE_NAME):
@@ -518,4 +508,4 @@ def _show_error(message: str) -> None:
     show_error(message)
 
 
-__all__ = ["SegmentWidget", "pixel_size_um"]
+__all__ = ["SegmentWidget"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ def predict_images(
     tile: int | None = None,
     overlap: float | None = None,
     diameter: float | None = None,
+    pixel_size_um: float | None = None,
     overwrite: bool = False,
     force: bool = False,
     workers: int = 0,
@@ -79,6 +81,10 @@ def predict_images(
         The output folder; checked (writable, free space, what it holds) before any work.
     tile, overlap, diameter
         Prediction settings (see :func:`~..core.predict.predict`).
+    pixel_size_um
+        Micrometres per pixel of every image, for those whose files do not record it
+        (:func:`~..core.io.image_metadata.read_image_metadata`); it gives the model's scale,
+        the density and the µm² of ``objects.csv``.
     overwrite
         Replace a folder holding other results instead of refusing; a folder holding this
         same run is still resumed.
@@ -116,7 +122,11 @@ def predict_images(
             raise InputError(None, "a dask run needs a ModelSpec (model name or card path): "
                              "workers load the model themselves")
         spec, loaded, card, weights = None, model, model.card, None
-    settings = Settings(tile=tile, overlap=overlap, diameter=diameter)
+    if pixel_size_um is not None and not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
+        raise InputError(None, f"--pixel-size must be a positive number of micrometres, got "
+                         f"{pixel_size_um:g}")
+    settings = Settings(tile=tile, overlap=overlap, diameter=diameter,
+                        pixel_size_um=pixel_size_um)
     record = run_record(card.name, card.to_dict(), None if weights is None else str(weights),
                         settings.as_record())
     folder, resume = OutputFolder.open(Path(outdir), record, force=force, overwrite=overwrite)

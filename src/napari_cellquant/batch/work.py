@@ -53,9 +53,20 @@ class Settings:
     tile: int | None = None
     overlap: float | None = None
     diameter: float | None = None
+    pixel_size_um: float | None = None  # for images whose files do not record one
 
     def as_record(self) -> dict[str, Any]:
-        return {"tile": self.tile, "overlap": self.overlap, "diameter": self.diameter}
+        return {"tile": self.tile, "overlap": self.overlap, "diameter": self.diameter,
+                "pixel_size_um": self.pixel_size_um}
+
+    def pixel_size_of(self, path: Path) -> tuple[float, float] | None:
+        """(rows, columns) µm per pixel: what the file records, else the run's setting."""
+        from ..core.io.image_metadata import read_image_metadata
+
+        recorded = read_image_metadata(path).pixel_size_um
+        if recorded is not None or self.pixel_size_um is None:
+            return recorded
+        return (self.pixel_size_um, self.pixel_size_um)
 
 
 @dataclass
@@ -107,15 +118,19 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
     path = Path(path)
     try:
         pixels = read_image(path)
+        pixel_size = settings.pixel_size_of(path)
         annotation = predict(pixels, model, tile=settings.tile, overlap=settings.overlap,
-                             diameter=settings.diameter)
+                             diameter=settings.diameter,
+                             pixel_size_um=None if pixel_size is None else pixel_size[1])
         annotation.image_name = path.name
         annotation.image_path = path
+        if pixel_size is not None:
+            annotation.meta["pixel_size_um"] = pixel_size
         coco = coco_dict([annotation], encoding="rle")
         coco.pop("info", None)  # dated; the merged file gets its own
         thumbnail = render_thumbnail(pixels, annotation)
         overlay = render_thumbnail(pixels, annotation, OVERLAY_SIZE)
-        objects = object_table(annotation, pixels)
+        objects = object_table(annotation, pixels, pixel_size_um=pixel_size)
     except Exception as exc:  # one bad image must not cost the others their results
         log.debug("%s failed", path, exc_info=True)
         return ImageResult(path=path, error=describe_error(exc, path))

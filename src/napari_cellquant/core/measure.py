@@ -9,6 +9,7 @@ in one pass over the label image.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -24,51 +25,72 @@ _SHAPES = ("label", "centroid", "area", "perimeter", "eccentricity", "solidity",
            "equivalent_diameter_area")
 
 
-def object_table(annotation: Annotation, image: np.ndarray | None = None, *,
-                 pixel_size_um: float | Sequence[float] | None = None) -> list[dict[str, object]]:
-    """One row per object (see the module docstring); ``image`` adds mean intensities."""
+def measure_objects(annotation: Annotation, image: np.ndarray | None = None, *,
+                    pixel_size_um: float | Sequence[float] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """The table of the module docstring as columns (:data:`OBJECT_COLUMNS`, then
+    ``mean_intensity_<c>`` per channel of ``image``): instances in id order, then boxes.
+
+    The pixel size defaults to the one the image recorded (``meta["pixel_size_um"]``);
+    ``area_um2`` and ``score`` are NaN where undefined, as in napari's features tables.
+    """
     from skimage.measure import regionprops_table
 
-    names = annotation.class_set.names
-    area_um2 = None
+    if pixel_size_um is None:
+        pixel_size_um = annotation.meta.get("pixel_size_um")
+    um2_per_px = math.nan
     if pixel_size_um is not None:
         size = np.broadcast_to(np.asarray(pixel_size_um, dtype=np.float64), (2,))
-        area_um2 = float(size[0] * size[1])
+        um2_per_px = float(size[0] * size[1])
     channels = _channels(image, annotation.shape)
-    rows: list[dict[str, object]] = []
-    labels = annotation.labels
-    if labels.any():
-        props = regionprops_table(labels, intensity_image=channels, properties=(
+    n_channels = 0 if channels is None else channels.shape[-1]
+    props: dict[str, np.ndarray] = {"label": np.zeros(0, dtype=np.int64)}
+    if annotation.labels.any():
+        props = regionprops_table(annotation.labels, intensity_image=channels, properties=(
             *_SHAPES, *(("intensity_mean",) if channels is not None else ())))
-        n_channels = 0 if channels is None else channels.shape[-1]
-        for k, label in enumerate(props["label"].tolist()):
-            class_id = annotation.classes.get(label, 0)
-            row: dict[str, object] = {
-                "image": annotation.image_name, "id": label,
-                "class": names[class_id - 1] if class_id else "",
-                "score": annotation.scores.get(label), "origin": annotation.origins.get(
-                    label, "file"),
-                "centroid_x": float(props["centroid-1"][k]),
-                "centroid_y": float(props["centroid-0"][k]),
-                "area_px": int(props["area"][k]),
-                "area_um2": props["area"][k] * area_um2 if area_um2 else None,
-                "perimeter_px": float(props["perimeter"][k]),
-                "eccentricity": float(props["eccentricity"][k]),
-                "solidity": float(props["solidity"][k]),
-                "equivalent_diameter_px": float(props["equivalent_diameter_area"][k]),
-            }
-            for c in range(n_channels):  # the intensity image always has a channel axis
-                row[f"mean_intensity_{c}"] = float(props[f"intensity_mean-{c}"][k])
-            rows.append(row)
-    first_box_id = int(labels.max(initial=0)) + 1
-    for j, ((x, y, w, h), class_id, score) in enumerate(zip(
-            annotation.boxes.xywh.tolist(), annotation.boxes.class_ids.tolist(),
-            annotation.boxes.scores.tolist())):
-        rows.append({"image": annotation.image_name, "id": first_box_id + j,
-                     "class": names[class_id - 1] if class_id else "", "score": score,
-                     "origin": "box", "centroid_x": x + w / 2, "centroid_y": y + h / 2,
-                     "area_px": w * h, "area_um2": w * h * area_um2 if area_um2 else None})
-    return rows
+    ids = np.asarray(props["label"], dtype=np.int64)
+    boxes = annotation.boxes
+    n_boxes = len(boxes)
+    x, y, w, h = boxes.xywh.T
+    names = np.array(["", *annotation.class_set.names], dtype=object)
+    class_ids = np.array([annotation.classes.get(int(i), 0) for i in ids], dtype=np.int64)
+    nan_boxes = np.full(n_boxes, np.nan)
+
+    def column(key: str) -> np.ndarray:
+        return np.concatenate([np.asarray(props.get(key, np.zeros(0)), dtype=np.float64),
+                               nan_boxes])
+
+    area = np.concatenate([np.asarray(props.get("area", np.zeros(0)), dtype=np.float64), w * h])
+    columns: dict[str, np.ndarray] = {
+        "image": np.full(len(ids) + n_boxes, annotation.image_name, dtype=object),
+        "id": np.concatenate([ids, int(annotation.labels.max(initial=0)) + 1 + np.arange(
+            n_boxes)]),
+        "class": names[np.concatenate([class_ids, boxes.class_ids])],
+        "score": np.concatenate([[annotation.scores.get(int(i), np.nan) for i in ids],
+                                 boxes.scores]).astype(np.float64),
+        "origin": np.array([annotation.origins.get(int(i), "file") for i in ids]
+                           + ["box"] * n_boxes, dtype=object),
+        "centroid_x": np.concatenate([column("centroid-1")[: len(ids)], x + w / 2]),
+        "centroid_y": np.concatenate([column("centroid-0")[: len(ids)], y + h / 2]),
+        "area_px": area,
+        "area_um2": area * um2_per_px,
+        "perimeter_px": column("perimeter"),
+        "eccentricity": column("eccentricity"),
+        "solidity": column("solidity"),
+        "equivalent_diameter_px": column("equivalent_diameter_area"),
+    }
+    for c in range(n_channels):  # the intensity image always has a channel axis
+        columns[f"mean_intensity_{c}"] = column(f"intensity_mean-{c}")
+    return columns
+
+
+def object_table(annotation: Annotation, image: np.ndarray | None = None, *,
+                 pixel_size_um: float | Sequence[float] | None = None) -> list[dict[str, object]]:
+    """:func:`measure_objects` as one dict per object, undefined values as None (CSV)."""
+    columns = measure_objects(annotation, image, pixel_size_um=pixel_size_um)
+    values = [[None if isinstance(v, float) and math.isnan(v) else v for v in col.tolist()]
+              for col in columns.values()]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def object_columns(rows: Sequence[dict[str, object]]) -> list[str]:
@@ -90,4 +112,4 @@ def _channels(image: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | 
     return pixels.astype(np.float32, copy=False)
 
 
-__all__ = ["OBJECT_COLUMNS", "object_columns", "object_table"]
+__all__ = ["OBJECT_COLUMNS", "measure_objects", "object_columns", "object_table"]

@@ -271,8 +271,11 @@ def quantify_annotation(
     pixel_size_um: Sequence[float] | float | None = None,
 ) -> list[Row]:
     """:func:`count_table` of an annotation's instances and boxes (and the pixels of its
-    area classes)."""
+    area classes); the pixel size defaults to the one the image recorded
+    (``meta["pixel_size_um"]``)."""
     class_set = annotation.class_set
+    if pixel_size_um is None:
+        pixel_size_um = annotation.meta.get("pixel_size_um")
     ids = np.fromiter(annotation.classes.keys(), dtype=np.int64, count=len(annotation.classes))
     cls = np.fromiter(annotation.classes.values(), dtype=np.int64, count=len(annotation.classes))
     objects, pixels = instance_class_totals(annotation.labels, ids, cls, len(class_set))

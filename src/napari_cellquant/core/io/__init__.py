@@ -17,8 +17,8 @@ from ..annotation import Annotation
 from ..classes import ClassSet, get_class_set
 from ..errors import InputError
 
-KINDS = ("coco", "voc", "yolo", "masks", "labels", "colormap")
-FORMATS = ("coco", "voc", "yolo", "masks", "class-masks", "csv")
+KINDS = ("coco", "voc", "yolo", "geojson", "roiset", "masks", "labels", "colormap")
+FORMATS = ("coco", "voc", "yolo", "geojson", "roiset", "masks", "class-masks", "csv")
 
 PathLike = str | os.PathLike[str]
 
@@ -29,7 +29,7 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
     Returns one of :data:`KINDS`, or ``"image"`` for a plain RGB/grey picture that is only a
     colour-coded map when a class set is named.
     """
-    from . import coco, voc, yolo
+    from . import coco, geojson, roiset, voc, yolo
     from .images import IMAGE_SUFFIXES
 
     p = Path(path)
@@ -43,10 +43,17 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
             return "yolo"
         raise InputError(p, "is not a YOLO data file (data.yaml with 'names', or a label "
                          "file in a 'labels' folder)")
-    if suffix == ".json":
-        if coco.looks_like_coco(p):
+    if suffix in (".json", ".geojson"):
+        if suffix == ".json" and coco.looks_like_coco(p):
             return "coco"
-        raise InputError(p, "JSON file is not COCO (needs 'images', 'annotations' and 'categories')")
+        if geojson.looks_like_geojson(p):
+            return "geojson"
+        raise InputError(p, "JSON file is neither COCO (needs 'images', 'annotations' and "
+                         "'categories') nor GeoJSON (a FeatureCollection)")
+    if suffix in (".zip", ".roi"):
+        if roiset.looks_like_roiset(p):
+            return "roiset"
+        raise InputError(p, "is not an ImageJ ROI set (a .zip of .roi files)")
     if suffix == ".xml":
         if voc.looks_like_voc(p):
             return "voc"
@@ -68,7 +75,7 @@ def _detect_image_kind(path: Path, *, class_set: ClassSet | str | None) -> str:
 
 
 def _detect_folder_kind(folder: Path, *, class_set: ClassSet | str | None) -> str:
-    from . import coco, voc, yolo
+    from . import coco, geojson, roiset, voc, yolo
     from .images import IMAGE_SUFFIXES
 
     if yolo.looks_like_yolo(folder):
@@ -78,6 +85,10 @@ def _detect_folder_kind(folder: Path, *, class_set: ClassSet | str | None) -> st
         return "masks"
     if class_set is not None and _has_class_mask_files(files, get_class_set(class_set)):
         return "masks"
+    if any(f.suffix.lower() == ".geojson" and geojson.looks_like_geojson(f) for f in files):
+        return "geojson"
+    if any(f.suffix.lower() == ".zip" and roiset.looks_like_roiset(f) for f in files):
+        return "roiset"
     xmls = [f for f in files if f.suffix.lower() == ".xml"]
     if xmls and voc.looks_like_voc(xmls[0]):
         return "voc"
@@ -110,6 +121,7 @@ def read_annotations(
     ----------
     path
         A COCO JSON, a VOC XML or folder of them, a YOLO ``data.yaml`` or labels folder,
+        a QuPath GeoJSON or ImageJ ``RoiSet.zip`` (or a folder of them),
         a label image, a colour-coded map, or a
         folder of masks (``<stem>_instances.tif`` + ``<stem>_classes.tif`` pairs, or one
         ``<stem>_<class>.png`` per class) or of label images / colour maps.
@@ -120,7 +132,7 @@ def read_annotations(
     images_dir
         Where the images are, when they are not beside the annotations.
     """
-    from . import coco, masks, voc, yolo
+    from . import coco, geojson, masks, roiset, voc, yolo
 
     p = Path(path)
     cs = None if class_set is None else get_class_set(class_set)
@@ -140,6 +152,10 @@ def read_annotations(
         return voc.read_voc(p, images_dir=images_dir, class_set=cs)
     if kind == "yolo":
         return yolo.read_yolo(p, class_set=cs, images_dir=images_dir)
+    if kind == "geojson":
+        return geojson.read_geojson(p, class_set=cs, images_dir=images_dir)
+    if kind == "roiset":
+        return roiset.read_roiset(p, class_set=cs, images_dir=images_dir)
     if kind == "masks":
         return masks.read_masks_folder(p, class_set=cs)
     if kind == "colormap" and cs is None:
@@ -182,12 +198,13 @@ def write_annotations(
     """Write annotations in format ``to`` (one of :data:`FORMATS`); returns the files written.
 
     ``coco`` and ``csv`` write one file (``dst`` itself, or ``annotations.json`` /
-    ``counts.csv`` inside ``dst`` when it is a folder); ``voc``, ``yolo``, ``masks`` and
+    ``counts.csv`` inside ``dst`` when it is a folder); ``voc``, ``yolo``, ``geojson``
+    (QuPath, ``<stem>.geojson``), ``roiset`` (Fiji, ``<stem>_RoiSet.zip``), ``masks`` and
     ``class-masks`` write files per image into the folder ``dst`` (``yolo``: ``labels/``,
     ``images/``, ``data.yaml``). Existing files are refused unless
     ``overwrite``; every file is written atomically.
     """
-    from . import coco, counts, masks, voc, yolo
+    from . import coco, counts, geojson, masks, roiset, voc, yolo
 
     if to not in FORMATS:
         raise InputError(None, f"unknown output format {to!r}; choose from {', '.join(FORMATS)}")
@@ -204,6 +221,10 @@ def write_annotations(
         return voc.write_voc(annotations, target, overwrite=overwrite)
     if to == "yolo":
         return yolo.write_yolo(annotations, target, overwrite=overwrite)
+    if to == "geojson":
+        return geojson.write_geojson(annotations, target, overwrite=overwrite)
+    if to == "roiset":
+        return roiset.write_roiset(annotations, target, overwrite=overwrite)
     if to == "masks":
         return masks.write_masks(annotations, target, overwrite=overwrite)
     written: list[Path] = []

@@ -228,28 +228,29 @@ _MEASURED = ("area_px", "area_um2", "perimeter_px", "eccentricity", "solidity",
 
 def geojson_dict(annotation: Annotation, image: np.ndarray | None = None) -> dict[str, Any]:
     """One image's objects as a QuPath FeatureCollection (``image`` adds mean intensities)."""
-    from ..measure import object_table
+    from ..measure import measure_objects
 
-    rows = {row["id"]: row for row in object_table(
-        annotation, image, pixel_size_um=annotation.meta.get("pixel_size_um"))}
+    table = measure_objects(annotation, image)
+    measured = [k for k in table if k in _MEASURED or k.startswith("mean_intensity_")]
+    row_of = {int(i): k for k, i in enumerate(table["id"].tolist())}
+
+    def measurements(object_id: int) -> dict[str, float]:
+        return {k: float(table[k][row_of[object_id]]) for k in measured}
+
     features = []
     for i, polygons in instance_polygons(annotation.labels):
         class_id = annotation.classes.get(i, 0)
         if not class_id:
             raise InputError(annotation.image_name or None, f"instance {i} has no class; "
                              "QuPath objects need a classification")
-        row = rows[i]
-        measured = {k: row.get(k) for k in (*_MEASURED, *(c for c in row
-                                                          if c.startswith("mean_intensity_")))}
-        features.append(_feature(annotation, i, class_id, _geometry(polygons), measured,
+        features.append(_feature(annotation, i, class_id, _geometry(polygons), measurements(i),
                                  annotation.origins.get(i, "file")))
     first_box = int(annotation.labels.max(initial=0)) + 1
-    for j, ((x, y, w, h), class_id, score) in enumerate(zip(
-            annotation.boxes.xywh.tolist(), annotation.boxes.class_ids.tolist(),
-            annotation.boxes.scores.tolist(), strict=True)):
+    for j, ((x, y, w, h), class_id) in enumerate(zip(
+            annotation.boxes.xywh.tolist(), annotation.boxes.class_ids.tolist(), strict=True)):
         ring = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
         features.append(_feature(annotation, first_box + j, class_id, _geometry([[ring]]),
-                                 {"area_px": w * h, "score": score}, "file", box=True))
+                                 measurements(first_box + j), "file", box=True))
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -114,7 +114,7 @@ def mask_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
         solid = ndi.binary_fill_holes(part)
         offset = np.array([where[1].start, where[0].start])
         rings = [_outer_ring(solid) + offset]
-        holes, n_holes = ndi.label(solid & ~part)
+        holes, _ = ndi.label(solid & ~part)
         for h, hole_where in enumerate(ndi.find_objects(holes), start=1):
             hole = ndi.binary_fill_holes(holes[hole_where] == h)  # islands inside stay inside
             hole_offset = offset + np.array([hole_where[1].start, hole_where[0].start])
