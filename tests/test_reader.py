@@ -200,3 +200,58 @@ def _inside(shapes, shape):
         (r0, c0), (r1, c1) = np.ceil(rect.min(axis=0)).astype(int), rect.max(axis=0).astype(int)
         mask[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
     return mask
+
+
+# --- QuPath, Fiji and OME-TIFF -------------------------------------------------------------------
+@pytest.mark.parametrize("to", ["geojson", "roiset"])
+def test_qupath_and_fiji_files_open_as_image_and_labels(make_napari_viewer, smear_dir, smear,
+                                                        to):
+    image, ann = smear
+    (path,) = write_annotations([ann], smear_dir, to=to)
+    assert annotation_kind(path) == to and annotation_kind(smear_dir) == to
+    viewer = make_napari_viewer()
+    layers = viewer.open(path, plugin=PLUGIN)
+    assert [layer.name for layer in layers] == ["smear", "smear instances"]
+    np.testing.assert_array_equal(layers[0].data, image)
+    labels = layers[1]
+    _assert_labels_match(labels, ann)
+    # napari's features table shows the measurements, mean intensities from the image
+    features = labels.features.set_index("index")
+    first = int(ann.instance_ids()[0])
+    assert features.at[first, "area_px"] == (ann.labels == first).sum()
+    assert {"perimeter_px", "solidity", "eccentricity", "mean_intensity_2"} <= set(features)
+    assert features.at[first, "mean_intensity_0"] == pytest.approx(
+        image[..., 0][ann.labels == first].mean())
+
+
+def test_ome_tiff_opens_with_its_pixel_size_and_named_channels(make_napari_viewer, tmp_path):
+    path = tmp_path / "field.ome.tif"
+    pixels = np.random.default_rng(0).integers(0, 4000, (2, 48, 64), dtype=np.uint16)
+    tifffile.imwrite(path, pixels, ome=True, metadata={
+        "axes": "CYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65,
+        "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm",
+        "Channel": {"Name": ["DNA", "Histone"]}})
+    assert annotation_kind(path) == "ome_image"
+    viewer = make_napari_viewer()
+    layers = viewer.open(path, plugin=PLUGIN)
+    assert [layer.name for layer in layers] == ["field DNA", "field Histone"]
+    for layer, channel in zip(layers, pixels, strict=True):
+        np.testing.assert_array_equal(layer.data, channel)
+        np.testing.assert_allclose(layer.scale, [0.65, 0.65])
+        assert all(str(u) == "micrometer" for u in layer.units)
+    from napari_cellquant._layers import layer_pixel_size_um
+
+    assert layer_pixel_size_um(layers[0]) == pytest.approx((0.65, 0.65))
+
+
+def test_imagej_tiff_opened_by_napari_still_gives_its_pixel_size(make_napari_viewer, tmp_path):
+    """napari's own reader drops the calibration; Segment and Count read it from the file."""
+    from napari_cellquant._layers import layer_pixel_size_um
+
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, np.zeros((32, 32), np.uint16), imagej=True, resolution=(4.0, 4.0),
+                     metadata={"unit": "micron"})
+    assert napari_get_reader(str(path)) is None  # left to napari
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(path, plugin="napari")
+    assert layer_pixel_size_um(layer) == pytest.approx((0.25, 0.25))

@@ -55,6 +55,23 @@ def test_all_layers_save_as_coco_and_read_back_exactly(viewer, smear, tmp_path):
     assert back.image_name == "smear.png"
 
 
+@pytest.mark.parametrize("name", ["smear.geojson", "smear_RoiSet.zip"])
+def test_layers_save_for_qupath_and_fiji_and_read_back_exactly(viewer, smear, tmp_path, name):
+    import warnings
+
+    _, ann = smear
+    written = viewer.layers.save(str(tmp_path / name), plugin=PLUGIN)
+    assert written == [str(tmp_path / name)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the image is not beside the file: size from extent
+        (back,) = read_annotations(tmp_path / name, images_dir=None, class_set=BLOOD10)
+    rows, cols = ann.shape
+    np.testing.assert_array_equal(back.labels[:rows, :cols], ann.labels[: back.shape[0],
+                                                                        : back.shape[1]])
+    assert back.classes == ann.classes and back.scores == ann.scores
+    np.testing.assert_allclose(back.boxes.xywh, ann.boxes.xywh)
+
+
 def test_round_trip_layers_file_layers(viewer, tmp_path):
     before = {layer.name: layer for layer in viewer.layers}
     path = tmp_path / "smear.json"

@@ -1,4 +1,5 @@
-"""napari writers: COCO JSON, Pascal VOC XML, label TIFF pairs and counts CSV.
+"""napari writers: COCO JSON, Pascal VOC XML, QuPath GeoJSON, Fiji ROI sets, label TIFF pairs
+and counts CSV.
 
 Each writer turns the layers napari hands it into Annotations with
 :func:`._layers.layer_data_to_annotation` (layers grouped per image; Image layers only size
@@ -85,6 +86,30 @@ def write_voc(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
     return [str(target)]
 
 
+def _one_file_per_image(path: str, layer_data: Sequence[FullLayerData], to: str) -> list[str]:
+    """One image: exactly ``path``. Several: one file each in the folder ``path`` without its
+    suffix (these formats hold one image per file)."""
+    from .core.io import write_annotations
+
+    annotations = _annotations(layer_data)
+    target = Path(path)
+    if len(annotations) > 1:
+        target = target.with_suffix("") if target.suffix else target
+    return [str(p) for p in write_annotations(annotations, target, to=to, overwrite=True)]
+
+
+@_shown_by_napari
+def write_geojson(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
+    """Write instances (polygons with holes) and boxes as QuPath GeoJSON, with measurements."""
+    return _one_file_per_image(path, layer_data, "geojson")
+
+
+@_shown_by_napari
+def write_roiset(path: str, layer_data: Sequence[FullLayerData]) -> list[str]:
+    """Write instances and boxes as an ImageJ / Fiji ``RoiSet.zip``."""
+    return _one_file_per_image(path, layer_data, "roiset")
+
+
 @_shown_by_napari
 def write_label_tiff(path: str, data: Any, meta: Mapping[str, Any]) -> list[str]:
     """Write one Labels layer as ``<stem>_instances.tif`` plus ``<stem>_classes.tif``.
@@ -117,4 +142,5 @@ def write_counts_csv(path: str, layer_data: Sequence[FullLayerData]) -> list[str
     return [str(p) for p in written]
 
 
-__all__ = ["write_coco", "write_counts_csv", "write_label_tiff", "write_voc"]
+__all__ = ["write_coco", "write_counts_csv", "write_geojson", "write_label_tiff",
+           "write_roiset", "write_voc"]
