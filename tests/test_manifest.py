@@ -60,11 +60,13 @@ def test_contributions_are_the_documented_ones(manifest):
     contributions = manifest.contributions
     (reader,) = contributions.readers
     assert reader.accepts_directories
-    assert {"*.json", "*.xml", "*.yaml", "*_instances.tif"} <= set(reader.filename_patterns)
+    assert {"*.json", "*.geojson", "*.zip", "*.ome.tif", "*.xml", "*.yaml",
+            "*_instances.tif"} <= set(reader.filename_patterns)
     extensions = {w.command.rsplit(".", 1)[1]: w.filename_extensions for w in contributions.writers}
     assert extensions == {
         "write_coco": [".json"], "write_voc": [".xml"],
         "write_label_tiff": [".tif", ".tiff"], "write_counts_csv": [".csv"],
+        "write_geojson": [".geojson"], "write_roiset": [".zip"],
     }
     keys = {s.key for s in contributions.sample_data}
     assert keys == {"net_fluorescence", "blood_smear_photo", "synthetic_blood_smear"}
