@@ -453,3 +453,40 @@ def test_objects_csv_has_one_row_per_object_with_its_measurements(smear_folder, 
             pixels[annotation.labels == first][:, 1].mean(), rel=1e-4)
         assert set(mine["class"]) <= {"rbc", "wbc", "platelet"}
         assert mine["solidity"].between(0, 1).all()
+
+
+def test_pixel_size_from_the_file_or_the_flag_gives_areas_and_densities(tmp_path):
+    """An OME-TIFF's PhysicalSize and an ImageJ TIFF's calibration reach objects.csv (µm²) and
+    figures.csv (per mm²); a PNG gets --pixel-size; a file's own size wins over the flag."""
+    import pandas as pd
+
+    folder = tmp_path / "smears"
+    folder.mkdir()
+    pixels, _ = synthetic_blood_smear(shape=(200, 250), seed=3)
+    tifffile.imwrite(folder / "ome.ome.tif", pixels, ome=True, photometric="rgb",
+                     metadata={"axes": "YXS", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2,
+                               "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    tifffile.imwrite(folder / "ij.tif", pixels, imagej=True, resolution=(2.5, 2.5),
+                     metadata={"unit": "micron"})  # 0.4 µm
+    imsave(folder / "plain.png", pixels, check_contrast=False)
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(out),
+                 "--diameter", "34", "--pixel-size", "0.5"]) == 0
+    objects = pd.read_csv(out / "objects.csv")
+    figures = pd.read_csv(out / "figures.csv")
+    for image, size in (("ome.ome.tif", 0.2), ("ij.tif", 0.4), ("plain.png", 0.5)):
+        mine = objects[objects["image"] == image]
+        np.testing.assert_allclose(mine["area_um2"], mine["area_px"] * size**2)
+        density = figures[(figures["image"] == image) & (figures["group"] == "density")
+                          & (figures["name"] == "total")]["value"].item()
+        field_mm2 = 200 * 250 * size**2 / 1e6
+        assert density == pytest.approx(len(mine) / field_mm2)
+
+
+def test_bad_pixel_size_is_a_usage_error(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    imsave(folder / "a.png", np.zeros((32, 32, 3), np.uint8), check_contrast=False)
+    assert main(["predict", str(folder), "-m", "blood-classical", "-o", str(tmp_path / "o"),
+                 "--pixel-size", "-1"]) == 2
+    assert "--pixel-size must be a positive number" in capsys.readouterr().err

@@ -443,6 +443,19 @@ class _Group:
             self.default_class = int(metadata[META_DEFAULT_CLASS])
 
 
+def layers_to_annotations(layers: Sequence[Any]) -> list[Annotation]:
+    """Annotations of napari layers (a Labels and a Shapes layer of one image join), the
+    Labels pixels copied at full resolution: the user may paint on while a worker reads them."""
+    tuples = []
+    for layer in layers:
+        data, meta, layer_type = layer.as_layer_data_tuple()
+        if layer_type == "labels":
+            data = np.array(data[0] if meta.get("multiscale") else data)
+        tuples.append((data, meta, layer_type))
+    # each annotation's image_name is the layers' image name, or their name without suffix
+    return layer_data_to_annotation(tuples)
+
+
 def layer_data_to_annotation(
     layer_data: Sequence[tuple[Any, Mapping[str, Any], str]],
     *,

@@ -147,3 +147,47 @@ def test_net_area_is_shown_and_follows_painting(make_napari_viewer, qtbot):
     assert _value(rows, "net_area", "area") == pytest.approx(375.0)
     layer.paint((80, 20), 1, refresh=True)  # brush of the default size onto region 1
     qtbot.waitUntil(lambda: _value(widget.rows, "net_area", "pixels") > 1500, timeout=5000)
+
+
+def test_objects_table_is_measured_after_corrections_and_saved(viewer_with_count, tmp_path):
+    """Objects CSV: the chosen layer's objects as they are after a merge, µm² from the layer's
+    scale, mean intensity from the image; the features table gets the same fresh columns."""
+    import pandas as pd
+
+    viewer, layer, widget = viewer_with_count
+    image = np.zeros((100, 100), dtype=np.uint8)
+    image[layer.data == 1] = 200
+    viewer.add_image(image, name="smear", scale=(0.5, 0.5), units=("um", "um"))
+    _, correct = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
+    correct.merge([1, 2])  # two 6x6 RBCs, 4 px apart, become one object
+    widget.refresh()
+    rows = {r["id"]: r for r in widget.measure()}
+    merged = next(i for i in rows if i in (1, 2))
+    assert len(rows) == 15 and rows[merged]["area_px"] == 72
+    assert rows[merged]["area_um2"] == pytest.approx(72 * 0.25)
+    assert rows[merged]["solidity"] < 1  # the gap between the two squares
+    other = next(r for i, r in rows.items() if i not in (1, 2))
+    assert other["mean_intensity_0"] == 0 and other["area_px"] == 36
+    features = layer.features.set_index("index")
+    assert features.at[merged, "area_px"] == 72 and "solidity" in features
+    path = widget.save_objects_csv(tmp_path / "objects.csv")
+    table = pd.read_csv(path)
+    assert len(table) == 15 and list(table.columns[:5]) == ["image", "id", "class", "score",
+                                                            "origin"]
+    with pytest.raises(OutputExistsError):
+        widget.save_objects_csv(path)
+
+
+def test_objects_button_measures_in_the_background_and_writes_the_file(
+        viewer_with_count, tmp_path, qtbot, monkeypatch):
+    from qtpy.QtWidgets import QFileDialog, QPushButton
+
+    _viewer, _layer, widget = viewer_with_count
+    widget.refresh()
+    target = tmp_path / "cells.csv"
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a, **k: (str(target), "CSV (*.csv)")))
+    (button,) = [b for b in widget.findChildren(QPushButton) if b.text() == "Objects CSV…"]
+    button.click()
+    qtbot.waitUntil(target.exists, timeout=10000)
+    assert len(target.read_text().splitlines()) == 1 + 16

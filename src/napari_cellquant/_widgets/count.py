@@ -8,6 +8,12 @@ out unless asked. Each group is counted through :mod:`napari_cellquant.core.quan
 the tidy table, a bar chart, and buttons to copy it and save it as CSV. It follows edits live:
 layer events restart a 200 ms single-shot timer, and the count itself (a ``bincount`` per
 Labels layer) runs in a ``thread_worker`` so a 12-megapixel layer never blocks the GUI.
+
+*Objects CSV…* measures every object of the layers in the chart
+(:func:`napari_cellquant.core.measure.object_table`: centroid, area in px and µm², shape,
+mean intensity of the image's channels), in a worker, saves the table QuPath users export
+first, and refreshes the measurement columns of the Labels layer's ``features`` (so napari's
+features table shows them as they are after the corrections).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from .._layers import (
     _strip_suffix,
     class_set_from_metadata,
     layer_pixel_size_um,
+    layers_to_annotations,
 )
 from ..core import quantify
 from ..core.classes import CELL, ClassSet
@@ -251,6 +258,13 @@ class CountWidget(QWidget):
         copy_button = QPushButton("Copy")
         copy_button.setToolTip("Copy the table to the clipboard (tab-separated)")
         save_button = QPushButton("Save CSV…")
+        objects_button = QPushButton("Objects CSV…")
+        objects_button.setToolTip(
+            "Measure every object of the layers in the chart (centroid, area, shape, mean "
+            "intensity) and save one row per object; the Labels layer's features get the "
+            "same columns")
+        self.objects: list[dict[str, Any]] = []
+        self._measuring: Any = None
         self.table = QTableWidget(0, len(quantify.COLUMNS))
         self.table.setHorizontalHeaderLabels(list(quantify.COLUMNS))
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
@@ -266,7 +280,7 @@ class CountWidget(QWidget):
         layout = QVBoxLayout(self)
         # two short rows, so the dock stays narrow beside the canvas
         for row in ((self.count_button, self.live, self.include_hidden),
-                    (copy_button, save_button)):
+                    (copy_button, save_button, objects_button)):
             buttons = QHBoxLayout()
             for w in row:
                 buttons.addWidget(w)
@@ -281,6 +295,7 @@ class CountWidget(QWidget):
         self.include_hidden.toggled.connect(self.schedule)
         copy_button.clicked.connect(self.copy_to_clipboard)
         save_button.clicked.connect(self._save_dialog)
+        objects_button.clicked.connect(self._save_objects_dialog)
         self.image_combo.currentTextChanged.connect(self._draw_chart)
         viewer.layers.events.inserted.connect(self._on_layers_changed)
         viewer.layers.events.removed.connect(self._on_layers_changed)
@@ -413,6 +428,87 @@ class CountWidget(QWidget):
         except CellquantError as exc:
             self._warn(str(exc))
 
+    # --- per-object measurements -----------------------------------------------------------
+    def _measure_job(self, key: str | None = None) -> dict[str, Any]:
+        """What measuring the group ``key`` (default: the one in the chart) needs, gathered
+        on the GUI thread: its annotation (pixels copied), its image, its pixel size."""
+        key = key or self.image_combo.currentText()
+        layers = {layer.name: layer for layer in self.viewer.layers}
+        mine = [layers[n] for n in (key + INSTANCES_SUFFIX, key + BOXES_SUFFIX, key)
+                if n in layers and isinstance(layers[n], napari.layers.Labels
+                                              | napari.layers.Shapes)]
+        if not mine:
+            raise CellquantError(f"no annotation layers named {key!r} to measure")
+        (annotation,) = layers_to_annotations(mine)
+        image = _image_layer_of(self.viewer.layers, key, annotation.shape)
+        size = next((s for s in (layer_pixel_size_um(x) for x in [*mine, image] if x is not None)
+                     if s is not None), None)
+        pixels = None if image is None else np.asarray(
+            image.data[0] if image.multiscale else image.data)
+        return {"annotation": annotation, "image": pixels, "pixel_size_um": size,
+                "labels_layer": next((x for x in mine if isinstance(x, napari.layers.Labels)),
+                                     None)}
+
+    def measure(self, key: str | None = None) -> list[dict[str, Any]]:
+        """Measure now, on the calling thread (scripts, tests); returns the rows."""
+        job = self._measure_job(key)
+        self._measured(job, _measure(job["annotation"], job["image"], job["pixel_size_um"]))
+        return self.objects
+
+    def _measured(self, job: dict[str, Any], columns: dict[str, np.ndarray]) -> None:
+        from ..core.measure import object_rows
+
+        self.objects = object_rows(columns)
+        layer = job["labels_layer"]
+        if layer is not None:
+            _refresh_measured_features(layer, columns)
+        self.status.setText(f"{len(self.objects)} object(s) measured")
+
+    def save_objects_csv(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the last measured table (one row per object) as CSV, atomically."""
+        from ..core.io.counts import write_rows_csv
+        from ..core.measure import object_columns
+
+        target = write_rows_csv(object_columns(self.objects), self.objects, path,
+                                overwrite=overwrite)
+        self.status.setText(f"saved {target}")
+        return target
+
+    def _save_objects_dialog(self) -> None:
+        if self._measuring is not None:
+            return
+        try:
+            job = self._measure_job()
+        except CellquantError as exc:
+            self._warn(str(exc))
+            return
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save objects", "objects.csv", "CSV (*.csv)",
+            options=QFileDialog.DontConfirmOverwrite)
+        if not path:
+            return
+        overwrite = Path(path).exists() and self._confirm(path)
+        if Path(path).exists() and not overwrite:
+            self.status.setText("not saved: the file exists")
+            return
+        from napari.qt.threading import create_worker
+
+        self.status.setText("measuring…")
+        self._measuring = create_worker(_measure, job["annotation"], job["image"],
+                                        job["pixel_size_um"])
+
+        def done(columns: dict[str, np.ndarray]) -> None:
+            self._measured(job, columns)
+            try:
+                self.save_objects_csv(path, overwrite=overwrite)
+            except CellquantError as exc:
+                self._warn(str(exc))
+
+        self._measuring.returned.connect(done)
+        self._measuring.errored.connect(lambda exc: self._warn(f"measuring failed: {exc}"))
+        self._measuring.finished.connect(lambda: setattr(self, "_measuring", None))
+        self._measuring.start()
+
     def _confirm(self, path: str) -> bool:
         answer = QMessageBox.question(self, "Replace file?", f"{path} exists. Replace it?")
         return answer == QMessageBox.Yes
@@ -422,3 +518,38 @@ class CountWidget(QWidget):
 
         self.status.setText(text)
         show_warning(text)
+
+
+def _measure(annotation: Any, image: np.ndarray | None,
+             pixel_size_um: tuple[float, float] | None) -> dict[str, np.ndarray]:
+    """Worker body: the measurement columns of every object."""
+    from ..core.measure import measure_objects
+
+    return measure_objects(annotation, image, pixel_size_um=pixel_size_um)
+
+
+def _image_layer_of(layers: Any, key: str, shape: tuple[int, int]) -> Any:
+    """The Image layer an annotation group belongs to: named like it (a result is named
+    ``<image> <model>``) and of its size; the longest such name wins."""
+    found = [layer for layer in layers if isinstance(layer, napari.layers.Image)
+             and (key == layer.name or key.startswith(layer.name + " "))
+             and tuple(np.shape(layer.data[0] if layer.multiscale else layer.data)[
+                 :2]) == tuple(shape)]
+    return max(found, key=lambda layer: len(layer.name), default=None)
+
+
+def _refresh_measured_features(layer: Any, columns: dict[str, np.ndarray]) -> None:
+    """Put fresh measurement columns into a Labels layer's features, row by label id."""
+    import pandas as pd
+
+    table = pd.DataFrame(layer.features)
+    if "index" not in table or not len(table):
+        return
+    n_instances = int((np.asarray(columns["origin"]) != "box").sum())
+    ids = np.asarray(columns["id"])[:n_instances]
+    shared = {"image", "id", "class", "score", "origin"}
+    for name, values in columns.items():
+        if name not in shared:
+            table[name] = table["index"].map(pd.Series(np.asarray(values)[:n_instances],
+                                                       index=ids))
+    layer.features = table

@@ -33,7 +33,7 @@ from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from .._layers import META_IMAGE_NAME, layer_data_to_annotation
+from .._layers import META_IMAGE_NAME, layers_to_annotations
 from ..core.errors import InputError
 from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
@@ -240,7 +240,7 @@ class TrainWidget(Container):
         layers = list(self.layers.value)
         if not layers and folder is None:
             raise InputError(None, "choose at least one corrected layer or an images folder")
-        annotations = _layers_to_annotations(layers) if layers else []
+        annotations = layers_to_annotations(layers) if layers else []
         images = [self._image_of(annotation) for annotation in annotations]
         return {
             "images": images,
@@ -370,18 +370,6 @@ def _train_job(*, images: list[tuple[Any, bool, bool]], annotations: list[Annota
         log.debug("Train failed", exc_info=True)
         return Failed(exc)
     return result
-
-
-def _layers_to_annotations(layers: list[Any]) -> list[Annotation]:
-    """Annotations of the chosen layers (a Labels and a Shapes layer of one image join)."""
-    tuples = []
-    for layer in layers:
-        data, meta, layer_type = layer.as_layer_data_tuple()
-        if layer_type == "labels":  # the user may paint on while training runs
-            data = np.array(data[0] if meta.get("multiscale") else data)
-        tuples.append((data, meta, layer_type))
-    # each annotation's image_name is the layers' image name, or their name without suffix
-    return layer_data_to_annotation(tuples)
 
 
 def _image_array(data: Any, multiscale: bool, rgb: bool) -> np.ndarray:

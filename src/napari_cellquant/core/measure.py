@@ -87,7 +87,11 @@ def measure_objects(annotation: Annotation, image: np.ndarray | None = None, *,
 def object_table(annotation: Annotation, image: np.ndarray | None = None, *,
                  pixel_size_um: float | Sequence[float] | None = None) -> list[dict[str, object]]:
     """:func:`measure_objects` as one dict per object, undefined values as None (CSV)."""
-    columns = measure_objects(annotation, image, pixel_size_um=pixel_size_um)
+    return object_rows(measure_objects(annotation, image, pixel_size_um=pixel_size_um))
+
+
+def object_rows(columns: dict[str, np.ndarray]) -> list[dict[str, object]]:
+    """Columns of :func:`measure_objects` as one dict per object, NaN as None."""
     values = [[None if isinstance(v, float) and math.isnan(v) else v for v in col.tolist()]
               for col in columns.values()]
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
@@ -112,4 +116,4 @@ def _channels(image: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | 
     return pixels.astype(np.float32, copy=False)
 
 
-__all__ = ["OBJECT_COLUMNS", "measure_objects", "object_columns", "object_table"]
+__all__ = ["OBJECT_COLUMNS", "measure_objects", "object_columns", "object_rows", "object_table"]
