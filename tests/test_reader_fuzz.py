@@ -213,6 +213,64 @@ def test_json_files_that_are_not_json(data: bytes, bom: bool) -> None:
     _check(read_annotations, path)
 
 
+@st.composite
+def geojson_like(draw: st.DrawFn) -> object:
+    """A QuPath-shaped FeatureCollection whose members are mostly plausible and sometimes not."""
+    ring = st.lists(st.lists(st.floats(-5, 1e6) | st.just(float("nan")), max_size=3),
+                    max_size=6)
+    geometry = st.fixed_dictionaries({}, optional={
+        "type": st.one_of(st.sampled_from(["Polygon", "MultiPolygon", "Point", "LineString"]),
+                          VALUE),
+        "coordinates": st.one_of(st.lists(ring, max_size=2), st.lists(st.lists(ring, max_size=2),
+                                                                       max_size=2), VALUE)})
+    properties = st.fixed_dictionaries({}, optional={
+        "classification": st.one_of(st.fixed_dictionaries({"name": st.one_of(
+            st.sampled_from(["RBC", "WBC", "Tumor"]), VALUE)}), VALUE),
+        "measurements": st.one_of(st.dictionaries(st.text(max_size=6), VALUE, max_size=3),
+                                  VALUE),
+        "cellquant": st.one_of(st.fixed_dictionaries({}, optional={
+            "id": VALUE, "box": VALUE, "origin": VALUE}), VALUE)})
+    feature = st.fixed_dictionaries({"type": st.just("Feature")}, optional={
+        "geometry": st.one_of(geometry, VALUE), "properties": st.one_of(properties, VALUE)})
+    features = draw(st.lists(feature, max_size=3))
+    if draw(st.booleans()):
+        return features
+    return {"type": "FeatureCollection", "features": features}
+
+
+@pytest.mark.parametrize("suffix", [".geojson", ".json"])
+@FUZZ
+@given(data=geojson_like())
+def test_geojson_of_the_wrong_shape(suffix: str, data: object) -> None:
+    import warnings
+
+    path = _write(json.dumps(data).encode(), suffix)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # skipped points, sizes taken from the extent
+        _check(read_annotations, path)
+
+
+@FUZZ
+@given(cut=st.floats(0, 1), flips=st.lists(st.integers(0, 10**6), max_size=4),
+       suffix=st.sampled_from([".zip", ".roi"]))
+def test_imagej_rois_truncated_or_corrupted(cut: float, flips: list[int], suffix: str) -> None:
+    import roifile
+
+    roi = roifile.ImagejRoi.frompoints(np.array([[1, 1], [9, 1], [9, 7], [1, 7]]), name="rbc-1")
+    with tempfile.TemporaryDirectory() as folder:
+        good = Path(folder) / f"a{suffix}"
+        roifile.roiwrite(good, [roi, roi] if suffix == ".zip" else roi)
+        data = bytearray(good.read_bytes())
+    for flip in flips:
+        data[flip % len(data)] ^= 0xFF
+    path = _write(bytes(data[: max(1, int(len(data) * cut))]), suffix)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _check(read_annotations, path)
+
+
 XML_TEXT = st.one_of(st.text(max_size=6), st.sampled_from(["10", "-3", "nan", "1e400", "",
                                                             "0", "a.png"]))
 

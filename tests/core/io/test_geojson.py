@@ -98,6 +98,7 @@ def _prediction() -> tuple[np.ndarray, Annotation]:
 def test_round_trip_is_exact(tmp_path: Path) -> None:
     image, ann = _prediction()
     skio.imsave(tmp_path / "smear.png", image, check_contrast=False)
+    ann.image_path = tmp_path / "smear.png"
     (path,) = write_annotations([ann], tmp_path, to="geojson")
     assert path == tmp_path / "smear.geojson"
     (back,) = read_annotations(path)
@@ -113,6 +114,9 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert len(props["classification"]["color"]) == 3
     assert props["measurements"]["area_um2"] == pytest.approx(
         props["measurements"]["area_px"] * 0.25)
+    first = int(ann.instance_ids()[0])  # the image is known: intensities too
+    assert props["measurements"]["mean_intensity_1"] == pytest.approx(
+        image[..., 1][ann.labels == first].mean())
 
 
 def test_files_are_valid_for_geojson_and_shapely(tmp_path: Path) -> None:
@@ -157,5 +161,5 @@ def test_refuses_to_overwrite_and_names_bad_files(tmp_path: Path) -> None:
         with pytest.raises(InputError, match="'Tumor' is not in class set 'blood3'"):
             read_geojson(unknown, class_set=get_class_set("blood3"))
     (json_file := tmp_path / "other.json").write_text('{"a": 1}')
-    with pytest.raises(InputError, match="neither COCO.*nor GeoJSON"):
+    with pytest.raises(InputError, match=r"neither COCO.*nor GeoJSON"):
         detect_kind(json_file)

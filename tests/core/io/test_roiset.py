@@ -55,7 +55,7 @@ def test_round_trip_is_exact_and_fiji_reads_the_rois(tmp_path: Path) -> None:
 def test_reads_rois_as_fiji_makes_them(tmp_path: Path) -> None:
     """Fiji's Analyze Particles names ROIs ``slice-y-x`` and gives them no class."""
     rois = []
-    for k, (x, y) in enumerate([(2, 2), (12, 4)]):
+    for x, y in [(2, 2), (12, 4)]:
         roi = roifile.ImagejRoi.frompoints(np.array([[x, y], [x + 6, y], [x + 6, y + 5],
                                                      [x, y + 5]]), name=f"0001-{y:04d}-{x:04d}")
         roi.roitype = roifile.ROI_TYPE.POLYGON

@@ -81,7 +81,7 @@ def looks_like_geojson(path: PathLike) -> bool:
 # --- reading ---------------------------------------------------------------------------------
 def _rings(source: Path, k: int, geometry: dict[str, Any]) -> list[np.ndarray]:
     kind = geometry.get("type")
-    polygons = geometry.get("coordinates")
+    polygons: Any = geometry.get("coordinates")
     if kind == "Polygon":
         polygons = [polygons]
     try:
@@ -90,19 +90,16 @@ def _rings(source: Path, k: int, geometry: dict[str, Any]) -> list[np.ndarray]:
         raise InputError(source, f"feature {k + 1}: {kind} coordinates are not rings of "
                          "[x, y] numbers") from None
     for ring in rings:
-        if ring.ndim != 2 or ring.shape[1] < 2 or not np.isfinite(ring).all():
+        if ring.ndim != 2 or ring.shape[1] < 2:
             raise InputError(source, f"feature {k + 1}: {kind} coordinates are not rings of "
-                             "finite [x, y] numbers")
-        if ring.min() < -1:
-            raise InputError(source, f"feature {k + 1}: coordinates reach {ring.min():g}, "
-                             "outside the image (QuPath's origin is the top-left corner)")
+                             "[x, y] numbers")
     return [ring[:, :2] for ring in rings]
 
 
 def _measurements(properties: dict[str, Any]) -> dict[str, Any]:
     value = properties.get("measurements") or {}
     if isinstance(value, list):  # QuPath 0.2 / 0.3: [{"name": ..., "value": ...}]
-        return {m.get("name"): m.get("value") for m in value if isinstance(m, dict)}
+        return {str(m.get("name")): m.get("value") for m in value if isinstance(m, dict)}
     return value if isinstance(value, dict) else {}
 
 
@@ -120,18 +117,22 @@ def _outline(source: Path, k: int, feature: Any) -> Outline | None:
     geometry = feature["geometry"]
     if geometry.get("type") not in _AREA_GEOMETRIES:
         return None
-    properties = feature.get("properties") or {}
-    classification = properties.get("classification") or {}
-    name = classification.get("name") if isinstance(classification, dict) else None
-    ours = properties.get("cellquant") if isinstance(properties.get("cellquant"), dict) else {}
+    properties = _dict(feature.get("properties"))
+    name = _dict(properties.get("classification")).get("name")
+    ours = _dict(properties.get("cellquant"))
     rings = _rings(source, k, geometry)
     outline = Outline(rings=rings, class_name=str(name) if name else None,
                       score=_score(_measurements(properties)), origin=ours.get("origin"),
                       object_id=ours.get("id") if isinstance(ours.get("id"), int) else None)
     if ours.get("box") and len(rings) == 1:
-        lows, highs = rings[0].min(axis=0), rings[0].max(axis=0)
-        outline.box = (float(lows[0]), float(lows[1]), *(float(v) for v in highs - lows))
+        (x, y), (right, bottom) = rings[0].min(axis=0), rings[0].max(axis=0)
+        outline.box = (float(x), float(y), float(right - x), float(bottom - y))
     return outline
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else empty: foreign files put odd things there."""
+    return value if isinstance(value, dict) else {}
 
 
 def _image_for(path: Path, images_dir: PathLike | None) -> tuple[str, Path | None]:
@@ -257,7 +258,8 @@ def geojson_dict(annotation: Annotation, image: np.ndarray | None = None) -> dic
 def write_geojson(annotations: Sequence[Annotation], dst: PathLike, *,
                   overwrite: bool = False) -> list[Path]:
     """Write one ``<image stem>.geojson`` per image into the folder ``dst`` (or, for one image,
-    to ``dst`` itself when it ends in ``.geojson``), as QuPath imports them by drag and drop.
+    to ``dst`` itself when it ends in ``.geojson``), as QuPath imports them by drag and drop;
+    measurements include each channel's mean intensity when the image is found.
     Existing files are refused unless ``overwrite``; every file is written atomically."""
     if not annotations:
         raise InputError(None, "nothing to write: no annotations were read")
@@ -275,6 +277,19 @@ def write_geojson(annotations: Sequence[Annotation], dst: PathLike, *,
                              "named after their images")
         paths = [target / f"{stem}{SUFFIX}" for stem in stems]
     check_free(paths, overwrite)
-    return [write_text_atomic(path, json.dumps(geojson_dict(a), separators=(",", ":")),
-                              overwrite=overwrite)
+    return [write_text_atomic(path, json.dumps(geojson_dict(a, _pixels_of(a)),
+                                               separators=(",", ":")), overwrite=overwrite)
             for path, a in zip(paths, annotations, strict=True)]
+
+
+def _pixels_of(annotation: Annotation) -> np.ndarray | None:
+    """The annotated image, when it is known and readable, for the mean intensities."""
+    from ..errors import CellquantError
+    from .images import read_image
+
+    if annotation.image_path is None or not Path(annotation.image_path).is_file():
+        return None
+    try:
+        return read_image(annotation.image_path)
+    except CellquantError:
+        return None

@@ -172,6 +172,17 @@ class Outline:
         return float(points[:, 1].max()), float(points[:, 0].max())
 
 
+def _check_coordinates(source: Path, k: int, outline: Outline) -> None:
+    """Finite coordinates inside the image's top-left corner (within a pixel of rounding)."""
+    values = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in outline.rings]
+                            + [np.asarray(outline.box or (), dtype=np.float64)])
+    if not values.size or not np.isfinite(values).all():
+        raise InputError(source, f"object {k + 1} has no finite coordinates")
+    if values.min() < -1 or (outline.box is not None and min(outline.box[2:]) < 0):
+        raise InputError(source, f"object {k + 1} reaches {values.min():g}, outside the image "
+                         "(the origin is its top-left corner) or has a negative size")
+
+
 def _class_set_for(source: Path, names: Sequence[str | None],
                    class_set: ClassSet | str | None) -> tuple[ClassSet, list[int]]:
     """The class set and each object's class id; unclassified objects are named
@@ -220,6 +231,8 @@ def annotation_from_outlines(
     reaching beyond the image is an error naming it; one hidden completely is counted in
     ``meta["hidden_objects"]`` with a warning.
     """
+    for k, outline in enumerate(outlines):
+        _check_coordinates(source, k, outline)
     cs, class_ids = _class_set_for(source, [o.class_name for o in outlines], class_set)
     shape = _image_shape(source, image_path, outlines)
     for k, outline in enumerate(outlines):

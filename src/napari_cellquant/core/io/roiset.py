@@ -54,7 +54,7 @@ def looks_like_roiset(path: PathLike) -> bool:
             with zipfile.ZipFile(p) as z:
                 names = z.namelist()
             return bool(names) and all(n.lower().endswith(".roi") for n in names)
-    except OSError:
+    except (OSError, zipfile.BadZipFile, ValueError):
         return False
     return False
 
@@ -208,10 +208,10 @@ def roiset_rois(annotation: Annotation) -> list[Any]:
         rois.append(_described(roi, annotation, class_id, i, annotation.origins.get(i, "file"),
                                annotation.scores.get(i, math.nan)))
     first_box = int(annotation.labels.max(initial=0)) + 1
-    for j, (xywh, class_id, score) in enumerate(zip(
+    for j, ((x, y, w, h), class_id, score) in enumerate(zip(
             annotation.boxes.xywh.tolist(), annotation.boxes.class_ids.tolist(),
             annotation.boxes.scores.tolist(), strict=True)):
-        roi = _box_roi(*xywh, name=f"{cs.name_of(class_id)}-{first_box + j}")
+        roi = _box_roi(x, y, w, h, name=f"{cs.name_of(class_id)}-{first_box + j}")
         rois.append(_described(roi, annotation, class_id, first_box + j, "file", score))
     return rois
 
