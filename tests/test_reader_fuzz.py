@@ -256,10 +256,11 @@ def test_geojson_of_the_wrong_shape(suffix: str, data: object) -> None:
 def test_imagej_rois_truncated_or_corrupted(cut: float, flips: list[int], suffix: str) -> None:
     import roifile
 
-    roi = roifile.ImagejRoi.frompoints(np.array([[1, 1], [9, 1], [9, 7], [1, 7]]), name="rbc-1")
+    square = np.array([[1, 1], [9, 1], [9, 7], [1, 7]])
+    rois = [roifile.ImagejRoi.frompoints(square + k, name=f"rbc-{k + 1}") for k in range(2)]
     with tempfile.TemporaryDirectory() as folder:
         good = Path(folder) / f"a{suffix}"
-        roifile.roiwrite(good, [roi, roi] if suffix == ".zip" else roi)
+        roifile.roiwrite(good, rois if suffix == ".zip" else rois[0])
         data = bytearray(good.read_bytes())
     for flip in flips:
         data[flip % len(data)] ^= 0xFF
