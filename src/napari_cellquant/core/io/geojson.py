@@ -38,7 +38,7 @@ from ..annotation import Annotation
 from ..classes import ClassSet
 from ..errors import InputError
 from .atomic import check_free, write_text_atomic
-from .outlines import Outline, annotation_from_outlines, instance_polygons
+from .outlines import Outline, annotation_from_outlines, instance_polygons, per_image_paths
 
 __all__ = ["geojson_dict", "looks_like_geojson", "read_geojson", "write_geojson"]
 
@@ -261,21 +261,8 @@ def write_geojson(annotations: Sequence[Annotation], dst: PathLike, *,
     to ``dst`` itself when it ends in ``.geojson``), as QuPath imports them by drag and drop;
     measurements include each channel's mean intensity when the image is found.
     Existing files are refused unless ``overwrite``; every file is written atomically."""
-    if not annotations:
-        raise InputError(None, "nothing to write: no annotations were read")
-    target = Path(dst)
-    if target.suffix.lower() == SUFFIX:
-        if len(annotations) != 1:
-            raise InputError(target, f"{len(annotations)} images need a folder, one GeoJSON "
-                             "file each")
-        paths = [target]
-    else:
-        stems = [Path(a.image_name or "image").stem for a in annotations]
-        repeated = sorted({s for s in stems if stems.count(s) > 1})
-        if repeated:
-            raise InputError(None, f"two images named {repeated[0]!r}: GeoJSON files are "
-                             "named after their images")
-        paths = [target / f"{stem}{SUFFIX}" for stem in stems]
+    paths = per_image_paths(annotations, Path(dst), file_suffix=SUFFIX, ending=SUFFIX,
+                            what="GeoJSON file")
     check_free(paths, overwrite)
     return [write_text_atomic(path, json.dumps(geojson_dict(a, _pixels_of(a)),
                                                separators=(",", ":")), overwrite=overwrite)

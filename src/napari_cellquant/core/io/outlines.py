@@ -32,7 +32,7 @@ from ..classes import ClassSet, get_class_set, infer_class_set
 from ..errors import InputError
 
 __all__ = ["Outline", "annotation_from_outlines", "instance_polygons", "mask_polygons",
-           "rings_to_mask", "trace_pixel_borders"]
+           "per_image_paths", "rings_to_mask", "trace_pixel_borders"]
 
 #: the name given to objects a file leaves unclassified, when other objects have a class
 UNCLASSIFIED = "unclassified"
@@ -170,6 +170,24 @@ class Outline:
         points = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1, 2)
                                  for r in self.rings])
         return float(points[:, 1].max()), float(points[:, 0].max())
+
+
+def per_image_paths(annotations: Sequence[Annotation], dst: Path, *, file_suffix: str,
+                    ending: str, what: str) -> list[Path]:
+    """Where a one-image-per-file format writes: ``dst`` itself for one image when it ends in
+    ``file_suffix``, else ``dst / <image stem><ending>`` per image (names must not repeat)."""
+    if not annotations:
+        raise InputError(None, "nothing to write: no annotations were read")
+    if dst.suffix.lower() == file_suffix:
+        if len(annotations) != 1:
+            raise InputError(dst, f"{len(annotations)} images need a folder, one {what} each")
+        return [dst]
+    stems = [Path(a.image_name or "image").stem for a in annotations]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise InputError(None, f"two images named {repeated[0]!r}: {what}s are named after "
+                         "their images")
+    return [dst / f"{stem}{ending}" for stem in stems]
 
 
 def _check_coordinates(source: Path, k: int, outline: Outline) -> None:

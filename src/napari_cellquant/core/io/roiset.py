@@ -34,7 +34,7 @@ from ..annotation import Annotation
 from ..classes import ClassSet
 from ..errors import InputError
 from .atomic import atomic_path, check_free
-from .outlines import Outline, annotation_from_outlines, instance_polygons
+from .outlines import Outline, annotation_from_outlines, instance_polygons, per_image_paths
 
 __all__ = ["looks_like_roiset", "read_roiset", "write_roiset"]
 
@@ -223,21 +223,8 @@ def write_roiset(annotations: Sequence[Annotation], dst: PathLike, *,
     ``overwrite``; every file is written atomically."""
     import roifile
 
-    if not annotations:
-        raise InputError(None, "nothing to write: no annotations were read")
-    target = Path(dst)
-    if target.suffix.lower() == ".zip":
-        if len(annotations) != 1:
-            raise InputError(target, f"{len(annotations)} images need a folder, one ROI set "
-                             "each")
-        paths = [target]
-    else:
-        stems = [Path(a.image_name or "image").stem for a in annotations]
-        repeated = sorted({s for s in stems if stems.count(s) > 1})
-        if repeated:
-            raise InputError(None, f"two images named {repeated[0]!r}: ROI sets are named "
-                             "after their images")
-        paths = [target / f"{stem}{SUFFIX}" for stem in stems]
+    paths = per_image_paths(annotations, Path(dst), file_suffix=".zip", ending=SUFFIX,
+                            what="ROI set")
     check_free(paths, overwrite)
     written = []
     for path, annotation in zip(paths, annotations, strict=True):
