@@ -81,8 +81,19 @@ IMAGE_READERS: dict[str, Callable[[Path], object]] = {
 }
 
 
+_FOLDER: list[Path] = []  # this module's scratch folder, under pytest's own temporary tree
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scratch(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Hypothesis calls a test many times in one function scope, so ``tmp_path`` cannot give
+    each example its own folder; one module folder that pytest prunes with its other runs
+    does, instead of a ``mkdtemp`` per example left behind in the system's temp."""
+    _FOLDER[:] = [tmp_path_factory.mktemp("fuzz")]
+
+
 def _write(data: bytes, suffix: str) -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="cellquant-fuzz-"))
+    folder = Path(tempfile.mkdtemp(prefix="example-", dir=_FOLDER[0]))
     path = folder / f"fuzz{suffix}"
     path.write_bytes(data)
     return path
@@ -310,7 +321,7 @@ def test_xml_of_the_wrong_shape(reader: str, text: str) -> None:
        valid_instances=st.booleans(), with_partner=st.booleans())
 def test_masks_folders_with_broken_members(instances: bytes, classes_json: str,
                                            valid_instances: bool, with_partner: bool) -> None:
-    folder = Path(tempfile.mkdtemp(prefix="cellquant-fuzz-"))
+    folder = Path(tempfile.mkdtemp(prefix="masks-", dir=_FOLDER[0]))
     (folder / "a_instances.tif").write_bytes(VALID[".tif"] if valid_instances
                                              else MAGIC[".tif"] + instances)
     if with_partner:

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from batch_outputs import assert_same_outputs, snapshot
 from skimage.io import imsave
 
-from batch_outputs import assert_same_outputs, snapshot
 from napari_cellquant.cli import main
 from napari_cellquant.core.io import read_annotations
 from napari_cellquant.core.synthetic import synthetic_blood_smear

@@ -1,4 +1,5 @@
-"""Training learns, fine-tunes, checkpoints, resumes and cancels, on tiny networks (CPU)."""
+"""core.training.loop: training learns, fine-tunes, checkpoints, resumes and cancels, on tiny
+networks (CPU); the CLI trains; the bundled models are what their cards say."""
 
 from __future__ import annotations
 
@@ -8,98 +9,30 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from training_cases import (
+    config,
+    dense_card,
+    detector_card,
+    fluorescent_nuclei,
+    foreground_iou,
+)
 
 from napari_cellquant.cli import main as cli_main
 from napari_cellquant.core.annotation import Annotation, Boxes
-from napari_cellquant.core.classes import BLOOD3, BLOOD10, CELL, NET4
+from napari_cellquant.core.classes import BLOOD3, NET4
 from napari_cellquant.core.errors import InputError, OutputExistsError
-from napari_cellquant.core.models.card import ModelCard
 from napari_cellquant.core.models.registry import WeightsError
 from napari_cellquant.core.predict import load_model, predict
 from napari_cellquant.core.synthetic import synthetic_blood_smear
 from napari_cellquant.core.training import (
     TrainingConfig,
     iter_train,
-    load_training_pairs,
-    make_sample,
     output_paths,
     train,
 )
-from napari_cellquant.core.training.augment import dihedral_boxes
-from napari_cellquant.core.training.datasets import class_lookup
 from napari_cellquant.core.training.validation import match_boxes
 
-BLOOD_NORM = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4],
-              "range": 255}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def dense_card(tmp_path, class_set="cell", n_classes=1, name="tiny-seg") -> str:
-    """A tiny two-level U-Net card (classes + distance heads), saved beside the tests' files."""
-    card = ModelCard(
-        name=name, kind="learned", task="instances", class_set=class_set,
-        normalization=BLOOD_NORM, tile=96, diameter_px={"rbc": 20.0},
-        architecture={"widths": [8, 16], "n_classes": n_classes,
-                      "heads": ["classes", "distance"]},
-        postprocess={"min_size": 10, "min_distance": 4},
-    )
-    path = tmp_path / f"{name}.json"
-    card.save(path)
-    return str(path)
-
-
-def detector_card(tmp_path) -> str:
-    card = ModelCard(
-        name="tiny-det", kind="learned", task="boxes", class_set="net4",
-        normalization={"mode": "percentile", "low": 1.0, "high": 99.8}, tile=128,
-        architecture={"widths": [8, 16, 32], "heads": [],
-                      "detector": {"n_classes": 4, "stride": 4, "head_width": 16}},
-        postprocess={"threshold": 0.3, "max_detections": 50},
-    )
-    path = tmp_path / "tiny-det.json"
-    card.save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def smear():
-    """A 96 x 96 synthetic smear and its truth as one-class cells."""
-    image, truth = synthetic_blood_smear((96, 96), seed=1, rbc_radius=10)
-    return image, Annotation.from_labels(truth.labels, CELL, image_name="smear.png")
-
-
-def config(card, smear, output, **changes) -> TrainingConfig:
-    image, annotation = smear
-    settings = {"epochs": 2, "crop": 64, "batch_size": 2, "steps_per_epoch": 3, "lr": 3e-3,
-                "patience": None, "augment": False, "val_fraction": 0.0}
-    settings.update(changes)
-    return TrainingConfig(base=card, images=[image], annotations=[annotation], output=output,
-                          **settings)
-
-
-def foreground_iou(found: Annotation, truth: Annotation) -> float:
-    a, b = found.labels > 0, truth.labels > 0
-    return float((a & b).sum() / (a | b).sum())
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, smear):
-    """A tiny segmenter overfitted to the smear (shared by the fine-tuning tests)."""
-    folder = tmp_path_factory.mktemp("trained")
-    card = dense_card(folder)
-    result = train(config(card, smear, folder / "cells.pt", epochs=12, steps_per_epoch=5,
-                          crop=96, augment=True, scale_range=(0.9, 1.1)))
-    return result
-
-
-# --- learning ---------------------------------------------------------------------------------
 def test_small_network_overfits_one_image(trained, smear):
     """60 seeded steps take a random tiny U-Net to foreground IoU >= 0.9 through predict()."""
     image, truth = smear
@@ -150,7 +83,6 @@ def test_worse_fine_tuning_is_reported(trained, smear, tmp_path):
     assert card["metrics"]["validation"]["base"] == pytest.approx(result.base_score)
 
 
-# --- checkpoints, cancel, resume --------------------------------------------------------------
 def test_cancel_stops_within_one_step_and_keeps_the_last_good_checkpoint(smear, tmp_path):
     card = dense_card(tmp_path)
     seen = []
@@ -206,7 +138,6 @@ def test_existing_output_is_not_overwritten(smear, tmp_path):
     assert (tmp_path / "x.pt").read_bytes() == b"mine"
 
 
-# --- clear errors -----------------------------------------------------------------------------
 def test_corrupt_checkpoint_is_a_clear_error(smear, tmp_path):
     card = dense_card(tmp_path)
     _, _, checkpoint = output_paths(tmp_path / "k.pt")
@@ -254,39 +185,6 @@ def test_classes_that_do_not_map_name_themselves(smear, tmp_path):
                                        annotations=[annotation], output=tmp_path / "m.pt")))
 
 
-def test_class_mapping_by_name_and_blood10_to_blood3():
-    lookup = class_lookup(BLOOD10, BLOOD3)
-    assert lookup[BLOOD10.id_of("neutrophil")] == BLOOD3.id_of("wbc")
-    assert lookup[BLOOD10.id_of("infected_rbc")] == BLOOD3.id_of("rbc")
-    assert lookup[BLOOD10.id_of("platelet_clump")] == BLOOD3.id_of("platelet")
-    assert class_lookup(BLOOD3, BLOOD3).tolist() == [0, 1, 2, 3]
-
-
-def test_box_only_data_cannot_train_a_segmenter(smear, tmp_path):
-    image, _ = smear
-    annotation = Annotation.empty((96, 96), CELL, boxes=Boxes([[1, 1, 9, 9]], [1]))
-    card = ModelCard.load(dense_card(tmp_path))
-    with pytest.raises(InputError, match="boxes only"):
-        make_sample(image, annotation, card)
-
-
-# --- detector ---------------------------------------------------------------------------------
-def fluorescent_nuclei(seed: int = 3) -> tuple[np.ndarray, Annotation]:
-    """Bright discs (NET-sized 14-20 px) on a dark, noisy background, with their boxes."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:128, 0:128]
-    image = rng.normal(20, 4, (128, 128))
-    rows = []
-    for cy, cx in [(24, 26), (28, 92), (70, 54), (100, 22), (104, 100), (62, 108)]:
-        r = rng.uniform(7, 10)
-        image += 180 * ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
-        rows.append((cx - r, cy - r, 2 * r, 2 * r))
-    pixels = np.clip(image, 0, 255).astype(np.uint8)
-    boxes = Boxes(rows, [NET4.id_of("NET")] * len(rows))
-    return np.stack([pixels * 0, pixels, pixels // 4], axis=-1), Annotation.empty(
-        (128, 128), NET4, boxes=boxes, image_name="nuclei.png")
-
-
 def test_centernet_detector_learns_the_boxes_of_one_image(tmp_path):
     image, truth = fluorescent_nuclei()
     result = train(TrainingConfig(
@@ -297,57 +195,6 @@ def test_centernet_detector_learns_the_boxes_of_one_image(tmp_path):
     found = predict(image, load_model(result.weights, "cpu"))
     assert match_boxes(found.boxes, truth.boxes, 0.5) >= len(truth.boxes) - 1
     assert len(found.boxes) <= len(truth.boxes) + 1
-
-
-def test_box_transforms_follow_the_pixels():
-    """Boxes moved by dihedral_boxes cover the pixels the same turn/flips move."""
-    size = 32
-    xywh = np.array([[3.0, 5.0, 10.0, 4.0]])
-    mask = torch.zeros(size, size)
-    mask[5:9, 3:13] = 1
-    for turn in (False, True):
-        for flip_x in (False, True):
-            for flip_y in (False, True):
-                moved = mask
-                if turn:
-                    moved = torch.rot90(moved, 1, dims=(-2, -1))
-                if flip_x:
-                    moved = moved.flip(-1)
-                if flip_y:
-                    moved = moved.flip(-2)
-                rows, cols = np.nonzero(moved.numpy())
-                x, y, w, h = dihedral_boxes(xywh, size, turn, flip_x, flip_y)[0]
-                assert (x, y, w, h) == (cols.min(), rows.min(), np.ptp(cols) + 1, np.ptp(rows) + 1)
-
-
-# --- data and the command line ----------------------------------------------------------------
-def test_real_data_maps_onto_the_bundled_class_sets(shared_data):
-    from napari_cellquant.core.models.registry import get_card
-
-    blood = load_training_pairs(shared_data / "blood_smear_224" / "images",
-                                shared_data / "blood_smear_224" / "segments",
-                                class_set="blood10")
-    assert len(blood) == 14 and blood[0][0].shape == (224, 224, 3)
-    sample = make_sample(*blood[0], get_card("blood-unet"))
-    assert sample.classes.max() <= 9 and (sample.classes > 0).mean() > 0.1
-    assert sample.distance.max() == pytest.approx(1.0)
-    with pytest.warns(UserWarning):
-        nets = load_training_pairs(None, shared_data / "net_fluorescence" / "coco.json")
-    samples = [make_sample(image, ann, get_card("net-detector")) for image, ann in nets]
-    assert sorted(len(s.boxes) for s in samples) == [16, 27]
-
-
-def test_napari_layers_become_training_samples(tmp_path):
-    """Corrected napari layers (Labels with class features) train like files do."""
-    from napari_cellquant._layers import annotation_to_layer_data, layer_data_to_annotation
-
-    image, truth = synthetic_blood_smear((64, 64), seed=4, rbc_radius=9)
-    layers = annotation_to_layer_data(truth)
-    (annotation,) = layer_data_to_annotation(layers)
-    card = ModelCard.load(dense_card(tmp_path, "blood3", 3, name="coarse"))
-    sample = make_sample(image, annotation, card)
-    rbc = np.isin(truth.class_map(), [BLOOD10.id_of("healthy_rbc"), BLOOD10.id_of("infected_rbc")])
-    assert np.array_equal(sample.classes == BLOOD3.id_of("rbc"), rbc)
 
 
 def test_cli_train_writes_weights_and_card_that_predict_accepts(smear, tmp_path, capsys):
@@ -378,7 +225,6 @@ def test_cli_train_writes_weights_and_card_that_predict_accepts(smear, tmp_path,
     assert code == 1 and "already exists" in capsys.readouterr().err
 
 
-# --- the bundled models -----------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "figure"), [("blood-unet", "mean_iou"),
                                               ("net-detector", "ap50_net")])
 def test_bundled_models_are_small_measured_and_run(name, figure):
@@ -397,19 +243,3 @@ def test_bundled_models_are_small_measured_and_run(name, figure):
         fluorescent_nuclei()
     found = predict(image, model)
     assert found.class_set.name == card.class_set and found.shape == image.shape[:2]
-
-
-def test_training_images_that_do_not_fit_their_labels_are_refused(tmp_path):
-    from skimage.io import imsave
-
-    masks, images = tmp_path / "masks", tmp_path / "images"
-    masks.mkdir()
-    images.mkdir()
-    labels = np.zeros((32, 40), np.uint16)
-    labels[4:12, 5:15] = 1
-    tifffile.imwrite(masks / "cells_instances.tif", labels)
-    tifffile.imwrite(masks / "cells_classes.tif", (labels > 0).astype(np.uint8))
-    imsave(images / "cells.png", np.zeros((32, 48, 3), np.uint8), check_contrast=False)
-    with pytest.raises(InputError, match=r"label shape \(32, 40\) differs from image shape "
-                       r"\(32, 48\)"):
-        load_training_pairs(images, masks)
