@@ -52,8 +52,7 @@ NET_MODELS = ("net-classical", "net-detector")
 NUCLEI_MODELS = ("fluo-resunet", "fluo-classical")
 #: a crowded image, where touching nuclei must be split
 CROWDED = 50
-SETS = ("txl_pbc_val", "bccd", "net_fluorescence", "net_fluorescence_loio", "dsb2018_val",
-        "coelho")
+SETS = ("txl_pbc_val", "bccd", "net_fluorescence", "net_fluorescence_loio", "dsb2018_val", "coelho")
 
 
 # ------------------------------------------------------------------------------------------
@@ -96,19 +95,27 @@ def blood_figures(truth: list, predictions: list, *, rbc: bool = True) -> dict:
         "map50": float(np.mean(valid)) if valid else None,
         "ap50": ap50,
         "wbc_exact": float(np.mean(wbc_gt == wbc_pred)),
-        "wbc_gt": int(wbc_gt.sum()), "wbc_pred": int(wbc_pred.sum()),
+        "wbc_gt": int(wbc_gt.sum()),
+        "wbc_pred": int(wbc_pred.sum()),
         "platelet_mae": float(np.mean(np.abs(plt_gt - plt_pred))),
-        "platelet_gt": int(plt_gt.sum()), "platelet_pred": int(plt_pred.sum()),
+        "platelet_gt": int(plt_gt.sum()),
+        "platelet_pred": int(plt_pred.sum()),
     }
     if rbc:
         rbc_gt, rbc_pred = _per_image_counts(truth, "rbc"), _per_image_counts(predictions, "rbc")
         has = rbc_gt > 0
-        figures.update({
-            "rbc_gt": int(rbc_gt.sum()), "rbc_pred": int(rbc_pred.sum()),
-            "rbc_total_error": float(rbc_pred.sum() / max(rbc_gt.sum(), 1) - 1),
-            "rbc_median_error": float(np.median(np.abs(rbc_pred[has] - rbc_gt[has])
-                                                / rbc_gt[has])) if has.any() else None,
-        })
+        figures.update(
+            {
+                "rbc_gt": int(rbc_gt.sum()),
+                "rbc_pred": int(rbc_pred.sum()),
+                "rbc_total_error": float(rbc_pred.sum() / max(rbc_gt.sum(), 1) - 1),
+                "rbc_median_error": float(
+                    np.median(np.abs(rbc_pred[has] - rbc_gt[has]) / rbc_gt[has])
+                )
+                if has.any()
+                else None,
+            }
+        )
     return figures
 
 
@@ -118,11 +125,16 @@ def net_figures(truth: list, predictions: list) -> dict:
     boxes = evaluate_boxes(truth, predictions, iou=0.5)
     counts = count_errors(truth, predictions)
     net = (boxes.get("ap_per_class") or {}).get("NET") or {}
-    return {"images": len(truth), "ap50_net": net.get("ap50"),
-            "net_percent": [(round(r["gt"], 1), round(r["pred"], 1))
-                            for r in counts.get("net_percent") or [] if r["gt"] is not None
-                            and r["pred"] is not None],
-            "net_percent_mae": counts.get("net_percent_mae")}
+    return {
+        "images": len(truth),
+        "ap50_net": net.get("ap50"),
+        "net_percent": [
+            (round(r["gt"], 1), round(r["pred"], 1))
+            for r in counts.get("net_percent") or []
+            if r["gt"] is not None and r["pred"] is not None
+        ],
+        "net_percent_mae": counts.get("net_percent_mae"),
+    }
 
 
 def nuclei_figures(truth: list, predictions: list) -> dict:
@@ -134,16 +146,25 @@ def nuclei_figures(truth: list, predictions: list) -> dict:
     gt = np.array([len(a.instance_ids()) for a in truth], dtype=np.float64)
     found = np.array([len(a.instance_ids()) for a in predictions], dtype=np.float64)
     crowded = [i for i, n in enumerate(gt) if n >= CROWDED]
-    crowded_f1 = (evaluate_instances([truth[i] for i in crowded],
-                                     [predictions[i] for i in crowded])["f1"]
-                  if crowded else None)
+    crowded_f1 = (
+        evaluate_instances([truth[i] for i in crowded], [predictions[i] for i in crowded])["f1"]
+        if crowded
+        else None
+    )
     has = gt > 0
-    return {"images": len(truth), "f1": scores["f1"], "precision": scores["precision"],
-            "recall": scores["recall"], "ap50": scores["ap50"],
-            "mean_matched_iou": scores["mean_matched_iou"],
-            "count_median_error": float(np.median(np.abs(found[has] - gt[has]) / gt[has])),
-            "nuclei_gt": int(gt.sum()), "nuclei_pred": int(found.sum()),
-            "crowded_images": len(crowded), "crowded_f1": crowded_f1}
+    return {
+        "images": len(truth),
+        "f1": scores["f1"],
+        "precision": scores["precision"],
+        "recall": scores["recall"],
+        "ap50": scores["ap50"],
+        "mean_matched_iou": scores["mean_matched_iou"],
+        "count_median_error": float(np.median(np.abs(found[has] - gt[has]) / gt[has])),
+        "nuclei_gt": int(gt.sum()),
+        "nuclei_pred": int(found.sum()),
+        "crowded_images": len(crowded),
+        "crowded_f1": crowded_f1,
+    }
 
 
 def net_area_figures(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarray]) -> dict:
@@ -161,7 +182,8 @@ def net_area_figures(truth: dict[str, np.ndarray], predicted: dict[str, np.ndarr
         "fields": len(names),
         "pixel_iou": float(inter.sum() / union.sum()) if union.sum() else None,
         "mean_field_iou": float(np.mean(inter[union > 0] / union[union > 0]))
-        if (union > 0).any() else None,
+        if (union > 0).any()
+        else None,
         "share_abs_error_mean_pp": float(error.mean()),
         "share_abs_error_median_pp": float(np.median(error)),
         "share_abs_error_max_pp": float(error.max()),
@@ -185,8 +207,11 @@ def same_photographs(pairs: list, folder: Path) -> set[str]:
     ``folder`` (BCCD's size; TXL-PBC renames them), matched by pixel content."""
     from napari_cellquant.core.io.images import image_shape, read_image
 
-    bank = [_thumbnail(read_image(p)) for p in sorted(folder.glob("*.jpg"))
-            if image_shape(p) == (480, 640)]
+    bank = [
+        _thumbnail(read_image(p))
+        for p in sorted(folder.glob("*.jpg"))
+        if image_shape(p) == (480, 640)
+    ]
     if not bank:
         return set()
     stacked = np.stack(bank)
@@ -219,8 +244,9 @@ def load_set(name: str, data: Path, limit: int | None) -> list:
     if name == "txl_pbc_val":
         annotations = read_annotations(data / "txl_pbc" / "labels" / "val")
     elif name == "bccd":
-        annotations = read_annotations(data / "bccd" / "voc", images_dir=data / "bccd" / "images",
-                                       class_set="blood3")
+        annotations = read_annotations(
+            data / "bccd" / "voc", images_dir=data / "bccd" / "images", class_set="blood3"
+        )
     else:
         annotations = read_annotations(data / "net_fluorescence" / "coco.json")
     annotations = annotations[:limit] if limit else annotations
@@ -241,15 +267,33 @@ def coelho_rows(data: Path, models: list[str] | None) -> list[dict]:
     if not models or "net-area" in models:
         held_out = dict(get_card("net-area").metrics.get("held_out") or {})
         if held_out:
-            rows.append({"set": "coelho", "model": "net-area", "seen": 0,
-                         "source": "card: " + str(held_out.pop("scheme", "")),
-                         **{k: v for k, v in held_out.items() if k != "source"}})
+            rows.append(
+                {
+                    "set": "coelho",
+                    "model": "net-area",
+                    "seen": 0,
+                    "source": "card: " + str(held_out.pop("scheme", "")),
+                    **{k: v for k, v in held_out.items() if k != "source"},
+                }
+            )
     if not models or "net-classical" in models:
-        rows.append({"set": "coelho", "model": "net-classical", "seen": 0,
-                     **net_area_figures(truth, classical_masks(fields))})
+        rows.append(
+            {
+                "set": "coelho",
+                "model": "net-classical",
+                "seen": 0,
+                **net_area_figures(truth, classical_masks(fields)),
+            }
+        )
     second = {f["name"]: f["rois2"] for f in fields if f["rois2"] is not None}
-    rows.append({"set": "coelho", "model": "second expert", "seen": 0,
-                 **net_area_figures({k: truth[k] for k in second}, second)})
+    rows.append(
+        {
+            "set": "coelho",
+            "model": "second expert",
+            "seen": 0,
+            **net_area_figures({k: truth[k] for k in second}, second),
+        }
+    )
     return rows
 
 
@@ -258,8 +302,10 @@ def loio_rows(data: Path) -> list[dict]:
     from net_loio import leave_one_image_out
 
     result = leave_one_image_out(data)
-    return [{"set": "net_fluorescence_loio", "model": "net-classical", "seen": 0,
-             "images": 1, **image} for image in result["held_out"]]
+    return [
+        {"set": "net_fluorescence_loio", "model": "net-classical", "seen": 0, "images": 1, **image}
+        for image in result["held_out"]
+    ]
 
 
 def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None) -> list[dict]:
@@ -283,8 +329,10 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
         seen_by: dict[str, set[str]] = {}
         if set_name == "bccd":
             every = {a.image_name for _, a in pairs}
-            seen_by = {"blood-classical": every, "blood-detector": same_photographs(
-                pairs, data / "txl_pbc" / "images" / "train")}
+            seen_by = {
+                "blood-classical": every,
+                "blood-detector": same_photographs(pairs, data / "txl_pbc" / "images" / "train"),
+            }
         elif set_name == "txl_pbc_val":  # BCCD's photographs, on which blood-classical was tuned
             seen_by = {"blood-classical": same_photographs(pairs, data / "bccd" / "images")}
         for model in names:
@@ -293,8 +341,9 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
                 seen = {a.image_name for _, a in pairs}
             # bccd: each model on the photographs it never saw; txl_pbc_val: every model on
             # every image (the seen column says how many blood-classical was tuned on)
-            kept = [p for p in pairs if p[1].image_name not in seen] if set_name == "bccd" \
-                else pairs
+            kept = (
+                [p for p in pairs if p[1].image_name not in seen] if set_name == "bccd" else pairs
+            )
             if not kept:
                 rows.append({"set": set_name, "model": model, "seen": len(seen), "images": 0})
                 continue
@@ -306,8 +355,15 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
                 figures = nuclei_figures(truth, predictions)
             else:
                 figures = net_figures(truth, predictions)
-            rows.append({"set": set_name, "model": model, "seen": len(seen),
-                         "s_per_image": seconds / len(kept), **figures})
+            rows.append(
+                {
+                    "set": set_name,
+                    "model": model,
+                    "seen": len(seen),
+                    "s_per_image": seconds / len(kept),
+                    **figures,
+                }
+            )
             print(_line(rows[-1]), flush=True)
     return rows
 
@@ -321,20 +377,36 @@ def _fmt(value) -> str:
 
 
 def _line(row: dict) -> str:
-    keys = ("map50", "wbc_exact", "platelet_mae", "rbc_total_error", "rbc_median_error",
-            "ap50_net", "net_percent_mae", "f1", "mean_matched_iou", "count_median_error",
-            "crowded_f1", "net_percent_gt", "net_percent_pred", "pixel_iou",
-            "share_abs_error_mean_pp", "fields_within_3pp", "share_r2")
+    keys = (
+        "map50",
+        "wbc_exact",
+        "platelet_mae",
+        "rbc_total_error",
+        "rbc_median_error",
+        "ap50_net",
+        "net_percent_mae",
+        "f1",
+        "mean_matched_iou",
+        "count_median_error",
+        "crowded_f1",
+        "net_percent_gt",
+        "net_percent_pred",
+        "pixel_iou",
+        "share_abs_error_mean_pp",
+        "fields_within_3pp",
+        "share_r2",
+    )
     shown = " ".join(f"{k}={_fmt(row.get(k))}" for k in keys if k in row)
-    return (f"{row['set']:<17} {row['model']:<16} images={row.get('images', row.get('fields'))} "
-            f"seen={row['seen']} {shown} s/img={_fmt(row.get('s_per_image'))}")
+    return (
+        f"{row['set']:<17} {row['model']:<16} images={row.get('images', row.get('fields'))} "
+        f"seen={row['seen']} {shown} s/img={_fmt(row.get('s_per_image'))}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--only", action="append",
-                        choices=[*SETS])
+    parser.add_argument("--only", action="append", choices=[*SETS])
     parser.add_argument("--models", help="comma-separated model names (default: all)")
     parser.add_argument("--limit", type=int, help="first N images of each set (quick checks)")
     parser.add_argument("--json", type=Path, help="write every row here")

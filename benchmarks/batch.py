@@ -43,13 +43,13 @@ def make_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def timed_run(images: list[Path], spec, out: Path, workers: int, diameter: float | None,
-              loaded=None) -> float:
+def timed_run(
+    images: list[Path], spec, out: Path, workers: int, diameter: float | None, loaded=None
+) -> float:
     from napari_cellquant.batch import predict_images
 
     start = time.perf_counter()
-    result = predict_images(images, spec, out, diameter=diameter, workers=workers,
-                            loaded=loaded)
+    result = predict_images(images, spec, out, diameter=diameter, workers=workers, loaded=loaded)
     elapsed = time.perf_counter() - start
     if result.failures:
         raise SystemExit(f"{len(result.failures)} image(s) failed: {result.failures[0]}")
@@ -71,8 +71,10 @@ def same_masks(a: Path, b: Path) -> bool:
     names = sorted(p.name for p in (a / "masks").glob("*.tif"))
     if names != sorted(p.name for p in (b / "masks").glob("*.tif")):
         return False
-    return all(np.array_equal(tifffile.imread(a / "masks" / n), tifffile.imread(b / "masks" / n))
-               for n in names)
+    return all(
+        np.array_equal(tifffile.imread(a / "masks" / n), tifffile.imread(b / "masks" / n))
+        for n in names
+    )
 
 
 def main() -> None:
@@ -81,8 +83,12 @@ def main() -> None:
     parser.add_argument("--model", default="blood-classical")
     parser.add_argument("--weights", help="'random' for a learned model without weights")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--diameter", type=float, default=34.0,
-                        help="RBC diameter of the synthetic smears, in pixels")
+    parser.add_argument(
+        "--diameter",
+        type=float,
+        default=34.0,
+        help="RBC diameter of the synthetic smears, in pixels",
+    )
     args = parser.parse_args()
 
     from napari_cellquant.batch import ModelSpec
@@ -90,8 +96,10 @@ def main() -> None:
 
     spec = ModelSpec(args.model, "cpu", args.weights)
     print(f"machine: {os.cpu_count()} CPU(s) (shared with other work: figures are indicative)")
-    print(f"model: {args.model}{' (random weights)' if args.weights == 'random' else ''}; "
-          f"{args.images} images of {SHAPE[1]} x {SHAPE[0]}")
+    print(
+        f"model: {args.model}{' (random weights)' if args.weights == 'random' else ''}; "
+        f"{args.images} images of {SHAPE[1]} x {SHAPE[0]}"
+    )
     with tempfile.TemporaryDirectory(prefix="cellquant-bench-") as tmp:
         root = Path(tmp)
         (root / "images").mkdir()
@@ -99,11 +107,20 @@ def main() -> None:
         images = make_images(root / "images", args.images)
         print(f"wrote the images in {time.perf_counter() - t0:.1f} s")
 
-        seconds = {0: timed_run(images, spec, root / "out_0", 0, args.diameter,
-                                loaded=load_model(args.model, "cpu", weights=args.weights))}
+        seconds = {
+            0: timed_run(
+                images,
+                spec,
+                root / "out_0",
+                0,
+                args.diameter,
+                loaded=load_model(args.model, "cpu", weights=args.weights),
+            )
+        }
         for workers in args.workers:
-            seconds[workers] = timed_run(images, spec, root / f"out_{workers}", workers,
-                                         args.diameter)
+            seconds[workers] = timed_run(
+                images, spec, root / f"out_{workers}", workers, args.diameter
+            )
         starts = {w: cluster_start_seconds(w) for w in args.workers}
         identical = all(same_masks(root / "out_0", root / f"out_{w}") for w in args.workers)
 
@@ -114,8 +131,10 @@ def main() -> None:
         rate = args.images / seconds[workers] * 60
         label = f"LocalCluster {workers} worker{'s' if workers > 1 else ''}"
         print(f"{label:<26}{seconds[workers]:>9.1f}{rate:>12.1f}{rate / base:>10.2f}")
-    print("cluster start-up (included above): " + ", ".join(
-        f"{w} worker(s) {s:.1f} s" for w, s in starts.items()))
+    print(
+        "cluster start-up (included above): "
+        + ", ".join(f"{w} worker(s) {s:.1f} s" for w, s in starts.items())
+    )
     print(f"masks identical across the runs: {identical}")
 
 

@@ -76,8 +76,14 @@ def granulometry_diameter(image: np.ndarray, steps: int = 24) -> float | None:
 def resized(image: np.ndarray, factor: float) -> np.ndarray:
     if factor == 1.0:
         return image
-    out = rescale(image.astype(np.float32), factor, order=1, channel_axis=-1,
-                  anti_aliasing=factor < 1, preserve_range=True)
+    out = rescale(
+        image.astype(np.float32),
+        factor,
+        order=1,
+        channel_axis=-1,
+        anti_aliasing=factor < 1,
+        preserve_range=True,
+    )
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -89,9 +95,14 @@ def blood_set() -> list[tuple[str, np.ndarray, float]]:
     out = []
     for path in sorted((root / "images").glob("*.bmp")):
         colours = read_color_map(root / "segments" / path.name, BLOOD10)
-        sizes = [r.equivalent_diameter_area for r in regionprops(colours.labels)
-                 if BLOOD10.name_of(colours.classes[r.label]).endswith("rbc")
-                 and r.solidity > 0.93 and min(r.bbox[:2]) > 0 and max(r.bbox[2:]) < 224]
+        sizes = [
+            r.equivalent_diameter_area
+            for r in regionprops(colours.labels)
+            if BLOOD10.name_of(colours.classes[r.label]).endswith("rbc")
+            and r.solidity > 0.93
+            and min(r.bbox[:2]) > 0
+            and max(r.bbox[2:]) < 224
+        ]
         out.append((path.name, io.imread(path)[..., :3], float(np.median(sizes))))
     return out
 
@@ -100,10 +111,16 @@ def net_set() -> list[tuple[str, np.ndarray, float]]:
     root = DATA / "net_fluorescence"
     coco = json.loads((root / "coco.json").read_text())
     unstimulated = [c["id"] for c in coco["categories"] if c["name"] == "unstimulated"]
-    truth = float(np.median([np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in coco["annotations"]
-                             if a["category_id"] in unstimulated]))
-    return [(p.name, io.imread(p)[..., :3], truth)
-            for p in sorted((root / "images").glob("*.jpg"))]
+    truth = float(
+        np.median(
+            [
+                np.sqrt(a["bbox"][2] * a["bbox"][3])
+                for a in coco["annotations"]
+                if a["category_id"] in unstimulated
+            ]
+        )
+    )
+    return [(p.name, io.imread(p)[..., :3], truth) for p in sorted((root / "images").glob("*.jpg"))]
 
 
 def bccd_set(count: int) -> list[tuple[str, np.ndarray, float]]:
@@ -143,16 +160,22 @@ def photo_images() -> dict[str, tuple[np.ndarray, float]]:
     pad = [(0, PHOTO[0] - enlarged.shape[0]), (0, PHOTO[1] - enlarged.shape[1]), (0, 0)]
     photo = np.pad(enlarged, pad, mode="symmetric")  # mirrored copies of the field
     _, net, nucleus = net_set()[0]
-    return {f"{name} x8, mirrored": (photo, 8 * rbc),
-            "NET image x4": (resized(net, 4.0)[: PHOTO[0], : PHOTO[1]], 4 * nucleus)}
+    return {
+        f"{name} x8, mirrored": (photo, 8 * rbc),
+        "NET image x4": (resized(net, 4.0)[: PHOTO[0], : PHOTO[1]], 4 * nucleus),
+    }
 
 
 def report_set(name: str, items, card_name: str, calibrate: bool, peer_4x: bool) -> None:
     card = get_card(card_name)
-    print(f"\n{name} ({len(items)} images; truth median {np.median([t for *_, t in items]):.1f} px)"
-          f"{'; estimate calibrated by ' + card_name + ' diameter_px' if calibrate else ''}")
-    print(f"  {'factor':>6}  {'ours: |err| median':>18}  {'within 15%':>10}  {'gave up':>7}  "
-          f"{'vs 1x':>6}  {'peer: |err| median':>18}  {'within 15%':>10}  {'vs 1x':>6}")
+    print(
+        f"\n{name} ({len(items)} images; truth median {np.median([t for *_, t in items]):.1f} px)"
+        f"{'; estimate calibrated by ' + card_name + ' diameter_px' if calibrate else ''}"
+    )
+    print(
+        f"  {'factor':>6}  {'ours: |err| median':>18}  {'within 15%':>10}  {'gave up':>7}  "
+        f"{'vs 1x':>6}  {'peer: |err| median':>18}  {'within 15%':>10}  {'vs 1x':>6}"
+    )
     base: dict[str, list] = {"ours": [], "peer": []}
     for factor in sorted(FACTORS, key=lambda f: f != 1.0):  # 1x first: the reference
         rows = {"ours": [], "peer": []}
@@ -164,8 +187,11 @@ def report_set(name: str, items, card_name: str, calibrate: bool, peer_4x: bool)
             else:
                 found = estimate_diameter(pixels)
                 ours = None if found is None else found.diameter
-            peer = (granulometry_diameter(pixels)
-                    if peer_4x or pixels.shape[0] * pixels.shape[1] < 4e6 else np.nan)
+            peer = (
+                granulometry_diameter(pixels)
+                if peer_4x or pixels.shape[0] * pixels.shape[1] < 4e6
+                else np.nan
+            )
             rows["ours"].append(np.nan if ours is None else ours / factor / truth)
             rows["peer"].append(np.nan if peer is None else peer / factor / truth)
         cells = []
@@ -175,19 +201,26 @@ def report_set(name: str, items, card_name: str, calibrate: bool, peer_4x: bool)
                 base[key] = ratio
             err = np.abs(ratio - 1)
             spread = np.nanmedian(np.abs(ratio / base[key] - 1)) if len(base[key]) else np.nan
-            cells.append((np.nanmedian(err), np.nanmean(err <= 0.15), np.isnan(ratio).sum(),
-                          spread))
+            cells.append(
+                (np.nanmedian(err), np.nanmean(err <= 0.15), np.isnan(ratio).sum(), spread)
+            )
         (e, w, g, s), (pe, pw, _, ps) = cells
-        print(f"  {factor:>6g}  {100 * e:>17.1f}%  {100 * w:>9.0f}%  {g:>7d}  "
-              f"{100 * s:>5.1f}%  {100 * pe:>17.1f}%  {100 * pw:>9.0f}%  {100 * ps:>5.1f}%")
+        print(
+            f"  {factor:>6g}  {100 * e:>17.1f}%  {100 * w:>9.0f}%  {g:>7d}  "
+            f"{100 * s:>5.1f}%  {100 * pe:>17.1f}%  {100 * pw:>9.0f}%  {100 * ps:>5.1f}%"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bccd", type=int, default=12, help="BCCD images to use")
-    parser.add_argument("--no-peer-4x", dest="peer_4x", action="store_false",
-                        help="skip the peer on images over 4 megapixels (it takes ~10 s each)")
+    parser.add_argument(
+        "--no-peer-4x",
+        dest="peer_4x",
+        action="store_false",
+        help="skip the peer on images over 4 megapixels (it takes ~10 s each)",
+    )
     args = parser.parse_args()
     import os
 
@@ -196,17 +229,23 @@ def main() -> None:
     for name, (image, truth) in photo_images().items():
         ours_s, ours = timed(estimate_diameter, image, args.rounds)
         peer_s, peer = timed(granulometry_diameter, image, 1)
-        print(f"  {name:36s} truth {truth:5.0f} px | ours {ours_s:6.3f} s -> "
-              f"{ours.diameter:6.1f} px | full-resolution granulometry {peer_s:6.2f} s -> "
-              f"{peer:6.1f} px | speed-up x{peer_s / ours_s:.0f}")
-    print("  (NET: truth is the unstimulated nucleus; the raw estimate reads the typical "
-          "object, which the card calibrates: see below)")
+        print(
+            f"  {name:36s} truth {truth:5.0f} px | ours {ours_s:6.3f} s -> "
+            f"{ours.diameter:6.1f} px | full-resolution granulometry {peer_s:6.2f} s -> "
+            f"{peer:6.1f} px | speed-up x{peer_s / ours_s:.0f}"
+        )
+    print(
+        "  (NET: truth is the unstimulated nucleus; the raw estimate reads the typical "
+        "object, which the card calibrates: see below)"
+    )
     # the pixel error: raw estimate vs RBC truth (blood), calibrated vs nucleus truth (NET)
     report_set("blood_smear_224", blood_set(), "blood-unet", False, args.peer_4x)
     report_set("net_fluorescence (nucleus)", net_set(), "net-classical", True, args.peer_4x)
     report_set("bccd (RBC boxes)", bccd_set(args.bccd), "blood-classical", False, args.peer_4x)
-    print("\n'gave up': images where the estimate found no separate objects (predict then uses "
-          "the model's own scale); 'vs 1x': median |estimate(f) / f / estimate(1x) - 1|.")
+    print(
+        "\n'gave up': images where the estimate found no separate objects (predict then uses "
+        "the model's own scale); 'vs 1x': median |estimate(f) / f / estimate(1x) - 1|."
+    )
 
 
 if __name__ == "__main__":

@@ -103,8 +103,12 @@ def main() -> None:
         correct.set_class("monocyte", label_id=int(rng.integers(1000, 1500)))
 
     results = {}
-    for name, fn in (("merge", merge_once), ("split", split_once),
-                     ("delete", delete_once), ("set class", reclass_once)):
+    for name, fn in (
+        ("merge", merge_once),
+        ("split", split_once),
+        ("delete", delete_once),
+        ("set class", reclass_once),
+    ):
         if name == "split":
             pair["next"] = 201  # merge fresh pairs, then split each back
             splits = []
@@ -135,14 +139,17 @@ def main() -> None:
     index = editing.ObjectIndex(core_labels)
     core_classes = correct.editor.classes()
     results["core merge"] = timed(
-        lambda: editing.merge(core_labels, [1801, 1802], core_classes, index=index), args.rounds)
+        lambda: editing.merge(core_labels, [1801, 1802], core_classes, index=index), args.rounds
+    )
     merged = editing.merge(core_labels, [1801, 1802], core_classes, index=index)
     merged.apply(core_labels)
     index.update(merged.indices, merged.values)
     results["core split"] = timed(
-        lambda: editing.split(core_labels, 1801, core_classes, index=index), args.rounds)
+        lambda: editing.split(core_labels, 1801, core_classes, index=index), args.rounds
+    )
     results["core delete"] = timed(
-        lambda: editing.delete(core_labels, [1900], core_classes, index=index), args.rounds)
+        lambda: editing.delete(core_labels, [1900], core_classes, index=index), args.rounds
+    )
 
     victims = iter(range(1700, 1700 + args.rounds))
 

@@ -113,8 +113,14 @@ def make_runner(kind: str, net, device):
 
         def run(img):
             return predict_maps(
-                img, run_net, tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=device,
-                sigma_scale=SIGMA, compact=kind != "ours-full",
+                img,
+                run_net,
+                tile=TILE,
+                overlap=OVERLAP,
+                batch_size=BATCH,
+                device=device,
+                sigma_scale=SIGMA,
+                compact=kind != "ours-full",
             )
 
         return run
@@ -138,7 +144,12 @@ def make_runner(kind: str, net, device):
         x = torch.from_numpy(img).permute(2, 0, 1)[None].to(device)
         with torch.no_grad():  # MONAI's documented usage
             return sliding_window_inference(
-                x, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian",
+                x,
+                (TILE, TILE),
+                BATCH,
+                predictor,
+                overlap=OVERLAP,
+                mode="gaussian",
                 sigma_scale=SIGMA,
             )
 
@@ -195,8 +206,9 @@ def child(args: argparse.Namespace) -> dict:
     run = make_runner(kind, net, device)
     run(np.ascontiguousarray(image[:512, :512]))
     wall, cpu = timed(run, image, device)
-    result.update(seconds=wall, cpu_seconds=cpu, mp_per_s=megapixels / wall,
-                  peak_rss_mb=peak_rss_mb())
+    result.update(
+        seconds=wall, cpu_seconds=cpu, mp_per_s=megapixels / wall, peak_rss_mb=peak_rss_mb()
+    )
     return result
 
 
@@ -219,13 +231,20 @@ def child_huge(args: argparse.Namespace, result: dict) -> dict:
     result["rss_before_mb"] = peak_rss_mb()
     t0 = time.perf_counter()
     out = predict_maps(
-        image, net, tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=torch.device(args.device),
+        image,
+        net,
+        tile=TILE,
+        overlap=OVERLAP,
+        batch_size=BATCH,
+        device=torch.device(args.device),
         normalize=lambda band: band.astype(np.float32) * np.float32(1 / 255),
         memmap_dir=str(tmp),
     )
     seconds = time.perf_counter() - t0
     result.update(
-        tiny_network=tiny, seconds=seconds, mp_per_s=HUGE * HUGE / 1e6 / seconds,
+        tiny_network=tiny,
+        seconds=seconds,
+        mp_per_s=HUGE * HUGE / 1e6 / seconds,
         peak_rss_mb=peak_rss_mb(),
         outputs={k: [list(v.shape), str(v.dtype), type(v).__name__] for k, v in out.items()},
         output_gb=sum(v.nbytes for v in out.values()) / 1e9,
@@ -258,12 +277,18 @@ def compare(args: argparse.Namespace) -> dict:
 
     with torch.no_grad():
         ref = sliding_window_inference(
-            x, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian",
+            x,
+            (TILE, TILE),
+            BATCH,
+            predictor,
+            overlap=OVERLAP,
+            mode="gaussian",
             sigma_scale=SIGMA,
         )
     ref = {k: v[0].cpu().numpy() for k, v in ref.items()}  # (C, H, W), as ours
-    kw = dict(tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=device, sigma_scale=SIGMA,
-              amp=False)
+    kw = dict(
+        tile=TILE, overlap=OVERLAP, batch_size=BATCH, device=device, sigma_scale=SIGMA, amp=False
+    )
     res: dict = {}
     border = 16  # MONAI's 2-D-clamped window differs from ours only in image-border strips
     for blend in ("monai", "gaussian"):
@@ -274,21 +299,38 @@ def compare(args: argparse.Namespace) -> dict:
             edge = max(1, border // (image.shape[0] // expected.shape[-2]))
             res[blend][f"max_abs_diff_{key}"] = float(diff.max())
             res[blend][f"interior_max_abs_diff_{key}"] = float(
-                diff[..., edge:-edge, edge:-edge].max())
+                diff[..., edge:-edge, edge:-edge].max()
+            )
         del ours
     if "classes" in ref:
         compact = predict_maps(image, net, **kw)
         res["compact"] = {
             "argmax_agreement": float((compact["classes"] == ref["classes"].argmax(0)).mean()),
-            "max_abs_diff_confidence_f16": float(np.abs(
-                compact["classes_confidence"].astype(np.float32) - ref["classes"].max(0)).max()),
+            "max_abs_diff_confidence_f16": float(
+                np.abs(
+                    compact["classes_confidence"].astype(np.float32) - ref["classes"].max(0)
+                ).max()
+            ),
         }
     return res
 
 
 def spawn(args: argparse.Namespace, kind: str, *extra: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--threads", str(args.threads),
-           "--rounds", str(args.rounds), "--device", args.device, "--arch", args.arch, *extra]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--threads",
+        str(args.threads),
+        "--rounds",
+        str(args.rounds),
+        "--device",
+        args.device,
+        "--arch",
+        args.arch,
+        *extra,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
@@ -302,11 +344,16 @@ def report(args: argparse.Namespace) -> None:
     from napari_cellquant.core.models import count_parameters
 
     mp = SHAPE[0] * SHAPE[1] / 1e6
-    devices = [args.device] if args.device != "auto" else (
-        ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
-    print(f"{args.arch}, {count_parameters(make_network(args.arch)):,} parameters, random weights; "
-          f"{SHAPE[1]}x{SHAPE[0]} RGB ({mp:.1f} MP), tile {TILE}, overlap {OVERLAP}, "
-          f"gaussian sigma {SIGMA}*tile, batch {BATCH}, {args.threads} threads")
+    devices = (
+        [args.device]
+        if args.device != "auto"
+        else (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    )
+    print(
+        f"{args.arch}, {count_parameters(make_network(args.arch)):,} parameters, random weights; "
+        f"{SHAPE[1]}x{SHAPE[0]} RGB ({mp:.1f} MP), tile {TILE}, overlap {OVERLAP}, "
+        f"gaussian sigma {SIGMA}*tile, batch {BATCH}, {args.threads} threads"
+    )
     ours_cpu = None
     for dev in devices:
         args.device = dev
@@ -314,17 +361,23 @@ def report(args: argparse.Namespace) -> None:
         rss = {k: spawn(args, k) for k in ("ours", "ours-full", "monai")}
         print(f"\n[{dev}]  best of {args.rounds} interleaved rounds:  MP/s   wall s   CPU s")
         for k, r in timing.items():
-            print(f"  {LABELS[k]:<52} {r['mp_per_s']:5.2f}  {r['seconds']:7.2f}  "
-                  f"{r['cpu_seconds']:7.2f}")
+            print(
+                f"  {LABELS[k]:<52} {r['mp_per_s']:5.2f}  {r['seconds']:7.2f}  "
+                f"{r['cpu_seconds']:7.2f}"
+            )
         ratio = timing["ours"]["mp_per_s"] / timing["monai"]["mp_per_s"]
-        print(f"  ratio ours/MONAI: {ratio:.2f}  (float32 outputs: "
-              f"{timing['ours-full']['mp_per_s'] / timing['monai']['mp_per_s']:.2f}; "
-              f"MONAI given our network prep: "
-              f"{timing['ours']['mp_per_s'] / timing['monai-fused']['mp_per_s']:.2f})")
+        print(
+            f"  ratio ours/MONAI: {ratio:.2f}  (float32 outputs: "
+            f"{timing['ours-full']['mp_per_s'] / timing['monai']['mp_per_s']:.2f}; "
+            f"MONAI given our network prep: "
+            f"{timing['ours']['mp_per_s'] / timing['monai-fused']['mp_per_s']:.2f})"
+        )
         print("  peak RSS, one run per process (MB; before the run):")
         for k, r in rss.items():
-            print(f"    {LABELS[k]:<50} {r['peak_rss_mb']:6.0f} ({r['rss_before_mb']:.0f})"
-                  f"   [{r['mp_per_s']:.2f} MP/s alone]")
+            print(
+                f"    {LABELS[k]:<50} {r['peak_rss_mb']:6.0f} ({r['rss_before_mb']:.0f})"
+                f"   [{r['mp_per_s']:.2f} MP/s alone]"
+            )
         if dev == "cpu":
             ours_cpu = timing["ours"]
         diff = spawn(args, "compare")
@@ -338,16 +391,26 @@ def report(args: argparse.Namespace) -> None:
         base = ours_cpu if args.device == "cpu" and ours_cpu else timing["ours"]
         estimate = base["seconds"] * HUGE * HUGE / (SHAPE[0] * SHAPE[1])
         tiny = estimate > args.huge_limit
-        print(f"\n[huge] {HUGE}x{HUGE}: blood-unet estimated {estimate:.0f} s on {args.device}"
-              + (f" > {args.huge_limit:.0f} s: using a tiny network (width 4, depth 2) to "
-                 "measure memory boundedness" if tiny else ""))
+        print(
+            f"\n[huge] {HUGE}x{HUGE}: blood-unet estimated {estimate:.0f} s on {args.device}"
+            + (
+                f" > {args.huge_limit:.0f} s: using a tiny network (width 4, depth 2) to "
+                "measure memory boundedness"
+                if tiny
+                else ""
+            )
+        )
         r = spawn(args, "huge", *(["--tiny"] if tiny else []))
-        print(f"  {'tiny' if tiny else 'blood-unet'}: {r['seconds']:.0f} s, "
-              f"{r['mp_per_s']:.2f} MP/s, peak RSS {r['peak_rss_mb']:.0f} MB "
-              f"(before run {r['rss_before_mb']:.0f} MB); compact outputs "
-              f"{r['output_gb']:.2f} GB memory-mapped: {r['outputs']}")
-        print(f"  MONAI would hold (C+1)*H*W*4 = {12 * HUGE * HUGE * 4 / 1e9:.1f} GB of "
-              "float32 sums plus a 4.8 GB float32 input")
+        print(
+            f"  {'tiny' if tiny else 'blood-unet'}: {r['seconds']:.0f} s, "
+            f"{r['mp_per_s']:.2f} MP/s, peak RSS {r['peak_rss_mb']:.0f} MB "
+            f"(before run {r['rss_before_mb']:.0f} MB); compact outputs "
+            f"{r['output_gb']:.2f} GB memory-mapped: {r['outputs']}"
+        )
+        print(
+            f"  MONAI would hold (C+1)*H*W*4 = {12 * HUGE * HUGE * 4 / 1e9:.1f} GB of "
+            "float32 sums plus a 4.8 GB float32 input"
+        )
 
 
 def smear_mosaic(rbc_px: float) -> np.ndarray:
@@ -370,11 +433,21 @@ def smear_mosaic(rbc_px: float) -> np.ndarray:
         while x < SHAPE[1]:
             tile = read_image(photos[k % len(photos)])[..., :3]
             if zoom != 1:
-                tile = np.rint(rescale(tile.astype(np.float32), zoom, channel_axis=-1,
-                                       preserve_range=True, anti_aliasing=zoom < 1)
-                               ).clip(0, 255).astype(np.uint8)
+                tile = (
+                    np.rint(
+                        rescale(
+                            tile.astype(np.float32),
+                            zoom,
+                            channel_axis=-1,
+                            preserve_range=True,
+                            anti_aliasing=zoom < 1,
+                        )
+                    )
+                    .clip(0, 255)
+                    .astype(np.uint8)
+                )
             h, w = min(tile.shape[0], SHAPE[0] - y), min(tile.shape[1], SHAPE[1] - x)
-            mosaic[y:y + h, x:x + w] = tile[:h, :w]
+            mosaic[y : y + h, x : x + w] = tile[:h, :w]
             x += tile.shape[1]
             k += 1
         y += tile.shape[0]
@@ -387,19 +460,33 @@ def end_to_end(args: argparse.Namespace) -> None:
 
     cli = Path(sys.executable).with_name("cellquant")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    print(f"cellquant predict -m blood-detector, {SHAPE[1]}x{SHAPE[0]} smear mosaics, "
-          f"{args.threads} threads, one process per run (wall s, peak RSS MB)")
+    print(
+        f"cellquant predict -m blood-detector, {SHAPE[1]}x{SHAPE[0]} smear mosaics, "
+        f"{args.threads} threads, one process per run (wall s, peak RSS MB)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for rbc_px in (97.0, 40.0):
             image = Path(tmp) / f"smear-rbc{int(rbc_px)}.png"
             imsave(image, smear_mosaic(rbc_px), check_contrast=False)
             out = Path(tmp) / f"out{int(rbc_px)}"
             started = time.perf_counter()
-            proc = subprocess.Popen([str(cli), "predict", str(image), "-m", "blood-detector",
-                                     "-o", str(out), "--device", args.device
-                                     if args.device != "auto" else "cpu"],
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
+            proc = subprocess.Popen(
+                [
+                    str(cli),
+                    "predict",
+                    str(image),
+                    "-m",
+                    "blood-detector",
+                    "-o",
+                    str(out),
+                    "--device",
+                    args.device if args.device != "auto" else "cpu",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - started
             stderr = proc.stderr.read() if proc.stderr else ""
@@ -408,9 +495,11 @@ def end_to_end(args: argparse.Namespace) -> None:
                 raise SystemExit("cellquant predict failed")
             counts = (out / "counts.csv").read_text(encoding="utf-8").strip().splitlines()
             peak = usage.ru_maxrss / 2**10
-            print(f"  RBCs of {rbc_px:.0f} px: {wall:5.1f} s, peak RSS {peak:5.0f} MB; "
-                  f"{' '.join(line for line in stderr.splitlines() if 'diameter' in line)}; "
-                  f"counts: {counts[-1]}")
+            print(
+                f"  RBCs of {rbc_px:.0f} px: {wall:5.1f} s, peak RSS {peak:5.0f} MB; "
+                f"{' '.join(line for line in stderr.splitlines() if 'diameter' in line)}; "
+                f"counts: {counts[-1]}"
+            )
 
 
 def main() -> None:

@@ -79,8 +79,10 @@ def _one_run(widget, loop) -> dict:
     worker = widget.run()
     worker.yielded.connect(on_step)
     # runs in the worker thread the moment the result exists (post-processing done) ...
-    worker.returned.connect(lambda _: marks.setdefault("computed", time.perf_counter()),
-                            Qt.ConnectionType.DirectConnection)
+    worker.returned.connect(
+        lambda _: marks.setdefault("computed", time.perf_counter()),
+        Qt.ConnectionType.DirectConnection,
+    )
     # ... and this on the GUI thread after the widget's own handler has shown the layers
     worker.returned.connect(lambda _: marks.setdefault("shown", time.perf_counter()))
     worker.finished.connect(loop.quit)
@@ -108,19 +110,31 @@ def report_run(title: str, result: dict) -> float:
     shown = marks.get("shown", marks["end"])
     gaps = np.diff(ticks) * 1000 if len(ticks) > 1 else np.array([run_s * 1000])
     print(f"\n{title}")
-    print(f"  run time (Run pressed -> layers shown): {run_s:8.2f} s, "
-          f"{len(result['steps'])} progress steps, {result['objects']} objects")
-    print(f"  ticks: {len(ticks)} (ideal {run_s * 1000 / TICK_MS:.0f}); gap median "
-          f"{np.median(gaps):.1f} ms, p99 {np.percentile(gaps, 99):.1f} ms")
-    print(f"  worst gap during inference (start -> last step):    "
-          f"{worst_gap_ms(ticks, marks['start'], inference_end):8.1f} ms")
-    print(f"  worst gap during post-processing (worker thread):   "
-          f"{worst_gap_ms(ticks, inference_end, computed):8.1f} ms "
-          f"({computed - inference_end:.2f} s)")
-    print(f"  worst gap during hand-over (result -> layers shown): "
-          f"{worst_gap_ms(ticks, computed, shown):8.1f} ms ({shown - computed:.2f} s)")
-    print(f"  worst gap overall:                                   "
-          f"{worst_gap_ms(ticks, marks['start'], marks['end']):8.1f} ms")
+    print(
+        f"  run time (Run pressed -> layers shown): {run_s:8.2f} s, "
+        f"{len(result['steps'])} progress steps, {result['objects']} objects"
+    )
+    print(
+        f"  ticks: {len(ticks)} (ideal {run_s * 1000 / TICK_MS:.0f}); gap median "
+        f"{np.median(gaps):.1f} ms, p99 {np.percentile(gaps, 99):.1f} ms"
+    )
+    print(
+        f"  worst gap during inference (start -> last step):    "
+        f"{worst_gap_ms(ticks, marks['start'], inference_end):8.1f} ms"
+    )
+    print(
+        f"  worst gap during post-processing (worker thread):   "
+        f"{worst_gap_ms(ticks, inference_end, computed):8.1f} ms "
+        f"({computed - inference_end:.2f} s)"
+    )
+    print(
+        f"  worst gap during hand-over (result -> layers shown): "
+        f"{worst_gap_ms(ticks, computed, shown):8.1f} ms ({shown - computed:.2f} s)"
+    )
+    print(
+        f"  worst gap overall:                                   "
+        f"{worst_gap_ms(ticks, marks['start'], marks['end']):8.1f} ms"
+    )
     return run_s
 
 
@@ -130,15 +144,26 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--tile", type=int, default=256)
-    parser.add_argument("--runs", type=int, default=2,
-                        help="widget runs; the first adds the layer, later ones replace it")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=2,
+        help="widget runs; the first adds the layer, later ones replace it",
+    )
     parser.add_argument("--no-peer", action="store_true", help="skip the GUI-less peer run")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="untrained blood-unet instead of the bundled weights")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="untrained blood-unet instead of the bundled weights",
+    )
     parser.add_argument("--model", default="blood-unet", help="any model of the registry")
     parser.add_argument("--image", help="a photograph instead of the synthetic smear")
-    parser.add_argument("--zoom", type=float, default=1.0,
-                        help="enlarge the photograph (a phone photo's megapixels)")
+    parser.add_argument(
+        "--zoom",
+        type=float,
+        default=1.0,
+        help="enlarge the photograph (a phone photo's megapixels)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -161,17 +186,20 @@ def main() -> None:
         image, _ = synthetic_blood_smear(shape=(rows, cols), seed=0)
     made = time.perf_counter() - made
     torch.manual_seed(0)  # the same random network, hence the same objects, every time
-    model = load_model(args.model, args.device,
-                       weights="random" if args.random_weights else None)
+    model = load_model(args.model, args.device, weights="random" if args.random_weights else None)
     weights = "random" if args.random_weights else "bundled"
-    print(f"{args.model} ({weights} weights) on a {cols} x {rows} RGB "
-          f"{'photograph' if args.image else 'smear'}, tile {args.tile}, device {model.device}, "
-          f"torch threads {torch.get_num_threads()} (image made in {made:.1f} s)")
+    print(
+        f"{args.model} ({weights} weights) on a {cols} x {rows} RGB "
+        f"{'photograph' if args.image else 'smear'}, tile {args.tile}, device {model.device}, "
+        f"torch threads {torch.get_num_threads()} (image made in {made:.1f} s)"
+    )
 
     results = measure_widget(image, model, tile=args.tile, runs=args.runs)
-    titles = ["Segment widget, first run (adds the result layer), "
-              f"{TICK_MS} ms QTimer on the GUI thread:",
-              "Segment widget, run again (replaces the result undoably):"]
+    titles = [
+        "Segment widget, first run (adds the result layer), "
+        f"{TICK_MS} ms QTimer on the GUI thread:",
+        "Segment widget, run again (replaces the result undoably):",
+    ]
     run_times = [report_run(titles[min(i, 1)], r) for i, r in enumerate(results)]
 
     if args.no_peer:
@@ -179,11 +207,15 @@ def main() -> None:
     started = time.perf_counter()
     peer = predict(image, model, tile=args.tile, diameter=model.card.typical_diameter)
     peer_s = time.perf_counter() - started
-    print(f"\nPeer: core.predict.predict called directly, no GUI: {peer_s:8.2f} s, "
-          f"{len(peer.instance_ids())} objects")
+    print(
+        f"\nPeer: core.predict.predict called directly, no GUI: {peer_s:8.2f} s, "
+        f"{len(peer.instance_ids())} objects"
+    )
     print(f"  (called on the GUI thread it would freeze napari for all {peer_s * 1000:.0f} ms)")
-    print("  ratio widget / direct run time: "
-          + ", ".join(f"run {i + 1} {t / peer_s:.2f}" for i, t in enumerate(run_times)))
+    print(
+        "  ratio widget / direct run time: "
+        + ", ".join(f"run {i + 1} {t / peer_s:.2f}" for i, t in enumerate(run_times))
+    )
 
 
 if __name__ == "__main__":

@@ -51,9 +51,16 @@ def ours(device: str, steps: int) -> float:
     images, annotations = smears()
     with tempfile.TemporaryDirectory() as folder:
         config = TrainingConfig(
-            base=MODEL, images=images, annotations=annotations,
-            output=Path(folder) / "bench.pt", epochs=1, val_fraction=0.0, batch_size=BATCH,
-            crop=CROP, steps_per_epoch=steps + 2, device=device,
+            base=MODEL,
+            images=images,
+            annotations=annotations,
+            output=Path(folder) / "bench.pt",
+            epochs=1,
+            val_fraction=0.0,
+            batch_size=BATCH,
+            crop=CROP,
+            steps_per_epoch=steps + 2,
+            device=device,
             from_scratch=MODEL != "blood-detector",
         )
         stamps = [time.perf_counter() for event in iter_train(config) if event.phase == "step"]
@@ -90,8 +97,9 @@ def bare(device: str, steps: int) -> float:
             if detector:
                 loss, _ = detection_loss(out, targets, size_encoding=detector["size_encoding"])
             else:
-                loss = F.cross_entropy(out["classes"].float(), targets["classes"].clamp(min=0)) \
-                    + F.l1_loss(out["distance"].float(), targets["distance"])
+                loss = F.cross_entropy(
+                    out["classes"].float(), targets["classes"].clamp(min=0)
+                ) + F.l1_loss(out["distance"].float(), targets["distance"])
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -127,8 +135,9 @@ def data_batch(timed: int = 0) -> dict:
 def main() -> None:
     global MODEL, BATCH, CROP
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--devices", default="cpu,cuda",
-                        help="comma-separated; cuda is skipped where there is none")
+    parser.add_argument(
+        "--devices", default="cpu,cuda", help="comma-separated; cuda is skipped where there is none"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--model", default="blood-unet", choices=list(RECIPES))
@@ -144,15 +153,22 @@ def main() -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             print(f"{device}: no CUDA device here, skipped")
             continue
-        label = torch.cuda.get_device_name(0) if device.startswith("cuda") else \
-            f"CPU, {torch.get_num_threads()} threads"
+        label = (
+            torch.cuda.get_device_name(0)
+            if device.startswith("cuda")
+            else f"CPU, {torch.get_num_threads()} threads"
+        )
         rate, peer = ours(device, args.steps), bare(device, args.steps)
         results[device] = rate
-        print(f"{MODEL} on {device} ({label}): iter_train {rate:.2f} crops/s; bare PyTorch step "
-              f"{peer:.2f} crops/s; ratio {rate / peer:.2f} (batch {BATCH}, crop {CROP})")
+        print(
+            f"{MODEL} on {device} ({label}): iter_train {rate:.2f} crops/s; bare PyTorch step "
+            f"{peer:.2f} crops/s; ratio {rate / peer:.2f} (batch {BATCH}, crop {CROP})"
+        )
         data = data_batch(timed=10)["seconds"]
-        print(f"  data side (make_batch, one batch): {1e3 * data:.0f} ms = "
-              f"{100 * data / (BATCH / rate):.0f}% of a step of iter_train")
+        print(
+            f"  data side (make_batch, one batch): {1e3 * data:.0f} ms = "
+            f"{100 * data / (BATCH / rate):.0f}% of a step of iter_train"
+        )
     if "cpu" in results and any(d.startswith("cuda") for d in results):
         cuda = next(v for d, v in results.items() if d.startswith("cuda"))
         print(f"CUDA / CPU speed-up of iter_train: {cuda / results['cpu']:.1f}x")

@@ -39,8 +39,16 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "src" / "napari_cellquant" / "core" / "models" / "bundled"
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 NAME = "blood-detector"
-SETTINGS = {"epochs": 36, "batch_size": 8, "crop": 192, "lr": 1.5e-3, "weight_decay": 1e-4,
-            "scale_range": (0.7, 1.4), "seed": 0, "inner_val_every": 10}
+SETTINGS = {
+    "epochs": 36,
+    "batch_size": 8,
+    "crop": 192,
+    "lr": 1.5e-3,
+    "weight_decay": 1e-4,
+    "scale_range": (0.7, 1.4),
+    "seed": 0,
+    "inner_val_every": 10,
+}
 #: thresholds tried, per class, on the inner validation images (never on val)
 THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 
@@ -81,9 +89,10 @@ def to_model_scale(pairs: list, target: float) -> list:
     for image, ann in pairs:
         zoom = zooms.get(ann.image_name) or float(np.median(by_size.get(ann.shape, [fallback])))
         small = _resize(image, zoom)
-        scaled = ann.copy(labels=np.zeros(small.shape[:2], dtype=np.int32),
-                          boxes=ann.boxes.scaled(small.shape[1] / ann.shape[1],
-                                                 small.shape[0] / ann.shape[0]))
+        scaled = ann.copy(
+            labels=np.zeros(small.shape[:2], dtype=np.int32),
+            boxes=ann.boxes.scaled(small.shape[1] / ann.shape[1], small.shape[0] / ann.shape[0]),
+        )
         scaled.meta["zoom"] = zoom
         out.append((small, scaled))
     return out
@@ -96,8 +105,9 @@ def cached_training_pairs(data: Path, target: float) -> list:
     from napari_cellquant.core.models.registry import cache_dir
 
     labels = sorted((data / "txl_pbc" / "labels" / "train").glob("*.txt"))
-    key = hashlib.sha256("".join(f"{p.name}{p.stat().st_size}" for p in labels).encode()
-                         + str(target).encode()).hexdigest()[:12]
+    key = hashlib.sha256(
+        "".join(f"{p.name}{p.stat().st_size}" for p in labels).encode() + str(target).encode()
+    ).hexdigest()[:12]
     path = cache_dir() / "train-cache" / f"txl_pbc-train-{key}.npz"
     blood3 = get_class_set("blood3")
     if path.is_file():
@@ -107,9 +117,17 @@ def cached_training_pairs(data: Path, target: float) -> list:
         for i, name in enumerate(names):
             image = stored[f"image{i}"]
             boxes = stored[f"boxes{i}"]
-            pairs.append((image, Annotation(np.zeros(image.shape[:2], np.int32), blood3,
-                                            boxes=Boxes(boxes[:, :4], boxes[:, 4].astype(int)),
-                                            image_name=name)))
+            pairs.append(
+                (
+                    image,
+                    Annotation(
+                        np.zeros(image.shape[:2], np.int32),
+                        blood3,
+                        boxes=Boxes(boxes[:, :4], boxes[:, 4].astype(int)),
+                        image_name=name,
+                    ),
+                )
+            )
         log.info("training images from the cache %s", path)
         return pairs
     pairs = to_model_scale(load_split(data, "train"), target)
@@ -145,12 +163,18 @@ def tune_thresholds(weights: Path, pairs: list) -> tuple[list[float], list]:
     tallies = np.zeros((n_classes, len(THRESHOLDS), 3))
     for image, annotation in pairs:
         sample = make_sample(image, annotation, card)
-        maps = predict_maps(sample.pixels, model.network, tile=card.tile, overlap=card.overlap,
-                            device="cpu")
+        maps = predict_maps(
+            sample.pixels, model.network, tile=card.tile, overlap=card.overlap, device="cpu"
+        )
         for row, threshold in enumerate(THRESHOLDS):
-            found = boxes_from_heatmap(maps["heatmap"], maps["size"], maps.get("offset"),
-                                       stride=4, threshold=threshold,
-                                       max_detections=card.postprocess["max_detections"])
+            found = boxes_from_heatmap(
+                maps["heatmap"],
+                maps["size"],
+                maps.get("offset"),
+                stride=4,
+                threshold=threshold,
+                max_detections=card.postprocess["max_detections"],
+            )
             for k in range(n_classes):
                 mine = found.select(found.class_ids == k + 1)
                 truth = sample.boxes.select(sample.boxes.class_ids == k + 1)
@@ -159,8 +183,9 @@ def tune_thresholds(weights: Path, pairs: list) -> tuple[list[float], list]:
     return [float(THRESHOLDS[int(i)]) for i in f1.argmax(axis=1)], f1.round(4).tolist()
 
 
-def train_detector(data: Path, workdir: Path, *, epochs: int, from_scratch: bool,
-                   trained: dict | None = None) -> dict:
+def train_detector(
+    data: Path, workdir: Path, *, epochs: int, from_scratch: bool, trained: dict | None = None
+) -> dict:
     """Train (or, given an earlier run's ``trained`` record, only re-tune its thresholds)."""
     import torch
 
@@ -172,31 +197,57 @@ def train_detector(data: Path, workdir: Path, *, epochs: int, from_scratch: bool
     loaded = time.perf_counter() - started
     every = SETTINGS["inner_val_every"]
     inner_val = list(range(0, len(pairs), every))
-    log.info("%d training photographs (%d held back for the epoch and threshold), loaded in "
-             "%.0f s", len(pairs), len(inner_val), loaded)
+    log.info(
+        "%d training photographs (%d held back for the epoch and threshold), loaded in %.0f s",
+        len(pairs),
+        len(inner_val),
+        loaded,
+    )
     s = SETTINGS
     tag = "scratch" if from_scratch else "imagenet"
     config = TrainingConfig(
-        base=NAME, images=[p[0] for p in pairs], annotations=[p[1] for p in pairs],
-        output=workdir / f"{NAME}-{tag}.pt", val_indices=inner_val, epochs=epochs,
-        batch_size=s["batch_size"], crop=s["crop"], lr=s["lr"], weight_decay=s["weight_decay"],
-        seed=s["seed"], device="cpu", patience=None, from_scratch=from_scratch,
-        scale_range=s["scale_range"], name=NAME, overwrite=True,
+        base=NAME,
+        images=[p[0] for p in pairs],
+        annotations=[p[1] for p in pairs],
+        output=workdir / f"{NAME}-{tag}.pt",
+        val_indices=inner_val,
+        epochs=epochs,
+        batch_size=s["batch_size"],
+        crop=s["crop"],
+        lr=s["lr"],
+        weight_decay=s["weight_decay"],
+        seed=s["seed"],
+        device="cpu",
+        patience=None,
+        from_scratch=from_scratch,
+        scale_range=s["scale_range"],
+        name=NAME,
+        overwrite=True,
     )
     if trained is None:
         result = train(config, progress=log_epochs)
-        trained = {"weights": result.weights, "card": result.card, "history": result.history,
-                   "best_epoch": result.best_epoch, "train_s": time.perf_counter() - started,
-                   "load_s": loaded, "threads": torch.get_num_threads(),
-                   "pretrained": not from_scratch}
+        trained = {
+            "weights": result.weights,
+            "card": result.card,
+            "history": result.history,
+            "best_epoch": result.best_epoch,
+            "train_s": time.perf_counter() - started,
+            "load_s": loaded,
+            "threads": torch.get_num_threads(),
+            "pretrained": not from_scratch,
+        }
     threshold, f1s = tune_thresholds(Path(trained["weights"]), [pairs[i] for i in inner_val])
     from napari_cellquant.core.models.card import ModelCard
 
     card = ModelCard.load(trained["card"])
     card.postprocess["threshold"] = threshold
     card.save(trained["card"], overwrite=True)
-    return {**trained, "threshold": threshold, "threshold_f1": f1s,
-            "inner_val": [pairs[i][1].image_name for i in inner_val]}
+    return {
+        **trained,
+        "threshold": threshold,
+        "threshold_f1": f1s,
+        "inner_val": [pairs[i][1].image_name for i in inner_val],
+    }
 
 
 def evaluate_on_val(weights: Path, data: Path, *, model_name: str | None = None) -> dict:
@@ -242,21 +293,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "blood-detector")
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
     parser.add_argument("--from-scratch", action="store_true")
-    parser.add_argument("--no-bundle", action="store_true",
-                        help="train and measure, but do not write into the package")
-    parser.add_argument("--no-val", action="store_true",
-                        help="stop after training: only the inner validation score (for "
-                        "comparisons such as --from-scratch)")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="take the network of an earlier run in --workdir (trained.json)")
+    parser.add_argument(
+        "--no-bundle",
+        action="store_true",
+        help="train and measure, but do not write into the package",
+    )
+    parser.add_argument(
+        "--no-val",
+        action="store_true",
+        help="stop after training: only the inner validation score (for "
+        "comparisons such as --from-scratch)",
+    )
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="take the network of an earlier run in --workdir (trained.json)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.workdir.mkdir(parents=True, exist_ok=True)
     earlier = None
     if args.skip_training:
         earlier = json.loads((args.workdir / "trained.json").read_text(encoding="utf-8"))
-    trained = train_detector(args.data, args.workdir, epochs=args.epochs,
-                             from_scratch=args.from_scratch, trained=earlier)
+    trained = train_detector(
+        args.data, args.workdir, epochs=args.epochs, from_scratch=args.from_scratch, trained=earlier
+    )
     log.info("trained in %.0f s; thresholds %s", trained["train_s"], trained["threshold"])
     record = {k: v for k, v in trained.items() if k not in ("threshold", "threshold_f1")}
     (args.workdir / "trained.json").write_text(json.dumps(record, indent=2, default=str))
@@ -271,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2, default=str)
     print(text)
     (args.workdir / f"report-{'scratch' if args.from_scratch else 'imagenet'}.json").write_text(
-        text + "\n", encoding="utf-8")
+        text + "\n", encoding="utf-8"
+    )
     if not args.no_bundle:
         write_card(trained, figures, args)
     return 0
@@ -290,8 +352,9 @@ def bundled_card(weights: Path, card_path: Path, out: Path, name: str, descripti
         shutil.copyfile(weights, tmp)
     card = ModelCard.load(card_path)
     card.name, card.description = name, description
-    card.weights = WeightsSource(file=target.name,
-                                 sha256=pooch.file_hash(str(target), alg="sha256"))
+    card.weights = WeightsSource(
+        file=target.name, sha256=pooch.file_hash(str(target), alg="sha256")
+    )
     for key in ("images", "validation_images", "validated_on_training_data"):
         card.training.pop(key, None)
     return card
@@ -305,24 +368,38 @@ def save_bundled(card, out: Path) -> None:
 
 
 def write_card(trained: dict, figures: dict, args: argparse.Namespace) -> None:
-    card = bundled_card(Path(trained["weights"]), Path(trained["card"]), args.out, NAME,
-                        "RBC / WBC / platelets in smear photographs: ImageNet-pretrained "
-                        "EfficientNet-Lite0 detector trained on TXL-PBC (823 photographs)")
+    card = bundled_card(
+        Path(trained["weights"]),
+        Path(trained["card"]),
+        args.out,
+        NAME,
+        "RBC / WBC / platelets in smear photographs: ImageNet-pretrained "
+        "EfficientNet-Lite0 detector trained on TXL-PBC (823 photographs)",
+    )
     n_inner = len(trained["inner_val"])
-    card.training["images"] = (f"txl_pbc train: {823 - n_inner} photographs trained on and "
-                               f"{n_inner} held back (823), resized to 40 px per RBC")
+    card.training["images"] = (
+        f"txl_pbc train: {823 - n_inner} photographs trained on and "
+        f"{n_inner} held back (823), resized to 40 px per RBC"
+    )
     card.training["objects_note"] = "objects counted over all 823 txl_pbc train photographs"
     card.training["epoch_and_threshold_chosen_on"] = (
         f"{len(trained['inner_val'])} txl_pbc train photographs held back from training "
-        f"(every {SETTINGS['inner_val_every']}th by sorted name)")
-    card.training["masks"] = ("none learned: truth is boxes; each instance is the ellipse "
-                              "inscribed in its detected box, overlaps given to the nearer centre")
+        f"(every {SETTINGS['inner_val_every']}th by sorted name)"
+    )
+    card.training["masks"] = (
+        "none learned: truth is boxes; each instance is the ellipse "
+        "inscribed in its detected box, overlaps given to the nearer centre"
+    )
     card.training["time_s"] = round(trained["train_s"])
     card.training["script"] = "scripts/train_bundled.py --only blood-detector"
-    card.metrics = {"txl_pbc_val": {
-        "measured_on": "txl_pbc val, 239 photographs never trained or tuned on",
-        "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
-                  "(scale measured by the detector)", **figures}}
+    card.metrics = {
+        "txl_pbc_val": {
+            "measured_on": "txl_pbc val, 239 photographs never trained or tuned on",
+            "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
+            "(scale measured by the detector)",
+            **figures,
+        }
+    }
     save_bundled(card, args.out)
 
 

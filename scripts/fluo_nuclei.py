@@ -46,13 +46,24 @@ NUCLEUS_PX = 24.0
 VAL_EVERY, INNER_VAL_EVERY = 6, 10
 ARCHS = {
     "resunet": None,  # the registry's c-ResUnet-like network
-    "efficientnet": {"type": "efficientnet-unet", "in_channels": 3,
-                     "decoder": [64, 48, 32, 24, 16], "heads": ["classes", "distance"],
-                     "n_classes": 1},
+    "efficientnet": {
+        "type": "efficientnet-unet",
+        "in_channels": 3,
+        "decoder": [64, 48, 32, 24, 16],
+        "heads": ["classes", "distance"],
+        "n_classes": 1,
+    },
 }
-SETTINGS = {"epochs": 14, "steps_per_epoch": 100, "batch_size": 8, "crop": 192,
-            "weight_decay": 1e-4, "scale_range": (0.6, 1.6), "seed": 0,
-            "lr": {"resunet": 3e-3, "efficientnet": 1.5e-3}}
+SETTINGS = {
+    "epochs": 14,
+    "steps_per_epoch": 100,
+    "batch_size": 8,
+    "crop": 192,
+    "weight_decay": 1e-4,
+    "scale_range": (0.6, 1.6),
+    "seed": 0,
+    "lr": {"resunet": 3e-3, "efficientnet": 1.5e-3},
+}
 #: post-processing tried on the inner validation images (never on validation)
 FOREGROUND = (0.3, 0.4, 0.5, 0.6)
 MIN_DISTANCE = (3, 5, 7, 9, 11)
@@ -75,8 +86,7 @@ def split_ids(data: Path) -> dict[str, list[str]]:
     modality = {row["id"]: row["modality"] for row in rows}
     fluo_train = sorted(i for i in train if modality[i] == "fluorescence")
     inner = fluo_train[::INNER_VAL_EVERY]
-    return {"train": sorted(train), "val": sorted(val), "inner_val": inner,
-            "modality": modality}  # type: ignore[dict-item]
+    return {"train": sorted(train), "val": sorted(val), "inner_val": inner, "modality": modality}  # type: ignore[dict-item]
 
 
 def load_pair(data: Path, image_id: str) -> tuple[np.ndarray, object]:
@@ -93,8 +103,9 @@ def load_pair(data: Path, image_id: str) -> tuple[np.ndarray, object]:
     labels = tifffile.imread(data / "dsb2018" / "labels" / f"{image_id}.tif").astype(np.int32)
     ids = np.unique(labels)
     ids = ids[ids > 0]
-    return image, Annotation(labels, get_class_set("cell"), classes=dict.fromkeys(
-        ids.tolist(), 1), image_name=image_id)
+    return image, Annotation(
+        labels, get_class_set("cell"), classes=dict.fromkeys(ids.tolist(), 1), image_name=image_id
+    )
 
 
 def nucleus_diameter(labels: np.ndarray) -> float:
@@ -111,8 +122,9 @@ def to_model_scale(image: np.ndarray, annotation) -> tuple[np.ndarray, object]:
 
     zoom = NUCLEUS_PX / nucleus_diameter(annotation.labels)
     small = _resize(image, zoom)
-    labels = resize(annotation.labels, small.shape[:2], order=0, preserve_range=True,
-                    anti_aliasing=False).astype(np.int32)
+    labels = resize(
+        annotation.labels, small.shape[:2], order=0, preserve_range=True, anti_aliasing=False
+    ).astype(np.int32)
     present = set(np.unique(labels).tolist()) - {0}
     return small, annotation.copy(labels=labels, classes=dict.fromkeys(sorted(present), 1))
 
@@ -125,8 +137,10 @@ def base_card(arch: str, workdir: Path) -> str:
 
     card = get_card(NAME)
     card.architecture = dict(ARCHS[arch])
-    card.description = ("fluorescent nuclei: ImageNet-pretrained EfficientNet-Lite0 U-Net, "
-                        "foreground and distance map")
+    card.description = (
+        "fluorescent nuclei: ImageNet-pretrained EfficientNet-Lite0 U-Net, "
+        "foreground and distance map"
+    )
     path = workdir / f"base-{arch}.json"
     card.save(path, overwrite=True)
     return str(path)
@@ -150,18 +164,36 @@ def train_one(arch: str, data: str, workdir: str, epochs: int, steps: int) -> di
     inner = [ids.index(i) for i in split["inner_val"]]
     s = SETTINGS
     config = TrainingConfig(
-        base=base_card(arch, Path(workdir)), images=[p[0] for p in pairs],
-        annotations=[p[1] for p in pairs], output=Path(workdir) / f"{NAME}-{arch}.pt",
-        val_indices=inner, epochs=epochs, batch_size=s["batch_size"], crop=s["crop"],
-        lr=s["lr"][arch], weight_decay=s["weight_decay"], seed=s["seed"], device="cpu",
-        patience=None, steps_per_epoch=steps, scale_range=s["scale_range"],
-        name=NAME, overwrite=True,
+        base=base_card(arch, Path(workdir)),
+        images=[p[0] for p in pairs],
+        annotations=[p[1] for p in pairs],
+        output=Path(workdir) / f"{NAME}-{arch}.pt",
+        val_indices=inner,
+        epochs=epochs,
+        batch_size=s["batch_size"],
+        crop=s["crop"],
+        lr=s["lr"][arch],
+        weight_decay=s["weight_decay"],
+        seed=s["seed"],
+        device="cpu",
+        patience=None,
+        steps_per_epoch=steps,
+        scale_range=s["scale_range"],
+        name=NAME,
+        overwrite=True,
     )
     result = train(config, progress=log_epochs)
-    return {"arch": arch, "weights": str(result.weights), "card": str(result.card),
-            "inner_val_iou": result.score, "best_epoch": result.best_epoch,
-            "history": result.history, "train_s": time.perf_counter() - started,
-            "n_train": len(ids) - len(inner), "n_inner_val": len(inner)}
+    return {
+        "arch": arch,
+        "weights": str(result.weights),
+        "card": str(result.card),
+        "inner_val_iou": result.score,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "train_s": time.perf_counter() - started,
+        "n_train": len(ids) - len(inner),
+        "n_inner_val": len(inner),
+    }
 
 
 def tune_postprocess(weights: Path, data: Path, inner_ids: list[str]) -> dict:
@@ -179,35 +211,56 @@ def tune_postprocess(weights: Path, data: Path, inner_ids: list[str]) -> dict:
     for image_id in inner_ids:
         image, annotation = to_model_scale(*load_pair(data, image_id))
         sample = make_sample(image, annotation, card)
-        maps.append(predict_maps(sample.pixels, model.network, tile=card.tile,
-                                 overlap=card.overlap, device="cpu"))
+        maps.append(
+            predict_maps(
+                sample.pixels, model.network, tile=card.tile, overlap=card.overlap, device="cpu"
+            )
+        )
         truth.append(annotation)
-    settings = {k: v for k, v in card.postprocess.items()
-                if k not in ("foreground_threshold", "min_distance")}
+    settings = {
+        k: v
+        for k, v in card.postprocess.items()
+        if k not in ("foreground_threshold", "min_distance")
+    }
     table = []
     for fg in FOREGROUND:
         for md in MIN_DISTANCE:
             found = []
             for t, m in zip(truth, maps):
                 labels, classes, scores = instances_from_maps(
-                    m["classes"], distance=m.get("distance"), foreground_threshold=fg,
-                    min_distance=md, **settings)
+                    m["classes"],
+                    distance=m.get("distance"),
+                    foreground_threshold=fg,
+                    min_distance=md,
+                    **settings,
+                )
                 found.append(t.copy(labels=labels, classes=classes, scores=scores))
             f1 = evaluate_instances(truth, found)["f1"] or 0.0
             table.append({"foreground_threshold": fg, "min_distance": md, "f1": round(f1, 4)})
     best = max(table, key=lambda row: row["f1"])
-    return {"best": {k: best[k] for k in ("foreground_threshold", "min_distance")},
-            "inner_val_f1": best["f1"], "table": table}
+    return {
+        "best": {k: best[k] for k in ("foreground_threshold", "min_distance")},
+        "inner_val_f1": best["f1"],
+        "table": table,
+    }
 
 
 #: fluo-classical settings tried on training images (``DEFAULT_PARAMS`` overrides): a
 #: coarse grid, then a finer one below it, where the coarse best sat on the grid's lower
 #: edge in three of the four settings
 CLASSICAL_GRIDS = (
-    {"otsu_floor": (0.5, 0.75, 1.0), "min_snr": (3.0, 5.0), "min_distance": (0.3, 0.5),
-     "block_size": (3.0, 6.0)},
-    {"otsu_floor": (0.3, 0.5), "min_snr": (1.5, 3.0), "min_distance": (0.2, 0.3),
-     "block_size": (3.0,)},
+    {
+        "otsu_floor": (0.5, 0.75, 1.0),
+        "min_snr": (3.0, 5.0),
+        "min_distance": (0.3, 0.5),
+        "block_size": (3.0, 6.0),
+    },
+    {
+        "otsu_floor": (0.3, 0.5),
+        "min_snr": (1.5, 3.0),
+        "min_distance": (0.2, 0.3),
+        "block_size": (3.0,),
+    },
 )
 
 
@@ -226,8 +279,11 @@ def tune_classical(data: Path, every: int = 5) -> dict:
     ids = [i for i in split["train"] if modality[i] == "fluorescence"][::every]  # type: ignore
     pairs = [load_pair(data, i) for i in ids]
     table = []
-    points = {tuple(zip(grid, values)) for grid in CLASSICAL_GRIDS
-              for values in itertools.product(*grid.values())}
+    points = {
+        tuple(zip(grid, values))
+        for grid in CLASSICAL_GRIDS
+        for values in itertools.product(*grid.values())
+    }
     for point in sorted(points):
         overrides = dict(point)
         card = get_card("fluo-classical")
@@ -242,8 +298,12 @@ def tune_classical(data: Path, every: int = 5) -> dict:
         table.append({**overrides, "f1": round(f1, 4)})
         log.info("fluo-classical %s: F1 %.4f", overrides, f1)
     best = max(table, key=lambda row: row["f1"])
-    return {"images": len(pairs), "best": {k: best[k] for k in CLASSICAL_GRIDS[0]},
-            "train_f1": best["f1"], "table": table}
+    return {
+        "images": len(pairs),
+        "best": {k: best[k] for k in CLASSICAL_GRIDS[0]},
+        "train_f1": best["f1"],
+        "table": table,
+    }
 
 
 def evaluate_on_val(model: str | Path, data: Path) -> dict:
@@ -254,8 +314,10 @@ def evaluate_on_val(model: str | Path, data: Path) -> dict:
 
     pairs = dsb2018_val(data)
     predictions, seconds = predict_all(model, pairs)
-    return {**nuclei_figures([a for _, a in pairs], predictions),
-            "seconds_per_image": seconds / len(pairs)}
+    return {
+        **nuclei_figures([a for _, a in pairs], predictions),
+        "seconds_per_image": seconds / len(pairs),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,13 +327,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / NAME)
     parser.add_argument("--arch", choices=[*ARCHS, "both"], default="both")
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
-    parser.add_argument("--steps", type=int, default=SETTINGS["steps_per_epoch"],
-                        help="optimisation steps per epoch")
-    parser.add_argument("--skip-training", action="store_true",
-                        help="take the networks of an earlier run in --workdir (trained.json)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=SETTINGS["steps_per_epoch"],
+        help="optimisation steps per epoch",
+    )
+    parser.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="take the networks of an earlier run in --workdir (trained.json)",
+    )
     parser.add_argument("--no-bundle", action="store_true")
-    parser.add_argument("--tune-classical", action="store_true",
-                        help="only re-tune fluo-classical on training images and print it")
+    parser.add_argument(
+        "--tune-classical",
+        action="store_true",
+        help="only re-tune fluo-classical on training images and print it",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -284,17 +356,24 @@ def main(argv: list[str] | None = None) -> int:
         trained = json.loads(record_path.read_text(encoding="utf-8"))
     else:  # two one-thread processes beat one two-thread process on this 2-core CPU
         with ProcessPoolExecutor(len(archs), mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(train_one, a, str(args.data), str(args.workdir), args.epochs,
-                                   args.steps)
-                       for a in archs]
+            futures = [
+                pool.submit(
+                    train_one, a, str(args.data), str(args.workdir), args.epochs, args.steps
+                )
+                for a in archs
+            ]
             trained = {f.result()["arch"]: f.result() for f in futures}
         record_path.write_text(json.dumps(trained, indent=2, default=str), encoding="utf-8")
     split = split_ids(args.data)
     for arch, run in trained.items():
-        run["postprocess"] = tune_postprocess(Path(run["weights"]), args.data,
-                                              split["inner_val"])  # type: ignore[arg-type]
-        log.info("%s: inner-val IoU %.4f, F1 %.4f with %s", arch, run["inner_val_iou"],
-                 run["postprocess"]["inner_val_f1"], run["postprocess"]["best"])
+        run["postprocess"] = tune_postprocess(Path(run["weights"]), args.data, split["inner_val"])  # type: ignore[arg-type]
+        log.info(
+            "%s: inner-val IoU %.4f, F1 %.4f with %s",
+            arch,
+            run["inner_val_iou"],
+            run["postprocess"]["inner_val_f1"],
+            run["postprocess"]["best"],
+        )
     chosen = max(trained, key=lambda a: trained[a]["postprocess"]["inner_val_f1"])
     report = {"trained": trained, "chosen": chosen}
     from blood_detector import halve
@@ -320,30 +399,50 @@ def main(argv: list[str] | None = None) -> int:
 def write_card(run: dict, report: dict, split: dict, out: Path) -> None:
     from blood_detector import bundled_card, save_bundled
 
-    kind = ("ImageNet-pretrained EfficientNet-Lite0 U-Net" if run["arch"] == "efficientnet"
-            else "c-ResUnet-like residual U-Net")
-    card = bundled_card(Path(run["weights"]), Path(run["card"]), out, NAME,
-                        f"fluorescent nuclei and cells: {kind} trained on DSB2018 "
-                        "fluorescence (foreground + distance map, watershed)")
-    card.training["images"] = (f"dsb2018 fluorescence train: {run['n_train']} images trained "
-                               f"on, {run['n_inner_val']} held back, resized to "
-                               f"{NUCLEUS_PX:g} px per nucleus")
-    card.training["split"] = (f"dsb2018 sorted by id within each modality: every "
-                              f"{VAL_EVERY}th (index 0, {VAL_EVERY}, ...) is validation; of the "
-                              f"fluorescence rest, every {INNER_VAL_EVERY}th is inner validation")
+    kind = (
+        "ImageNet-pretrained EfficientNet-Lite0 U-Net"
+        if run["arch"] == "efficientnet"
+        else "c-ResUnet-like residual U-Net"
+    )
+    card = bundled_card(
+        Path(run["weights"]),
+        Path(run["card"]),
+        out,
+        NAME,
+        f"fluorescent nuclei and cells: {kind} trained on DSB2018 "
+        "fluorescence (foreground + distance map, watershed)",
+    )
+    card.training["images"] = (
+        f"dsb2018 fluorescence train: {run['n_train']} images trained "
+        f"on, {run['n_inner_val']} held back, resized to "
+        f"{NUCLEUS_PX:g} px per nucleus"
+    )
+    card.training["split"] = (
+        f"dsb2018 sorted by id within each modality: every "
+        f"{VAL_EVERY}th (index 0, {VAL_EVERY}, ...) is validation; of the "
+        f"fluorescence rest, every {INNER_VAL_EVERY}th is inner validation"
+    )
     card.training["validation_ids"] = split["val"]
     card.training["epoch_network_postprocess_chosen_on"] = "inner validation (train split)"
-    card.training["compared"] = {a: {"inner_val_iou": r["inner_val_iou"],
-                                     "inner_val_f1": r["postprocess"]["inner_val_f1"],
-                                     "train_s": round(r["train_s"])}
-                                 for a, r in report["trained"].items()}
+    card.training["compared"] = {
+        a: {
+            "inner_val_iou": r["inner_val_iou"],
+            "inner_val_f1": r["postprocess"]["inner_val_f1"],
+            "train_s": round(r["train_s"]),
+        }
+        for a, r in report["trained"].items()
+    }
     card.training["time_s"] = round(run["train_s"])
     card.training["script"] = "scripts/train_bundled.py --only fluo-resunet"
-    card.metrics = {"dsb2018_val": {
-        "measured_on": "dsb2018 validation split (ids in training.validation_ids), never "
-                       "trained or tuned on",
-        "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
-                  "(diameter estimated)", **report["val"]}}
+    card.metrics = {
+        "dsb2018_val": {
+            "measured_on": "dsb2018 validation split (ids in training.validation_ids), never "
+            "trained or tuned on",
+            "source": "core.metrics via benchmarks/accuracy.py, predicted by core.predict.predict "
+            "(diameter estimated)",
+            **report["val"],
+        }
+    }
     save_bundled(card, out)
 
 

@@ -39,8 +39,16 @@ sys.path.insert(0, str(ROOT / "scripts"))
 BUNDLED = ROOT / "src" / "napari_cellquant" / "core" / "models" / "bundled"
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 NAME = "net-area"
-SETTINGS = {"epochs": 10, "steps_per_epoch": 30, "batch_size": 8, "crop": 192, "lr": 1.5e-3,
-            "weight_decay": 1e-4, "scale_range": (0.8, 1.25), "seed": 0}
+SETTINGS = {
+    "epochs": 10,
+    "steps_per_epoch": 30,
+    "batch_size": 8,
+    "crop": 192,
+    "lr": 1.5e-3,
+    "weight_decay": 1e-4,
+    "scale_range": (0.8, 1.25),
+    "seed": 0,
+}
 FIELD = re.compile(r"image_(\d+)_(\d+)_dna\.png$")
 
 log = logging.getLogger("net_area")
@@ -58,11 +66,15 @@ def load_fields(data: Path) -> list[dict]:
             continue
         stem = path.name[: -len("_dna.png")]
         second = folder / f"{stem}_rois2.png"
-        fields.append({
-            "sample": match.group(1), "name": stem, "dna": read_image(path),
-            "rois": read_image(folder / f"{stem}_rois.png") > 0,
-            "rois2": read_image(second) > 0 if second.is_file() else None,
-        })
+        fields.append(
+            {
+                "sample": match.group(1),
+                "name": stem,
+                "dna": read_image(path),
+                "rois": read_image(folder / f"{stem}_rois.png") > 0,
+                "rois2": read_image(second) > 0 if second.is_file() else None,
+            }
+        )
     return fields
 
 
@@ -74,8 +86,12 @@ def as_annotation(field: dict, mask: np.ndarray):
     from napari_cellquant.core.classes import get_class_set
 
     labels, n = ndi.label(mask)
-    return Annotation(labels.astype(np.int32), get_class_set(NAME),
-                      classes=dict.fromkeys(range(1, n + 1), 1), image_name=field["name"])
+    return Annotation(
+        labels.astype(np.int32),
+        get_class_set(NAME),
+        classes=dict.fromkeys(range(1, n + 1), 1),
+        image_name=field["name"],
+    )
 
 
 def sample_folds(fields: list[dict], k: int) -> list[list[str]]:
@@ -98,12 +114,23 @@ def run_fold(data: str, held_out: list[str], workdir: str, tag: str, settings: d
     train_fields = [f for f in fields if f["sample"] not in held_out]
     s = settings
     config = TrainingConfig(
-        base=NAME, images=[f["dna"] for f in train_fields],
+        base=NAME,
+        images=[f["dna"] for f in train_fields],
         annotations=[as_annotation(f, f["rois"]) for f in train_fields],
-        output=Path(workdir) / f"{NAME}-{tag}.pt", val_fraction=0.0, epochs=s["epochs"],
-        batch_size=s["batch_size"], crop=s["crop"], lr=s["lr"], weight_decay=s["weight_decay"],
-        seed=s["seed"], device="cpu", patience=None, steps_per_epoch=s["steps_per_epoch"],
-        scale_range=s["scale_range"], name=NAME, overwrite=True,
+        output=Path(workdir) / f"{NAME}-{tag}.pt",
+        val_fraction=0.0,
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        crop=s["crop"],
+        lr=s["lr"],
+        weight_decay=s["weight_decay"],
+        seed=s["seed"],
+        device="cpu",
+        patience=None,
+        steps_per_epoch=s["steps_per_epoch"],
+        scale_range=s["scale_range"],
+        name=NAME,
+        overwrite=True,
     )
     result = train(config)
     predictions = {}
@@ -112,9 +139,15 @@ def run_fold(data: str, held_out: list[str], workdir: str, tag: str, settings: d
         for f in fields:
             if f["sample"] in held_out:
                 predictions[f["name"]] = predict(f["dna"], model).labels > 0
-    return {"tag": tag, "held_out": held_out, "weights": str(result.weights),
-            "card": str(result.card), "predictions": predictions,
-            "n_train_fields": len(train_fields), "wall_s": time.perf_counter() - started}
+    return {
+        "tag": tag,
+        "held_out": held_out,
+        "weights": str(result.weights),
+        "card": str(result.card),
+        "predictions": predictions,
+        "n_train_fields": len(train_fields),
+        "wall_s": time.perf_counter() - started,
+    }
 
 
 def classical_masks(fields: list[dict]) -> dict[str, np.ndarray]:
@@ -137,8 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
     parser.add_argument("--epochs", type=int, default=SETTINGS["epochs"])
-    parser.add_argument("--steps", type=int, default=SETTINGS["steps_per_epoch"],
-                        help="optimisation steps per epoch")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=SETTINGS["steps_per_epoch"],
+        help="optimisation steps per epoch",
+    )
     parser.add_argument("--no-bundle", action="store_true")
     args = parser.parse_args(argv)
     SETTINGS.update(epochs=args.epochs, steps_per_epoch=args.steps)
@@ -154,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append(([], "final"))
     workdir = tempfile.mkdtemp(prefix="cellquant-net-area-")
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_fold, str(args.data), held, workdir, tag, SETTINGS)
-                   for held, tag in jobs]
+        futures = [
+            pool.submit(run_fold, str(args.data), held, workdir, tag, SETTINGS)
+            for held, tag in jobs
+        ]
         done = {}
         for future in futures:
             out = future.result()
@@ -166,15 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     second = {f["name"]: f["rois2"] for f in fields if f["rois2"] is not None}
     report = {
         "scheme": f"{args.folds}-fold by sample ({len({f['sample'] for f in fields})} samples, "
-                  f"{len(fields)} fields)",
-        "folds": [{"tag": o["tag"], "held_out_samples": o["held_out"],
-                   "train_fields": o["n_train_fields"], "wall_s": round(o["wall_s"])}
-                  for o in done.values()],
+        f"{len(fields)} fields)",
+        "folds": [
+            {
+                "tag": o["tag"],
+                "held_out_samples": o["held_out"],
+                "train_fields": o["n_train_fields"],
+                "wall_s": round(o["wall_s"]),
+            }
+            for o in done.values()
+        ],
         "net-area": net_area_figures(truth, predicted),
         "net-classical": net_area_figures(truth, classical_masks(fields)),
         "second_expert": net_area_figures({k: truth[k] for k in second}, second),
         "net-area_on_second_expert_fields": net_area_figures(
-            {k: truth[k] for k in second}, {k: predicted[k] for k in second}),
+            {k: truth[k] for k in second}, {k: predicted[k] for k in second}
+        ),
         "wall_s": round(time.perf_counter() - started),
     }
     text = json.dumps(report, indent=2, default=str)
@@ -189,18 +235,27 @@ def write_card(final: dict, report: dict, out: Path) -> None:
     from blood_detector import bundled_card, save_bundled, to_fp16
 
     to_fp16(Path(final["weights"]), Path(final["weights"]))
-    card = bundled_card(Path(final["weights"]), Path(final["card"]), out, NAME,
-                        "NET-covered area in the DNA stain: ImageNet-pretrained "
-                        "EfficientNet-Lite0 U-Net trained on Coelho et al. 2015 (58 fields)")
+    card = bundled_card(
+        Path(final["weights"]),
+        Path(final["card"]),
+        out,
+        NAME,
+        "NET-covered area in the DNA stain: ImageNet-pretrained "
+        "EfficientNet-Lite0 U-Net trained on Coelho et al. 2015 (58 fields)",
+    )
     card.training["images"] = "all 58 fields of shared/data/net_coelho2015 (DNA stain)"
     card.training["epoch_and_threshold"] = "the last epoch, threshold 0.5: nothing tuned"
     card.training["script"] = "scripts/train_bundled.py --only net-area"
-    card.metrics = {"held_out": {
-        "scheme": report["scheme"],
-        "source": "core.predict.predict on the fields of samples each fold's model never saw",
-        **report["net-area"]},
+    card.metrics = {
+        "held_out": {
+            "scheme": report["scheme"],
+            "source": "core.predict.predict on the fields of samples each fold's model never saw",
+            **report["net-area"],
+        },
         "second_expert": report["second_expert"],
-        "net-classical": report["net-classical"], "folds": report["folds"]}
+        "net-classical": report["net-classical"],
+        "folds": report["folds"],
+    }
     save_bundled(card, out)
 
 

@@ -48,8 +48,7 @@ def measured_images(data: Path) -> list[dict]:
         labels = _upsample_labels(labels, shape)
         n = len(features["area"])
         boxes = boxes_from_labels(labels, dict.fromkeys(range(1, n + 1), 1))
-        out.append({"truth": truth, "xywh": boxes.xywh, "features": features,
-                    "shape": shape})
+        out.append({"truth": truth, "xywh": boxes.xywh, "features": features, "shape": shape})
     return out
 
 
@@ -60,8 +59,12 @@ def classified(image: dict, params: dict):
     from napari_cellquant.core.classical import classify_net_objects
 
     class_of, score = classify_net_objects(image["features"], params)
-    return Annotation.empty(image["shape"], NET4, boxes=Boxes(image["xywh"], class_of, score),
-                            image_name=image["truth"].image_name)
+    return Annotation.empty(
+        image["shape"],
+        NET4,
+        boxes=Boxes(image["xywh"], class_of, score),
+        image_name=image["truth"].image_name,
+    )
 
 
 def net_percent(annotation) -> float:
@@ -91,16 +94,21 @@ def fit(image: dict) -> dict:
     from napari_cellquant.core.classical import DEFAULT_PARAMS
 
     points = list(itertools.product(*GRID.values()))
-    scores = np.array([objective(image, classified(
-        image, {**DEFAULT_PARAMS["net-classical"], **dict(zip(GRID, values))}))
-        for values in points])
+    scores = np.array(
+        [
+            objective(
+                image,
+                classified(image, {**DEFAULT_PARAMS["net-classical"], **dict(zip(GRID, values))}),
+            )
+            for values in points
+        ]
+    )
     tied = np.array([points[i] for i in np.flatnonzero(scores >= scores.max() - 1e-9)])
     centre = {}
     for k, (name, grid) in enumerate(GRID.items()):
         middle = float(np.median(tied[:, k]))
         centre[name] = min(grid, key=lambda v: abs(v - middle))
-    return {"params": centre, "train_objective": float(scores.max()),
-            "tied_points": len(tied)}
+    return {"params": centre, "train_objective": float(scores.max()), "tied_points": len(tied)}
 
 
 def figures(image: dict, found) -> dict:
@@ -108,12 +116,15 @@ def figures(image: dict, found) -> dict:
 
     boxes = evaluate_boxes([image["truth"]], [found], iou=0.5)
     net = (boxes.get("ap_per_class") or {}).get("NET") or {}
-    return {"image": image["truth"].image_name,
-            "net_percent_gt": round(net_percent(image["truth"]), 1),
-            "net_percent_pred": round(net_percent(found), 1),
-            "net_percent_error": round(abs(net_percent(found) - net_percent(image["truth"])), 1),
-            "ap50_net": net.get("ap50"), "cells_gt": len(image["truth"].boxes),
-            "cells_pred": len(found.boxes)}
+    return {
+        "image": image["truth"].image_name,
+        "net_percent_gt": round(net_percent(image["truth"]), 1),
+        "net_percent_pred": round(net_percent(found), 1),
+        "net_percent_error": round(abs(net_percent(found) - net_percent(image["truth"])), 1),
+        "ap50_net": net.get("ap50"),
+        "cells_gt": len(image["truth"].boxes),
+        "cells_pred": len(found.boxes),
+    }
 
 
 def leave_one_image_out(data: Path) -> dict:
@@ -125,11 +136,19 @@ def leave_one_image_out(data: Path) -> dict:
         others = [im for j, im in enumerate(images) if j != i]
         fitted = fit(others[0])  # two images: the other one
         params = {**DEFAULT_PARAMS["net-classical"], **fitted["params"]}
-        held_out.append({**figures(image, classified(image, params)),
-                         "fitted_on": others[0]["truth"].image_name, **fitted})
+        held_out.append(
+            {
+                **figures(image, classified(image, params)),
+                "fitted_on": others[0]["truth"].image_name,
+                **fitted,
+            }
+        )
     defaults = [figures(im, classified(im, DEFAULT_PARAMS["net-classical"])) for im in images]
-    return {"scheme": "leave-one-image-out (2 images)", "held_out": held_out,
-            "defaults_seen": defaults}
+    return {
+        "scheme": "leave-one-image-out (2 images)",
+        "held_out": held_out,
+        "defaults_seen": defaults,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

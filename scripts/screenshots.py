@@ -103,8 +103,11 @@ def use_train(viewer: Any, widget: Any, out: Path) -> None:
 
 
 USES: dict[str, Callable[[Any, Any, Path], None]] = {
-    "Segment": use_segment, "Correct": use_correct, "Count": use_count,
-    "Export": use_export, "Train": use_train,
+    "Segment": use_segment,
+    "Correct": use_correct,
+    "Count": use_count,
+    "Export": use_export,
+    "Train": use_train,
 }
 
 

@@ -44,27 +44,44 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 #: training settings per model (same for every fold and for the final model)
 SETTINGS: dict[str, dict] = {
     "blood-unet": {
-        "data": "blood_smear_224", "folds": 3, "crop": 112, "batch_size": 6, "epochs": 40,
-        "steps_per_epoch": 40, "lr": 3e-3, "scale_range": (0.85, 1.15), "seed": 0,
+        "data": "blood_smear_224",
+        "folds": 3,
+        "crop": 112,
+        "batch_size": 6,
+        "epochs": 40,
+        "steps_per_epoch": 40,
+        "lr": 3e-3,
+        "scale_range": (0.85, 1.15),
+        "seed": 0,
     },
     "net-detector": {
-        "data": "net_fluorescence", "folds": 2, "crop": 224, "batch_size": 4, "epochs": 13,
-        "steps_per_epoch": 25, "lr": 1.5e-3, "scale_range": (0.8, 1.25), "seed": 0,
+        "data": "net_fluorescence",
+        "folds": 2,
+        "crop": 224,
+        "batch_size": 4,
+        "epochs": 13,
+        "steps_per_epoch": 25,
+        "lr": 1.5e-3,
+        "scale_range": (0.8, 1.25),
+        "seed": 0,
     },
 }
 
 #: models whose recipe is a script of its own (its split and figures are its own)
-OWN_SCRIPTS = {"blood-detector": "blood_detector", "fluo-resunet": "fluo_nuclei",
-               "net-area": "net_area"}
+OWN_SCRIPTS = {
+    "blood-detector": "blood_detector",
+    "fluo-resunet": "fluo_nuclei",
+    "net-area": "net_area",
+}
 
 #: detection thresholds tried on a detector's own training images (never the held-out ones)
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 DESCRIPTIONS = {
     "blood-unet": "U-Net: 5-part WBC differential, platelets, clumps, infected and healthy RBCs "
-                  "(trained on the 14 blood_smear_224 composites)",
+    "(trained on the 14 blood_smear_224 composites)",
     "net-detector": "CenterNet-style box detector for NETs and neutrophil states (trained on "
-                    "2 NET fluorescence images, 43 boxes)",
+    "2 NET fluorescence images, 43 boxes)",
 }
 
 log = logging.getLogger("train_bundled")
@@ -123,20 +140,33 @@ def tune_threshold(result_weights: Path, train_pairs: list) -> float:
     tallies = np.zeros((len(THRESHOLDS), 3))
     for image, annotation in train_pairs:
         sample = make_sample(image, annotation, card)
-        maps = predict_maps(sample.pixels, model.network, tile=card.tile, overlap=card.overlap,
-                            device="cpu")
+        maps = predict_maps(
+            sample.pixels, model.network, tile=card.tile, overlap=card.overlap, device="cpu"
+        )
         settings = {k: v for k, v in card.postprocess.items() if k != "threshold"}
         for row, threshold in enumerate(THRESHOLDS):
-            found = boxes_from_heatmap(maps["heatmap"], maps["size"], maps.get("offset"),
-                                       stride=stride, threshold=threshold, **settings)
+            found = boxes_from_heatmap(
+                maps["heatmap"],
+                maps["size"],
+                maps.get("offset"),
+                stride=stride,
+                threshold=threshold,
+                **settings,
+            )
             tp = match_boxes(found, sample.boxes, 0.5)
             tallies[row] += (tp, len(found), len(sample.boxes))
     f1 = 2 * tallies[:, 0] / np.maximum(tallies[:, 1] + tallies[:, 2], 1)
     return float(THRESHOLDS[int(np.argmax(f1))])
 
 
-def run_job(name: str, data: str, held_out: list[int] | None, workdir: str,
-            tag: str, epochs_scale: float = 1.0) -> dict:
+def run_job(
+    name: str,
+    data: str,
+    held_out: list[int] | None,
+    workdir: str,
+    tag: str,
+    epochs_scale: float = 1.0,
+) -> dict:
     """Train on all images but ``held_out`` and predict those (one process, one thread)."""
     import torch
 
@@ -151,12 +181,23 @@ def run_job(name: str, data: str, held_out: list[int] | None, workdir: str,
     train_pairs = [p for i, p in enumerate(pairs) if i not in held]
     s = SETTINGS[name]
     config = TrainingConfig(
-        base=name, images=[p[0] for p in train_pairs], annotations=[p[1] for p in train_pairs],
-        output=Path(workdir) / f"{name}-{tag}.pt", val_fraction=0.0,
+        base=name,
+        images=[p[0] for p in train_pairs],
+        annotations=[p[1] for p in train_pairs],
+        output=Path(workdir) / f"{name}-{tag}.pt",
+        val_fraction=0.0,
         epochs=max(1, round(s["epochs"] * epochs_scale)),
-        batch_size=s["batch_size"], crop=s["crop"], lr=s["lr"], seed=s["seed"], device="cpu",
-        patience=None, steps_per_epoch=s["steps_per_epoch"], from_scratch=True,
-        scale_range=s["scale_range"], name=name, overwrite=True,
+        batch_size=s["batch_size"],
+        crop=s["crop"],
+        lr=s["lr"],
+        seed=s["seed"],
+        device="cpu",
+        patience=None,
+        steps_per_epoch=s["steps_per_epoch"],
+        from_scratch=True,
+        scale_range=s["scale_range"],
+        name=name,
+        overwrite=True,
     )
     result = train(config)
     threshold = None
@@ -176,10 +217,16 @@ def run_job(name: str, data: str, held_out: list[int] | None, workdir: str,
             found.image_name = truth.image_name
             predictions.append(found)
     return {
-        "name": name, "tag": tag, "held_out": sorted(held),
+        "name": name,
+        "tag": tag,
+        "held_out": sorted(held),
         "held_out_names": [pairs[i][1].image_name for i in sorted(held)],
-        "weights": str(result.weights), "card": str(result.card), "predictions": predictions,
-        "history": result.history, "threshold": threshold, "wall_s": time.perf_counter() - started,
+        "weights": str(result.weights),
+        "card": str(result.card),
+        "predictions": predictions,
+        "history": result.history,
+        "threshold": threshold,
+        "wall_s": time.perf_counter() - started,
         "cpu_s": time.process_time() - cpu0,
     }
 
@@ -191,19 +238,29 @@ def figures(name: str, truth: list, predictions: list) -> dict:
     scores = evaluate(truth, predictions, iou=0.5)
     if name == "blood-unet":
         semantic = scores["semantic"]
-        return {"mean_iou": semantic["mean_iou"], "per_class_iou": semantic["per_class"],
-                "mean_iou_foreground": semantic["mean_iou_foreground"],
-                "pixel_accuracy": semantic["pixel_accuracy"],
-                "instance_f1@0.5": scores["instances"]["f1"],
-                "count_mae_total": scores["counts"]["mae_total"]}
+        return {
+            "mean_iou": semantic["mean_iou"],
+            "per_class_iou": semantic["per_class"],
+            "mean_iou_foreground": semantic["mean_iou_foreground"],
+            "pixel_accuracy": semantic["pixel_accuracy"],
+            "instance_f1@0.5": scores["instances"]["f1"],
+            "count_mae_total": scores["counts"]["mae_total"],
+        }
     boxes = scores["boxes"]
     net = (boxes.get("ap_per_class") or {}).get("NET") or {}
     counts = scores["counts"]
-    return {"ap50_net": net.get("ap50"), "ap_net": net.get("ap"), "ap50": boxes["ap50"],
-            "f1@0.5": boxes["f1"], "precision@0.5": boxes["precision"],
-            "recall@0.5": boxes["recall"], "net_percent": counts.get("net_percent"),
-            "net_percent_mae": counts.get("net_percent_mae"), "counts_gt": counts["gt"],
-            "counts_pred": counts["pred"]}
+    return {
+        "ap50_net": net.get("ap50"),
+        "ap_net": net.get("ap"),
+        "ap50": boxes["ap50"],
+        "f1@0.5": boxes["f1"],
+        "precision@0.5": boxes["precision"],
+        "recall@0.5": boxes["recall"],
+        "net_percent": counts.get("net_percent"),
+        "net_percent_mae": counts.get("net_percent_mae"),
+        "counts_gt": counts["gt"],
+        "counts_pred": counts["pred"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,12 +268,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--only", choices=[*SETTINGS, *OWN_SCRIPTS], action="append")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at a time (1 thread each)")
-    parser.add_argument("--folds-only", action="store_true",
-                        help="cross-validate only; do not train or write the final models")
-    parser.add_argument("--epochs-scale", type=float, default=1.0,
-                        help="multiply every model's epochs (quick checks of the script)")
-    parser.add_argument("--fold", type=int, action="append",
-                        help="run only these folds (1-based; experiments)")
+    parser.add_argument(
+        "--folds-only",
+        action="store_true",
+        help="cross-validate only; do not train or write the final models",
+    )
+    parser.add_argument(
+        "--epochs-scale",
+        type=float,
+        default=1.0,
+        help="multiply every model's epochs (quick checks of the script)",
+    )
+    parser.add_argument(
+        "--fold", type=int, action="append", help="run only these folds (1-based; experiments)"
+    )
     parser.add_argument("--report", type=Path, help="write the JSON report here")
     parser.add_argument("--out", type=Path, default=BUNDLED, help="where the final models go")
     args = parser.parse_args(argv)
@@ -246,18 +311,29 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d trainings, %d at a time, in %s", len(jobs), args.jobs, workdir)
     done: dict[tuple[str, str], dict] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, name, str(args.data), held, workdir, tag,
-                               args.epochs_scale)
-                   for name, held, tag in jobs]
+        futures = [
+            pool.submit(run_job, name, str(args.data), held, workdir, tag, args.epochs_scale)
+            for name, held, tag in jobs
+        ]
         for future in futures:
             out = future.result()
             done[(out["name"], out["tag"])] = out
-            log.info("%s %s: wall %.0f s, cpu %.0f s, last loss %.4f", out["name"], out["tag"],
-                     out["wall_s"], out["cpu_s"], out["history"][-1]["loss"])
+            log.info(
+                "%s %s: wall %.0f s, cpu %.0f s, last loss %.4f",
+                out["name"],
+                out["tag"],
+                out["wall_s"],
+                out["cpu_s"],
+                out["history"][-1]["loss"],
+            )
     wall = time.perf_counter() - started
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    report: dict = {"wall_s": wall, "cpu_s": children.ru_utime + children.ru_stime,
-                    "jobs": args.jobs, "models": {}}
+    report: dict = {
+        "wall_s": wall,
+        "cpu_s": children.ru_utime + children.ru_stime,
+        "jobs": args.jobs,
+        "models": {},
+    }
     for name in names:
         pairs = load_pairs(name, args.data)
         truth = {a.image_name: a for _, a in pairs}
@@ -266,19 +342,27 @@ def main(argv: list[str] | None = None) -> int:
         pooled_truth, pooled_pred = [], []
         for fold in folds:
             gt = [truth[p.image_name] for p in fold["predictions"]]
-            per_fold.append({"fold": fold["tag"], "held_out": fold["held_out_names"],
-                             "threshold": fold["threshold"],
-                             **figures(name, gt, fold["predictions"])})
+            per_fold.append(
+                {
+                    "fold": fold["tag"],
+                    "held_out": fold["held_out_names"],
+                    "threshold": fold["threshold"],
+                    **figures(name, gt, fold["predictions"]),
+                }
+            )
             pooled_truth += gt
             pooled_pred += fold["predictions"]
         held_out = figures(name, pooled_truth, pooled_pred)
         scheme = "leave-one-image-out" if len(folds) == len(pairs) else f"{len(folds)}-fold"
-        entry = {"scheme": scheme, "pooled": held_out, "per_fold": per_fold,
-                 "train_cpu_s": sum(v["cpu_s"] for (n, _), v in done.items() if n == name),
-                 "train_wall_s": sum(v["wall_s"] for (n, _), v in done.items() if n == name)}
+        entry = {
+            "scheme": scheme,
+            "pooled": held_out,
+            "per_fold": per_fold,
+            "train_cpu_s": sum(v["cpu_s"] for (n, _), v in done.items() if n == name),
+            "train_wall_s": sum(v["wall_s"] for (n, _), v in done.items() if n == name),
+        }
         if (name, "final") in done:
-            entry["files"] = write_bundled(name, done[(name, "final")], entry, args.out,
-                                           len(pairs))
+            entry["files"] = write_bundled(name, done[(name, "final")], entry, args.out, len(pairs))
         report["models"][name] = entry
     text = json.dumps(report, indent=2, default=str)
     print(text)
@@ -293,19 +377,24 @@ def write_bundled(name: str, final: dict, entry: dict, out: Path, n_images: int)
     from blood_detector import bundled_card, save_bundled
 
     out.mkdir(parents=True, exist_ok=True)
-    card = bundled_card(Path(final["weights"]), Path(final["card"]), out, name,
-                        DESCRIPTIONS[name])
+    card = bundled_card(Path(final["weights"]), Path(final["card"]), out, name, DESCRIPTIONS[name])
     card.training["images"] = f"all {n_images} images of shared/data/{SETTINGS[name]['data']}"
     card.training["script"] = "scripts/train_bundled.py"
     card.metrics = {
-        "held_out": {"scheme": entry["scheme"], "source": "core.metrics.evaluate on "
-                     "predictions of models that never saw the image", **entry["pooled"]},
+        "held_out": {
+            "scheme": entry["scheme"],
+            "source": "core.metrics.evaluate on predictions of models that never saw the image",
+            **entry["pooled"],
+        },
         "per_fold": entry["per_fold"],
     }
     save_bundled(card, out)
     weights = out / f"{name}.pt"
-    return {"weights": str(weights), "weights_bytes": weights.stat().st_size,
-            "card": str(out / f"{name}.json")}
+    return {
+        "weights": str(weights),
+        "weights_bytes": weights.stat().st_size,
+        "card": str(out / f"{name}.json"),
+    }
 
 
 if __name__ == "__main__":

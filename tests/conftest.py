@@ -19,8 +19,7 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _cpu_unless_marked_gpu(request: pytest.FixtureRequest,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def _cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Device ``auto`` means the CPU in every test not marked ``gpu``, so a machine with CUDA
     (or Apple MPS) runs what CI runs; subprocesses and dask workers inherit the hidden GPU."""
     if request.node.get_closest_marker("gpu") is not None:

@@ -22,8 +22,9 @@ def _blood_annotation(name="smear.png", seed=0) -> Annotation:
         labels[r : r + rng.integers(2, 9), c : c + rng.integers(2, 9)] = i
         classes[i] = int(rng.integers(1, 10))
     present = {int(i) for i in np.unique(labels) if i}
-    return Annotation(labels, BLOOD10, classes={k: v for k, v in classes.items() if k in present},
-                      image_name=name)
+    return Annotation(
+        labels, BLOOD10, classes={k: v for k, v in classes.items() if k in present}, image_name=name
+    )
 
 
 def _same(a: Annotation, b: Annotation) -> None:
@@ -34,12 +35,25 @@ def _same(a: Annotation, b: Annotation) -> None:
 def test_convert_coco_to_masks_and_back(tmp_path, capsys):
     original = [_blood_annotation("a.png", 1), _blood_annotation("b.png", 2)]
     write_annotations(original, tmp_path / "in.json", to="coco", encoding="rle")
-    assert main(["convert", str(tmp_path / "in.json"), str(tmp_path / "masks"), "--to", "masks"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "in.json"), str(tmp_path / "masks"), "--to", "masks"]) == 0
+    )
     assert (tmp_path / "masks" / "a_instances.tif").is_file()
     assert (tmp_path / "masks" / "b_classes.tif").is_file()
     assert tifffile.imread(tmp_path / "masks" / "a_instances.tif").dtype == np.uint16
-    assert main(["convert", str(tmp_path / "masks"), str(tmp_path / "out.json"),
-                 "--to", "coco", "--rle"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "masks"),
+                str(tmp_path / "out.json"),
+                "--to",
+                "coco",
+                "--rle",
+            ]
+        )
+        == 0
+    )
     back = read_annotations(tmp_path / "out.json")
     assert [a.image_name.split(".")[0] for a in back] == ["a", "b"]
     for a, b in zip(original, back):
@@ -48,7 +62,10 @@ def test_convert_coco_to_masks_and_back(tmp_path, capsys):
 
 def test_convert_counts_csv_lists_every_class(tmp_path):
     write_annotations([_blood_annotation()], tmp_path / "in.json", to="coco", encoding="rle")
-    assert main(["convert", str(tmp_path / "in.json"), str(tmp_path / "counts.csv"), "--to", "csv"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "in.json"), str(tmp_path / "counts.csv"), "--to", "csv"])
+        == 0
+    )
     with open(tmp_path / "counts.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["class"] for r in rows] == list(BLOOD10.names)
@@ -62,8 +79,10 @@ def test_existing_output_is_not_overwritten_without_flag(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "in.json"), str(target), "--to", "coco"]) == 1
     assert "already exists" in capsys.readouterr().err
     assert target.read_text() == "precious"
-    assert main(["convert", str(tmp_path / "in.json"), str(target), "--to", "coco",
-                 "--overwrite"]) == 0
+    assert (
+        main(["convert", str(tmp_path / "in.json"), str(target), "--to", "coco", "--overwrite"])
+        == 0
+    )
     assert json.loads(target.read_text())["categories"][0]["name"] == "eosinophil"
 
 
@@ -76,16 +95,40 @@ def test_colour_map_needs_classes_and_then_reads(tmp_path, capsys):
     imsave(tmp_path / "map.png", BLOOD10.encode_colors(class_map), check_contrast=False)
     assert main(["convert", str(tmp_path / "map.png"), str(tmp_path / "c.csv"), "--to", "csv"]) == 1
     assert "--classes" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "map.png"), str(tmp_path / "c.csv"), "--to", "csv",
-                 "--classes", "blood10"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "map.png"),
+                str(tmp_path / "c.csv"),
+                "--to",
+                "csv",
+                "--classes",
+                "blood10",
+            ]
+        )
+        == 0
+    )
     counts = {r["class"]: int(r["count"]) for r in csv.DictReader(open(tmp_path / "c.csv"))}
     assert counts["healthy_rbc"] == 1 and counts["monocyte"] == 1 and counts["basophil"] == 0
 
 
 def test_from_forces_the_kind(tmp_path, capsys):
     write_annotations([_blood_annotation()], tmp_path / "in.json", to="coco", encoding="rle")
-    assert main(["convert", str(tmp_path / "in.json"), str(tmp_path / "x"), "--to", "voc",
-                 "--from", "voc"]) == 1
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "in.json"),
+                str(tmp_path / "x"),
+                "--to",
+                "voc",
+                "--from",
+                "voc",
+            ]
+        )
+        == 1
+    )
     assert "in.json" in capsys.readouterr().err
 
 
@@ -96,15 +139,30 @@ def test_usage_errors_exit_2(tmp_path):
 
 
 def test_missing_source_names_the_path(tmp_path, capsys):
-    assert main(["convert", str(tmp_path / "nope.json"), str(tmp_path / "o.json"), "--to", "coco"]) == 1
+    assert (
+        main(["convert", str(tmp_path / "nope.json"), str(tmp_path / "o.json"), "--to", "coco"])
+        == 1
+    )
     assert "nope.json: no such file or folder" in capsys.readouterr().err
 
 
 @pytest.mark.shared_data
 def test_net_voc_folder_to_coco_keeps_boxes(shared_data, tmp_path, capsys):
     net = shared_data / "net_fluorescence"
-    assert main(["convert", str(net / "voc"), str(tmp_path / "net.json"), "--to", "coco",
-                 "--images", str(net / "images")]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(net / "voc"),
+                str(tmp_path / "net.json"),
+                "--to",
+                "coco",
+                "--images",
+                str(net / "images"),
+            ]
+        )
+        == 0
+    )
     assert "1920" in capsys.readouterr().err  # the size mismatch is reported, not hidden
     from_voc = read_annotations(tmp_path / "net.json", images_dir=net / "images")
     from_coco = read_annotations(net / "coco.json", images_dir=net / "images")
@@ -126,10 +184,15 @@ def test_models_lists_every_model_with_task_classes_scale_and_weights(capsys):
     assert lines[0].split()[:4] == ["name", "kind", "task", "classes"]
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == set(builtin_cards())
-    expected = {"blood-classical": ("blood3", "none"), "blood-unet": ("blood10", "bundled"),
-                "fluo-classical": ("cell", "none"), "fluo-resunet": ("cell", "bundled"),
-                "net-classical": ("net4", "none"), "net-detector": ("net4", "bundled"),
-                "net-area": ("net-area", "bundled")}
+    expected = {
+        "blood-classical": ("blood3", "none"),
+        "blood-unet": ("blood10", "bundled"),
+        "fluo-classical": ("cell", "none"),
+        "fluo-resunet": ("cell", "bundled"),
+        "net-classical": ("net4", "none"),
+        "net-detector": ("net4", "bundled"),
+        "net-area": ("net-area", "bundled"),
+    }
     for name, (class_set, weights) in expected.items():
         words = rows[name].split()
         assert class_set in words and weights in words, rows[name]
@@ -160,16 +223,45 @@ def test_predict_uses_the_weights_file_it_is_given(tmp_path, capsys):
     torch.save(state, blank)
 
     def found(out: str, *extra: str) -> int:
-        assert main(["predict", str(folder), "-m", "blood-unet", "-o", str(tmp_path / out),
-                     "--diameter", "38", "--device", "cpu", *extra]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    str(folder),
+                    "-m",
+                    "blood-unet",
+                    "-o",
+                    str(tmp_path / out),
+                    "--diameter",
+                    "38",
+                    "--device",
+                    "cpu",
+                    *extra,
+                ]
+            )
+            == 0
+        )
         return len(json.loads((tmp_path / out / "annotations.json").read_text())["annotations"])
 
     assert found("bundled") > 5
     assert found("blank", "--weights", str(blank)) == 0
     capsys.readouterr()
     # a weights file that does not exist is a usage error, named
-    assert main(["predict", str(folder), "-m", "blood-unet", "-o", str(tmp_path / "x"),
-                 "--weights", str(tmp_path / "none.pt")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "-m",
+                "blood-unet",
+                "-o",
+                str(tmp_path / "x"),
+                "--weights",
+                str(tmp_path / "none.pt"),
+            ]
+        )
+        == 2
+    )
     assert "none.pt does not exist" in capsys.readouterr().err
 
 
@@ -180,16 +272,40 @@ def test_convert_bccd_voc_to_yolo_and_back_then_evaluate(tmp_path, capsys):
     assert main(["convert", str(BLOOD_PHOTO_BOXES), str(yolo), "--to", "yolo"]) == 0
     assert (yolo / "images" / "BloodImage_00000.jpg").is_file()
     assert "names:\n- rbc\n- wbc\n- platelet" in (yolo / "data.yaml").read_text()
-    assert main(["convert", str(yolo / "data.yaml"), str(tmp_path / "back.json"),
-                 "--to", "coco", "--from", "yolo"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(yolo / "data.yaml"),
+                str(tmp_path / "back.json"),
+                "--to",
+                "coco",
+                "--from",
+                "yolo",
+            ]
+        )
+        == 0
+    )
     (voc,) = read_annotations(BLOOD_PHOTO_BOXES)
     (back,) = read_annotations(tmp_path / "back.json")
     np.testing.assert_allclose(back.boxes.xywh, voc.boxes.xywh, atol=1e-6)
     np.testing.assert_array_equal(back.boxes.class_ids, voc.boxes.class_ids)
     capsys.readouterr()
     # BCCD's own VOC spelling (RBC, WBC, Platelets) scores as blood3, --classes blood3 too
-    assert main(["evaluate", "--gt", str(BLOOD_PHOTO_BOXES), "--pred", str(yolo / "labels"),
-                 "--classes", "blood3"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--gt",
+                str(BLOOD_PHOTO_BOXES),
+                "--pred",
+                str(yolo / "labels"),
+                "--classes",
+                "blood3",
+            ]
+        )
+        == 0
+    )
     scores = json.loads(capsys.readouterr().out)
     assert scores["class_set"] == "blood3"
     assert scores["boxes"]["ap50"] == pytest.approx(1.0)

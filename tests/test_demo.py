@@ -16,25 +16,36 @@ def test_demo_writes_truth_and_predictions_that_agree(tmp_path, capsys):
     coco = json.loads((out / "blood_smear" / "predictions" / "annotations.json").read_text())
     assert coco["images"][0]["file_name"] == "synthetic_blood_smear.png"
     rows = list(csv.DictReader(open(out / "comparison.csv")))
-    net = {r["class"]: (int(r["truth"]), int(r["predicted"])) for r in rows
-           if r["model"] == "net-classical"}
+    net = {
+        r["class"]: (int(r["truth"]), int(r["predicted"]))
+        for r in rows
+        if r["model"] == "net-classical"
+    }
     true_share = net["NET"][0] / sum(t for t, _ in net.values())
     found_share = net["NET"][1] / sum(p for _, p in net.values())
     assert abs(true_share - found_share) <= 0.10  # NET % within 10 points
-    blood = {r["class"]: (int(r["truth"]), int(r["predicted"])) for r in rows
-             if r["model"] == "blood-classical"}
+    blood = {
+        r["class"]: (int(r["truth"]), int(r["predicted"]))
+        for r in rows
+        if r["model"] == "blood-classical"
+    }
     assert abs(blood["rbc"][1] - blood["rbc"][0]) <= 0.1 * blood["rbc"][0]
     assert blood["wbc"][1] == blood["wbc"][0]
-    photo = {r["class"]: (int(r["truth"]), int(r["predicted"])) for r in rows
-             if r["model"] == "blood-detector"}
+    photo = {
+        r["class"]: (int(r["truth"]), int(r["predicted"]))
+        for r in rows
+        if r["model"] == "blood-detector"
+    }
     assert photo["wbc"] == (1, 1)
     # BCCD boxed 19 of this photograph's RBCs and left some out: at least those are found
     assert photo["rbc"][0] == 19 and 17 <= photo["rbc"][1] <= 30
     # every sample's predictions get a report whose thumbnail opens the full-size overlay
     from skimage.io import imread
 
-    for sample, image in (("net_fluorescence", "K.Fiok3_1Per2h006_scale"),
-                          ("blood_photo", "BloodImage_00000")):
+    for sample, image in (
+        ("net_fluorescence", "K.Fiok3_1Per2h006_scale"),
+        ("blood_photo", "BloodImage_00000"),
+    ):
         page = (out / sample / "predictions" / "report.html").read_text()
         assert f'href="overlays/{image}.jpg"' in page
         overlay = imread(out / sample / "predictions" / "overlays" / f"{image}.jpg")

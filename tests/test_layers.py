@@ -108,7 +108,9 @@ def test_scale_translate_and_image_are_carried():
         ann, name="field", scale=(0.5, 0.5), translate=(10, 20), image=image
     )
     assert [(k["name"], t) for _, k, t in layers] == [
-        ("field", "image"), ("field instances", "labels"), ("field boxes", "shapes")
+        ("field", "image"),
+        ("field instances", "labels"),
+        ("field boxes", "shapes"),
     ]
     assert all(k["scale"] == (0.5, 0.5) and k["translate"] == (10.0, 20.0) for _, k, _ in layers)
 
@@ -168,8 +170,11 @@ def test_features_without_index_follow_napari_row_equals_label():
     labels = np.zeros((6, 6), dtype=np.int32)
     labels[0:2, 0:2] = 1
     labels[3:5, 3:5] = 2
-    meta = {"name": "cells", "features": {"class_name": ["", "wbc", "platelet"]},
-            "metadata": {META_CLASS_SET: class_set_to_metadata(BLOOD3)}}
+    meta = {
+        "name": "cells",
+        "features": {"class_name": ["", "wbc", "platelet"]},
+        "metadata": {META_CLASS_SET: class_set_to_metadata(BLOOD3)},
+    }
     (back,) = layer_data_to_annotation([(labels, meta, "labels")])
     assert back.classes == {1: 2, 2: 3}
     assert back.image_name == "cells"
@@ -197,9 +202,14 @@ def test_shapes_with_other_scale_are_mapped_into_the_labels_grid():
     ann = _annotation()
     labels_data, labels_kwargs = _by_type(annotation_to_layer_data(ann), "labels")
     rect = [np.array([[-0.25, -0.25], [-0.25, 4.75], [1.75, 4.75], [1.75, -0.25]])]
-    shapes_kwargs = {"name": "smear_01 boxes", "scale": (2.0, 2.0), "translate": (0.0, 0.0),
-                     "features": {"class_name": ["wbc"]}, "shape_type": ["rectangle"],
-                     "metadata": labels_kwargs["metadata"]}
+    shapes_kwargs = {
+        "name": "smear_01 boxes",
+        "scale": (2.0, 2.0),
+        "translate": (0.0, 0.0),
+        "features": {"class_name": ["wbc"]},
+        "shape_type": ["rectangle"],
+        "metadata": labels_kwargs["metadata"],
+    }
     (back,) = layer_data_to_annotation(
         [(labels_data, labels_kwargs, "labels"), (rect, shapes_kwargs, "shapes")]
     )
@@ -210,10 +220,12 @@ def test_shapes_with_other_scale_are_mapped_into_the_labels_grid():
 def test_box_only_group_is_sized_by_its_image_layer():
     image = np.zeros((70, 90, 3), dtype=np.uint8)
     rect = boxes_to_rectangles(Boxes([[1, 2, 3, 4]], [1]))
-    (ann,) = layer_data_to_annotation([
-        (image, {"name": "field", "rgb": True}, "image"),
-        (rect, {"name": "field boxes", "features": {"class_name": ["dead"]}}, "shapes"),
-    ])
+    (ann,) = layer_data_to_annotation(
+        [
+            (image, {"name": "field", "rgb": True}, "image"),
+            (rect, {"name": "field boxes", "features": {"class_name": ["dead"]}}, "shapes"),
+        ]
+    )
     assert ann.shape == (70, 90)
     assert ann.class_set is NET4 and ann.boxes.class_ids.tolist() == [2]
 
@@ -235,20 +247,38 @@ def test_non_rectangles_are_saved_as_bounding_boxes_with_a_warning():
         ([(np.zeros((4, 4), dtype=np.float32), {"name": "f"}, "labels")], "not integer"),
         ([(np.full((4, 4), -1, dtype=np.int32), {"name": "n"}, "labels")], "negative"),
         (
-            [(np.ones((4, 4), dtype=np.int32), {"name": "a instances"}, "labels"),
-             (np.ones((4, 4), dtype=np.int32), {"name": "a"}, "labels")],
+            [
+                (np.ones((4, 4), dtype=np.int32), {"name": "a instances"}, "labels"),
+                (np.ones((4, 4), dtype=np.int32), {"name": "a"}, "labels"),
+            ],
             "two Labels layers",
         ),
         (
-            [(np.ones((4, 4), dtype=np.int32),
-              {"name": "a", "features": {"index": [1], "class_name": ["ghost"]},
-               "metadata": {META_CLASS_SET: class_set_to_metadata(BLOOD3)}}, "labels")],
+            [
+                (
+                    np.ones((4, 4), dtype=np.int32),
+                    {
+                        "name": "a",
+                        "features": {"index": [1], "class_name": ["ghost"]},
+                        "metadata": {META_CLASS_SET: class_set_to_metadata(BLOOD3)},
+                    },
+                    "labels",
+                )
+            ],
             "'ghost' is not in class set",
         ),
         (
-            [(np.ones((4, 4), dtype=np.int32),
-              {"name": "a", "features": {"index": [1], "class": [7]},
-               "metadata": {META_CLASS_SET: class_set_to_metadata(BLOOD3)}}, "labels")],
+            [
+                (
+                    np.ones((4, 4), dtype=np.int32),
+                    {
+                        "name": "a",
+                        "features": {"index": [1], "class": [7]},
+                        "metadata": {META_CLASS_SET: class_set_to_metadata(BLOOD3)},
+                    },
+                    "labels",
+                )
+            ],
             "class id 7",
         ),
     ],

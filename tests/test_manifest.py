@@ -31,7 +31,10 @@ def test_npe2_validate_passes_with_imports():
     npe2 = shutil.which("npe2", path=str(Path(sys.executable).parent))
     assert npe2 is not None
     result = subprocess.run(
-        [npe2, "validate", PLUGIN, "--imports"], capture_output=True, text=True, timeout=120,
+        [npe2, "validate", PLUGIN, "--imports"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -60,13 +63,23 @@ def test_contributions_are_the_documented_ones(manifest):
     contributions = manifest.contributions
     (reader,) = contributions.readers
     assert reader.accepts_directories
-    assert {"*.json", "*.geojson", "*.zip", "*.ome.tif", "*.xml", "*.yaml",
-            "*_instances.tif"} <= set(reader.filename_patterns)
+    assert {
+        "*.json",
+        "*.geojson",
+        "*.zip",
+        "*.ome.tif",
+        "*.xml",
+        "*.yaml",
+        "*_instances.tif",
+    } <= set(reader.filename_patterns)
     extensions = {w.command.rsplit(".", 1)[1]: w.filename_extensions for w in contributions.writers}
     assert extensions == {
-        "write_coco": [".json"], "write_voc": [".xml"],
-        "write_label_tiff": [".tif", ".tiff"], "write_counts_csv": [".csv"],
-        "write_geojson": [".geojson"], "write_roiset": [".zip"],
+        "write_coco": [".json"],
+        "write_voc": [".xml"],
+        "write_label_tiff": [".tif", ".tiff"],
+        "write_counts_csv": [".csv"],
+        "write_geojson": [".geojson"],
+        "write_roiset": [".zip"],
     }
     keys = {s.key for s in contributions.sample_data}
     assert keys == {"net_fluorescence", "blood_smear_photo", "synthetic_blood_smear"}

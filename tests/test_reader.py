@@ -65,8 +65,16 @@ def test_files_that_are_not_annotations_are_left_to_napari(tmp_path, smear):
     photos = tmp_path / "photos"
     photos.mkdir()
     (photos / "a.png").write_bytes(imagecodecs.png_encode(image))
-    for name in ("config.json", "drawing.xml", "rgb_labels.png", "float_masks.tif",
-                 "plain.tif", "empty", "photos", "missing.json"):
+    for name in (
+        "config.json",
+        "drawing.xml",
+        "rgb_labels.png",
+        "float_masks.tif",
+        "plain.tif",
+        "empty",
+        "photos",
+        "missing.json",
+    ):
         assert napari_get_reader(str(tmp_path / name)) is None, name
     assert napari_get_reader([str(tmp_path / "a.json"), str(tmp_path / "b.json")]) is None
 
@@ -116,7 +124,9 @@ def test_masks_folder_and_instances_file_open_with_classes(make_napari_viewer, s
 
 def test_voc_opens_as_boxes(make_napari_viewer, tmp_path):
     ann = Annotation.empty(
-        (60, 80), NET4, image_name="field.jpg",
+        (60, 80),
+        NET4,
+        image_name="field.jpg",
         boxes=Boxes([[1, 2, 10, 12], [40, 30, 5, 6]], [1, 3]),
     )
     path = write_annotations([ann], tmp_path, to="voc")[0]
@@ -198,14 +208,13 @@ def _inside(shapes, shape):
     mask = np.zeros(shape, bool)
     for rect in shapes.data:
         (r0, c0), (r1, c1) = np.ceil(rect.min(axis=0)).astype(int), rect.max(axis=0).astype(int)
-        mask[max(r0, 0):r1 + 1, max(c0, 0):c1 + 1] = True
+        mask[max(r0, 0) : r1 + 1, max(c0, 0) : c1 + 1] = True
     return mask
 
 
 # --- QuPath, Fiji and OME-TIFF -------------------------------------------------------------------
 @pytest.mark.parametrize("to", ["geojson", "roiset"])
-def test_qupath_and_fiji_files_open_as_image_and_labels(make_napari_viewer, smear_dir, smear,
-                                                        to):
+def test_qupath_and_fiji_files_open_as_image_and_labels(make_napari_viewer, smear_dir, smear, to):
     image, ann = smear
     (path,) = write_annotations([ann], smear_dir, to=to)
     assert annotation_kind(path) == to and annotation_kind(smear_dir) == to
@@ -221,16 +230,26 @@ def test_qupath_and_fiji_files_open_as_image_and_labels(make_napari_viewer, smea
     assert features.at[first, "area_px"] == (ann.labels == first).sum()
     assert {"perimeter_px", "solidity", "eccentricity", "mean_intensity_2"} <= set(features)
     assert features.at[first, "mean_intensity_0"] == pytest.approx(
-        image[..., 0][ann.labels == first].mean())
+        image[..., 0][ann.labels == first].mean()
+    )
 
 
 def test_ome_tiff_opens_with_its_pixel_size_and_named_channels(make_napari_viewer, tmp_path):
     path = tmp_path / "field.ome.tif"
     pixels = np.random.default_rng(0).integers(0, 4000, (2, 48, 64), dtype=np.uint16)
-    tifffile.imwrite(path, pixels, ome=True, metadata={
-        "axes": "CYX", "PhysicalSizeX": 0.65, "PhysicalSizeY": 0.65,
-        "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm",
-        "Channel": {"Name": ["DNA", "Histone"]}})
+    tifffile.imwrite(
+        path,
+        pixels,
+        ome=True,
+        metadata={
+            "axes": "CYX",
+            "PhysicalSizeX": 0.65,
+            "PhysicalSizeY": 0.65,
+            "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeYUnit": "µm",
+            "Channel": {"Name": ["DNA", "Histone"]},
+        },
+    )
     assert annotation_kind(path) == "ome_image"
     viewer = make_napari_viewer()
     layers = viewer.open(path, plugin=PLUGIN)
@@ -249,8 +268,13 @@ def test_imagej_tiff_opened_by_napari_still_gives_its_pixel_size(make_napari_vie
     from napari_cellquant._layers import layer_pixel_size_um
 
     path = tmp_path / "cells.tif"
-    tifffile.imwrite(path, np.zeros((32, 32), np.uint16), imagej=True, resolution=(4.0, 4.0),
-                     metadata={"unit": "micron"})
+    tifffile.imwrite(
+        path,
+        np.zeros((32, 32), np.uint16),
+        imagej=True,
+        resolution=(4.0, 4.0),
+        metadata={"unit": "micron"},
+    )
     assert napari_get_reader(str(path)) is None  # left to napari
     viewer = make_napari_viewer()
     (layer,) = viewer.open(path, plugin="napari")

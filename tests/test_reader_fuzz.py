@@ -31,8 +31,12 @@ from napari_cellquant.core.io.images import read_image
 from napari_cellquant.core.io.masks import read_color_map, read_label_image, read_masks_folder
 from napari_cellquant.core.io.voc import read_voc
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 MAGIC = {
     ".png": b"\x89PNG\r\n\x1a\n",
@@ -101,19 +105,22 @@ def _write(data: bytes, suffix: str) -> Path:
 
 @pytest.mark.parametrize("reader", sorted(IMAGE_READERS))
 @FUZZ
-@given(suffix=st.sampled_from(sorted(MAGIC)), body=st.binary(max_size=400),
-       magic=st.booleans())
+@given(suffix=st.sampled_from(sorted(MAGIC)), body=st.binary(max_size=400), magic=st.booleans())
 def test_random_bytes_as_images(reader: str, suffix: str, body: bytes, magic: bool) -> None:
     _check(IMAGE_READERS[reader], _write((MAGIC[suffix] if magic else b"") + body, suffix))
 
 
 @pytest.mark.parametrize("reader", sorted(IMAGE_READERS))
 @FUZZ
-@given(suffix=st.sampled_from(sorted(VALID)), cut=st.floats(0.0, 1.0),
-       flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=6))
+@given(
+    suffix=st.sampled_from(sorted(VALID)),
+    cut=st.floats(0.0, 1.0),
+    flips=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(0, 255)), max_size=6),
+)
 @example(suffix=".tif", cut=1.0, flips=[(0.146484375, 1)])  # decoded less than declared
-def test_truncated_and_corrupted_images(reader: str, suffix: str, cut: float,
-                                        flips: list[tuple[float, int]]) -> None:
+def test_truncated_and_corrupted_images(
+    reader: str, suffix: str, cut: float, flips: list[tuple[float, int]]
+) -> None:
     data = bytearray(VALID[suffix])
     for where, value in flips:
         data[min(int(where * len(data)), len(data) - 1)] = value
@@ -128,14 +135,26 @@ def _png(width: int, height: int, colour_type: int = 2) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
 
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    return (MAGIC[".png"] + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return (
+        MAGIC[".png"]
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _tiff(width: int, height: int, samples: int = 1) -> bytes:
-    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1),
-               (262, 3, 1, 1), (273, 4, 1, 8), (277, 3, 1, samples), (278, 4, 1, height),
-               (279, 4, 1, 16)]
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 1),
+        (273, 4, 1, 8),
+        (277, 3, 1, samples),
+        (278, 4, 1, height),
+        (279, 4, 1, 16),
+    ]
     ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", *e) for e in entries)
     return b"II*\x00" + struct.pack("<I", 24) + b"\0" * 16 + ifd + b"\0\0\0\0"
 
@@ -151,8 +170,16 @@ def _jpeg(width: int, height: int) -> bytes:
     return valid[: at + 5] + struct.pack(">HH", height, width) + valid[at + 9 :]
 
 
-ABSURD = st.sampled_from([(60_000, 60_000), (2**31 - 1, 2**31 - 1), (1, 2**31 - 1),
-                          (2**16 - 1, 2**16 - 1), (100_000, 3), (0, 100)])
+ABSURD = st.sampled_from(
+    [
+        (60_000, 60_000),
+        (2**31 - 1, 2**31 - 1),
+        (1, 2**31 - 1),
+        (2**16 - 1, 2**16 - 1),
+        (100_000, 3),
+        (0, 100),
+    ]
+)
 
 
 @pytest.mark.parametrize("make", [_png, _tiff, _bmp, _jpeg], ids=["png", "tif", "bmp", "jpg"])
@@ -173,10 +200,14 @@ def test_headers_declaring_absurd_sizes_are_refused_before_allocating(make, size
 
 # --- JSON and XML of the wrong shape ------------------------------------------------------
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.floats(allow_nan=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.floats(allow_nan=True)
     | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
-                                                                   max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 VALUE = st.one_of(JSON, st.sampled_from([[], {}, "", -1, 0, 1e308, [1, 2], [[0, 0, 5, 5]]]))
@@ -185,26 +216,49 @@ VALUE = st.one_of(JSON, st.sampled_from([[], {}, "", -1, 0, 1e308, [1, 2], [[0, 
 @st.composite
 def coco_like(draw: st.DrawFn) -> dict:
     """A dict with COCO's keys whose values are mostly plausible and sometimes not."""
-    image = draw(st.fixed_dictionaries({}, optional={
-        "id": st.one_of(st.integers(-2, 3), VALUE), "file_name": st.one_of(st.just("a.png"),
-                                                                         VALUE),
-        "width": st.one_of(st.integers(-5, 10**12), VALUE),
-        "height": st.one_of(st.integers(-5, 10**12), VALUE)}))
-    annotation = draw(st.fixed_dictionaries({}, optional={
-        "id": VALUE, "image_id": st.one_of(st.just(1), VALUE),
-        "category_id": st.one_of(st.just(1), VALUE),
-        "bbox": st.one_of(st.lists(st.floats(allow_nan=True), max_size=5), VALUE),
-        "segmentation": st.one_of(
-            st.lists(st.lists(st.floats(-10, 1e6), max_size=10), max_size=2),
-            st.fixed_dictionaries({"size": VALUE, "counts": st.one_of(st.text(max_size=20),
-                                                                       VALUE)}),
-            VALUE),
-        "area": VALUE, "iscrowd": VALUE, "score": VALUE}))
-    category = draw(st.fixed_dictionaries({}, optional={
-        "id": st.one_of(st.just(1), VALUE), "name": st.one_of(st.just("rbc"), VALUE)}))
-    data = {"images": draw(st.one_of(st.just([image]), VALUE)),
-            "annotations": draw(st.one_of(st.just([annotation]), VALUE)),
-            "categories": draw(st.one_of(st.just([category]), VALUE))}
+    image = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "id": st.one_of(st.integers(-2, 3), VALUE),
+                "file_name": st.one_of(st.just("a.png"), VALUE),
+                "width": st.one_of(st.integers(-5, 10**12), VALUE),
+                "height": st.one_of(st.integers(-5, 10**12), VALUE),
+            },
+        )
+    )
+    annotation = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "id": VALUE,
+                "image_id": st.one_of(st.just(1), VALUE),
+                "category_id": st.one_of(st.just(1), VALUE),
+                "bbox": st.one_of(st.lists(st.floats(allow_nan=True), max_size=5), VALUE),
+                "segmentation": st.one_of(
+                    st.lists(st.lists(st.floats(-10, 1e6), max_size=10), max_size=2),
+                    st.fixed_dictionaries(
+                        {"size": VALUE, "counts": st.one_of(st.text(max_size=20), VALUE)}
+                    ),
+                    VALUE,
+                ),
+                "area": VALUE,
+                "iscrowd": VALUE,
+                "score": VALUE,
+            },
+        )
+    )
+    category = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={"id": st.one_of(st.just(1), VALUE), "name": st.one_of(st.just("rbc"), VALUE)},
+        )
+    )
+    data = {
+        "images": draw(st.one_of(st.just([image]), VALUE)),
+        "annotations": draw(st.one_of(st.just([annotation]), VALUE)),
+        "categories": draw(st.one_of(st.just([category]), VALUE)),
+    }
     return {k: v for k, v in data.items() if draw(st.booleans()) or k != "categories"}
 
 
@@ -227,22 +281,43 @@ def test_json_files_that_are_not_json(data: bytes, bom: bool) -> None:
 @st.composite
 def geojson_like(draw: st.DrawFn) -> object:
     """A QuPath-shaped FeatureCollection whose members are mostly plausible and sometimes not."""
-    ring = st.lists(st.lists(st.floats(-5, 1e6) | st.just(float("nan")), max_size=3),
-                    max_size=6)
-    geometry = st.fixed_dictionaries({}, optional={
-        "type": st.one_of(st.sampled_from(["Polygon", "MultiPolygon", "Point", "LineString"]),
-                          VALUE),
-        "coordinates": st.one_of(st.lists(ring, max_size=2), st.lists(st.lists(ring, max_size=2),
-                                                                       max_size=2), VALUE)})
-    properties = st.fixed_dictionaries({}, optional={
-        "classification": st.one_of(st.fixed_dictionaries({"name": st.one_of(
-            st.sampled_from(["RBC", "WBC", "Tumor"]), VALUE)}), VALUE),
-        "measurements": st.one_of(st.dictionaries(st.text(max_size=6), VALUE, max_size=3),
-                                  VALUE),
-        "cellquant": st.one_of(st.fixed_dictionaries({}, optional={
-            "id": VALUE, "box": VALUE, "origin": VALUE}), VALUE)})
-    feature = st.fixed_dictionaries({"type": st.just("Feature")}, optional={
-        "geometry": st.one_of(geometry, VALUE), "properties": st.one_of(properties, VALUE)})
+    ring = st.lists(st.lists(st.floats(-5, 1e6) | st.just(float("nan")), max_size=3), max_size=6)
+    geometry = st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.one_of(
+                st.sampled_from(["Polygon", "MultiPolygon", "Point", "LineString"]), VALUE
+            ),
+            "coordinates": st.one_of(
+                st.lists(ring, max_size=2), st.lists(st.lists(ring, max_size=2), max_size=2), VALUE
+            ),
+        },
+    )
+    properties = st.fixed_dictionaries(
+        {},
+        optional={
+            "classification": st.one_of(
+                st.fixed_dictionaries(
+                    {"name": st.one_of(st.sampled_from(["RBC", "WBC", "Tumor"]), VALUE)}
+                ),
+                VALUE,
+            ),
+            "measurements": st.one_of(
+                st.dictionaries(st.text(max_size=6), VALUE, max_size=3), VALUE
+            ),
+            "cellquant": st.one_of(
+                st.fixed_dictionaries({}, optional={"id": VALUE, "box": VALUE, "origin": VALUE}),
+                VALUE,
+            ),
+        },
+    )
+    feature = st.fixed_dictionaries(
+        {"type": st.just("Feature")},
+        optional={
+            "geometry": st.one_of(geometry, VALUE),
+            "properties": st.one_of(properties, VALUE),
+        },
+    )
     features = draw(st.lists(feature, max_size=3))
     if draw(st.booleans()):
         return features
@@ -262,8 +337,11 @@ def test_geojson_of_the_wrong_shape(suffix: str, data: object) -> None:
 
 
 @FUZZ
-@given(cut=st.floats(0, 1), flips=st.lists(st.integers(0, 10**6), max_size=4),
-       suffix=st.sampled_from([".zip", ".roi"]))
+@given(
+    cut=st.floats(0, 1),
+    flips=st.lists(st.integers(0, 10**6), max_size=4),
+    suffix=st.sampled_from([".zip", ".roi"]),
+)
 def test_imagej_rois_truncated_or_corrupted(cut: float, flips: list[int], suffix: str) -> None:
     import roifile
 
@@ -283,8 +361,9 @@ def test_imagej_rois_truncated_or_corrupted(cut: float, flips: list[int], suffix
         _check(read_annotations, path)
 
 
-XML_TEXT = st.one_of(st.text(max_size=6), st.sampled_from(["10", "-3", "nan", "1e400", "",
-                                                            "0", "a.png"]))
+XML_TEXT = st.one_of(
+    st.text(max_size=6), st.sampled_from(["10", "-3", "nan", "1e400", "", "0", "a.png"])
+)
 
 
 @st.composite
@@ -292,12 +371,20 @@ def voc_like(draw: st.DrawFn) -> str:
     def element(tag: str) -> str:
         return f"<{tag}>{draw(XML_TEXT)}</{tag}>" if draw(st.booleans()) else ""
 
-    size = ("<size>" + element("width") + element("height") + element("depth") + "</size>"
-            if draw(st.booleans()) else "")
+    size = (
+        "<size>" + element("width") + element("height") + element("depth") + "</size>"
+        if draw(st.booleans())
+        else ""
+    )
     objects = "".join(
-        "<object>" + element("name") + ("<bndbox>" + "".join(
-            element(t) for t in ("xmin", "ymin", "xmax", "ymax")) + "</bndbox>"
-            if draw(st.booleans()) else "") + "</object>"
+        "<object>"
+        + element("name")
+        + (
+            "<bndbox>" + "".join(element(t) for t in ("xmin", "ymin", "xmax", "ymax")) + "</bndbox>"
+            if draw(st.booleans())
+            else ""
+        )
+        + "</object>"
         for _ in range(draw(st.integers(0, 3)))
     )
     text = "<annotation>" + element("filename") + size + objects + "</annotation>"
@@ -316,14 +403,19 @@ def test_xml_of_the_wrong_shape(reader: str, text: str) -> None:
 
 # --- masks folders -------------------------------------------------------------------------
 @FUZZ
-@given(instances=st.binary(max_size=200), classes_json=st.one_of(JSON.map(json.dumps),
-                                                                  st.text(max_size=40)),
-       valid_instances=st.booleans(), with_partner=st.booleans())
-def test_masks_folders_with_broken_members(instances: bytes, classes_json: str,
-                                           valid_instances: bool, with_partner: bool) -> None:
+@given(
+    instances=st.binary(max_size=200),
+    classes_json=st.one_of(JSON.map(json.dumps), st.text(max_size=40)),
+    valid_instances=st.booleans(),
+    with_partner=st.booleans(),
+)
+def test_masks_folders_with_broken_members(
+    instances: bytes, classes_json: str, valid_instances: bool, with_partner: bool
+) -> None:
     folder = Path(tempfile.mkdtemp(prefix="masks-", dir=_FOLDER[0]))
-    (folder / "a_instances.tif").write_bytes(VALID[".tif"] if valid_instances
-                                             else MAGIC[".tif"] + instances)
+    (folder / "a_instances.tif").write_bytes(
+        VALID[".tif"] if valid_instances else MAGIC[".tif"] + instances
+    )
     if with_partner:
         (folder / "a_classes.tif").write_bytes(instances if valid_instances else VALID[".tif"])
     (folder / "classes.json").write_text(classes_json, encoding="utf-8", errors="surrogatepass")

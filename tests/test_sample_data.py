@@ -74,8 +74,9 @@ def test_synthetic_sample_gives_image_and_its_truth(make_napari_viewer):
     expected_image, truth = synthetic_blood_smear(shape=(512, 512), seed=0)
     np.testing.assert_array_equal(image.data, expected_image)
     np.testing.assert_array_equal(labels.data, truth.labels)
-    for label, class_name in zip(labels.features["index"], labels.features["class_name"],
-                                 strict=True):
+    for label, class_name in zip(
+        labels.features["index"], labels.features["class_name"], strict=True
+    ):
         assert BLOOD10.id_of(class_name) == truth.classes[int(label)]
 
 
@@ -83,7 +84,9 @@ def test_smear_photo_sample_gives_the_photograph_and_its_boxes(make_napari_viewe
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "blood_smear_photo")
     assert [(layer.name, layer._type_string) for layer in viewer.layers] == [
-        ("BloodImage_00000", "image"), ("BloodImage_00000 boxes", "shapes")]
+        ("BloodImage_00000", "image"),
+        ("BloodImage_00000 boxes", "shapes"),
+    ]
     image, boxes = viewer.layers
     assert image.data.shape == (480, 640, 3) and image.rgb
     assert list(boxes.features["class_name"]).count("rbc") == 19

@@ -66,8 +66,9 @@ def test_layers_save_for_qupath_and_fiji_and_read_back_exactly(viewer, smear, tm
         warnings.simplefilter("ignore")  # the image is not beside the file: size from extent
         (back,) = read_annotations(tmp_path / name, images_dir=None, class_set=BLOOD10)
     rows, cols = ann.shape
-    np.testing.assert_array_equal(back.labels[:rows, :cols], ann.labels[: back.shape[0],
-                                                                        : back.shape[1]])
+    np.testing.assert_array_equal(
+        back.labels[:rows, :cols], ann.labels[: back.shape[0], : back.shape[1]]
+    )
     assert back.classes == ann.classes and back.scores == ann.scores
     np.testing.assert_allclose(back.boxes.xywh, ann.boxes.xywh)
 
@@ -128,8 +129,9 @@ def test_labels_save_as_a_tiff_pair_the_reader_opens(viewer, smear, tmp_path):
     assert [Path(p).name for p in written][:2] == ["cells_instances.tif", "cells_classes.tif"]
     labels = viewer.open(tmp_path / "cells_instances.tif", plugin=PLUGIN)[-1]
     np.testing.assert_array_equal(labels.data, ann.labels)
-    for label, class_name in zip(labels.features["index"], labels.features["class_name"],
-                                 strict=True):
+    for label, class_name in zip(
+        labels.features["index"], labels.features["class_name"], strict=True
+    ):
         assert BLOOD10.id_of(class_name) == ann.classes[int(label)]
 
 

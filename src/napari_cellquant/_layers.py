@@ -161,8 +161,10 @@ def layer_pixel_size_um(layer: Any) -> tuple[float, float] | None:
     lengths, else what the TIFF it was opened from records (napari's own reader opens an
     ImageJ TIFF without its pixel size), else None."""
     try:
-        sizes = [(float(s) * u).to("micrometer").magnitude
-                 for s, u in zip(layer.scale[-2:], layer.units[-2:], strict=True)]
+        sizes = [
+            (float(s) * u).to("micrometer").magnitude
+            for s, u in zip(layer.scale[-2:], layer.units[-2:], strict=True)
+        ]
         return (float(sizes[0]), float(sizes[1]))
     except Exception:  # pixel (or no) units: no physical size in the layer itself
         pass
@@ -235,14 +237,18 @@ def annotation_to_layer_data(
     layers: list[LayerDataTuple] = []
     if image is not None:
         layers.append(
-            (image, {"name": base, "metadata": {META_IMAGE_NAME: ann.image_name}, **placement},
-             "image")
+            (
+                image,
+                {"name": base, "metadata": {META_IMAGE_NAME: ann.image_name}, **placement},
+                "image",
+            )
         )
     has_instances = bool(ann.labels.any())
     if has_instances or not len(ann.boxes):
         pixels = image if intensity_image is None else intensity_image
-        layers.append(_labels_tuple(ann, f"{base}{INSTANCES_SUFFIX}", placement, shared_meta,
-                                    pixels))
+        layers.append(
+            _labels_tuple(ann, f"{base}{INSTANCES_SUFFIX}", placement, shared_meta, pixels)
+        )
     if len(ann.boxes):
         layers.append(_shapes_tuple(ann, f"{base}{BOXES_SUFFIX}", placement, shared_meta))
     return layers
@@ -256,12 +262,18 @@ def labels_features(ann: Annotation, image: np.ndarray | None = None) -> dict[st
     table = ann.features()
     measured = measure_objects(replace(ann, boxes=Boxes()), image)  # no copy of the pixels
     shared = ("image", "id", "class", "score", "origin")
-    return {"index": table["label"].astype(np.int64), **table,
-            **{k: v for k, v in measured.items() if k not in shared}}
+    return {
+        "index": table["label"].astype(np.int64),
+        **table,
+        **{k: v for k, v in measured.items() if k not in shared},
+    }
 
 
 def _labels_tuple(
-    ann: Annotation, name: str, placement: dict[str, Any], shared_meta: dict[str, Any],
+    ann: Annotation,
+    name: str,
+    placement: dict[str, Any],
+    shared_meta: dict[str, Any],
     image: np.ndarray | None,
 ) -> LayerDataTuple:
     features = labels_features(ann, image)
@@ -402,8 +414,9 @@ def _labels_array(data: Any, meta: Mapping[str, Any], name: str) -> np.ndarray:
 
 
 def _placement(meta: Mapping[str, Any], ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    scale = np.asarray(meta.get("scale") if meta.get("scale") is not None else [1.0] * ndim,
-                       dtype=np.float64)
+    scale = np.asarray(
+        meta.get("scale") if meta.get("scale") is not None else [1.0] * ndim, dtype=np.float64
+    )
     translate = np.asarray(
         meta.get("translate") if meta.get("translate") is not None else [0.0] * ndim,
         dtype=np.float64,
@@ -617,7 +630,8 @@ def _group_to_annotation(group: _Group, class_set: ClassSet | None) -> Annotatio
         all_classes.append(_classes_from_table(table, n, cs, default, name))
         score = table.get("score")
         all_scores.append(
-            np.asarray(score, dtype=np.float64) if score is not None and len(score) == n
+            np.asarray(score, dtype=np.float64)
+            if score is not None and len(score) == n
             else np.full(n, np.nan)
         )
     boxes = Boxes(

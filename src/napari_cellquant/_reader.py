@@ -188,11 +188,19 @@ def image_layers(path: Path) -> list[LayerDataTuple]:
     channels = pixels.shape[-1] if pixels.ndim == 3 else 1
     rgb = channels in (3, 4) and pixels.dtype == "uint8" and not metadata.channel_names
     if channels > 1 and not rgb:
-        names = list(metadata.channel_names) if len(metadata.channel_names) == channels else [
-            f"channel {c}" for c in range(channels)]
+        names = (
+            list(metadata.channel_names)
+            if len(metadata.channel_names) == channels
+            else [f"channel {c}" for c in range(channels)]
+        )
         kwargs.update(channel_axis=2, name=[f"{name} {n}" for n in names])
     return [(pixels, kwargs, "image")]
 
 
-__all__ = ["annotation_kind", "image_layers", "napari_get_reader", "read_annotation_files",
-           "read_layers"]
+__all__ = [
+    "annotation_kind",
+    "image_layers",
+    "napari_get_reader",
+    "read_annotation_files",
+    "read_layers",
+]

@@ -38,8 +38,9 @@ def blood_smear_photo() -> list[LayerDataTuple]:
     from .core.io.images import read_image
     from .core.io.voc import read_voc
 
-    (annotation,) = read_voc(SAMPLES_DIR / "BloodImage_00000.xml", images_dir=SAMPLES_DIR,
-                             class_set=BLOOD3)
+    (annotation,) = read_voc(
+        SAMPLES_DIR / "BloodImage_00000.xml", images_dir=SAMPLES_DIR, class_set=BLOOD3
+    )
     return annotation_to_layer_data(annotation, image=read_image(annotation.image_path))
 
 

@@ -142,5 +142,11 @@ def write_counts_csv(path: str, layer_data: Sequence[FullLayerData]) -> list[str
     return [str(p) for p in written]
 
 
-__all__ = ["write_coco", "write_counts_csv", "write_geojson", "write_label_tiff",
-           "write_roiset", "write_voc"]
+__all__ = [
+    "write_coco",
+    "write_counts_csv",
+    "write_geojson",
+    "write_label_tiff",
+    "write_roiset",
+    "write_voc",
+]

@@ -31,8 +31,9 @@ def _convert(args: argparse.Namespace) -> int:
         annotations, args.dst, to=args.to, encoding=args.encoding, overwrite=args.overwrite
     )
     objects = sum(len(a.instance_ids()) + len(a.boxes) for a in annotations)
-    log.info("read %d image(s), %d object(s); wrote %d file(s)", len(annotations), objects,
-             len(written))
+    log.info(
+        "read %d image(s), %d object(s); wrote %d file(s)", len(annotations), objects, len(written)
+    )
     for path in written:
         print(path)
     return EXIT_OK
@@ -42,14 +43,24 @@ def _models(args: argparse.Namespace) -> int:
     from .core.models.registry import builtin_cards, weights_status
     from .core.scale import expected_pixel_size_um
 
-    rows = [("name", "kind", "task", "classes", "diameter px", "pixel um", "weights",
-             "description")]
+    rows = [
+        ("name", "kind", "task", "classes", "diameter px", "pixel um", "weights", "description")
+    ]
     for card in builtin_cards().values():
         diameter = ", ".join(f"{k} {v:g}" for k, v in card.diameter_px.items()) or "-"
         pixel = expected_pixel_size_um(card)
-        rows.append((card.name, card.kind, card.task, card.class_set, diameter,
-                     "-" if pixel is None else f"{pixel:.3g}", weights_status(card),
-                     card.description))
+        rows.append(
+            (
+                card.name,
+                card.kind,
+                card.task,
+                card.class_set,
+                diameter,
+                "-" if pixel is None else f"{pixel:.3g}",
+                weights_status(card),
+                card.description,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
@@ -61,17 +72,24 @@ def _predict(args: argparse.Namespace) -> int:
     from .core.predict import load_model
 
     if args.workers is not None and args.workers < 1:
-        print("error: --workers must be 1 or more (leave it out to run in this process)",
-              file=sys.stderr)
+        print(
+            "error: --workers must be 1 or more (leave it out to run in this process)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.diameter is not None and not (args.diameter >= 0 and math.isfinite(args.diameter)):
-        print(f"error: --diameter must be a positive number of pixels, or 0 to estimate it "
-              f"from each image (got {args.diameter:g})", file=sys.stderr)
+        print(
+            f"error: --diameter must be a positive number of pixels, or 0 to estimate it "
+            f"from each image (got {args.diameter:g})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
-    if args.pixel_size is not None and not (args.pixel_size > 0
-                                            and math.isfinite(args.pixel_size)):
-        print(f"error: --pixel-size must be a positive number of micrometres per pixel "
-              f"(got {args.pixel_size:g})", file=sys.stderr)
+    if args.pixel_size is not None and not (args.pixel_size > 0 and math.isfinite(args.pixel_size)):
+        print(
+            f"error: --pixel-size must be a positive number of micrometres per pixel "
+            f"(got {args.pixel_size:g})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.diameter == 0:  # as in Segment: 0 means "estimate it"
         args.diameter = None
@@ -83,23 +101,37 @@ def _predict(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     # workers may run elsewhere: name card and weights files by absolute path
     name = str(Path(args.model).resolve()) if Path(args.model).is_file() else str(args.model)
-    spec = ModelSpec(name, args.device,
-                     None if args.weights is None else str(Path(args.weights).resolve()))
+    spec = ModelSpec(
+        name, args.device, None if args.weights is None else str(Path(args.weights).resolve())
+    )
 
     def report(done: int, total: int, path: Path, status: str) -> None:
         print(f"[{done}/{total}] {path.name}: {status}", file=sys.stderr)
 
-    result = predict_images(images, spec, args.outdir, tile=args.tile, overlap=args.overlap,
-                            diameter=args.diameter, pixel_size_um=args.pixel_size,
-                            overwrite=args.overwrite, force=args.force,
-                            workers=args.workers or 0, scheduler=args.scheduler,
-                            loaded=model, on_image=report)
+    result = predict_images(
+        images,
+        spec,
+        args.outdir,
+        tile=args.tile,
+        overlap=args.overlap,
+        diameter=args.diameter,
+        pixel_size_um=args.pixel_size,
+        overwrite=args.overwrite,
+        force=args.force,
+        workers=args.workers or 0,
+        scheduler=args.scheduler,
+        loaded=model,
+        on_image=report,
+    )
     for path, message in result.failures:
         print(f"error: {path}: {message}", file=sys.stderr)
     resumed = f" ({len(result.skipped)} already done before)" if result.skipped else ""
     failed = f"; {len(result.failures)} failed, listed in failures.csv" if result.failures else ""
-    print(f"{result.complete} of {len(images)} image(s) done{resumed}{failed}; results and "
-          f"report.html in {args.outdir}", file=sys.stderr)
+    print(
+        f"{result.complete} of {len(images)} image(s) done{resumed}{failed}; results and "
+        f"report.html in {args.outdir}",
+        file=sys.stderr,
+    )
     return EXIT_PARTIAL if result.failures else EXIT_OK
 
 
@@ -130,19 +162,32 @@ def _train(args: argparse.Namespace) -> int:
 
     pairs = load_training_pairs(args.images, args.annotations, class_set=args.classes)
     config = TrainingConfig(
-        base=args.model, images=[image for image, _ in pairs],
-        annotations=[annotation for _, annotation in pairs], output=args.output,
-        epochs=args.epochs, val_fraction=args.val_fraction, batch_size=args.batch_size,
-        crop=args.crop, lr=args.lr, seed=args.seed, device=args.device, resume=args.resume,
-        patience=args.patience, from_scratch=args.from_scratch, overwrite=args.overwrite,
+        base=args.model,
+        images=[image for image, _ in pairs],
+        annotations=[annotation for _, annotation in pairs],
+        output=args.output,
+        epochs=args.epochs,
+        val_fraction=args.val_fraction,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        resume=args.resume,
+        patience=args.patience,
+        from_scratch=args.from_scratch,
+        overwrite=args.overwrite,
     )
     live = sys.stderr.isatty()
 
     def report(event) -> None:  # event: a core.training TrainingEvent
         if event.phase == "start":
             base = "none" if event.base_score is None else f"{event.base_score:.3f}"
-            print(f"training {len(pairs)} image(s) for {event.epochs} epochs, "
-                  f"{event.total_steps} steps; base model score {base}", file=sys.stderr)
+            print(
+                f"training {len(pairs)} image(s) for {event.epochs} epochs, "
+                f"{event.total_steps} steps; base model score {base}",
+                file=sys.stderr,
+            )
         elif event.phase == "step" and live:
             print(f"\r{event.describe()}", end="", file=sys.stderr, flush=True)
         elif event.phase == "epoch":
@@ -151,8 +196,11 @@ def _train(args: argparse.Namespace) -> int:
     result = train(config, progress=report)
     base = "none" if result.base_score is None else f"{result.base_score:.3f}"
     new = "none" if result.score is None else f"{result.score:.3f}"
-    print(f"{result.score_name}: base {base}, new {new} (epoch {result.best_epoch}"
-          f"{', stopped early' if result.stopped_early else ''})", file=sys.stderr)
+    print(
+        f"{result.score_name}: base {base}, new {new} (epoch {result.best_epoch}"
+        f"{', stopped early' if result.stopped_early else ''})",
+        file=sys.stderr,
+    )
     for message in result.warnings:
         print(f"warning: {message}", file=sys.stderr)
     if result.weights is None:
@@ -176,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser(
         "convert",
         help="convert annotations between COCO, VOC, YOLO, QuPath GeoJSON, Fiji ROI sets, "
-             "masks and counts CSV",
+        "masks and counts CSV",
         description="Read annotations from SRC (kind detected from content) and write them to DST.",
     )
     convert.add_argument("src", type=Path, metavar="SRC", help="annotation file or folder")
@@ -188,14 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--images", type=Path, help="folder holding the images")
     convert.add_argument(
-        "--rle", dest="encoding", action="store_const", const="rle", default="polygon",
+        "--rle",
+        dest="encoding",
+        action="store_const",
+        const="rle",
+        default="polygon",
         help="COCO segmentations as RLE (exact) instead of polygons",
     )
     convert.add_argument("--overwrite", action="store_true", help="replace existing files")
     convert.set_defaults(handler=_convert)
 
     predict = sub.add_parser(
-        "predict", help="segment or detect objects in images and write COCO, masks and counts",
+        "predict",
+        help="segment or detect objects in images and write COCO, masks and counts",
         description="Run a model on images (files, folders or glob patterns) and write "
         "OUTDIR/annotations.json, counts.csv, figures.csv, objects.csv, masks/, overlays/, "
         "failures.csv and report.html. A rerun with the same OUTDIR, model and settings "
@@ -203,43 +256,67 @@ def build_parser() -> argparse.ArgumentParser:
         "images failed (see failures.csv).",
     )
     predict.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
-    predict.add_argument("-m", "--model", required=True,
-                         help="built-in model name (see `cellquant models`), card or weights file")
+    predict.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        help="built-in model name (see `cellquant models`), card or weights file",
+    )
     predict.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
     predict.add_argument("--weights", type=Path, help="local weights file for the model")
     predict.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda:0 ...")
     predict.add_argument("--tile", type=int, help="tile size in pixels (default: the card's)")
-    predict.add_argument("--overlap", type=float, help="tile overlap fraction (default: the card's)")
-    predict.add_argument("--diameter", type=float,
-                         help="typical object diameter in pixels (RBC for blood, nucleus for "
-                         "NETs and fluorescence); the image is rescaled to the model's scale "
-                         "and the result back. Leave it out to estimate it from each image "
-                         "(printed per image); pass it when the images hold few separate "
-                         "objects (dense smears)")
-    predict.add_argument("--pixel-size", type=float, metavar="UM",
-                         help="micrometres per pixel, for images whose files do not record "
-                         "it (OME-TIFF, ImageJ and TIFF resolution tags are read from each "
-                         "file); gives the model's scale, densities and areas in um^2")
     predict.add_argument(
-        "--overwrite", action="store_true",
+        "--overlap", type=float, help="tile overlap fraction (default: the card's)"
+    )
+    predict.add_argument(
+        "--diameter",
+        type=float,
+        help="typical object diameter in pixels (RBC for blood, nucleus for "
+        "NETs and fluorescence); the image is rescaled to the model's scale "
+        "and the result back. Leave it out to estimate it from each image "
+        "(printed per image); pass it when the images hold few separate "
+        "objects (dense smears)",
+    )
+    predict.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="UM",
+        help="micrometres per pixel, for images whose files do not record "
+        "it (OME-TIFF, ImageJ and TIFF resolution tags are read from each "
+        "file); gives the model's scale, densities and areas in um^2",
+    )
+    predict.add_argument(
+        "--overwrite",
+        action="store_true",
         help="replace an OUTDIR that holds other results (another model or settings, or files "
-        "not from `cellquant predict`); a run with the same settings is still resumed")
-    predict.add_argument("--force", action="store_true",
-                         help="redo every image, even those with complete outputs in OUTDIR "
-                         "(implies --overwrite)")
+        "not from `cellquant predict`); a run with the same settings is still resumed",
+    )
+    predict.add_argument(
+        "--force",
+        action="store_true",
+        help="redo every image, even those with complete outputs in OUTDIR (implies --overwrite)",
+    )
     where = predict.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=int, metavar="N",
-                       help="run on a local dask cluster of N worker processes "
-                       "(default: in this process)")
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="run on a running dask.distributed cluster, e.g. tcp://host:8786")
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="run on a local dask cluster of N worker processes (default: in this process)",
+    )
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on a running dask.distributed cluster, e.g. tcp://host:8786",
+    )
     predict.set_defaults(handler=_predict)
 
     models = sub.add_parser("models", help="list the models, their class sets and weights")
     models.set_defaults(handler=_models)
 
     demo = sub.add_parser(
-        "demo", help="run the main job on the bundled sample data",
+        "demo",
+        help="run the main job on the bundled sample data",
         description="Open the bundled samples with their annotations and write COCO, masks "
         "and counts into OUTDIR.",
     )
@@ -248,39 +325,52 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     train = sub.add_parser(
-        "train", help="train or fine-tune a model on annotated images",
+        "train",
+        help="train or fine-tune a model on annotated images",
         description="Fine-tune MODEL (or train its architecture from scratch when it has no "
         "weights) on images and their annotations (COCO, VOC, label images, colour maps with "
         "--classes, mask folders); writes the weights to OUTPUT and a model card beside it "
         "that `cellquant predict -m OUTPUT` accepts.",
     )
     train.add_argument("--images", type=Path, help="folder holding the images")
-    train.add_argument("--annotations", type=Path, required=True,
-                       help="annotation file or folder")
-    train.add_argument("-m", "--model", required=True,
-                       help="base model: built-in name, card or weights file")
+    train.add_argument("--annotations", type=Path, required=True, help="annotation file or folder")
+    train.add_argument(
+        "-m", "--model", required=True, help="base model: built-in name, card or weights file"
+    )
     train.add_argument("-o", "--output", type=Path, required=True, help="new weights file (.pt)")
     train.add_argument("--epochs", type=int, default=50, help="epochs (default 50)")
-    train.add_argument("--val-fraction", type=float, default=0.2,
-                       help="share of images held out for validation (default 0.2)")
+    train.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of images held out for validation (default 0.2)",
+    )
     train.add_argument("--batch-size", type=int, default=4, help="crops per step (default 4)")
     train.add_argument("--crop", type=int, default=256, help="crop edge in pixels (default 256)")
     train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    train.add_argument("--patience", type=int, default=15,
-                       help="stop after this many epochs without improvement (default 15)")
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=15,
+        help="stop after this many epochs without improvement (default 15)",
+    )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda:0 ...")
-    train.add_argument("--classes",
-                       help="class set of colour maps and mask folders (blood10, blood3, net4, cell)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from OUTPUT's checkpoint (<stem>.resume.pt)")
-    train.add_argument("--from-scratch", action="store_true",
-                       help="ignore the base model's weights")
+    train.add_argument(
+        "--classes", help="class set of colour maps and mask folders (blood10, blood3, net4, cell)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT's checkpoint (<stem>.resume.pt)"
+    )
+    train.add_argument(
+        "--from-scratch", action="store_true", help="ignore the base model's weights"
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT")
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser(
-        "evaluate", help="score predictions against ground truth; prints JSON",
+        "evaluate",
+        help="score predictions against ground truth; prints JSON",
         description="Compare predicted annotations with ground truth (COCO files or mask "
         "folders, images matched by file name) and print one JSON object: COCO AP and AP50 "
         "for masks and boxes, precision/recall/F1 at --iou, per-class and mean IoU, counts "
@@ -288,8 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--gt", type=Path, required=True, help="ground-truth file or folder")
     evaluate.add_argument("--pred", type=Path, required=True, help="predictions file or folder")
-    evaluate.add_argument("--iou", type=float, default=0.5,
-                          help="IoU at which a prediction finds an object (default 0.5)")
+    evaluate.add_argument(
+        "--iou",
+        type=float,
+        default=0.5,
+        help="IoU at which a prediction finds an object (default 0.5)",
+    )
     evaluate.add_argument(
         "--classes", help="class set of masks and colour maps (blood10, blood3, net4, cell)"
     )

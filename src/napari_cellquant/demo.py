@@ -65,13 +65,17 @@ def _samples(outdir: Path, overwrite: bool) -> tuple[list[DemoSample], list[Path
     (photo,) = read_voc(BLOOD_PHOTO_BOXES, images_dir=SAMPLES_DIR)
     pixels, smear = synthetic_blood_smear(shape=(512, 512), seed=0)
     smear.image_name = "synthetic_blood_smear.png"
-    samples = [DemoSample("net_fluorescence", net, "net-classical"),
-               DemoSample("blood_photo", photo, "blood-detector"),
-               # the generator's red cells are 2 x 17 px across
-               DemoSample("blood_smear", smear, "blood-classical", diameter=34.0)]
-    images = [_write_image(outdir / "net_fluorescence", net, None, overwrite),
-              _write_image(outdir / "blood_photo", photo, None, overwrite),
-              _write_image(outdir / "blood_smear", smear, pixels, overwrite)]
+    samples = [
+        DemoSample("net_fluorescence", net, "net-classical"),
+        DemoSample("blood_photo", photo, "blood-detector"),
+        # the generator's red cells are 2 x 17 px across
+        DemoSample("blood_smear", smear, "blood-classical", diameter=34.0),
+    ]
+    images = [
+        _write_image(outdir / "net_fluorescence", net, None, overwrite),
+        _write_image(outdir / "blood_photo", photo, None, overwrite),
+        _write_image(outdir / "blood_smear", smear, pixels, overwrite),
+    ]
     return samples, images
 
 
@@ -84,8 +88,10 @@ def _comparison_rows(sample: DemoSample, found: Annotation) -> list[list]:
         for fine, count in want.items():
             coarse[BLOOD10_TO_BLOOD3[fine]] += count
         want = coarse
-    return [[found.image_name, sample.model, name, want.get(name, ""), count]
-            for name, count in found.counts().items()]
+    return [
+        [found.image_name, sample.model, name, want.get(name, ""), count]
+        for name, count in found.counts().items()
+    ]
 
 
 def run_demo(outdir: Path, *, overwrite: bool = False) -> list[Path]:
@@ -104,13 +110,18 @@ def run_demo(outdir: Path, *, overwrite: bool = False) -> list[Path]:
         found.image_name = sample.truth.image_name
         for part, annotation in (("truth", sample.truth), ("predictions", found)):
             for to, name in OUTPUT_FORMATS:
-                written += write_annotations([annotation], image_path.parent / part / name,
-                                             to=to, overwrite=overwrite)
-        written += write_report(image_path.parent / "predictions",
-                                [(read_image(image_path), found)], found.class_set,
-                                title=f"{sample.model} on {found.image_name}",
-                                overwrite=overwrite)
+                written += write_annotations(
+                    [annotation], image_path.parent / part / name, to=to, overwrite=overwrite
+                )
+        written += write_report(
+            image_path.parent / "predictions",
+            [(read_image(image_path), found)],
+            found.class_set,
+            title=f"{sample.model} on {found.image_name}",
+            overwrite=overwrite,
+        )
         writer.writerows(_comparison_rows(sample, found))
-    written.append(write_text_atomic(outdir / "comparison.csv", table.getvalue(),
-                                     overwrite=overwrite))
+    written.append(
+        write_text_atomic(outdir / "comparison.csv", table.getvalue(), overwrite=overwrite)
+    )
     return written

@@ -24,14 +24,20 @@ def _annotation() -> Annotation:
     hole = (np.abs(rows - 15) <= 3) & (np.abs(cols - 65) <= 3)
     labels[ring & ~hole] = 15  # wbc ring with a 49 px hole
     classes = {3: 1, 7: 2, 9: 3, 12: 1, 15: 2}
-    return Annotation(labels, BLOOD3, classes, scores={i: 0.9 for i in classes},
-                      origins={i: "model" for i in classes}, image_name="smear.png")
+    return Annotation(
+        labels,
+        BLOOD3,
+        classes,
+        scores={i: 0.9 for i in classes},
+        origins={i: "model" for i in classes},
+        image_name="smear.png",
+    )
 
 
 @pytest.fixture
 def correct(make_napari_viewer):
     viewer = make_napari_viewer()
-    (data, kwargs, _), = annotation_to_layer_data(_annotation())
+    ((data, kwargs, _),) = annotation_to_layer_data(_annotation())
     layer = viewer.add_labels(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
     return viewer, layer, widget
@@ -181,7 +187,7 @@ def test_a_plain_napari_labels_layer_gets_a_features_table(make_napari_viewer):
 
 def test_a_layer_with_an_unknown_class_name_is_refused_with_a_warning(make_napari_viewer):
     viewer = make_napari_viewer()
-    (data, kwargs, _), = annotation_to_layer_data(_annotation())
+    ((data, kwargs, _),) = annotation_to_layer_data(_annotation())
     kwargs["features"]["class_name"][0] = "dragon"
     viewer.add_labels(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
@@ -213,7 +219,7 @@ def test_edits_that_outgrow_a_uint16_layer_widen_it(make_napari_viewer):
     ann.origins[65535] = ann.origins.pop(15)
     ann.scores[65535] = ann.scores.pop(15)
     viewer = make_napari_viewer()
-    (data, kwargs, _), = annotation_to_layer_data(ann)
+    ((data, kwargs, _),) = annotation_to_layer_data(ann)
     layer = viewer.add_labels(data.astype(np.uint16), **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Correct")
     edit = widget.split(12)

@@ -25,15 +25,18 @@ def _blood() -> Annotation:
 
 
 def _value(rows, group, name, column="after", image=None):
-    (row,) = [r for r in rows if r["group"] == group and r["name"] == name
-              and (image is None or r["image"] == image)]
+    (row,) = [
+        r
+        for r in rows
+        if r["group"] == group and r["name"] == name and (image is None or r["image"] == image)
+    ]
     return row[column]
 
 
 @pytest.fixture
 def viewer_with_count(make_napari_viewer):
     viewer = make_napari_viewer()
-    (data, kwargs, _), = annotation_to_layer_data(_blood())
+    ((data, kwargs, _),) = annotation_to_layer_data(_blood())
     kwargs["scale"] = (0.5, 0.5)
     kwargs["units"] = ("um", "um")
     layer = viewer.add_labels(data, **kwargs)
@@ -76,8 +79,13 @@ def test_net_boxes_and_instances_of_one_image_are_one_group(make_napari_viewer):
     viewer = make_napari_viewer()
     labels = np.zeros((40, 40), dtype=np.int32)
     labels[2:6, 2:6] = 1
-    ann = Annotation(labels, NET4, {1: NET4.id_of("dead")}, image_name="net.jpg",
-                     boxes=Boxes(np.ones((3, 4)) * 5, [1, 1, 3], None))
+    ann = Annotation(
+        labels,
+        NET4,
+        {1: NET4.id_of("dead")},
+        image_name="net.jpg",
+        boxes=Boxes(np.ones((3, 4)) * 5, [1, 1, 3], None),
+    )
     for data, kwargs, kind in annotation_to_layer_data(ann):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
@@ -109,16 +117,19 @@ def test_truth_and_prediction_are_counted_apart_and_hidden_layers_left_out(make_
     viewer = make_napari_viewer()
     viewer.open_sample("napari-cellquant", "net_fluorescence")
     truth = viewer.layers["K.Fiok3_1Per2h006_scale boxes"]
-    predicted = viewer.add_shapes(truth.data[:5], shape_type="rectangle",
-                                  name="K.Fiok3_1Per2h006_scale net-classical boxes",
-                                  features=truth.features.iloc[:5].reset_index(drop=True),
-                                  metadata=dict(truth.metadata))
+    predicted = viewer.add_shapes(
+        truth.data[:5],
+        shape_type="rectangle",
+        name="K.Fiok3_1Per2h006_scale net-classical boxes",
+        features=truth.features.iloc[:5].reset_index(drop=True),
+        metadata=dict(truth.metadata),
+    )
     _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
     rows = widget.refresh()
-    totals = {r["image"]: r["after"] for r in rows if r["group"] == "count"
-              and r["name"] == "total"}
-    assert totals == {"K.Fiok3_1Per2h006_scale": 16,
-                      "K.Fiok3_1Per2h006_scale net-classical": 5}
+    totals = {
+        r["image"]: r["after"] for r in rows if r["group"] == "count" and r["name"] == "total"
+    }
+    assert totals == {"K.Fiok3_1Per2h006_scale": 16, "K.Fiok3_1Per2h006_scale net-classical": 5}
     predicted.visible = False
     rows = widget.refresh()
     assert {r["image"] for r in rows} == {"K.Fiok3_1Per2h006_scale"}
@@ -135,8 +146,9 @@ def test_net_area_is_shown_and_follows_painting(make_napari_viewer, qtbot):
     labels[10:30, 10:60] = 1
     labels[50:60, 100:150] = 2
     viewer = make_napari_viewer()
-    (data, kwargs, _), = annotation_to_layer_data(
-        Annotation(labels, NET_AREA, {1: 1, 2: 1}, image_name="field.png"))
+    ((data, kwargs, _),) = annotation_to_layer_data(
+        Annotation(labels, NET_AREA, {1: 1, 2: 1}, image_name="field.png")
+    )
     kwargs["scale"] = (0.5, 0.5)
     kwargs["units"] = ("um", "um")
     layer = viewer.add_labels(data, **kwargs)
@@ -172,21 +184,28 @@ def test_objects_table_is_measured_after_corrections_and_saved(viewer_with_count
     assert features.at[merged, "area_px"] == 72 and "solidity" in features
     path = widget.save_objects_csv(tmp_path / "objects.csv")
     table = pd.read_csv(path)
-    assert len(table) == 15 and list(table.columns[:5]) == ["image", "id", "class", "score",
-                                                            "origin"]
+    assert len(table) == 15 and list(table.columns[:5]) == [
+        "image",
+        "id",
+        "class",
+        "score",
+        "origin",
+    ]
     with pytest.raises(OutputExistsError):
         widget.save_objects_csv(path)
 
 
 def test_objects_button_measures_in_the_background_and_writes_the_file(
-        viewer_with_count, tmp_path, qtbot, monkeypatch):
+    viewer_with_count, tmp_path, qtbot, monkeypatch
+):
     from qtpy.QtWidgets import QFileDialog, QPushButton
 
     _viewer, _layer, widget = viewer_with_count
     widget.refresh()
     target = tmp_path / "cells.csv"
-    monkeypatch.setattr(QFileDialog, "getSaveFileName",
-                        staticmethod(lambda *a, **k: (str(target), "CSV (*.csv)")))
+    monkeypatch.setattr(
+        QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(target), "CSV (*.csv)"))
+    )
     (button,) = [b for b in widget.findChildren(QPushButton) if b.text() == "Objects CSV…"]
     button.click()
     qtbot.waitUntil(target.exists, timeout=10000)

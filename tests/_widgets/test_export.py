@@ -65,9 +65,11 @@ def test_both_layers_are_chosen_and_coco_reads_back_with_origins(qtbot, export, 
     np.testing.assert_array_equal(back.boxes.class_ids, annotation.boxes.class_ids)
     edited = int(viewer.layers["smear instances"].features.loc[0, "index"])
     assert back.origins[edited] == "edited"
-    origins = {a["attributes"]["instance_id"]: a["attributes"]["origin"]
-               for a in json.loads(target.read_text())["annotations"]
-               if "instance_id" in a["attributes"]}
+    origins = {
+        a["attributes"]["instance_id"]: a["attributes"]["origin"]
+        for a in json.loads(target.read_text())["annotations"]
+        if "instance_id" in a["attributes"]
+    }
     assert origins[edited] == "edited"
     assert set(origins.values()) == {"edited", "file"}  # the rest came from the sample
     assert not (tmp_path / "smear_corrections.json").exists()  # no log in the layer
@@ -113,8 +115,10 @@ def test_overwriting_needs_confirmation(qtbot, export, tmp_path):
 
 def test_correction_log_is_written_beside_the_output(qtbot, export, tmp_path):
     viewer, widget = export
-    log = [{"action": "merged", "ids": [np.int64(3), 7], "result_ids": [3]},
-           {"action": "reclassed", "ids": [5], "classes": [2]}]
+    log = [
+        {"action": "merged", "ids": [np.int64(3), 7], "result_ids": [3]},
+        {"action": "reclassed", "ids": [5], "classes": [2]},
+    ]
     viewer.layers["smear instances"].metadata[META_CORRECTIONS] = log
     target = tmp_path / "smear.json"
     _export(qtbot, widget, "coco", target)

@@ -32,8 +32,9 @@ def random_unet(tmp_path_factory):
     from napari_cellquant.core.models.networks import build_network
 
     folder = tmp_path_factory.mktemp("model")
-    card = dataclasses.replace(builtin_cards()["blood-unet"], name="test-unet",
-                               weights=WeightsSource(file="test-unet.pt"))
+    card = dataclasses.replace(
+        builtin_cards()["blood-unet"], name="test-unet", weights=WeightsSource(file="test-unet.pt")
+    )
     torch.manual_seed(0)
     torch.save(build_network(card.architecture).state_dict(), folder / "test-unet.pt")
     card.save(folder / "test-unet.json")
@@ -44,8 +45,9 @@ def random_unet(tmp_path_factory):
 def segment(make_napari_viewer, smear):
     viewer = make_napari_viewer()
     image, _ = smear
-    layer = viewer.add_image(image, name="smear", rgb=True, scale=(0.5, 0.5),
-                             translate=(10.0, -4.0))
+    layer = viewer.add_image(
+        image, name="smear", rgb=True, scale=(0.5, 0.5), translate=(10.0, -4.0)
+    )
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     widget.image.value = layer
     widget.model.value = "blood-classical"
@@ -119,7 +121,10 @@ def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     widget.parameters["rbc_min_area"].value = 0.2
     _run(qtbot, widget)
     assert [lyr.name for lyr in viewer.layers] == [
-        "smear", "smear blood-classical instances", "smear blood-classical instances [1]"]
+        "smear",
+        "smear blood-classical instances",
+        "smear blood-classical instances [1]",
+    ]
     assert _labels_ids(layer).tolist() == second_ids.tolist()
 
 
@@ -141,8 +146,9 @@ def test_loaded_model_appears_at_once_and_runs(qtbot, segment, random_unet):
     # Train registers its card the same way: the list follows without reopening the widget
     second = random_unet.with_name("copy-unet.json")
     card = builtin_cards()["blood-unet"]
-    dataclasses.replace(card, name="copy-unet",
-                        weights=WeightsSource(file="test-unet.pt")).save(second, overwrite=True)
+    dataclasses.replace(card, name="copy-unet", weights=WeightsSource(file="test-unet.pt")).save(
+        second, overwrite=True
+    )
     user_models.register(second)
     assert widget.model.value == str(second.resolve())
 
@@ -225,9 +231,7 @@ def test_timer_keeps_ticking_while_a_network_runs(qtbot, make_napari_viewer, ran
     assert gaps.max() < 1000, f"GUI froze for {gaps.max()} ms"
 
 
-def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
-    qtbot, segment, tmp_path
-):
+def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(qtbot, segment, tmp_path):
     """A CenterNet card (random weights): boxes as ``<image> <model> boxes``, in the image's
     place."""
     import torch
@@ -235,8 +239,11 @@ def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(
     from napari_cellquant.core.classes import NET4
     from napari_cellquant.core.models.networks import build_network
 
-    card = dataclasses.replace(builtin_cards()["net-detector"], name="test-detector",
-                               weights=WeightsSource(file="test-detector.pt"))
+    card = dataclasses.replace(
+        builtin_cards()["net-detector"],
+        name="test-detector",
+        weights=WeightsSource(file="test-detector.pt"),
+    )
     torch.manual_seed(0)
     torch.save(build_network(card.architecture).state_dict(), tmp_path / "test-detector.pt")
     card.save(tmp_path / "test-detector.json")
@@ -269,8 +276,7 @@ def test_the_object_size_comes_from_a_layer_in_micrometres_and_is_shown(
     says what the run took it to be; without one, the estimate is shown."""
     image, truth = smear
     viewer = make_napari_viewer()
-    sized = viewer.add_image(image, name="sized", rgb=True, scale=(0.25, 0.25),
-                             units=("um", "um"))
+    sized = viewer.add_image(image, name="sized", rgb=True, scale=(0.25, 0.25), units=("um", "um"))
     plain = viewer.add_image(image, name="plain", rgb=True)
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     widget.model.value = "blood-classical"
@@ -295,8 +301,9 @@ def test_the_viewer_objects_are_out_of_the_collector_only_while_a_run_lasts(qtbo
     assert gc.get_freeze_count() == 0
     frozen_during = []
     worker = widget.run()
-    worker.yielded.connect(lambda _: frozen_during.append(gc.get_freeze_count()),
-                           Qt.ConnectionType.DirectConnection)
+    worker.yielded.connect(
+        lambda _: frozen_during.append(gc.get_freeze_count()), Qt.ConnectionType.DirectConnection
+    )
     with qtbot.waitSignal(worker.finished, timeout=WAIT_MS):
         pass
     assert frozen_during and min(frozen_during) > 0
@@ -308,8 +315,9 @@ def test_blood_detector_is_the_default_with_a_threshold_per_class(make_napari_vi
     from napari_cellquant.demo import SAMPLES_DIR
 
     viewer = make_napari_viewer()
-    layer = viewer.add_image(read_image(SAMPLES_DIR / "BloodImage_00000.jpg"), name="photo",
-                             rgb=True)
+    layer = viewer.add_image(
+        read_image(SAMPLES_DIR / "BloodImage_00000.jpg"), name="photo", rgb=True
+    )
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     assert widget.model.value == "blood-detector"
     widget.image.value = layer
@@ -337,8 +345,11 @@ def test_segment_never_replaces_the_truth_it_did_not_make(make_napari_viewer, qt
     widget.diameter.value = RBC_DIAMETER
     _run(qtbot, widget)
     names = [layer.name for layer in viewer.layers]
-    assert names == ["synthetic_blood_smear", "synthetic_blood_smear instances",
-                     "synthetic_blood_smear blood-classical instances"]
+    assert names == [
+        "synthetic_blood_smear",
+        "synthetic_blood_smear instances",
+        "synthetic_blood_smear blood-classical instances",
+    ]
     np.testing.assert_array_equal(truth.data, truth_pixels)
     result = viewer.layers["synthetic_blood_smear blood-classical instances"]
     assert result.contour == 2 and truth.contour == 0  # results outlined: splits show
@@ -348,8 +359,9 @@ def test_segment_never_replaces_the_truth_it_did_not_make(make_napari_viewer, qt
     assert correct.toggle_outlines() is True and result.contour == 2
     # a user's layer that happens to bear the result's name is not Segment's either
     viewer.layers.remove(result)
-    mine = viewer.add_labels(truth_pixels.copy(),
-                             name="synthetic_blood_smear blood-classical instances")
+    mine = viewer.add_labels(
+        truth_pixels.copy(), name="synthetic_blood_smear blood-classical instances"
+    )
     _run(qtbot, widget)
     np.testing.assert_array_equal(mine.data, truth_pixels)
     assert "synthetic_blood_smear blood-classical instances [1]" in viewer.layers
@@ -379,7 +391,10 @@ def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segm
     assert not widget.advanced.native.isHidden() and not widget.tile.native.isHidden()
     widget.model.value = "blood-detector"  # a learned card: its thresholds stay in view
     assert [f.label for f in widget.thresholds] == [
-        "threshold rbc", "threshold wbc", "threshold platelet"]
+        "threshold rbc",
+        "threshold wbc",
+        "threshold platelet",
+    ]
     assert {f.label for f in widget.parameters} == {"max detections (objects)"}
 
 
@@ -393,8 +408,10 @@ def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_vie
     viewer = make_napari_viewer(show=True)
     window = viewer.window._qt_window
     window.resize(1280, 800)
-    opened = [viewer.window.add_plugin_dock_widget(PLUGIN, name)
-              for name in ("Segment", "Correct", "Count", "Export", "Train")]
+    opened = [
+        viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        for name in ("Segment", "Correct", "Count", "Export", "Train")
+    ]
     docks = [dock for dock, _ in opened]
     qtbot.wait(200)
     segment_dock, segment = opened[0]

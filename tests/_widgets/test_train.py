@@ -19,8 +19,12 @@ from napari_cellquant.core.synthetic import synthetic_blood_smear
 
 PLUGIN = "napari-cellquant"
 WAIT_MS = 180_000  # generous: CI shares two cores between jobs
-BLOOD_NORM = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4],
-              "range": 255}
+BLOOD_NORM = {
+    "mode": "meanstd",
+    "mean": [233.9, 224.0, 233.2],
+    "std": [40.6, 53.7, 40.4],
+    "range": 255,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -38,8 +42,13 @@ def tiny_card(tmp_path_factory) -> str:
     """A two-level U-Net card without weights (trained from scratch), as a user may load."""
     folder = tmp_path_factory.mktemp("base")
     card = ModelCard(
-        name="tiny-cells", kind="learned", task="instances", class_set="cell",
-        normalization=BLOOD_NORM, tile=96, diameter_px={"rbc": 20.0},
+        name="tiny-cells",
+        kind="learned",
+        task="instances",
+        class_set="cell",
+        normalization=BLOOD_NORM,
+        tile=96,
+        diameter_px={"rbc": 20.0},
         architecture={"widths": [8, 16], "n_classes": 1, "heads": ["classes", "distance"]},
         postprocess={"min_size": 10, "min_distance": 4},
     )
@@ -124,14 +133,16 @@ def test_fine_tuning_shows_base_and_new_scores(qtbot, train, tmp_path):
     result = widget.result
     assert result is not None and result.base_score is not None and result.score is not None
     assert f"base {result.base_score:.3f} -> new {result.score:.3f}" in widget.scores.value
-    warned = [str(n.message) for n in notification_manager.records[before:]
-              if "worse" in str(n.message)]
+    warned = [
+        str(n.message) for n in notification_manager.records[before:] if "worse" in str(n.message)
+    ]
     assert bool(warned) == (result.score < result.base_score)
     assert json.loads((tmp_path / "second.json").read_text())["training"]["fine_tuned"]
 
 
 def _cancel_at(widget, worker, phase: str) -> None:
     """Cancel from the worker thread as the first ``phase`` event is yielded (no race)."""
+
     def on_event(event) -> None:
         if event.phase == phase:
             widget.cancel()
@@ -236,13 +247,21 @@ def test_boxes_in_a_shapes_layer_train_a_detector(qtbot, make_napari_viewer, tmp
         rows.append((cx - 8, cy - 8, 16, 16))
     green = np.clip(signal, 0, 255).astype(np.uint8)
     image = np.stack([green * 0, green, green // 4], axis=-1)
-    truth = Annotation.empty((128, 128), NET4, boxes=Boxes(rows, [1] * len(rows)),
-                             image_name="nuclei.png")
+    truth = Annotation.empty(
+        (128, 128), NET4, boxes=Boxes(rows, [1] * len(rows)), image_name="nuclei.png"
+    )
     card = ModelCard(
-        name="tiny-det", kind="learned", task="boxes", class_set="net4",
-        normalization={"mode": "percentile", "low": 1.0, "high": 99.8}, tile=128,
-        architecture={"widths": [8, 16, 32], "heads": [],
-                      "detector": {"n_classes": 4, "stride": 4, "head_width": 16}},
+        name="tiny-det",
+        kind="learned",
+        task="boxes",
+        class_set="net4",
+        normalization={"mode": "percentile", "low": 1.0, "high": 99.8},
+        tile=128,
+        architecture={
+            "widths": [8, 16, 32],
+            "heads": [],
+            "detector": {"n_classes": 4, "stride": 4, "head_width": 16},
+        },
         postprocess={"threshold": 0.3, "max_detections": 50},
     )
     card.save(tmp_path / "tiny-det.json")

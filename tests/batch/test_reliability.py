@@ -47,8 +47,10 @@ def smears(tmp_path_factory) -> Path:
 def reference(smears, tmp_path_factory) -> Path:
     """An uninterrupted run, to compare every other run with."""
     out = tmp_path_factory.mktemp("reference") / "out"
-    assert main(["predict", str(smears), "-m", "blood-classical", "-o", str(out),
-                 "--diameter", "30"]) == 0
+    assert (
+        main(["predict", str(smears), "-m", "blood-classical", "-o", str(out), "--diameter", "30"])
+        == 0
+    )
     return out
 
 
@@ -97,7 +99,9 @@ def _kill_after_images(smears: Path, out: Path, images: int | None, delay: float
     ``delay`` seconds of running)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "napari_cellquant.cli", "predict", *_predict_command(smears, out)],
-        stderr=subprocess.PIPE, text=True, env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
     )
     assert process.stderr is not None
     if images is None:
@@ -135,8 +139,17 @@ def test_runs_that_die_mid_write_resume_to_the_same_files(smears, reference, tmp
     for crash_at in sorted(rng.sample(range(2, RENAMES_PER_IMAGE * N_IMAGES + 2), 3)):
         out = tmp_path / f"crash_{crash_at}"
         run = subprocess.run(
-            [sys.executable, "-c", _CRASH_AT_WRITE, str(crash_at), "predict",
-             *_predict_command(smears, out)], capture_output=True, text=True, env=_env(),
+            [
+                sys.executable,
+                "-c",
+                _CRASH_AT_WRITE,
+                str(crash_at),
+                "predict",
+                *_predict_command(smears, out),
+            ],
+            capture_output=True,
+            text=True,
+            env=_env(),
         )
         assert run.returncode == 137, run.stderr[-2000:]
         leftovers = [p for p in out.rglob(".*.tmp*")]
@@ -154,8 +167,14 @@ def test_runs_that_die_mid_write_resume_to_the_same_files(smears, reference, tmp
 class OutOfMemoryAbove(torch.nn.Module):
     """Raises CUDA out-of-memory for batches or tiles above a limit, from the n-th call on."""
 
-    def __init__(self, net: torch.nn.Module, *, max_batch: int = 10**9, max_tile: int = 10**9,
-                 after_calls: int = 0) -> None:
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        *,
+        max_batch: int = 10**9,
+        max_tile: int = 10**9,
+        after_calls: int = 0,
+    ) -> None:
         super().__init__()
         self.net, self.max_batch, self.max_tile = net, max_batch, max_tile
         self.after_calls, self.calls, self.raised = after_calls, 0, 0
@@ -182,8 +201,9 @@ def tiny_unet_model() -> Model:
 
 
 @pytest.mark.parametrize("limit", [{"max_batch": 1}, {"max_tile": 32}])
-def test_out_of_memory_mid_run_recovers_and_loses_no_image(smears, tmp_path, tiny_unet_model,
-                                                          caplog, limit):
+def test_out_of_memory_mid_run_recovers_and_loses_no_image(
+    smears, tmp_path, tiny_unet_model, caplog, limit
+):
     images = collect_images([smears])
     expected = predict_images(images, tiny_unet_model, tmp_path / "ok", tile=64)
     assert len(expected.done) == N_IMAGES
@@ -215,8 +235,9 @@ def _no_temporaries(out: Path) -> bool:
 
 
 @pytest.mark.parametrize("where", ["mask", "part"])
-def test_a_full_disk_mid_run_stops_cleanly_and_the_rerun_completes(smears, reference, tmp_path,
-                                                                  monkeypatch, where):
+def test_a_full_disk_mid_run_stops_cleanly_and_the_rerun_completes(
+    smears, reference, tmp_path, monkeypatch, where
+):
     from napari_cellquant.core.io import masks
 
     out = tmp_path / "out"
@@ -248,8 +269,12 @@ def test_a_full_disk_mid_run_stops_cleanly_and_the_rerun_completes(smears, refer
     monkeypatch.setattr(Path, "write_text", write_text)
     with pytest.raises(OutputError) as raised:
         main_args = _predict_command(smears, out)
-        predict_images(collect_images([smears]), load_model("blood-classical"), out,
-                       diameter=float(main_args[-1]))
+        predict_images(
+            collect_images([smears]),
+            load_model("blood-classical"),
+            out,
+            diameter=float(main_args[-1]),
+        )
     message = str(raised.value)
     folder = out / ("masks" if where == "mask" else "parts")
     assert str(folder) in message and "No space left on device" in message
@@ -279,8 +304,12 @@ def test_a_read_only_output_folder_is_refused_before_any_work(smears, tmp_path, 
     started = []
     try:
         with pytest.raises(OutputError, match="not writable") as raised:
-            predict_images(collect_images([smears]), load_model("blood-classical"), out,
-                           on_image=lambda *a: started.append(a))
+            predict_images(
+                collect_images([smears]),
+                load_model("blood-classical"),
+                out,
+                on_image=lambda *a: started.append(a),
+            )
     finally:
         out.chmod(0o755)
     assert str(out) in str(raised.value) and "nothing was run" in str(raised.value)
@@ -291,8 +320,7 @@ def test_a_nearly_full_disk_is_refused_before_any_work(smears, tmp_path, monkeyp
     import shutil
 
     real = shutil.disk_usage
-    monkeypatch.setattr(shutil, "disk_usage",
-                        lambda p: real(p)._replace(free=2**20))  # 1 MiB left
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=2**20))  # 1 MiB left
     assert main(["predict", *_predict_command(smears, tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'out'}: only 1.0 MiB free" in err and "[1/" not in err

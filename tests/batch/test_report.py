@@ -57,8 +57,10 @@ def test_small_images_are_not_enlarged():
 
 def test_page_is_self_contained_with_summary_and_every_image():
     thumb = imagecodecs.jpeg8_encode(np.zeros((8, 10, 3), np.uint8))
-    images = [ReportImage(f"img_{i}.png", {"rbc": i, "wbc": 1, "platelet": 0}, thumb, 10, 8)
-              for i in range(3)]
+    images = [
+        ReportImage(f"img_{i}.png", {"rbc": i, "wbc": 1, "platelet": 0}, thumb, 10, 8)
+        for i in range(3)
+    ]
     page = report_html(images, [("bad <1>.png", "corrupt & truncated")], BLOOD3, title="run")
     assert "http" not in page and "<script" not in page and "@import" not in page
     sources = re.findall(r'src="([^"]*)"', page)
@@ -71,8 +73,11 @@ def test_page_is_self_contained_with_summary_and_every_image():
     assert "bad &lt;1&gt;.png" in page and "corrupt &amp; truncated" in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (Debian package "
-                    "`chromium`; scripts/setup_display.sh installs it)")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="needs headless Chromium (Debian package "
+    "`chromium`; scripts/setup_display.sh installs it)",
+)
 def test_chromium_shows_each_thumbnail_with_class_coloured_outlines(tmp_path):
     folder = tmp_path / "smears"
     folder.mkdir()
@@ -83,20 +88,36 @@ def test_chromium_shows_each_thumbnail_with_class_coloured_outlines(tmp_path):
     predict_images(collect_images([folder]), load_model("blood-classical"), out, diameter=34)
     page = (out / "report.html").read_text()
     assert "http" not in page  # nothing to fetch
-    thumbs = [imagecodecs.jpeg8_decode(base64.b64decode(s))
-              for s in re.findall(r'src="data:image/jpeg;base64,([^"]*)"', page)]
+    thumbs = [
+        imagecodecs.jpeg8_decode(base64.b64decode(s))
+        for s in re.findall(r'src="data:image/jpeg;base64,([^"]*)"', page)
+    ]
     assert len(thumbs) == 3 and all(t.shape == (192, 256, 3) for t in thumbs)
 
     screenshot = tmp_path / "page.png"
     profile = tmp_path / "profile"
     profile.mkdir()
     run = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--hide-scrollbars", "--force-device-scale-factor=1",
-         f"--user-data-dir={profile}", f"--screenshot={screenshot}", "--window-size=1280,900",
-         (out / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=1",
+            f"--user-data-dir={profile}",
+            f"--screenshot={screenshot}",
+            "--window-size=1280,900",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert screenshot.is_file(), run.stderr[-2000:]
     shot = imagecodecs.png_decode(screenshot.read_bytes())[..., :3]

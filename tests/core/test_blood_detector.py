@@ -67,11 +67,17 @@ def test_every_object_is_an_editable_mask_with_class_and_score(found) -> None:
 
 @pytest.mark.parametrize("factor", [0.5, 2.0])
 def test_scale_is_measured_at_other_magnifications(model, photo, found, factor) -> None:
-    resized = np.rint(rescale(photo.astype(np.float32), factor, channel_axis=-1,
-                              preserve_range=True, anti_aliasing=factor < 1)).astype(np.uint8)
+    resized = np.rint(
+        rescale(
+            photo.astype(np.float32),
+            factor,
+            channel_axis=-1,
+            preserve_range=True,
+            anti_aliasing=factor < 1,
+        )
+    ).astype(np.uint8)
     other = predict(resized, model)
-    assert other.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"] * factor,
-                                                      rel=0.15)
+    assert other.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"] * factor, rel=0.15)
     assert other.counts()["wbc"] == 1
     # cells cut by the border come and go with the scale: within a quarter
     assert abs(other.counts()["rbc"] - found.counts()["rbc"]) <= 0.25 * found.counts()["rbc"]

@@ -83,8 +83,9 @@ def test_net_area_is_unsplit_regions_whose_area_follows_the_expert(shared_data):
         mask = found.labels > 0
         assert found.labels.max() == ndi.label(mask)[1]  # regions are not split
         assert set(found.classes.values()) <= {1}
-        share = {r["name"]: r["value"] for r in figure_rows(found)
-                 if r["group"] == "net_area"}["field_share"]
+        share = {r["name"]: r["value"] for r in figure_rows(found) if r["group"] == "net_area"}[
+            "field_share"
+        ]
         assert share == pytest.approx(100 * mask.mean())
         assert abs(share - 100 * field["rois"].mean()) <= 15, (field["name"], share)
     assert model.card.metrics["held_out"]["scheme"].startswith("4-fold by sample")

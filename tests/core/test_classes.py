@@ -14,8 +14,15 @@ from napari_cellquant.core.errors import CellquantError
 
 def test_builtin_sets_order_and_ids():
     assert BLOOD10.names == (
-        "eosinophil", "basophil", "neutrophil", "lymphocyte", "monocyte",
-        "platelet", "platelet_clump", "infected_rbc", "healthy_rbc",
+        "eosinophil",
+        "basophil",
+        "neutrophil",
+        "lymphocyte",
+        "monocyte",
+        "platelet",
+        "platelet_clump",
+        "infected_rbc",
+        "healthy_rbc",
     )
     assert BLOOD3.names == ("rbc", "wbc", "platelet")
     assert NET4.names == ("NET", "dead", "unstimulated", "decondensed")

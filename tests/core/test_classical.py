@@ -45,10 +45,25 @@ def _fluo_image(seed=0, scale=1):
         centres.append((cy, 262 + r1 + r2 - 1.5, r2, rng.uniform(0.4, 0.8)))
     for cy, cx, r, level in centres:
         # brighter centre, as for a stained soma
-        img = np.maximum(img, level * _blob(shape, cy * scale, cx * scale, r * scale) *
-                         (1 - 0.3 * (np.hypot(*(np.mgrid[: shape[0], : shape[1]] -
-                                                np.array([cy, cx])[:, None, None] * scale))
-                                      / (r * scale)) ** 2).clip(0.6, 1))
+        img = np.maximum(
+            img,
+            level
+            * _blob(shape, cy * scale, cx * scale, r * scale)
+            * (
+                1
+                - 0.3
+                * (
+                    np.hypot(
+                        *(
+                            np.mgrid[: shape[0], : shape[1]]
+                            - np.array([cy, cx])[:, None, None] * scale
+                        )
+                    )
+                    / (r * scale)
+                )
+                ** 2
+            ).clip(0.6, 1),
+        )
     gradient = np.linspace(0.02, 0.15, shape[1])[None, :]  # illumination falls across
     img = ndi.gaussian_filter(img, 1.0 * scale) + gradient
     img += rng.normal(0, 0.015, shape)

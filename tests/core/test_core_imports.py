@@ -52,8 +52,13 @@ def test_core_imports_without_gui_or_pandas():
 
 def test_package_and_layer_helpers_import_without_gui():
     report = _import_blocked(
-        ["napari_cellquant", "napari_cellquant._layers", "napari_cellquant._reader",
-         "napari_cellquant._writer", "napari_cellquant._sample_data"],
+        [
+            "napari_cellquant",
+            "napari_cellquant._layers",
+            "napari_cellquant._reader",
+            "napari_cellquant._writer",
+            "napari_cellquant._sample_data",
+        ],
         GUI_MODULES,
     )
     assert report["failed"] == {}

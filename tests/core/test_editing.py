@@ -147,8 +147,9 @@ def test_object_index_grows_with_edits():
 
 
 def test_correction_log_round_trips_through_json():
-    log = CorrectionLog([CorrectionEvent("merged", ids=[4, 9], result_ids=[4], classes=[2],
-                                         pixels=60)])
+    log = CorrectionLog(
+        [CorrectionEvent("merged", ids=[4, 9], result_ids=[4], classes=[2], pixels=60)]
+    )
     log.append(split(_touching_discs(), 5, {5: 1}).event)
     text = log.to_json()
     assert json.loads(text)[0]["action"] == "merged"

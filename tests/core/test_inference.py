@@ -221,8 +221,9 @@ def test_blend_window_other_modes() -> None:
 @pytest.mark.parametrize("blend", ["gaussian", "monai", "cosine", "constant"])
 def test_constant_image_gives_constant_output_without_seams(blend: str) -> None:
     image = np.full((150, 211), 0.5, dtype=np.float32)
-    out = predict_maps(image, Affine(), tile=32, overlap=0.25, device=CPU, blend=blend,
-                       compact=False)
+    out = predict_maps(
+        image, Affine(), tile=32, overlap=0.25, device=CPU, blend=blend, compact=False
+    )
     assert out["distance"].shape == (150, 211)
     np.testing.assert_allclose(out["distance"], 0.7 * 0.5 + 0.1, rtol=1e-6)
 
@@ -239,7 +240,7 @@ def test_output_follows_a_shift_of_the_input() -> None:
         b = predict_maps(big[:-shift], net, **kwargs, **extra)["classes"]
         # a[i] and b[i + shift] saw the same pixels; ignore a margin at the image border
         m = 6
-        return float(np.abs(a[:, m:-m - shift] - b[:, m + shift : -m]).max())
+        return float(np.abs(a[:, m : -m - shift] - b[:, m + shift : -m]).max())
 
     blended = interior_difference()
     # tile borders fall elsewhere relative to the content, yet the maps agree closely ...
@@ -283,8 +284,15 @@ def test_matches_whole_image_prediction_away_from_tile_borders() -> None:
 
 @pytest.mark.parametrize(("h", "w"), [(20, 13), (97, 131), (1, 70), (64, 64)])
 def test_any_image_size(h: int, w: int) -> None:
-    net = build_network({"in_channels": 1, "width": 4, "depth": 2, "n_classes": 2,
-                         "heads": ["classes", "distance", "boundary"]})
+    net = build_network(
+        {
+            "in_channels": 1,
+            "width": 4,
+            "depth": 2,
+            "n_classes": 2,
+            "heads": ["classes", "distance", "boundary"],
+        }
+    )
     image = np.random.default_rng(0).random((h, w), dtype=np.float32)
     out = predict_maps(image, net, tile=32, overlap=0.3, device=CPU)
     assert out["classes"].shape == (h, w) and out["classes"].dtype == np.uint8
@@ -297,8 +305,9 @@ def test_any_image_size(h: int, w: int) -> None:
 
 
 def test_compact_outputs_agree_with_float_outputs() -> None:
-    net = build_network({"width": 4, "depth": 2, "n_classes": 3,
-                         "heads": ["classes", "distance", "boundary"]})
+    net = build_network(
+        {"width": 4, "depth": 2, "n_classes": 3, "heads": ["classes", "distance", "boundary"]}
+    )
     image = np.random.default_rng(3).random((70, 90, 3), dtype=np.float32)
     full = predict_maps(image, net, tile=32, device=CPU, compact=False)
     compact = predict_maps(image, net, tile=32, device=CPU)
@@ -314,8 +323,14 @@ def test_compact_outputs_agree_with_float_outputs() -> None:
 
 
 def test_detection_heads_at_stride() -> None:
-    net = build_network({"width": 4, "depth": 2, "heads": [],
-                         "detector": {"n_classes": 3, "stride": 4, "head_width": 8}})
+    net = build_network(
+        {
+            "width": 4,
+            "depth": 2,
+            "heads": [],
+            "detector": {"n_classes": 3, "stride": 4, "head_width": 8},
+        }
+    )
     image = np.random.default_rng(4).random((90, 70, 3), dtype=np.float32)
     out = predict_maps(image, net, tile=32, device=CPU)
     assert out["heatmap"].shape == (3, 23, 18) and out["heatmap"].dtype == np.float16
@@ -326,16 +341,16 @@ def test_detection_heads_at_stride() -> None:
     # a single whole-image tile gives the same strided maps up to blending of borders
     whole = predict_maps(image, net, tile=96, device=CPU, compact=False)
     assert np.abs(whole["heatmap"] - out["heatmap"])[:, 2:-2, 2:-2].max() < 0.05
-    raw = predict_maps(image, net, tile=32, device=CPU, outputs={"size": "identity"},
-                       compact=False)
+    raw = predict_maps(image, net, tile=32, device=CPU, outputs={"size": "identity"}, compact=False)
     np.testing.assert_allclose(np.exp(raw["size"]), out["size"], rtol=0.05)
 
 
 def test_selected_outputs_and_activations() -> None:
     net = build_network({"width": 4, "depth": 2, "n_classes": 2, "heads": ["classes", "distance"]})
     image = np.random.default_rng(5).random((40, 40, 3), dtype=np.float32)
-    out = predict_maps(image, net, tile=32, device=CPU, outputs={"classes": "identity"},
-                       compact=False)
+    out = predict_maps(
+        image, net, tile=32, device=CPU, outputs={"classes": "identity"}, compact=False
+    )
     assert set(out) == {"classes"}
     assert out["classes"].min() < 0 or out["classes"].max() > 1  # raw logits, not probabilities
 
@@ -407,8 +422,15 @@ def test_bad_inputs_are_input_errors(image: np.ndarray, kwargs: dict, message: s
 def test_progress_counts_increase_to_the_tile_total() -> None:
     calls: list[tuple[int, int]] = []
     image = np.zeros((100, 70, 2), np.float32)
-    predict_maps(image, RandomConvNet(), tile=32, overlap=0.25, batch_size=3, device=CPU,
-                 progress=lambda done, total: calls.append((done, total)))
+    predict_maps(
+        image,
+        RandomConvNet(),
+        tile=32,
+        overlap=0.25,
+        batch_size=3,
+        device=CPU,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     n_tiles = len(tile_starts(100, 32, 24)) * len(tile_starts(70, 32, 24))
     assert calls[0] == (0, n_tiles) and calls[-1] == (n_tiles, n_tiles)
     dones = [d for d, _ in calls]
@@ -426,8 +448,14 @@ def test_cancel_raises_and_stops_early() -> None:
         return asked > 2
 
     with pytest.raises(CancelledError):
-        predict_maps(np.zeros((200, 200, 2), np.float32), net, tile=32, batch_size=2,
-                     device=CPU, cancel=cancel)
+        predict_maps(
+            np.zeros((200, 200, 2), np.float32),
+            net,
+            tile=32,
+            batch_size=2,
+            device=CPU,
+            cancel=cancel,
+        )
     # two batches of tiles ran (after the one probe pass for an unknown network), then it stopped
     assert [c[2:] for c in net.calls] == [(16, 16), (32, 32), (32, 32)]
 
@@ -474,8 +502,9 @@ def test_out_of_memory_halves_the_batch(caplog: pytest.LogCaptureFixture) -> Non
     assert [c[0] for c in flaky.calls[1:]] == [2] * 8  # 16 tiles in pairs
     assert events[-1].batch_size == 2 and events[-1].tile == 32
     assert "batch size reduced to 2" in caplog.text
-    got = predict_maps(image, FlakyMemory(net, max_batch=2), tile=32, batch_size=8, device=CPU,
-                       compact=False)
+    got = predict_maps(
+        image, FlakyMemory(net, max_batch=2), tile=32, batch_size=8, device=CPU, compact=False
+    )
     np.testing.assert_allclose(got["classes"], expected["classes"], atol=1e-6)
 
 
@@ -496,8 +525,7 @@ def test_out_of_memory_at_the_smallest_tile_is_a_clear_error() -> None:
         predict_maps(np.zeros((80, 80, 3), np.float32), flaky, tile=64, device=CPU)
     assert flaky.calls == []  # 64 -> 32 -> 16 tried, no probe needed for a known network
     with pytest.raises(CellquantError, match="out of device memory on a 16x16 probe"):
-        predict_maps(np.zeros((40, 40, 2), np.float32), FlakyMemory(RandomConvNet(), 0),
-                     device=CPU)
+        predict_maps(np.zeros((40, 40, 2), np.float32), FlakyMemory(RandomConvNet(), 0), device=CPU)
 
 
 def list_events(image: np.ndarray, net: nn.Module, **kwargs: object) -> list[ProgressEvent]:

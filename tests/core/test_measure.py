@@ -16,9 +16,14 @@ def test_squares_and_a_box_measured_by_hand():
     labels[20:24, 30:50] = 3  # 4 x 20 bar
     image = np.zeros((40, 60), dtype=np.uint8)
     image[labels == 1] = 200
-    annotation = Annotation(labels, BLOOD3, {1: 1, 3: 2}, scores={1: 0.9},
-                            boxes=Boxes(np.array([[50.0, 30.0, 4.0, 6.0]]), np.array([3])),
-                            image_name="a.png")
+    annotation = Annotation(
+        labels,
+        BLOOD3,
+        {1: 1, 3: 2},
+        scores={1: 0.9},
+        boxes=Boxes(np.array([[50.0, 30.0, 4.0, 6.0]]), np.array([3])),
+        image_name="a.png",
+    )
     rows = {r["id"]: r for r in object_table(annotation, image, pixel_size_um=0.5)}
     square, bar, box = rows[1], rows[3], rows[4]
     assert (square["class"], square["score"], square["area_px"]) == ("rbc", 0.9, 100)

@@ -82,8 +82,14 @@ def test_precision_recall_f1_at_iou_half(exact_and_shifted):
     assert result["precision"] == 0.5 and result["recall"] == 0.5 and result["f1"] == 0.5
     assert result["per_class"]["rbc"]["precision"] == 0.5
     assert result["per_class"]["wbc"] == {
-        "precision": None, "recall": None, "f1": None,
-        "tp": 0, "fp": 0, "fn": 0, "gt": 0, "pred": 0,
+        "precision": None,
+        "recall": None,
+        "f1": None,
+        "tp": 0,
+        "fp": 0,
+        "fn": 0,
+        "gt": 0,
+        "pred": 0,
     }
     assert result["mean_matched_iou"] == 1.0  # only the exact square is matched at 0.5
     # at IoU 0.3 the shifted square (IoU 1/3) counts too
@@ -183,7 +189,8 @@ def test_count_mae_over_two_images():
     assert result["mae_per_class"] == {"rbc": 1.5, "wbc": 0.5, "platelet": 0.0}
     assert result["mae_total"] == 2.0  # |4 - 3| and |2 - 5|
     assert result["per_image"][1] == {
-        "image": "b.png", "gt": {"rbc": 2, "wbc": 0, "platelet": 0},
+        "image": "b.png",
+        "gt": {"rbc": 2, "wbc": 0, "platelet": 0},
         "pred": {"rbc": 4, "wbc": 1, "platelet": 0},
     }
     assert "net_percent" not in result
@@ -191,8 +198,9 @@ def test_count_mae_over_two_images():
 
 def _net_boxes(classes: list[int], name: str, shift: float = 0.0) -> Annotation:
     xywh = [[40.0 * i + shift, 10.0, 30.0, 30.0] for i in range(len(classes))]
-    return Annotation.empty((60, 40 * len(classes) + 40), NET4, boxes=Boxes(xywh, classes),
-                          image_name=name)
+    return Annotation.empty(
+        (60, 40 * len(classes) + 40), NET4, boxes=Boxes(xywh, classes), image_name=name
+    )
 
 
 def test_net_percent_error_and_box_figures_on_box_only_data():
@@ -200,8 +208,10 @@ def test_net_percent_error_and_box_figures_on_box_only_data():
     # image 1: gt 2 NET of 4 cells (50 %), pred 1 of 4 (25 %): 25 points off
     # image 2: gt 1 of 4 (25 %), pred 1 of 5 (20 %): 5 points off
     gt = [_net_boxes([net, net, dead, dead], "1.jpg"), _net_boxes([net, dead, dead, dead], "2.jpg")]
-    pred = [_net_boxes([net, dead, dead, dead], "1.jpg"),
-            _net_boxes([net, dead, dead, dead, dead], "2.jpg")]
+    pred = [
+        _net_boxes([net, dead, dead, dead], "1.jpg"),
+        _net_boxes([net, dead, dead, dead, dead], "2.jpg"),
+    ]
     result = evaluate(gt, pred)
     rows = result["counts"]["net_percent"]
     assert [r["gt"] for r in rows] == [50.0, 25.0]
@@ -251,8 +261,17 @@ def test_cli_prints_json_with_the_hand_worked_figures(exact_and_shifted, tmp_pat
     write_annotations([gt[0], second_gt], tmp_path / "gt.json", to="coco", encoding="rle")
     # predictions as a masks folder: names differ by extension from the COCO file's
     write_annotations([pred[0], second_pred], tmp_path / "pred", to="masks")
-    code = main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred",
-                 str(tmp_path / "pred"), "--iou", "0.5"])
+    code = main(
+        [
+            "evaluate",
+            "--gt",
+            str(tmp_path / "gt.json"),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--iou",
+            "0.5",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)  # nothing but the JSON object on stdout
@@ -271,8 +290,9 @@ def test_cli_mismatched_images_exit_1_with_message(exact_and_shifted, tmp_path, 
     gt, pred = exact_and_shifted
     write_annotations(gt, tmp_path / "gt.json", to="coco")
     write_annotations([pred[0].copy(image_name="z.png")], tmp_path / "pred.json", to="coco")
-    code = main(["evaluate", "--gt", str(tmp_path / "gt.json"),
-                 "--pred", str(tmp_path / "pred.json")])
+    code = main(
+        ["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json")]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert captured.out == ""
@@ -316,8 +336,9 @@ def test_mask_figures_are_null_against_box_only_truth():
     from napari_cellquant.core.classes import BLOOD3
     from napari_cellquant.core.metrics import evaluate
 
-    truth = Annotation.empty((40, 40), BLOOD3, image_name="a.png",
-                             boxes=Boxes([[5, 5, 10, 10]], [1]))
+    truth = Annotation.empty(
+        (40, 40), BLOOD3, image_name="a.png", boxes=Boxes([[5, 5, 10, 10]], [1])
+    )
     labels = np.zeros((40, 40), dtype=np.int32)
     labels[5:15, 5:15] = 1
     found = Annotation(labels, BLOOD3, classes={1: 1}, scores={1: 0.9}, image_name="a.png")

@@ -7,8 +7,12 @@ from napari_cellquant.core.normalization import channel_last_view, make_normaliz
 
 def test_meanstd_on_0_255_scale_matches_the_formula():
     rgb = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
-    spec = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4],
-            "range": 255}
+    spec = {
+        "mode": "meanstd",
+        "mean": [233.9, 224.0, 233.2],
+        "std": [40.6, 53.7, 40.4],
+        "range": 255,
+    }
     band = make_normalizer(rgb, spec, 3)(rgb[:10])
     expected = (rgb[:10].astype(np.float32) - spec["mean"]) / np.array(spec["std"])
     np.testing.assert_allclose(band, expected, rtol=1e-5, atol=1e-5)

@@ -341,8 +341,11 @@ def test_instances_from_boxes_are_inscribed_ellipses_split_between_centres() -> 
     from napari_cellquant.core.annotation import Boxes
     from napari_cellquant.core.postprocess import instances_from_boxes
 
-    boxes = Boxes([[10, 10, 40, 20], [40, 10, 40, 20], [200, 200, 10, 10], [0, 0, 0.2, 0.2]],
-                  [1, 2, 3, 1], [0.5, 0.9, 0.7, 0.3])
+    boxes = Boxes(
+        [[10, 10, 40, 20], [40, 10, 40, 20], [200, 200, 10, 10], [0, 0, 0.2, 0.2]],
+        [1, 2, 3, 1],
+        [0.5, 0.9, 0.7, 0.3],
+    )
     labels, classes, scores = instances_from_boxes(boxes, (64, 100))
     # ids follow the scores; the box outside the image is dropped, the tiny one keeps a pixel
     assert classes == {1: 2, 2: 1, 3: 1} and scores == {1: 0.9, 2: 0.5, 3: 0.3}

@@ -69,8 +69,13 @@ def test_cancel_stops_with_cancelled_error(smear):
     model = load_model("blood-unet", "cpu", weights="random")
     calls = []
     with pytest.raises(CancelledError):
-        predict(pixels, model, tile=64, progress=lambda d, t: calls.append(d),
-                cancel=lambda: len(calls) >= 1)
+        predict(
+            pixels,
+            model,
+            tile=64,
+            progress=lambda d, t: calls.append(d),
+            cancel=lambda: len(calls) >= 1,
+        )
     assert len(calls) == 1
 
 
@@ -92,8 +97,7 @@ def test_diameter_brings_learned_result_back_to_the_input_grid(smear):
 
 
 def test_without_a_diameter_predict_estimates_it_and_says_so():
-    pixels, truth = synthetic_blood_smear(shape=(320, 320), seed=4, rbc_radius=12,
-                                          n_platelets=2)
+    pixels, truth = synthetic_blood_smear(shape=(320, 320), seed=4, rbc_radius=12, n_platelets=2)
     result = predict(pixels, load_model("blood-classical"))
     assert result.meta["diameter_source"] == "estimated"
     # the RBCs are 25 px across; the card runs at 90 (estimate reads 83 on its data)
@@ -105,8 +109,9 @@ def test_without_a_diameter_predict_estimates_it_and_says_so():
 
 def test_model_scale_runs_the_image_as_it_is(smear):
     pixels, _ = smear
-    result = predict(pixels, load_model("blood-unet", "cpu", weights="random"), tile=128,
-                     diameter="model")
+    result = predict(
+        pixels, load_model("blood-unet", "cpu", weights="random"), tile=128, diameter="model"
+    )
     assert (result.meta["diameter_source"], result.meta["zoom"]) == ("model", 1.0)
     assert result.meta["diameter_px"] == 38.0
 
@@ -123,8 +128,9 @@ def test_pixel_size_sets_the_zoom_when_the_card_has_one(smear):
 def test_result_found_zoomed_comes_back_to_the_image_grid():
     zoomed = np.zeros((150, 201), np.int32)
     zoomed[30:60, 90:120] = 1  # a 30 x 30 object found at 1.5x
-    boxes = Boxes(np.array([[90.0, 30.0, 30.0, 30.0]]), np.array([NET4.id_of("NET")]),
-                  np.array([0.9]))
+    boxes = Boxes(
+        np.array([[90.0, 30.0, 30.0, 30.0]]), np.array([NET4.id_of("NET")]), np.array([0.9])
+    )
     found = Annotation(zoomed, BLOOD3, classes={1: BLOOD3.id_of("rbc")}, boxes=boxes)
     back = _annotation_to_shape(found, (100, 134), 1.5)
     assert back.shape == (100, 134) and back.classes == {1: BLOOD3.id_of("rbc")}

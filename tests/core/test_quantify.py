@@ -59,7 +59,9 @@ def test_net_percent_counts_boxes_and_instances_with_density():
     cs = NET4
     labels = _grid_labels(2)
     ann = Annotation(
-        labels, cs, {1: 1, 2: 3},
+        labels,
+        cs,
+        {1: 1, 2: 3},
         boxes=Boxes(np.ones((6, 4)), [1, 1, 2, 2, 3, 4], None),
     )
     rows = quantify_annotation(ann, pixel_size_um=10.0)  # 100x100 px of 10 um = 1 mm^2
@@ -119,8 +121,14 @@ def test_net_area_is_the_pixels_net_regions_cover_and_their_share_of_the_field()
 def test_area_rows_before_correction_are_unknown():
     from napari_cellquant.core.classes import NET_AREA
 
-    rows = count_table("f", NET_AREA, {"net_region": 2}, {"net_region": 3},
-                       areas_px={"net_region": 40}, field_px=400)
+    rows = count_table(
+        "f",
+        NET_AREA,
+        {"net_region": 2},
+        {"net_region": 3},
+        areas_px={"net_region": 40},
+        field_px=400,
+    )
     assert _value(rows, "net_area", "field_share") == pytest.approx(10.0)
     assert math.isnan(_value(rows, "net_area", "pixels", "before"))
     assert _value(rows, "count", "net_region", "before") == 3

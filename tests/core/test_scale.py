@@ -25,8 +25,14 @@ def _resized(image: np.ndarray, factor: float) -> np.ndarray:
     """The image as a camera at ``factor`` x the magnification would see it (uint8)."""
     if factor == 1.0:
         return image
-    out = rescale(image.astype(np.float32), factor, order=1, channel_axis=-1,
-                  anti_aliasing=factor < 1, preserve_range=True)
+    out = rescale(
+        image.astype(np.float32),
+        factor,
+        order=1,
+        channel_axis=-1,
+        anti_aliasing=factor < 1,
+        preserve_range=True,
+    )
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -50,12 +56,12 @@ def _fluorescent_disks(diameter: int, shape=(600, 800), n=40, seed=0) -> np.ndar
 
 
 # --- the estimate on images of known size ------------------------------------------------
-@pytest.mark.parametrize(("radius", "shape"), [(8, (384, 384)), (17, (512, 512)),
-                                               (40, (1024, 1024))])
+@pytest.mark.parametrize(
+    ("radius", "shape"), [(8, (384, 384)), (17, (512, 512)), (40, (1024, 1024))]
+)
 def test_estimate_finds_the_rbc_diameter_of_synthetic_smears(radius, shape):
     for seed in (0, 1):
-        pixels, _ = synthetic_blood_smear(shape=shape, seed=seed, rbc_radius=radius,
-                                          n_platelets=3)
+        pixels, _ = synthetic_blood_smear(shape=shape, seed=seed, rbc_radius=radius, n_platelets=3)
         estimate = estimate_diameter(pixels)
         assert estimate is not None
         # a digital disk of radius r is 2 r + 1 pixels across; measured 17.5-17.9,
@@ -79,8 +85,9 @@ def test_estimate_is_the_same_for_grey_rgb_and_channel_first_images():
     assert max(values) / min(values) < 1.1, values
 
 
-@pytest.mark.parametrize("image", [np.zeros((200, 300), np.uint8),
-                                   np.full((200, 300, 3), 200, np.uint8)])
+@pytest.mark.parametrize(
+    "image", [np.zeros((200, 300), np.uint8), np.full((200, 300, 3), 200, np.uint8)]
+)
 def test_blank_image_has_no_estimate(image):
     assert estimate_diameter(image) is None
 
@@ -152,6 +159,7 @@ def _matched_share(reference, other) -> float:
 def _check_same_objects(results: dict[float, list]) -> None:
     """Counts per class (summed over the images) within 5% (at least 2) of 1x, and 90% of
     the 1x objects found again with their class."""
+
     def totals(found_list):
         out: dict[str, int] = {}
         for a in found_list:
@@ -185,9 +193,14 @@ def test_blood_smears_give_the_same_objects_at_any_scale(shared_data):
             assert found.meta["diameter_source"] == "estimated"
             results[factor].append(found)
         colours = read_color_map(root / "segments" / path.name, BLOOD10)
-        truth += [r.equivalent_diameter_area for r in regionprops(colours.labels)
-                  if BLOOD10.name_of(colours.classes[r.label]).endswith("rbc")
-                  and r.solidity > 0.93 and min(r.bbox[:2]) > 0 and max(r.bbox[2:]) < 224]
+        truth += [
+            r.equivalent_diameter_area
+            for r in regionprops(colours.labels)
+            if BLOOD10.name_of(colours.classes[r.label]).endswith("rbc")
+            and r.solidity > 0.93
+            and min(r.bbox[:2]) > 0
+            and max(r.bbox[2:]) < 224
+        ]
     _check_same_objects(results)
     # the estimate, in RBC diameters at 1x, against single RBCs in the colour maps (37.8 px)
     true_diameter = float(np.median(truth))
@@ -201,9 +214,15 @@ def test_net_images_give_the_same_objects_at_any_scale(shared_data):
     coco = json.loads((root / "coco.json").read_text())
     unstimulated = [c["id"] for c in coco["categories"] if c["name"] == "unstimulated"]
     # boxes lie in the 1024 x 768 image grid; a box is ~1-2 px wider than its nucleus
-    true_nucleus = float(np.median([np.sqrt(a["bbox"][2] * a["bbox"][3])
-                                    for a in coco["annotations"]
-                                    if a["category_id"] in unstimulated]))
+    true_nucleus = float(
+        np.median(
+            [
+                np.sqrt(a["bbox"][2] * a["bbox"][3])
+                for a in coco["annotations"]
+                if a["category_id"] in unstimulated
+            ]
+        )
+    )
     model = load_model("net-classical")
     images = [io.imread(p)[..., :3] for p in sorted((root / "images").glob("*.jpg"))]
     results: dict[float, list] = {f: [] for f in (1.0, 0.5, 2.0)}
@@ -212,8 +231,10 @@ def test_net_images_give_the_same_objects_at_any_scale(shared_data):
             results[factor].append(predict(_resized(image, factor), model))
     # 4x on the central quarter of each image (12 megapixels each would be slow for a test)
     crops = [image[192:576, 256:768] for image in images]
-    results_4x = {1.0: [predict(c, model) for c in crops],
-                  4.0: [predict(_resized(c, 4.0), model) for c in crops]}
+    results_4x = {
+        1.0: [predict(c, model) for c in crops],
+        4.0: [predict(_resized(c, 4.0), model) for c in crops],
+    }
     _check_same_objects(results)
     _check_same_objects(results_4x)
     for factor, found_list in results.items():
@@ -240,8 +261,9 @@ def test_packed_bccd_fields_fall_back_on_the_model_scale(shared_data):
     for path in paths[:3]:
         found = predict(io.imread(path)[..., :3], model)
         assert found.meta["diameter_px"] == 90.0 and found.meta["diameter_source"] == "model"
-        wbc = [o.findtext("name") for o in ET.parse(root / "voc" / f"{path.stem}.xml").iter(
-            "object")].count("WBC")
+        wbc = [
+            o.findtext("name") for o in ET.parse(root / "voc" / f"{path.stem}.xml").iter("object")
+        ].count("WBC")
         assert abs(found.counts()["wbc"] - wbc) <= 1, (path.name, found.counts(), wbc)
 
 
@@ -261,8 +283,10 @@ def test_bundled_blood_unet_finds_the_same_rbcs_when_enlarged(shared_data):
         image = io.imread(path)[..., :3]
         for factor in results:
             results[factor].append(predict(_resized(image, factor), model))
-    rbc = {f: sum(a.counts()["healthy_rbc"] + a.counts()["infected_rbc"] for a in found)
-           for f, found in results.items()}
+    rbc = {
+        f: sum(a.counts()["healthy_rbc"] + a.counts()["infected_rbc"] for a in found)
+        for f, found in results.items()
+    }
     for factor in (2.0, 4.0):
         assert abs(rbc[factor] / rbc[1.0] - 1) <= 0.05, rbc
         assert results[factor][0].meta["zoom"] < 0.6  # it did run at the network's scale

@@ -86,8 +86,10 @@ def test_red_cells_show_central_pallor(smear):
     for index, window in enumerate(ndi.find_objects(ann.labels), start=1):
         mask = ann.labels[window] == index
         touches_border = (
-            window[0].start == 0 or window[1].start == 0
-            or window[0].stop == ann.shape[0] or window[1].stop == ann.shape[1]
+            window[0].start == 0
+            or window[1].start == 0
+            or window[0].stop == ann.shape[0]
+            or window[1].stop == ann.shape[1]
         )
         if ann.classes[index] != healthy or touches_border:
             continue
@@ -109,10 +111,12 @@ def test_some_red_cells_touch(smear):
     down = (lab[1:, :] != lab[:-1, :]) & rbc[1:, :] & rbc[:-1, :]
     pairs = {
         tuple(sorted(p))
-        for p in np.concatenate([
-            np.stack([lab[:, 1:][right], lab[:, :-1][right]], axis=1),
-            np.stack([lab[1:, :][down], lab[:-1, :][down]], axis=1),
-        ]).tolist()
+        for p in np.concatenate(
+            [
+                np.stack([lab[:, 1:][right], lab[:, :-1][right]], axis=1),
+                np.stack([lab[1:, :][down], lab[:-1, :][down]], axis=1),
+            ]
+        ).tolist()
     }
     assert len(pairs) >= 5
 
@@ -128,8 +132,9 @@ def test_simple_threshold_finds_the_cells(smear):
 
 
 def test_counts_and_sizes_follow_parameters():
-    image, ann = synthetic_blood_smear(shape=(300, 700), seed=5, n_wbc=2, n_platelets=4,
-                                       noise_std=0, blur_sigma=0)
+    image, ann = synthetic_blood_smear(
+        shape=(300, 700), seed=5, n_wbc=2, n_platelets=4, noise_std=0, blur_sigma=0
+    )
     assert image.shape == (300, 700, 3)
     counts = ann.counts()
     assert sum(counts[n] for n in WBC) == 2

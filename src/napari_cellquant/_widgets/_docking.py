@@ -73,8 +73,12 @@ def _tab_with_siblings(widget: QWidget) -> None:
     if not dock.isFloating():
         area = window.dockWidgetArea(dock)
         for sibling in [d for d in _docks if _alive(d)]:
-            if (sibling is not dock and sibling.parentWidget() is window
-                    and not sibling.isFloating() and window.dockWidgetArea(sibling) == area):
+            if (
+                sibling is not dock
+                and sibling.parentWidget() is window
+                and not sibling.isFloating()
+                and window.dockWidgetArea(sibling) == area
+            ):
                 window.tabifyDockWidget(sibling, dock)
                 dock.raise_()
                 # Qt grows the window once the layout settles: shrink it back after that
@@ -88,7 +92,10 @@ def _give_back_height(window: QMainWindow) -> None:
     if not _alive(window):
         return
     before = _settled.get(window)
-    if before is not None and window.height() > before.height() and not (
-            window.isMaximized() or window.isFullScreen()):
+    if (
+        before is not None
+        and window.height() > before.height()
+        and not (window.isMaximized() or window.isFullScreen())
+    ):
         window.resize(window.width(), max(before.height(), window.minimumSizeHint().height()))
     _settled[window] = window.size()

@@ -34,9 +34,14 @@ _HISTORY_LIMIT = 100
 OUTLINE_WIDTH = 2
 
 
-def show_layers(viewer: Any, layer_data: Sequence[LayerDataTuple], *, replace: bool,
-                prebuilt: Sequence[Any] | None = None,
-                previous: Callable[[str], Any] | None = None) -> list[Any]:
+def show_layers(
+    viewer: Any,
+    layer_data: Sequence[LayerDataTuple],
+    *,
+    replace: bool,
+    prebuilt: Sequence[Any] | None = None,
+    previous: Callable[[str], Any] | None = None,
+) -> list[Any]:
     """Add ``layer_data`` to ``viewer``; with ``replace``, reuse the layer of that type that
     ``previous(name)`` finds (default: the layer of that name).
 
@@ -52,8 +57,11 @@ def show_layers(viewer: Any, layer_data: Sequence[LayerDataTuple], *, replace: b
         name = kwargs.get("name")
         existing = None
         if replace:
-            found = previous(name) if previous is not None else (
-                viewer.layers[name] if name in viewer.layers else None)
+            found = (
+                previous(name)
+                if previous is not None
+                else (viewer.layers[name] if name in viewer.layers else None)
+            )
             existing = None if found is None else _unwrapped(found)
         if existing is not None and _layer_type(existing) == layer_type:
             if layer_type == "labels":
@@ -78,8 +86,7 @@ def build_layers(layer_data: Sequence[LayerDataTuple]) -> list[Any]:
     """
     from napari.layers import Layer
 
-    return [Layer.create(data, dict(kwargs), layer_type)
-            for data, kwargs, layer_type in layer_data]
+    return [Layer.create(data, dict(kwargs), layer_type) for data, kwargs, layer_type in layer_data]
 
 
 def replace_labels(layer: Any, labels: np.ndarray, kwargs: dict[str, Any]) -> None:
@@ -121,8 +128,9 @@ def replace_shapes(layer: Any, rectangles: list[np.ndarray], kwargs: dict[str, A
     layer.data = []  # drop the old shapes first so features are not resized against them
     _placement(layer, kwargs)
     if rectangles:
-        layer.add_rectangles(rectangles, edge_color=kwargs.get("edge_color"),
-                             face_color="transparent")
+        layer.add_rectangles(
+            rectangles, edge_color=kwargs.get("edge_color"), face_color="transparent"
+        )
     layer.features = kwargs.get("features", {})
     if "text" in kwargs:
         layer.text = kwargs["text"]

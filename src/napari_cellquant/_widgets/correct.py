@@ -114,11 +114,10 @@ class LabelsEditor:
             _as_table(table), len(table), self.class_set, default, self.layer.name
         ).astype(np.int32)
         table["class_name"] = pd.Series(
-            [self._name(c) for c in table["class"]], index=table.index, dtype=object)
-        table["score"] = (
-            table["score"].astype(np.float64) if "score" in table else np.nan)
-        table["origin"] = (
-            table["origin"].astype(object) if "origin" in table else "file")
+            [self._name(c) for c in table["class"]], index=table.index, dtype=object
+        )
+        table["score"] = table["score"].astype(np.float64) if "score" in table else np.nan
+        table["origin"] = table["origin"].astype(object) if "origin" in table else "file"
         table["origin"] = table["origin"].astype(object)
         table = table[list(COLUMNS) + [c for c in table.columns if c not in COLUMNS]]
         self._table = table.set_index("index", drop=False)
@@ -143,8 +142,12 @@ class LabelsEditor:
 
     def _new_row(self, label_id: int, class_id: int, origin: str) -> dict[str, Any]:
         return {
-            "index": label_id, "label": label_id, "class": int(class_id),
-            "class_name": self._name(class_id), "score": np.nan, "origin": origin,
+            "index": label_id,
+            "label": label_id,
+            "class": int(class_id),
+            "class_name": self._name(class_id),
+            "score": np.nan,
+            "origin": origin,
         }
 
     def _set_row(self, label_id: int, row: dict[str, Any]) -> None:
@@ -189,7 +192,8 @@ class LabelsEditor:
         self._busy = True  # the refresh this causes is not an edit
         try:
             self.layer.colormap = {
-                None: tuple(fallback), 0: (0.0, 0.0, 0.0, 0.0),
+                None: tuple(fallback),
+                0: (0.0, 0.0, 0.0, 0.0),
                 **{i: tuple(c) for i, c in zip(ids.tolist(), wanted, strict=True)},
             }
         finally:
@@ -213,8 +217,11 @@ class LabelsEditor:
         """
         data = self.layer.data
         if np.issubdtype(data.dtype, np.integer) and largest > np.iinfo(data.dtype).max:
-            logger.info("layer %r: ids above %d, pixels widened to int32", self.layer.name,
-                        np.iinfo(data.dtype).max)
+            logger.info(
+                "layer %r: ids above %d, pixels widened to int32",
+                self.layer.name,
+                np.iinfo(data.dtype).max,
+            )
             self._busy = True
             try:
                 self.layer.data = data.astype(np.int32)
@@ -224,9 +231,7 @@ class LabelsEditor:
     def apply(self, edit: editing.LabelEdit, *, origin_of_new: str = "edited") -> None:
         """Write ``edit`` through ``data_setitem`` (one undo step) and update the features."""
         touched = set(edit.classes) | set(edit.origins) | set(edit.removed)
-        before = {
-            int(i): self._table.loc[i].to_dict() for i in touched if i in self._table.index
-        }
+        before = {int(i): self._table.loc[i].to_dict() for i in touched if i in self._table.index}
         if edit.n_pixels:
             self._fit_ids(int(np.max(edit.values, initial=0)))
             self._busy = True
@@ -278,7 +283,10 @@ class LabelsEditor:
         moved = editing.LabelEdit(
             (rows + region[0].start, cols + region[1].start),
             np.full(rows.size, new_id, dtype=np.int64),  # may outgrow the layer: _fit_ids
-            {new_id: class_id}, {}, (label_id,), edit.event,
+            {new_id: class_id},
+            {},
+            (label_id,),
+            edit.event,
         )
         edit.event.result_ids = [new_id]
         edit.event.pixels = rows.size
@@ -345,8 +353,11 @@ class LabelsEditor:
                 self._table.loc[i, "origin"] = "edited"
         self._commit_table()
         if added:
-            self._log(editing.CorrectionEvent(
-                "added", result_ids=added, classes=[self.class_of(i) for i in added]))
+            self._log(
+                editing.CorrectionEvent(
+                    "added", result_ids=added, classes=[self.class_of(i) for i in added]
+                )
+            )
         if gone:
             self._log(editing.CorrectionEvent("deleted", ids=gone))
         if edited:
@@ -453,13 +464,16 @@ class CorrectWidget(Container):
         self.layer_combo = ComboBox(label="labels layer", choices=self._layer_choices)
         self.class_combo = ComboBox(label="class", choices=self._class_choices)
         self.ids_edit = LineEdit(
-            label="ids", tooltip="Ids to merge or delete, e.g. '4, 9'. Empty: the selected "
+            label="ids",
+            tooltip="Ids to merge or delete, e.g. '4, 9'. Empty: the selected "
             "label and the label under the cursor.",
         )
         self.rule_combo = ComboBox(
-            label="merged class", choices=["majority", "first"], value="majority")
+            label="merged class", choices=["majority", "first"], value="majority"
+        )
         self.seeds_combo = ComboBox(
-            label="seeds", nullable=True,
+            label="seeds",
+            nullable=True,
             choices=lambda _: [ly for ly in viewer.layers if isinstance(ly, napari.layers.Points)],
             tooltip="Points layer whose points inside the object seed the split; "
             "none: split by distance watershed",
@@ -473,12 +487,24 @@ class CorrectWidget(Container):
             button.tooltip = f"{what} ({key})"
             button.changed.connect(lambda _=None, m=method: self._run_safely(getattr(self, m)))
             buttons.append(button)
-        super().__init__(widgets=[
-            self.layer_combo, self.class_combo, buttons[0],
-            self.ids_edit, self.rule_combo, buttons[1],
-            self.seeds_combo, self.min_distance_spin, buttons[2],
-            buttons[3], self.min_size_spin, buttons[4], *buttons[5:], self.status_label,
-        ])
+        super().__init__(
+            widgets=[
+                self.layer_combo,
+                self.class_combo,
+                buttons[0],
+                self.ids_edit,
+                self.rule_combo,
+                buttons[1],
+                self.seeds_combo,
+                self.min_distance_spin,
+                buttons[2],
+                buttons[3],
+                self.min_size_spin,
+                buttons[4],
+                *buttons[5:],
+                self.status_label,
+            ]
+        )
         tab_with_plugin_docks(self.native)
         self.tooltip = "\n".join(f"{k}: {w}" for k, _, w in SHORTCUTS) + "\nCtrl+Z: undo"
         self.layer_combo.changed.connect(self._on_layer_chosen)
@@ -561,7 +587,8 @@ class CorrectWidget(Container):
         point = np.round(editor.layer.world_to_data(self.viewer.cursor.position)).astype(int)
         labels = editor.labels
         inside = point.size >= 2 and all(
-            0 <= p < n for p, n in zip(point[-2:], labels.shape, strict=True))
+            0 <= p < n for p, n in zip(point[-2:], labels.shape, strict=True)
+        )
         if inside:
             value = int(labels[point[-2], point[-1]])
             if value:
@@ -604,9 +631,14 @@ class CorrectWidget(Container):
         editor = self._editor()
         if ids is None:
             ids = _parse_ids(self.ids_edit.value) or [
-                int(editor.layer.selected_label), self.label_under_cursor()]
+                int(editor.layer.selected_label),
+                self.label_under_cursor(),
+            ]
         edit = editing.merge(
-            editor.labels, ids, editor.classes(), index=editor.index,
+            editor.labels,
+            ids,
+            editor.classes(),
+            index=editor.index,
             class_rule=self.rule_combo.value,
         )
         editor.apply(edit)
@@ -622,16 +654,23 @@ class CorrectWidget(Container):
         editor = self._editor()
         if seeds is None and self.seeds_combo.value is not None:
             points = self.seeds_combo.value
-            seeds = np.array([
-                editor.layer.world_to_data(points.data_to_world(p))[-2:] for p in points.data
-            ]).reshape(-1, 2)
+            seeds = np.array(
+                [editor.layer.world_to_data(points.data_to_world(p))[-2:] for p in points.data]
+            ).reshape(-1, 2)
         if label_id is None and seeds is not None and len(seeds):
-            inside = [editor.labels[tuple(np.round(s).astype(int))] for s in seeds
-                      if np.all((np.round(s) >= 0) & (np.round(s) < editor.labels.shape))]
+            inside = [
+                editor.labels[tuple(np.round(s).astype(int))]
+                for s in seeds
+                if np.all((np.round(s) >= 0) & (np.round(s) < editor.labels.shape))
+            ]
             label_id = next((int(v) for v in inside if v), None)
         edit = editing.split(
-            editor.labels, self._target(label_id), editor.classes(), seeds=seeds,
-            min_distance=self.min_distance_spin.value, index=editor.index,
+            editor.labels,
+            self._target(label_id),
+            editor.classes(),
+            seeds=seeds,
+            min_distance=self.min_distance_spin.value,
+            index=editor.index,
         )
         editor.apply(edit)
         self._report(f"split {edit.event.ids[0]} into {edit.event.result_ids}")
@@ -686,4 +725,3 @@ class CorrectWidget(Container):
     def undo(self) -> None:
         """Undo the last edit (napari's own Labels undo; features follow)."""
         self._editor().layer.undo()
-

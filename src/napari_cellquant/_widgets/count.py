@@ -148,7 +148,8 @@ def gather_groups(layers: Any, *, include_hidden: bool = False) -> list[ImageGro
                     group.area_mm2 = quantify.image_area_mm2(shape, size)
         else:
             part.box_classes = _classes_from_table(
-                table, len(layer.data), class_set, default, layer.name)
+                table, len(layer.data), class_set, default, layer.name
+            )
         group.parts.append(part)
     return list(groups.values())
 
@@ -165,7 +166,10 @@ def count_groups(groups: list[ImageGroup]) -> list[quantify.Row]:
         for part in group.parts:
             if part.labels is not None:
                 objects, pixels = quantify.instance_class_totals(
-                    part.labels, part.row_labels, part.row_classes, n,
+                    part.labels,
+                    part.row_labels,
+                    part.row_classes,
+                    n,
                     default_class=part.default_class,
                 )
                 counts += objects
@@ -180,9 +184,14 @@ def count_groups(groups: list[ImageGroup]) -> list[quantify.Row]:
                     before[name] = before.get(name, 0) + int(value)
         after = quantify.counts_by_name(group.class_set, counts)
         rows += quantify.count_table(
-            group.image, group.class_set, after, before, area_mm2=group.area_mm2,
+            group.image,
+            group.class_set,
+            after,
+            before,
+            area_mm2=group.area_mm2,
             areas_px=quantify.counts_by_name(group.class_set, areas) if measures_area else None,
-            field_px=field_px)
+            field_px=field_px,
+        )
     return rows
 
 
@@ -221,8 +230,9 @@ class BarChart(QWidget):
                 painter.setPen(QColor(230, 230, 230))
                 label = painter.fontMetrics().elidedText(name, Qt.ElideRight, int(slot) - 2)
                 painter.drawText(QRectF(k * slot, base, slot, 16), Qt.AlignCenter, label)
-                painter.drawText(QRectF(k * slot, base - h - 14, slot, 14), Qt.AlignCenter,
-                                 f"{after:g}")
+                painter.drawText(
+                    QRectF(k * slot, base - h - 14, slot, 14), Qt.AlignCenter, f"{after:g}"
+                )
         finally:
             painter.end()
 
@@ -262,7 +272,8 @@ class CountWidget(QWidget):
         objects_button.setToolTip(
             "Measure every object of the layers in the chart (centroid, area, shape, mean "
             "intensity) and save one row per object; the Labels layer's features get the "
-            "same columns")
+            "same columns"
+        )
         self.objects: list[dict[str, Any]] = []
         self._measuring: Any = None
         self.table = QTableWidget(0, len(quantify.COLUMNS))
@@ -279,8 +290,10 @@ class CountWidget(QWidget):
         self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
         # two short rows, so the dock stays narrow beside the canvas
-        for row in ((self.count_button, self.live, self.include_hidden),
-                    (copy_button, save_button, objects_button)):
+        for row in (
+            (self.count_button, self.live, self.include_hidden),
+            (copy_button, save_button, objects_button),
+        ):
             buttons = QHBoxLayout()
             for w in row:
                 buttons.addWidget(w)
@@ -331,8 +344,9 @@ class CountWidget(QWidget):
     def refresh(self) -> list[quantify.Row]:
         """Count now, on the calling thread, and show the table; returns its rows."""
         try:
-            self._groups = gather_groups(self.viewer.layers,
-                                         include_hidden=self.include_hidden.isChecked())
+            self._groups = gather_groups(
+                self.viewer.layers, include_hidden=self.include_hidden.isChecked()
+            )
             self._show(count_groups(self._groups))
         except CellquantError as exc:
             self._warn(str(exc))
@@ -345,8 +359,9 @@ class CountWidget(QWidget):
         from napari.qt.threading import create_worker
 
         try:
-            self._groups = gather_groups(self.viewer.layers,
-                                         include_hidden=self.include_hidden.isChecked())
+            self._groups = gather_groups(
+                self.viewer.layers, include_hidden=self.include_hidden.isChecked()
+            )
         except CellquantError as exc:
             self._warn(str(exc))
             return
@@ -372,8 +387,11 @@ class CountWidget(QWidget):
         for r, row in enumerate(rows):
             for c, column in enumerate(quantify.COLUMNS):
                 value = row[column]
-                text = "" if isinstance(value, float) and math.isnan(value) else (
-                    f"{value:.4g}" if isinstance(value, float) else str(value))
+                text = (
+                    ""
+                    if isinstance(value, float) and math.isnan(value)
+                    else (f"{value:.4g}" if isinstance(value, float) else str(value))
+                )
                 self.table.setItem(r, c, QTableWidgetItem(text))
         images = list(dict.fromkeys(str(row["image"]) for row in rows))
         current = self.image_combo.currentText()
@@ -393,12 +411,18 @@ class CountWidget(QWidget):
             self.chart.set_bars([])
             return
         colours = dict(zip(group.class_set.names, group.class_set.colors, strict=True))
-        self.chart.set_bars([
-            (str(r["name"]), float(r["before"]), float(r["after"]),
-             colours.get(str(r["name"]), (160, 160, 160)))
-            for r in self.rows
-            if r["image"] == image and r["group"] == "count" and r["name"] != "total"
-        ])
+        self.chart.set_bars(
+            [
+                (
+                    str(r["name"]),
+                    float(r["before"]),
+                    float(r["after"]),
+                    colours.get(str(r["name"]), (160, 160, 160)),
+                )
+                for r in self.rows
+                if r["image"] == image and r["group"] == "count" and r["name"] != "total"
+            ]
+        )
 
     # --- output ------------------------------------------------------------------------------
     def copy_to_clipboard(self) -> str:
@@ -416,7 +440,10 @@ class CountWidget(QWidget):
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save counts", "counts.csv", "CSV (*.csv)",
+            self,
+            "Save counts",
+            "counts.csv",
+            "CSV (*.csv)",
             options=QFileDialog.DontConfirmOverwrite,  # we ask ourselves, below
         )
         if not path:
@@ -434,20 +461,32 @@ class CountWidget(QWidget):
         on the GUI thread: its annotation (pixels copied), its image, its pixel size."""
         key = key or self.image_combo.currentText()
         layers = {layer.name: layer for layer in self.viewer.layers}
-        mine = [layers[n] for n in (key + INSTANCES_SUFFIX, key + BOXES_SUFFIX, key)
-                if n in layers and isinstance(layers[n], napari.layers.Labels
-                                              | napari.layers.Shapes)]
+        mine = [
+            layers[n]
+            for n in (key + INSTANCES_SUFFIX, key + BOXES_SUFFIX, key)
+            if n in layers and isinstance(layers[n], napari.layers.Labels | napari.layers.Shapes)
+        ]
         if not mine:
             raise CellquantError(f"no annotation layers named {key!r} to measure")
         (annotation,) = layers_to_annotations(mine)
         image = _image_layer_of(self.viewer.layers, key, annotation.shape)
-        size = next((s for s in (layer_pixel_size_um(x) for x in [*mine, image] if x is not None)
-                     if s is not None), None)
-        pixels = None if image is None else np.asarray(
-            image.data[0] if image.multiscale else image.data)
-        return {"annotation": annotation, "image": pixels, "pixel_size_um": size,
-                "labels_layer": next((x for x in mine if isinstance(x, napari.layers.Labels)),
-                                     None)}
+        size = next(
+            (
+                s
+                for s in (layer_pixel_size_um(x) for x in [*mine, image] if x is not None)
+                if s is not None
+            ),
+            None,
+        )
+        pixels = (
+            None if image is None else np.asarray(image.data[0] if image.multiscale else image.data)
+        )
+        return {
+            "annotation": annotation,
+            "image": pixels,
+            "pixel_size_um": size,
+            "labels_layer": next((x for x in mine if isinstance(x, napari.layers.Labels)), None),
+        }
 
     def measure(self, key: str | None = None) -> list[dict[str, Any]]:
         """Measure now, on the calling thread (scripts, tests); returns the rows."""
@@ -469,8 +508,9 @@ class CountWidget(QWidget):
         from ..core.io.counts import write_rows_csv
         from ..core.measure import object_columns
 
-        target = write_rows_csv(object_columns(self.objects), self.objects, path,
-                                overwrite=overwrite)
+        target = write_rows_csv(
+            object_columns(self.objects), self.objects, path, overwrite=overwrite
+        )
         self.status.setText(f"saved {target}")
         return target
 
@@ -483,8 +523,12 @@ class CountWidget(QWidget):
             self._warn(str(exc))
             return
         path, _ = QFileDialog.getSaveFileName(
-            self, "Save objects", "objects.csv", "CSV (*.csv)",
-            options=QFileDialog.DontConfirmOverwrite)
+            self,
+            "Save objects",
+            "objects.csv",
+            "CSV (*.csv)",
+            options=QFileDialog.DontConfirmOverwrite,
+        )
         if not path:
             return
         overwrite = Path(path).exists() and self._confirm(path)
@@ -494,8 +538,9 @@ class CountWidget(QWidget):
         from napari.qt.threading import create_worker
 
         self.status.setText("measuring…")
-        self._measuring = create_worker(_measure, job["annotation"], job["image"],
-                                        job["pixel_size_um"])
+        self._measuring = create_worker(
+            _measure, job["annotation"], job["image"], job["pixel_size_um"]
+        )
 
         def done(columns: dict[str, np.ndarray]) -> None:
             self._measured(job, columns)
@@ -520,8 +565,9 @@ class CountWidget(QWidget):
         show_warning(text)
 
 
-def _measure(annotation: Any, image: np.ndarray | None,
-             pixel_size_um: tuple[float, float] | None) -> dict[str, np.ndarray]:
+def _measure(
+    annotation: Any, image: np.ndarray | None, pixel_size_um: tuple[float, float] | None
+) -> dict[str, np.ndarray]:
     """Worker body: the measurement columns of every object."""
     from ..core.measure import measure_objects
 
@@ -531,10 +577,13 @@ def _measure(annotation: Any, image: np.ndarray | None,
 def _image_layer_of(layers: Any, key: str, shape: tuple[int, int]) -> Any:
     """The Image layer an annotation group belongs to: named like it (a result is named
     ``<image> <model>``) and of its size; the longest such name wins."""
-    found = [layer for layer in layers if isinstance(layer, napari.layers.Image)
-             and (key == layer.name or key.startswith(layer.name + " "))
-             and tuple(np.shape(layer.data[0] if layer.multiscale else layer.data)[
-                 :2]) == tuple(shape)]
+    found = [
+        layer
+        for layer in layers
+        if isinstance(layer, napari.layers.Image)
+        and (key == layer.name or key.startswith(layer.name + " "))
+        and tuple(np.shape(layer.data[0] if layer.multiscale else layer.data)[:2]) == tuple(shape)
+    ]
     return max(found, key=lambda layer: len(layer.name), default=None)
 
 
@@ -550,6 +599,5 @@ def _refresh_measured_features(layer: Any, columns: dict[str, np.ndarray]) -> No
     shared = {"image", "id", "class", "score", "origin"}
     for name, values in columns.items():
         if name not in shared:
-            table[name] = table["index"].map(pd.Series(np.asarray(values)[:n_instances],
-                                                       index=ids))
+            table[name] = table["index"].map(pd.Series(np.asarray(values)[:n_instances], index=ids))
     layer.features = table

@@ -45,7 +45,9 @@ def ask_overwrite(message: str, parent: Any = None) -> bool:
     from qtpy.QtWidgets import QMessageBox
 
     answer = QMessageBox.question(
-        parent, "Replace existing files?", message,
+        parent,
+        "Replace existing files?",
+        message,
         QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
         QMessageBox.StandardButton.No,
     )
@@ -80,8 +82,7 @@ class ExportWidget(Container):
         self.destination = FileEdit(label="save to", mode="w", filter=FILE_FORMATS["coco"])
         self.export_button = PushButton(text="Export")
         self.status = Label(value="")
-        self.extend([self.layers, self.format, self.destination, self.export_button,
-                     self.status])
+        self.extend([self.layers, self.format, self.destination, self.export_button, self.status])
         self.format.changed.connect(self._on_format)
         self.export_button.changed.connect(self.run)
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
@@ -96,8 +97,11 @@ class ExportWidget(Container):
     def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Labels, Shapes
 
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, Labels | Shapes)]
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Labels | Shapes)
+        ]
 
     def _refresh_layers(self, event: Any = None) -> None:
         """Keep the choice when layers come and go; a new layer is chosen at once, and all of
@@ -107,8 +111,9 @@ class ExportWidget(Container):
         if event is not None and event.type == "inserted":
             chosen.append(event.value)
         available = [layer for _, layer in self._layer_choices()]
-        self.layers.value = [layer for layer in available if any(layer is c for c in chosen)
-                             ] or available
+        self.layers.value = [
+            layer for layer in available if any(layer is c for c in chosen)
+        ] or available
 
     def _on_format(self, fmt: str) -> None:
         if fmt in FILE_FORMATS:
@@ -168,8 +173,10 @@ class ExportWidget(Container):
             return
         if isinstance(result, Failed):
             exists = result.error
-            question = f"{exists.path} already exists. Replace it (and any other file of " \
-                       "this export with the same name)?"
+            question = (
+                f"{exists.path} already exists. Replace it (and any other file of "
+                "this export with the same name)?"
+            )
             if not job["overwrite"] and self.confirm(question):
                 self._start({**job, "overwrite": True})
             else:
@@ -230,8 +237,14 @@ def corrections_path(destination: Path) -> Path:
     return destination.with_name(f"{destination.stem or destination.name}_corrections.json")
 
 
-def _export(*, layer_data: list[tuple[Any, dict[str, Any], str]], destination: Path, fmt: str,
-            corrections: dict[str, Any], overwrite: bool) -> list[Path] | Failed:
+def _export(
+    *,
+    layer_data: list[tuple[Any, dict[str, Any], str]],
+    destination: Path,
+    fmt: str,
+    corrections: dict[str, Any],
+    overwrite: bool,
+) -> list[Path] | Failed:
     """Worker body: write the annotations and the correction log.
 
     Problems come back as :class:`Failed` (not raised): an existing target
@@ -248,8 +261,12 @@ def _export(*, layer_data: list[tuple[Any, dict[str, Any], str]], destination: P
             raise OutputExistsError(log_path)
         written = write_annotations(annotations, destination, to=fmt, overwrite=overwrite)
         if log_path is not None:
-            record = {"format": "cellquant-corrections", "version": 1,
-                      "written_with": [str(p) for p in written], "layers": corrections}
+            record = {
+                "format": "cellquant-corrections",
+                "version": 1,
+                "written_with": [str(p) for p in written],
+                "layers": corrections,
+            }
             text = json.dumps(record, indent=1, default=_json_default)
             written.append(write_text_atomic(log_path, text, overwrite=overwrite))
     except Exception as exc:  # shown to the user; the traceback goes to the log

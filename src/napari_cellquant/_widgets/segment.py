@@ -76,36 +76,55 @@ class SegmentWidget(Container):
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=False)
         self.model = ComboBox(label="model", choices=self._model_choices)
-        self.load_model = FileEdit(label="load model...", mode="r",
-                                   filter="Model card or weights (*.json *.pt *.pth)")
+        self.load_model = FileEdit(
+            label="load model...", mode="r", filter="Model card or weights (*.json *.pt *.pth)"
+        )
         self.device = ComboBox(label="device", choices=_devices())
         self.tile = SpinBox(label="tile size", min=64, max=8192, step=32, value=256)
         self.diameter = FloatSpinBox(
-            label="diameter (px)", min=0.0, max=10_000.0, step=1.0, value=0.0,
+            label="diameter (px)",
+            min=0.0,
+            max=10_000.0,
+            step=1.0,
+            value=0.0,
             tooltip="Typical object diameter (a red cell, a nucleus) in pixels; "
-                    "0 = estimate it from the image",
+            "0 = estimate it from the image",
         )
         # the card's settings, rebuilt when the model changes: its score thresholds in view,
         # every other parameter in the collapsed Advanced section
-        self.thresholds = Container(label="", labels=True,
-                                    tooltip="How sure the model must be to keep an object")
+        self.thresholds = Container(
+            label="", labels=True, tooltip="How sure the model must be to keep an object"
+        )
         self.parameters = Container(label="", labels=True)
-        self.show_advanced = CheckBox(text="advanced settings", value=False,
-                                      tooltip="Tile size, a model file, and the model's "
-                                              "internal parameters (with their units)")
-        self.advanced = Container(widgets=[self.load_model, self.tile, self.parameters],
-                                  label="", labels=True)
+        self.show_advanced = CheckBox(
+            text="advanced settings",
+            value=False,
+            tooltip="Tile size, a model file, and the model's "
+            "internal parameters (with their units)",
+        )
+        self.advanced = Container(
+            widgets=[self.load_model, self.tile, self.parameters], label="", labels=True
+        )
         self.keep_previous = CheckBox(text="keep previous result", value=False)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
-        self.extend([
-            self.image, self.model, self.device, self.diameter, self.thresholds,
-            self.keep_previous,
-            Container(widgets=[self.run_button, self.cancel_button], layout="horizontal",
-                      labels=False),
-            self.status, self.show_advanced, self.advanced,
-        ])
+        self.extend(
+            [
+                self.image,
+                self.model,
+                self.device,
+                self.diameter,
+                self.thresholds,
+                self.keep_previous,
+                Container(
+                    widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False
+                ),
+                self.status,
+                self.show_advanced,
+                self.advanced,
+            ]
+        )
         self.show_advanced.changed.connect(self._toggle_advanced)
         self.advanced.native.hide()  # collapsed; hidden once in the layout, so it adds no size
 
@@ -250,19 +269,25 @@ class SegmentWidget(Container):
         card = dataclasses.replace(card, **{kind_key: settings})
         entry = user_models.get(self.model.value)
         job: dict[str, Any] = {
-            "image": layer.data, "multiscale": layer.multiscale, "rgb": layer.rgb,
-            "layer_name": layer.name, "card": card,
+            "image": layer.data,
+            "multiscale": layer.multiscale,
+            "rgb": layer.rgb,
+            "layer_name": layer.name,
+            "card": card,
             "source": entry.source if entry is not None else card.name,
             "loaded": entry.model if entry is not None else None,
-            "device": self.device.value, "tile": int(self.tile.value),
+            "device": self.device.value,
+            "tile": int(self.tile.value),
             "diameter": float(self.diameter.value) or None,
             "pixel_size_um": layer_pixel_size_um(layer),
         }
         # where the result goes, so the worker can build the layer data off the GUI thread
         # named after the image and the model, so a truth layer of the image keeps its name
         job["placement"] = {
-            "name": f"{layer.name} {card.name}", "image_name": _image_name(layer),
-            "scale": tuple(layer.scale[-2:]), "translate": tuple(layer.translate[-2:]),
+            "name": f"{layer.name} {card.name}",
+            "image_name": _image_name(layer),
+            "scale": tuple(layer.scale[-2:]),
+            "translate": tuple(layer.translate[-2:]),
             "units": tuple(str(u) for u in layer.units[-2:]),
         }
         return job
@@ -293,17 +318,26 @@ class SegmentWidget(Container):
             _show_error(f"Segment failed: {result.message}")
             return
         annotation, layer_data, prebuilt = result
-        layers = show_layers(self._viewer, layer_data, replace=not self.keep_previous.value,
-                             prebuilt=prebuilt, previous=self._previous_result)
+        layers = show_layers(
+            self._viewer,
+            layer_data,
+            replace=not self.keep_previous.value,
+            prebuilt=prebuilt,
+            previous=self._previous_result,
+        )
         n = len(annotation.instance_ids()) + len(annotation.boxes)
-        self._set_status(f"{n} objects -> {', '.join(layer.name for layer in layers)}"
-                         f"{_scale_text(annotation.meta)}")
+        self._set_status(
+            f"{n} objects -> {', '.join(layer.name for layer in layers)}"
+            f"{_scale_text(annotation.meta)}"
+        )
 
     def _previous_result(self, name: str) -> Any:
         """Segment's own earlier result meant to be called ``name`` (napari may have
         suffixed it), never a layer Segment did not make."""
-        return next((layer for layer in self._viewer.layers
-                     if layer.metadata.get(META_RESULT_OF) == name), None)
+        return next(
+            (layer for layer in self._viewer.layers if layer.metadata.get(META_RESULT_OF) == name),
+            None,
+        )
 
     def _on_finished(self) -> None:
         self._busy = False
@@ -318,9 +352,21 @@ class SegmentWidget(Container):
         log.info("Segment: %s", text)
 
 
-def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: ModelCard,
-             source: str | None, loaded: Any, device: str, tile: int, diameter: float | None,
-             pixel_size_um: tuple[float, float] | None, placement: dict[str, Any]):
+def _segment(
+    *,
+    image: Any,
+    multiscale: bool,
+    rgb: bool,
+    layer_name: str,
+    card: ModelCard,
+    source: str | None,
+    loaded: Any,
+    device: str,
+    tile: int,
+    diameter: float | None,
+    pixel_size_um: tuple[float, float] | None,
+    placement: dict[str, Any],
+):
     """Worker body: load the model, yield ``iter_predict``'s steps, build the layer data.
 
     Returns ``(annotation, layer data tuples, the same as napari layers)``, or
@@ -338,15 +384,26 @@ def _segment(*, image: Any, multiscale: bool, rgb: bool, layer_name: str, card: 
             model = load_model(source, device)
             model = Model(card=card, network=model.network, device=model.device)
         annotation = yield from iter_predict(
-            pixels, model, tile=tile, diameter=diameter,
-            pixel_size_um=None if pixel_size_um is None else pixel_size_um[1])
+            pixels,
+            model,
+            tile=tile,
+            diameter=diameter,
+            pixel_size_um=None if pixel_size_um is None else pixel_size_um[1],
+        )
         annotation.image_name = placement["image_name"]
         if pixel_size_um is not None:
             annotation.meta["pixel_size_um"] = pixel_size_um
-        layer_data = [_owned(_ready_for_napari(item)) for item in annotation_to_layer_data(
-            annotation, name=placement["name"], scale=placement["scale"],
-            translate=placement["translate"], units=placement["units"], intensity_image=pixels,
-        )]
+        layer_data = [
+            _owned(_ready_for_napari(item))
+            for item in annotation_to_layer_data(
+                annotation,
+                name=placement["name"],
+                scale=placement["scale"],
+                translate=placement["translate"],
+                units=placement["units"],
+                intensity_image=pixels,
+            )
+        ]
         prebuilt = build_layers(layer_data)
         for layer, (_, _, kind) in zip(prebuilt, layer_data, strict=True):
             if kind == "labels":  # napari takes no contour when it makes a Labels layer
@@ -432,8 +489,11 @@ def _image_array(data: Any, multiscale: bool, rgb: bool, name: str) -> np.ndarra
     while pixels.ndim > (3 if rgb else 2) and pixels.shape[0] == 1:
         pixels = pixels[0]
     if pixels.ndim != (3 if rgb else 2):
-        raise InputError(None, f"layer {name!r} has shape {pixels.shape}: choose a 2-D grey or "
-                               "RGB image (split stacks into 2-D layers first)")
+        raise InputError(
+            None,
+            f"layer {name!r} has shape {pixels.shape}: choose a 2-D grey or "
+            "RGB image (split stacks into 2-D layers first)",
+        )
     return pixels
 
 
@@ -465,8 +525,14 @@ def _field_for(name: str, value: Any) -> Widget | None:
     if isinstance(value, int):
         return SpinBox(name=name, label=label, value=value, min=0, max=max(1_000_000, value))
     if isinstance(value, float):
-        return FloatSpinBox(name=name, label=label, value=value, min=min(0.0, value),
-                            max=max(1e6, value), step=_step_for(value))
+        return FloatSpinBox(
+            name=name,
+            label=label,
+            value=value,
+            min=min(0.0, value),
+            max=max(1e6, value),
+            step=_step_for(value),
+        )
     if isinstance(value, str):
         return LineEdit(name=name, label=label, value=value)
     return None  # lists and tables stay as the card has them
@@ -482,16 +548,21 @@ LEARNED_HELP: dict[str, tuple[str, str]] = {
     "foreground_threshold": ("", "minimum probability, 0-1, that a pixel belongs to an object"),
     "min_size": ("px", "objects smaller than this are dropped"),
     "max_hole": ("px", "holes up to this size inside an object are filled"),
-    "min_distance": ("px", "two object centres are at least this far apart (splits "
-                           "touching cells)"),
+    "min_distance": (
+        "px",
+        "two object centres are at least this far apart (splits touching cells)",
+    ),
     "max_detections": ("objects", "at most this many objects per image"),
     "split": ("", "split touching objects (off: every connected region is one object)"),
 }
 
 
 def _is_per_class(value: Any, card: Any) -> bool:
-    return (isinstance(value, list) and len(value) == len(card.classes)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+    return (
+        isinstance(value, list)
+        and len(value) == len(card.classes)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _step_for(value: float) -> float:

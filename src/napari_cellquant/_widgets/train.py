@@ -93,9 +93,11 @@ class LossPlot(QWidget):
         painter.setPen(QPen(QColor(30, 144, 255), 1.5))  # readable on light and dark themes
         painter.drawPolyline(line)
         painter.setPen(QPen(Qt.GlobalColor.gray, 1))
-        painter.drawText(margin, self.height() - 4,
-                         f"loss {values[-1]:.4g} (min {low:.4g}, max {high:.4g}), "
-                         f"{len(values)} steps")
+        painter.drawText(
+            margin,
+            self.height() - 4,
+            f"loss {values[-1]:.4g} (min {low:.4g}, max {high:.4g}), {len(values)} steps",
+        )
 
 
 class TrainWidget(Container):
@@ -123,20 +125,31 @@ class TrainWidget(Container):
         self._busy = False
 
         self.layers = Select(label="corrected layers", choices=self._layer_choices)
-        self.image = ComboBox(label="image", choices=self._image_choices, nullable=True,
-                              tooltip="Image of layers whose own image is not found by name")
-        self.images_folder = FileEdit(label="images folder", mode="d", nullable=True,
-                                      tooltip="Optional: more annotated images from disk")
+        self.image = ComboBox(
+            label="image",
+            choices=self._image_choices,
+            nullable=True,
+            tooltip="Image of layers whose own image is not found by name",
+        )
+        self.images_folder = FileEdit(
+            label="images folder",
+            mode="d",
+            nullable=True,
+            tooltip="Optional: more annotated images from disk",
+        )
         self.annotations_file = FileEdit(
-            label="annotations", mode="r", nullable=True,
+            label="annotations",
+            mode="r",
+            nullable=True,
             tooltip="COCO/VOC/label file for the images folder (empty: read the folder)",
         )
         self.base = ComboBox(label="base model", choices=self._base_choices)
         self.epochs = SpinBox(label="epochs", min=1, max=10_000, value=20)
         self.crop = SpinBox(label="crop (px)", min=32, max=2048, step=32, value=256)
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=4)
-        self.val_fraction = FloatSpinBox(label="validation share", min=0.0, max=0.9, step=0.05,
-                                         value=0.2)
+        self.val_fraction = FloatSpinBox(
+            label="validation share", min=0.0, max=0.9, step=0.05, value=0.2
+        )
         self.device = ComboBox(label="device", choices=_device_choices())
         self.output = FileEdit(label="save weights as", mode="w", filter="*.pt", nullable=True)
         self.overwrite = CheckBox(text="replace existing files", value=False)
@@ -145,14 +158,29 @@ class TrainWidget(Container):
         self.status = Label(value="")
         self.scores = Label(value="")
         self.loss_plot = LossPlot()
-        self.extend([
-            self.layers, self.image, self.images_folder, self.annotations_file, self.base,
-            self.epochs, self.crop, self.batch_size, self.val_fraction, self.device,
-            self.output, self.overwrite,
-            Container(widgets=[self.train_button, self.cancel_button], layout="horizontal",
-                      labels=False),
-            self.status, self.scores,
-        ])
+        self.extend(
+            [
+                self.layers,
+                self.image,
+                self.images_folder,
+                self.annotations_file,
+                self.base,
+                self.epochs,
+                self.crop,
+                self.batch_size,
+                self.val_fraction,
+                self.device,
+                self.output,
+                self.overwrite,
+                Container(
+                    widgets=[self.train_button, self.cancel_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.status,
+                self.scores,
+            ]
+        )
         self.native.layout().addWidget(self.loss_plot)
 
         self.train_button.changed.connect(self.run)
@@ -165,8 +193,11 @@ class TrainWidget(Container):
     def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Labels, Shapes
 
-        return [(layer.name, layer) for layer in self._viewer.layers
-                if isinstance(layer, (Labels, Shapes))]
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, (Labels, Shapes))
+        ]
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         from napari.layers import Image
@@ -174,10 +205,15 @@ class TrainWidget(Container):
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
 
     def _base_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        builtin = [(f"{name} ({card.task}, {card.class_set})", name)
-                   for name, card in self._builtin.items()]
-        return builtin + [(entry.label, entry.source) for entry in user_models
-                          if entry.source is not None and entry.card.kind == "learned"]
+        builtin = [
+            (f"{name} ({card.task}, {card.class_set})", name)
+            for name, card in self._builtin.items()
+        ]
+        return builtin + [
+            (entry.label, entry.source)
+            for entry in user_models
+            if entry.source is not None and entry.card.kind == "learned"
+        ]
 
     def _refresh_layers(self, event: Any = None) -> None:
         self.layers.reset_choices()
@@ -248,9 +284,13 @@ class TrainWidget(Container):
             "folder": folder,
             "folder_annotations": _path_or_none(self.annotations_file.value),
             "settings": {
-                "base": self.base.value, "output": output, "epochs": int(self.epochs.value),
-                "crop": int(self.crop.value), "batch_size": int(self.batch_size.value),
-                "val_fraction": float(self.val_fraction.value), "device": self.device.value,
+                "base": self.base.value,
+                "output": output,
+                "epochs": int(self.epochs.value),
+                "crop": int(self.crop.value),
+                "batch_size": int(self.batch_size.value),
+                "val_fraction": float(self.val_fraction.value),
+                "device": self.device.value,
                 "overwrite": bool(self.overwrite.value),
             },
         }
@@ -274,8 +314,9 @@ class TrainWidget(Container):
         else:
             layer = self.image.value
             if layer is None:
-                raise InputError(None, f"no image found for the layers of {name!r}: pick it "
-                                       "in 'image'")
+                raise InputError(
+                    None, f"no image found for the layers of {name!r}: pick it in 'image'"
+                )
         return layer.data, bool(layer.multiscale), bool(layer.rgb)
 
     # --- events from the worker ---------------------------------------------------------
@@ -313,8 +354,10 @@ class TrainWidget(Container):
             return
         self._register(result.card)
         self.scores.value = _score_text(result.score_name, result.base_score, result.score)
-        self._set_status(f"saved {result.weights} (best epoch {result.best_epoch} of "
-                         f"{result.epochs_run}); it is in Segment's model list")
+        self._set_status(
+            f"saved {result.weights} (best epoch {result.best_epoch} of "
+            f"{result.epochs_run}); it is in Segment's model list"
+        )
         for message in result.warnings:
             _notify_warning(f"Train: {message}")
 
@@ -325,8 +368,10 @@ class TrainWidget(Container):
             card = Path(event.checkpoint).with_suffix(".json")
             if card.is_file():
                 self._register(card)
-                self._set_status(f"cancelled: the best weights so far stay in "
-                                 f"{event.checkpoint} (added to the model list)")
+                self._set_status(
+                    f"cancelled: the best weights so far stay in "
+                    f"{event.checkpoint} (added to the model list)"
+                )
                 return
         self._set_status("cancelled before an epoch finished: nothing was saved")
 
@@ -349,8 +394,14 @@ class TrainWidget(Container):
         log.info("Train: %s", text)
 
 
-def _train_job(*, images: list[tuple[Any, bool, bool]], annotations: list[Annotation],
-               folder: Path | None, folder_annotations: Path | None, settings: dict[str, Any]):
+def _train_job(
+    *,
+    images: list[tuple[Any, bool, bool]],
+    annotations: list[Annotation],
+    folder: Path | None,
+    folder_annotations: Path | None,
+    settings: dict[str, Any],
+):
     """Worker body: read the images (and the folder), then yield ``iter_train``'s events.
 
     Returns the :class:`TrainingResult`, or :class:`Failed` with the error.

@@ -119,16 +119,20 @@ def predict_images(
         weights = model.weights
     else:
         if distributed:
-            raise InputError(None, "a dask run needs a ModelSpec (model name or card path): "
-                             "workers load the model themselves")
+            raise InputError(
+                None,
+                "a dask run needs a ModelSpec (model name or card path): "
+                "workers load the model themselves",
+            )
         spec, loaded, card, weights = None, model, model.card, None
     if pixel_size_um is not None and not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
-        raise InputError(None, f"--pixel-size must be a positive number of micrometres, got "
-                         f"{pixel_size_um:g}")
-    settings = Settings(tile=tile, overlap=overlap, diameter=diameter,
-                        pixel_size_um=pixel_size_um)
-    record = run_record(card.name, card.to_dict(), None if weights is None else str(weights),
-                        settings.as_record())
+        raise InputError(
+            None, f"--pixel-size must be a positive number of micrometres, got {pixel_size_um:g}"
+        )
+    settings = Settings(tile=tile, overlap=overlap, diameter=diameter, pixel_size_um=pixel_size_um)
+    record = run_record(
+        card.name, card.to_dict(), None if weights is None else str(weights), settings.as_record()
+    )
     folder, resume = OutputFolder.open(Path(outdir), record, force=force, overwrite=overwrite)
 
     result = BatchResult()
@@ -139,18 +143,33 @@ def predict_images(
         else:
             todo.append(path)
     if result.skipped:
-        log.info("%d of %d image(s) already have complete outputs in %s", len(result.skipped),
-                 len(images), outdir)
+        log.info(
+            "%d of %d image(s) already have complete outputs in %s",
+            len(result.skipped),
+            len(images),
+            outdir,
+        )
     with _results(todo, spec, loaded, settings, workers, scheduler) as results:
         for result_of_image in results:
             _record(folder, result_of_image, result)
             if on_image is not None:
-                status = (f"failed: {result_of_image.error}" if result_of_image.error
-                          else _describe(result_of_image))
-                on_image(result.complete + len(result.failures), len(images),
-                         result_of_image.path, status)
-    result.written += folder.rebuild(images, result.failures, card.classes,
-                                     title=f"cellquant: {card.name} on {len(images)} image(s)")
+                status = (
+                    f"failed: {result_of_image.error}"
+                    if result_of_image.error
+                    else _describe(result_of_image)
+                )
+                on_image(
+                    result.complete + len(result.failures),
+                    len(images),
+                    result_of_image.path,
+                    status,
+                )
+    result.written += folder.rebuild(
+        images,
+        result.failures,
+        card.classes,
+        title=f"cellquant: {card.name} on {len(images)} image(s)",
+    )
     return result
 
 
@@ -171,8 +190,11 @@ def _record(folder: OutputFolder, image: ImageResult, result: BatchResult) -> No
 def _describe(image: ImageResult) -> str:
     assert image.annotation is not None
     counts = image.annotation.counts()
-    text = f"{sum(counts.values())} objects (" + ", ".join(
-        f"{name} {n}" for name, n in counts.items()) + ")"
+    text = (
+        f"{sum(counts.values())} objects ("
+        + ", ".join(f"{name} {n}" for name, n in counts.items())
+        + ")"
+    )
     diameter = image.annotation.meta.get("diameter_px")
     if diameter is not None and diameter == diameter:  # NaN: a card that knows no scale
         source = image.annotation.meta.get("diameter_source", "")
@@ -181,9 +203,14 @@ def _describe(image: ImageResult) -> str:
 
 
 @contextlib.contextmanager
-def _results(todo: Sequence[Path], spec: ModelSpec | None, loaded: Model | None,
-             settings: Settings, workers: int, scheduler: str | None
-             ) -> Iterator[Iterator[ImageResult]]:
+def _results(
+    todo: Sequence[Path],
+    spec: ModelSpec | None,
+    loaded: Model | None,
+    settings: Settings,
+    workers: int,
+    scheduler: str | None,
+) -> Iterator[Iterator[ImageResult]]:
     """The results of ``todo``, from this process or from a dask cluster (closed on exit)."""
     if not todo:
         yield iter(())

@@ -47,20 +47,29 @@ def dask_client(*, workers: int = 0, scheduler: str | None = None) -> Iterator[A
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise InputError(None, "--workers and --scheduler need dask.distributed: "
-                         "pip install 'napari-cellquant[cluster]'") from None
+        raise InputError(
+            None,
+            "--workers and --scheduler need dask.distributed: "
+            "pip install 'napari-cellquant[cluster]'",
+        ) from None
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None, scheduler_kwargs={"dashboard": False},
-                               silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.ERROR,
+        )
         client = Client(cluster)
     else:
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as exc:
-            raise InputError(f"--scheduler {scheduler}",
-                             f"cannot connect to the dask scheduler ({exc})") from None
+            raise InputError(
+                f"--scheduler {scheduler}", f"cannot connect to the dask scheduler ({exc})"
+            ) from None
     try:
         if scheduler is not None:
             _check_workers(client, scheduler)
@@ -75,9 +84,11 @@ def _check_workers(client: Any, scheduler: str) -> None:
     try:
         client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
     except (TimeoutError, OSError):
-        raise InputError(f"--scheduler {scheduler}", f"no worker joined within "
-                         f"{CONNECT_TIMEOUT_S} s; start some with `dask worker {scheduler}`"
-                         ) from None
+        raise InputError(
+            f"--scheduler {scheduler}",
+            f"no worker joined within "
+            f"{CONNECT_TIMEOUT_S} s; start some with `dask worker {scheduler}`",
+        ) from None
     versions = client.get_versions(packages=list(SAME_VERSION))
     mine = versions["client"]["packages"]
     for address, info in sorted(versions["workers"].items()):
@@ -92,8 +103,9 @@ def _check_workers(client: Any, scheduler: str) -> None:
                 )
 
 
-def iter_on_cluster(client: Any, spec: ModelSpec, images: Sequence[Path],
-                    settings: Settings, *, workers: int = 0) -> Iterator[ImageResult]:
+def iter_on_cluster(
+    client: Any, spec: ModelSpec, images: Sequence[Path], settings: Settings, *, workers: int = 0
+) -> Iterator[ImageResult]:
     """Submit one task per image and yield the results as they finish (any order)."""
     from distributed import as_completed
 
@@ -104,8 +116,7 @@ def iter_on_cluster(client: Any, spec: ModelSpec, images: Sequence[Path],
         for path in images
     }
     try:
-        for future, result in as_completed(list(futures), with_results=True,
-                                           raise_errors=False):
+        for future, result in as_completed(list(futures), with_results=True, raise_errors=False):
             path = futures.pop(future)
             future.release()
             if isinstance(result, ImageResult):

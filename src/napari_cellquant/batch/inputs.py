@@ -46,6 +46,9 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
         seen: set[str] = set()
         repeated = [k for k in keys if k in seen or seen.add(k)]
         if repeated:
-            raise InputError(None, f"two inputs share the {what} {repeated[0]!r}; outputs are "
-                             f"keyed by {what}, so give each image a unique name")
+            raise InputError(
+                None,
+                f"two inputs share the {what} {repeated[0]!r}; outputs are "
+                f"keyed by {what}, so give each image a unique name",
+            )
     return images

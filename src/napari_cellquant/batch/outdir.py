@@ -61,8 +61,18 @@ OBJECTS = "objects.csv"
 FAILURES = "failures.csv"
 REPORT = "report.html"
 #: Everything a run writes at the top of its folder.
-RUN_FILES = (RUN_RECORD, ANNOTATIONS, COUNTS, FIGURES, OBJECTS, FAILURES, REPORT, MASKS_DIR,
-             OVERLAYS_DIR, PARTS_DIR)
+RUN_FILES = (
+    RUN_RECORD,
+    ANNOTATIONS,
+    COUNTS,
+    FIGURES,
+    OBJECTS,
+    FAILURES,
+    REPORT,
+    MASKS_DIR,
+    OVERLAYS_DIR,
+    PARTS_DIR,
+)
 FAILURE_COLUMNS = ("image", "path", "error")
 #: Version of the part-file layout; a part of another version is done again.
 PART_FORMAT = 1
@@ -85,13 +95,20 @@ class RunMismatchError(OutputExistsError):
         )
 
 
-def run_record(model_name: str, card: dict[str, Any], weights: str | None,
-               settings: dict[str, Any]) -> dict[str, Any]:
+def run_record(
+    model_name: str, card: dict[str, Any], weights: str | None, settings: dict[str, Any]
+) -> dict[str, Any]:
     """What a run's results depend on; a rerun with an equal record resumes."""
     from .. import __version__
 
-    return {"batch_format": PART_FORMAT, "package_version": __version__, "model": model_name,
-            "weights": weights, "settings": settings, "card": card}
+    return {
+        "batch_format": PART_FORMAT,
+        "package_version": __version__,
+        "model": model_name,
+        "weights": weights,
+        "settings": settings,
+        "card": card,
+    }
 
 
 def _digest(record: dict[str, Any]) -> str:
@@ -124,8 +141,9 @@ class OutputFolder:
 
     # --- opening ---------------------------------------------------------------------------
     @classmethod
-    def open(cls, root: Path, record: dict[str, Any], *, force: bool = False,
-             overwrite: bool = False) -> tuple[OutputFolder, bool]:
+    def open(
+        cls, root: Path, record: dict[str, Any], *, force: bool = False, overwrite: bool = False
+    ) -> tuple[OutputFolder, bool]:
         """Check ``root`` and make it ready; returns the folder and whether it resumes.
 
         - a new or empty folder (or one with unrelated files only): a fresh run;
@@ -160,8 +178,9 @@ class OutputFolder:
         folder._remove_temporaries()
         if not resume:
             folder._discard_parts()
-        write_text_atomic(folder.root / RUN_RECORD, json.dumps(record, indent=1, default=str),
-                          overwrite=True)
+        write_text_atomic(
+            folder.root / RUN_RECORD, json.dumps(record, indent=1, default=str), overwrite=True
+        )
         for sub in (folder.masks, folder.overlays, folder.parts):
             folder._make_writable_dir(sub)
         return folder, resume
@@ -205,18 +224,22 @@ class OutputFolder:
 
     def _remove_temporaries(self) -> None:
         """Temporary files a killed run left beside its targets (never a complete output)."""
-        ours = {self.root: lambda name: name in RUN_FILES,
-                self.masks: lambda name: name == "classes.json" or name.endswith(
-                    ("_instances.tif", "_classes.tif")),
-                self.overlays: lambda name: name.endswith(".jpg"),
-                self.parts: lambda name: name.endswith(".json")}
+        ours = {
+            self.root: lambda name: name in RUN_FILES,
+            self.masks: lambda name: (
+                name == "classes.json" or name.endswith(("_instances.tif", "_classes.tif"))
+            ),
+            self.overlays: lambda name: name.endswith(".jpg"),
+            self.parts: lambda name: name.endswith(".json"),
+        }
         for folder, is_ours in ours.items():
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
                 match = _TEMPORARY.match(path.name)
-                if (path.name.startswith(_PROBE_PREFIX) or (match and is_ours(match["target"]))
-                        ) and path.is_file():
+                if (
+                    path.name.startswith(_PROBE_PREFIX) or (match and is_ours(match["target"]))
+                ) and path.is_file():
                     path.unlink(missing_ok=True)
 
     def _discard_parts(self) -> None:
@@ -248,10 +271,13 @@ class OutputFolder:
             part = json.loads(path.read_text(encoding="utf-8"))
             extra = part["cellquant"]
             stat = Path(image).stat()
-            if (extra["format"] != PART_FORMAT or extra["run"] != self.run_id
-                    or extra["image"] != Path(image).name
-                    or extra["source_bytes"] != stat.st_size
-                    or extra["source_mtime_ns"] != stat.st_mtime_ns):
+            if (
+                extra["format"] != PART_FORMAT
+                or extra["run"] != self.run_id
+                or extra["image"] != Path(image).name
+                or extra["source_bytes"] != stat.st_size
+                or extra["source_mtime_ns"] != stat.st_mtime_ns
+            ):
                 return None
             for relative, size in extra["outputs"].items():
                 if (self.root / relative).stat().st_size != size:
@@ -283,11 +309,12 @@ class OutputFolder:
                 "source": str(result.path),
                 "source_bytes": stat.st_size,
                 "source_mtime_ns": stat.st_mtime_ns,
-                "outputs": {p.relative_to(self.root).as_posix(): p.stat().st_size
-                            for p in masks},
+                "outputs": {p.relative_to(self.root).as_posix(): p.stat().st_size for p in masks},
                 "counts": result.annotation.counts(),
-                "figures": [[r["group"], r["name"], _finite(r["value"]), r["unit"]]
-                            for r in figure_rows(result.annotation)],
+                "figures": [
+                    [r["group"], r["name"], _finite(r["value"]), r["unit"]]
+                    for r in figure_rows(result.annotation)
+                ],
                 "objects": _columnar(result.objects or []),
                 "thumbnail": {
                     "height": int(result.thumbnail_shape[0]),
@@ -296,13 +323,20 @@ class OutputFolder:
                 },
             },
         }
-        path = write_text_atomic(self.part_path(result.path),
-                                 json.dumps(part, separators=(",", ":")), overwrite=True)
+        path = write_text_atomic(
+            self.part_path(result.path), json.dumps(part, separators=(",", ":")), overwrite=True
+        )
         return [*masks, path]
 
     # --- the merged files ------------------------------------------------------------------
-    def rebuild(self, images: Sequence[Path], failures: Sequence[tuple[Path, str]],
-                class_set: ClassSet, *, title: str) -> list[Path]:
+    def rebuild(
+        self,
+        images: Sequence[Path],
+        failures: Sequence[tuple[Path, str]],
+        class_set: ClassSet,
+        *,
+        title: str,
+    ) -> list[Path]:
         """Write annotations.json, counts.csv, failures.csv, report.html and classes.json
         from the part files of ``images`` (sorted by file name; ids follow that order)."""
         parts = []
@@ -322,13 +356,19 @@ class OutputFolder:
                 (self.root / name).unlink(missing_ok=True)
         written.append(self._write_failures(failures))
         written.append(self._write_report(parts, failures, class_set, title))
-        others = {p.stem for p in self.parts.glob("*.json")} - {
-            Path(p["cellquant"]["image"]).stem for p in parts
-        } - {Path(p).stem for p, _ in failures}
+        others = (
+            {p.stem for p in self.parts.glob("*.json")}
+            - {Path(p["cellquant"]["image"]).stem for p in parts}
+            - {Path(p).stem for p, _ in failures}
+        )
         if others:
-            log.warning("%s holds results of %d image(s) not among the inputs (e.g. %s); they "
-                        "are kept but left out of the merged files", self.root, len(others),
-                        sorted(others)[0])
+            log.warning(
+                "%s holds results of %d image(s) not among the inputs (e.g. %s); they "
+                "are kept but left out of the merged files",
+                self.root,
+                len(others),
+                sorted(others)[0],
+            )
         return written
 
     def _write_coco(self, parts: Sequence[dict[str, Any]]) -> Path:
@@ -342,32 +382,46 @@ class OutputFolder:
                 merged["annotations"].append(
                     {**entry, "id": len(merged["annotations"]) + 1, "image_id": image_id}
                 )
-        return write_text_atomic(self.root / ANNOTATIONS,
-                                 json.dumps(merged, separators=(",", ":")), overwrite=True)
+        return write_text_atomic(
+            self.root / ANNOTATIONS, json.dumps(merged, separators=(",", ":")), overwrite=True
+        )
 
     def _write_counts(self, parts: Sequence[dict[str, Any]]) -> Path:
         from ..core.io.counts import COLUMNS, write_rows_csv
 
-        rows = [{"image": p["cellquant"]["image"], "class": name, "count": n}
-                for p in parts for name, n in p["cellquant"]["counts"].items()]
+        rows = [
+            {"image": p["cellquant"]["image"], "class": name, "count": n}
+            for p in parts
+            for name, n in p["cellquant"]["counts"].items()
+        ]
         return write_rows_csv(COLUMNS, rows, self.root / COUNTS, overwrite=True)
 
     def _write_figures(self, parts: Sequence[dict[str, Any]]) -> Path:
         from ..core.io.counts import write_figures_csv
 
-        rows = [{"image": p["cellquant"]["image"], "group": group, "name": name,
-                 "value": value, "unit": unit}
-                for p in parts for group, name, value, unit in p["cellquant"].get("figures", [])]
+        rows = [
+            {
+                "image": p["cellquant"]["image"],
+                "group": group,
+                "name": name,
+                "value": value,
+                "unit": unit,
+            }
+            for p in parts
+            for group, name, value, unit in p["cellquant"].get("figures", [])
+        ]
         return write_figures_csv(rows, self.root / FIGURES, overwrite=True)
 
     def _write_objects(self, parts: Sequence[dict[str, Any]]) -> Path:
         from ..core.io.counts import write_rows_csv
         from ..core.measure import object_columns
 
-        rows = [dict(zip(table["columns"], values))
-                for p in parts for table in [p["cellquant"].get("objects") or
-                                             {"columns": [], "rows": []}]
-                for values in table["rows"]]
+        rows = [
+            dict(zip(table["columns"], values))
+            for p in parts
+            for table in [p["cellquant"].get("objects") or {"columns": [], "rows": []}]
+            for values in table["rows"]
+        ]
         return write_rows_csv(object_columns(rows), rows, self.root / OBJECTS, overwrite=True)
 
     def _write_masks_record(self, parts: Sequence[dict[str, Any]]) -> Path:
@@ -375,8 +429,9 @@ class OutputFolder:
         another order, and a dask run in the order they finished)."""
         sidecar = self.masks / "classes.json"
         record = json.loads(sidecar.read_text(encoding="utf-8"))
-        record["images"] = {Path(p["cellquant"]["image"]).stem: p["cellquant"]["image"]
-                            for p in parts}
+        record["images"] = {
+            Path(p["cellquant"]["image"]).stem: p["cellquant"]["image"] for p in parts
+        }
         return write_text_atomic(sidecar, json.dumps(record, indent=1), overwrite=True)
 
     def _write_failures(self, failures: Sequence[tuple[Path, str]]) -> Path:
@@ -389,16 +444,21 @@ class OutputFolder:
             tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
         return self.root / FAILURES
 
-    def _write_report(self, parts: Sequence[dict[str, Any]],
-                      failures: Sequence[tuple[Path, str]], class_set: ClassSet,
-                      title: str) -> Path:
+    def _write_report(
+        self,
+        parts: Sequence[dict[str, Any]],
+        failures: Sequence[tuple[Path, str]],
+        class_set: ClassSet,
+        title: str,
+    ) -> Path:
         import base64
 
         from .report import ReportImage, report_html
 
         images = [
             ReportImage(
-                name=p["cellquant"]["image"], counts=p["cellquant"]["counts"],
+                name=p["cellquant"]["image"],
+                counts=p["cellquant"]["counts"],
                 figures=[tuple(f) for f in p["cellquant"].get("figures", [])],
                 thumbnail=base64.b64decode(p["cellquant"]["thumbnail"]["jpeg_base64"]),
                 width=p["cellquant"]["thumbnail"]["width"],
@@ -407,17 +467,22 @@ class OutputFolder:
             )
             for p in parts
         ]
-        details = {"model": str(self.record.get("model")),
-                   "output folder": str(self.root)}
-        page = report_html(images, [(p.name, m) for p, m in sorted(failures)], class_set,
-                           title=title, details=details)
+        details = {"model": str(self.record.get("model")), "output folder": str(self.root)}
+        page = report_html(
+            images,
+            [(p.name, m) for p, m in sorted(failures)],
+            class_set,
+            title=title,
+            details=details,
+        )
         return write_text_atomic(self.root / REPORT, page, overwrite=True)
 
 
 def _overlay_link(part: dict[str, Any]) -> str | None:
     """The overlay a part lists among its outputs, relative to the report."""
-    return next((name for name in part["cellquant"]["outputs"]
-                 if name.startswith(f"{OVERLAYS_DIR}/")), None)
+    return next(
+        (name for name in part["cellquant"]["outputs"] if name.startswith(f"{OVERLAYS_DIR}/")), None
+    )
 
 
 def _columnar(rows: Sequence[dict[str, Any]]) -> dict[str, list]:

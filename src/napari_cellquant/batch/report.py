@@ -86,9 +86,13 @@ def outlined_thumbnail(
     palette = np.vstack([annotation.class_set.palette(), _UNCLASSED_RGB]).astype(np.uint8)
     labels = annotation.labels
     if labels.any():
-        small = labels if labels.shape == shape else resize(
-            labels[::step, ::step], shape, order=0, preserve_range=True, anti_aliasing=False
-        ).astype(np.int32)
+        small = (
+            labels
+            if labels.shape == shape
+            else resize(
+                labels[::step, ::step], shape, order=0, preserve_range=True, anti_aliasing=False
+            ).astype(np.int32)
+        )
         lookup = np.full(int(small.max()) + 1, len(palette) - 1, dtype=np.intp)  # unclassed
         lookup[0] = 0
         for instance_id, class_id in annotation.classes.items():
@@ -105,8 +109,9 @@ def outlined_thumbnail(
     return rgb
 
 
-def _draw_rectangle(rgb: np.ndarray, top: int, left: int, bottom: int, right: int,
-                    colour: np.ndarray) -> None:
+def _draw_rectangle(
+    rgb: np.ndarray, top: int, left: int, bottom: int, right: int, colour: np.ndarray
+) -> None:
     """Draw a 1-px rectangle outline (inclusive corners), clipped to the image."""
     rows, cols = rgb.shape[:2]
     r0, r1 = max(top, 0), min(bottom, rows - 1)
@@ -121,8 +126,14 @@ def _draw_rectangle(rgb: np.ndarray, top: int, left: int, bottom: int, right: in
             rgb[r0 : r1 + 1, col] = colour
 
 
-def write_report(folder: Path, entries: Sequence[tuple[np.ndarray, Annotation]],
-                 class_set: ClassSet, *, title: str, overwrite: bool = False) -> list[Path]:
+def write_report(
+    folder: Path,
+    entries: Sequence[tuple[np.ndarray, Annotation]],
+    class_set: ClassSet,
+    *,
+    title: str,
+    overwrite: bool = False,
+) -> list[Path]:
     """``folder/report.html`` and ``folder/overlays/<stem>.jpg`` for in-memory results
     (``cellquant demo``; a batch run builds the same page from its part files)."""
     from ..core.io.atomic import atomic_path, write_text_atomic
@@ -136,24 +147,37 @@ def write_report(folder: Path, entries: Sequence[tuple[np.ndarray, Annotation]],
             tmp.write_bytes(render_thumbnail(pixels, annotation, OVERLAY_SIZE))
         written.append(overlay)
         rows, cols = thumbnail_shape(annotation.shape)
-        images.append(ReportImage(
-            name=annotation.image_name, counts=annotation.counts(),
-            thumbnail=render_thumbnail(pixels, annotation), width=cols, height=rows,
-            figures=[(r["group"], r["name"], r["value"], r["unit"])
-                     for r in figure_rows(annotation)],
-            link=overlay.relative_to(folder).as_posix()))
+        images.append(
+            ReportImage(
+                name=annotation.image_name,
+                counts=annotation.counts(),
+                thumbnail=render_thumbnail(pixels, annotation),
+                width=cols,
+                height=rows,
+                figures=[
+                    (r["group"], r["name"], r["value"], r["unit"]) for r in figure_rows(annotation)
+                ],
+                link=overlay.relative_to(folder).as_posix(),
+            )
+        )
     page = report_html(images, [], class_set, title=title)
     written.append(write_text_atomic(folder / "report.html", page, overwrite=overwrite))
     return written
 
 
-def render_thumbnail(pixels: np.ndarray, annotation: Annotation,
-                     long_side: int = THUMBNAIL_SIZE) -> bytes:
+def render_thumbnail(
+    pixels: np.ndarray, annotation: Annotation, long_side: int = THUMBNAIL_SIZE
+) -> bytes:
     """JPEG bytes of :func:`outlined_thumbnail` (no chroma subsampling: outlines stay crisp)."""
     import imagecodecs
 
-    return bytes(imagecodecs.jpeg8_encode(outlined_thumbnail(pixels, annotation, long_side),
-                                          level=_JPEG_QUALITY, subsampling="444"))
+    return bytes(
+        imagecodecs.jpeg8_encode(
+            outlined_thumbnail(pixels, annotation, long_side),
+            level=_JPEG_QUALITY,
+            subsampling="444",
+        )
+    )
 
 
 # --- the page ----------------------------------------------------------------------------------
@@ -173,8 +197,12 @@ class ReportImage:
 
 
 #: the figures shown under each thumbnail (the plain shares are in the summary table)
-_SHOWN_FIGURES = {("net_percent", "NET"), ("net_area", "field_share"), ("net_area", "area"),
-                  ("parasitaemia", "infected_rbc")}
+_SHOWN_FIGURES = {
+    ("net_percent", "NET"),
+    ("net_area", "field_share"),
+    ("net_area", "area"),
+    ("parasitaemia", "infected_rbc"),
+}
 
 
 def _figure_text(figures: Sequence[tuple]) -> str:
@@ -183,8 +211,9 @@ def _figure_text(figures: Sequence[tuple]) -> str:
     for group, name, value, unit in figures:
         if value is None or not ((group, name) in _SHOWN_FIGURES or group == "wbc_differential"):
             continue
-        label = {"net_percent": "NET", "net_area": "NET area",
-                 "parasitaemia": "parasitaemia"}.get(group, name)
+        label = {"net_percent": "NET", "net_area": "NET area", "parasitaemia": "parasitaemia"}.get(
+            group, name
+        )
         shown.append(f"<span>{html.escape(label)} {value:.4g} {html.escape(unit)}</span>")
     return f'<div class="figures">{"".join(shown)}</div>' if shown else ""
 
@@ -199,8 +228,7 @@ def bar_chart_svg(totals: dict[str, int], class_set: ClassSet, width: int = 560)
     height = len(totals) * (bar + gap) + gap
     top = max(totals.values(), default=0) or 1
     span = width - label_w - number_w
-    parts = [f'<svg width="{width}" height="{height}" '
-             f'role="img" aria-label="objects per class">']
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="objects per class">']
     for i, (name, total) in enumerate(totals.items()):
         y = gap + i * (bar + gap)
         length = round(span * total / top)
@@ -251,11 +279,17 @@ def report_html(
         colour = _colour(class_set.color_of(class_set.id_of(name)))
         mean = totals[name] / n_images if n_images else 0.0
         share = 100.0 * totals[name] / all_objects if all_objects else 0.0
-        rows.append(f'<tr><td><span class="swatch" style="background:{colour}"></span>'
-                    f'{esc(name)}</td><td class="n">{totals[name]}</td>'
-                    f'<td class="n">{mean:.1f}</td><td class="n">{share:.1f}%</td></tr>')
-    info = {"images done": str(n_images), "images failed": str(len(failures)),
-            "objects": str(all_objects), **(details or {})}
+        rows.append(
+            f'<tr><td><span class="swatch" style="background:{colour}"></span>'
+            f'{esc(name)}</td><td class="n">{totals[name]}</td>'
+            f'<td class="n">{mean:.1f}</td><td class="n">{share:.1f}%</td></tr>'
+        )
+    info = {
+        "images done": str(n_images),
+        "images failed": str(len(failures)),
+        "objects": str(all_objects),
+        **(details or {}),
+    }
     info_rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in info.items())
     figures = []
     for image in images:
@@ -263,28 +297,38 @@ def report_html(
         counts = "".join(
             f'<span><span class="swatch" style="background:'
             f'{_colour(class_set.color_of(class_set.id_of(name)))}"></span>{esc(name)} '
-            f'{image.counts.get(name, 0)}</span>' for name in names
+            f"{image.counts.get(name, 0)}</span>"
+            for name in names
         )
-        thumbnail = (f'<img src="data:image/jpeg;base64,{data}" width="{image.width}" '
-                     f'height="{image.height}" alt="{esc(image.name)}">')
+        thumbnail = (
+            f'<img src="data:image/jpeg;base64,{data}" width="{image.width}" '
+            f'height="{image.height}" alt="{esc(image.name)}">'
+        )
         if image.link:
-            thumbnail = (f'<a href="{esc(image.link)}" title="open the overlay at full size">'
-                         f"{thumbnail}</a>")
+            thumbnail = (
+                f'<a href="{esc(image.link)}" title="open the overlay at full size">{thumbnail}</a>'
+            )
         figures.append(
-            f'<figure>{thumbnail}<figcaption><b>{esc(image.name)}'
+            f"<figure>{thumbnail}<figcaption><b>{esc(image.name)}"
             f'</b><div class="counts">{counts}</div>{_figure_text(image.figures)}'
-            f'</figcaption></figure>'
+            f"</figcaption></figure>"
         )
     failed = ""
     if failures:
         failed_rows = "".join(f"<tr><td>{esc(n)}</td><td>{esc(e)}</td></tr>" for n, e in failures)
-        failed = (f"<h2>Failed images ({len(failures)})</h2><table class=\"failed\">"
-                  f"<tr><th>image</th><th>error</th></tr>{failed_rows}</table>")
-    head = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>")
-    summary = (f"<h1>{esc(title)}</h1><p>Objects are outlined in their class colours.</p>"
-               f'<div class="summary"><table>{info_rows}</table><table><tr><th>class</th>'
-               f"<th>total</th><th>per image</th><th>share</th></tr>{''.join(rows)}</table>"
-               f"{bar_chart_svg(totals, class_set)}</div>")
+        failed = (
+            f'<h2>Failed images ({len(failures)})</h2><table class="failed">'
+            f"<tr><th>image</th><th>error</th></tr>{failed_rows}</table>"
+        )
+    head = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>"
+    )
+    summary = (
+        f"<h1>{esc(title)}</h1><p>Objects are outlined in their class colours.</p>"
+        f'<div class="summary"><table>{info_rows}</table><table><tr><th>class</th>'
+        f"<th>total</th><th>per image</th><th>share</th></tr>{''.join(rows)}</table>"
+        f"{bar_chart_svg(totals, class_set)}</div>"
+    )
     gallery = f'<h2>Images ({n_images})</h2><div class="gallery">{"".join(figures)}</div>'
     return head + summary + failed + gallery + "</body></html>\n"

@@ -56,8 +56,12 @@ class Settings:
     pixel_size_um: float | None = None  # for images whose files do not record one
 
     def as_record(self) -> dict[str, Any]:
-        return {"tile": self.tile, "overlap": self.overlap, "diameter": self.diameter,
-                "pixel_size_um": self.pixel_size_um}
+        return {
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "diameter": self.diameter,
+            "pixel_size_um": self.pixel_size_um,
+        }
 
     def pixel_size_of(self, path: Path) -> tuple[float, float] | None:
         """(rows, columns) µm per pixel: what the file records, else the run's setting."""
@@ -119,9 +123,14 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
     try:
         pixels = read_image(path)
         pixel_size = settings.pixel_size_of(path)
-        annotation = predict(pixels, model, tile=settings.tile, overlap=settings.overlap,
-                             diameter=settings.diameter,
-                             pixel_size_um=None if pixel_size is None else pixel_size[1])
+        annotation = predict(
+            pixels,
+            model,
+            tile=settings.tile,
+            overlap=settings.overlap,
+            diameter=settings.diameter,
+            pixel_size_um=None if pixel_size is None else pixel_size[1],
+        )
         annotation.image_name = path.name
         annotation.image_path = path
         if pixel_size is not None:
@@ -134,9 +143,15 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
     except Exception as exc:  # one bad image must not cost the others their results
         log.debug("%s failed", path, exc_info=True)
         return ImageResult(path=path, error=describe_error(exc, path))
-    return ImageResult(path=path, annotation=annotation, coco=coco, thumbnail=thumbnail,
-                       thumbnail_shape=thumbnail_shape(annotation.shape), overlay=overlay,
-                       objects=objects)
+    return ImageResult(
+        path=path,
+        annotation=annotation,
+        coco=coco,
+        thumbnail=thumbnail,
+        thumbnail_shape=thumbnail_shape(annotation.shape),
+        overlay=overlay,
+        objects=objects,
+    )
 
 
 # --- on a dask worker ------------------------------------------------------------------------
@@ -159,6 +174,7 @@ def predict_on_worker(spec: ModelSpec, path: str, settings: Settings) -> ImageRe
     try:
         model = _model_for(spec)
     except Exception as exc:
-        return ImageResult(path=Path(path), error=f"loading the model failed: "
-                           f"{describe_error(exc)}")
+        return ImageResult(
+            path=Path(path), error=f"loading the model failed: {describe_error(exc)}"
+        )
     return predict_one(model, Path(path), settings)

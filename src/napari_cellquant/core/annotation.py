@@ -93,9 +93,13 @@ class Annotation:
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
         if labels.ndim != 2:
-            raise InputError(self.image_name or None, f"labels must be 2-D, got shape {labels.shape}")
+            raise InputError(
+                self.image_name or None, f"labels must be 2-D, got shape {labels.shape}"
+            )
         if not np.issubdtype(labels.dtype, np.integer):
-            raise InputError(self.image_name or None, f"labels must be integers, got {labels.dtype}")
+            raise InputError(
+                self.image_name or None, f"labels must be integers, got {labels.dtype}"
+            )
         if labels.size and labels.min() < 0:
             raise InputError(self.image_name or None, "labels must not be negative")
         self.labels = labels.astype(np.int32, copy=False)
@@ -156,9 +160,7 @@ class Annotation:
         """Per-instance table (napari Labels ``features``): label, class, class_name, score, origin."""
         ids = self.instance_ids()
         class_ids = np.array([self.classes.get(int(i), 0) for i in ids], dtype=np.int32)
-        names = np.array(
-            [self.class_set.name_of(c) if c else "" for c in class_ids], dtype=object
-        )
+        names = np.array([self.class_set.name_of(c) if c else "" for c in class_ids], dtype=object)
         scores = np.array([self.scores.get(int(i), np.nan) for i in ids], dtype=np.float64)
         origins = np.array([self.origins.get(int(i), "file") for i in ids], dtype=object)
         return {
@@ -178,7 +180,9 @@ class Annotation:
             classes=dict(self.classes),
             scores=dict(self.scores),
             origins=dict(self.origins),
-            boxes=Boxes(self.boxes.xywh.copy(), self.boxes.class_ids.copy(), self.boxes.scores.copy()),
+            boxes=Boxes(
+                self.boxes.xywh.copy(), self.boxes.class_ids.copy(), self.boxes.scores.copy()
+            ),
             semantic=None if self.semantic is None else self.semantic.copy(),
             meta=dict(self.meta),
         )
@@ -194,8 +198,9 @@ class Annotation:
         if class_set.name == self.class_set.name and class_set.names == self.class_set.names:
             return self
         used = sorted(set(self.classes.values()) | set(self.boxes.class_ids.tolist()))
-        lookup = class_lookup(self.class_set, class_set, where=self.image_name or None,
-                              used=used if strict else None)
+        lookup = class_lookup(
+            self.class_set, class_set, where=self.image_name or None, used=used if strict else None
+        )
         classes = {i: int(lookup[c]) for i, c in self.classes.items() if lookup[c] != IGNORE}
         gone = [i for i in self.classes if i not in classes]
         labels = self.labels
@@ -204,9 +209,14 @@ class Annotation:
         keep = lookup[self.boxes.class_ids] != IGNORE
         boxes = self.boxes.select(keep)
         boxes = Boxes(boxes.xywh, lookup[boxes.class_ids], boxes.scores)
-        return self.copy(labels=labels, class_set=class_set, classes=classes,
-                         scores={i: v for i, v in self.scores.items() if i in classes},
-                         boxes=boxes, semantic=None)
+        return self.copy(
+            labels=labels,
+            class_set=class_set,
+            classes=classes,
+            scores={i: v for i, v in self.scores.items() if i in classes},
+            boxes=boxes,
+            semantic=None,
+        )
 
     def class_map(self) -> np.ndarray:
         """Class id per pixel from the instances (0 background and unclassed instances)."""

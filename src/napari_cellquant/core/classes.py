@@ -92,9 +92,7 @@ class ClassSet:
         if rgb.ndim != 3 or rgb.shape[-1] < 3:
             raise CellquantError(f"a colour-coded map must be (H, W, 3); got shape {rgb.shape}")
         ids = np.array([0, *self.ids, *([0] * len(self.ignored_colors))], dtype=np.int32)
-        palette = np.array(
-            [(0, 0, 0), *self.colors, *self.ignored_colors], dtype=np.int32
-        )
+        palette = np.array([(0, 0, 0), *self.colors, *self.ignored_colors], dtype=np.int32)
         # Only the distinct colours need a nearest-neighbour search: maps hold few of them,
         # so this is one small distance matrix instead of one per pixel.
         flat = rgb[..., :3].reshape(-1, 3).astype(np.int32)
@@ -113,11 +111,20 @@ class ClassSet:
 
 #: other spellings of class names in public data sets and annotation tools -> our name
 CLASS_ALIASES: dict[str, str] = {
-    "red_blood_cell": "rbc", "erythrocyte": "rbc", "red_cell": "rbc",
-    "white_blood_cell": "wbc", "leukocyte": "wbc", "leucocyte": "wbc", "white_cell": "wbc",
-    "thrombocyte": "platelet", "plt": "platelet",
-    "lymphocytes": "lymphocyte", "monocytes": "monocyte", "clump": "platelet_clump",
-    "clumps": "platelet_clump", "infected": "infected_rbc",
+    "red_blood_cell": "rbc",
+    "erythrocyte": "rbc",
+    "red_cell": "rbc",
+    "white_blood_cell": "wbc",
+    "leukocyte": "wbc",
+    "leucocyte": "wbc",
+    "white_cell": "wbc",
+    "thrombocyte": "platelet",
+    "plt": "platelet",
+    "lymphocytes": "lymphocyte",
+    "monocytes": "monocyte",
+    "clump": "platelet_clump",
+    "clumps": "platelet_clump",
+    "infected": "infected_rbc",
 }
 
 
@@ -225,8 +232,7 @@ def infer_class_set(names: Iterable[str]) -> ClassSet:
     """
     names = list(names)
     wanted = {canonical_name(n) for n in names}
-    matches = [cs for cs in CLASS_SETS.values()
-               if wanted <= {canonical_name(n) for n in cs.names}]
+    matches = [cs for cs in CLASS_SETS.values() if wanted <= {canonical_name(n) for n in cs.names}]
     if wanted and matches:
         return min(matches, key=len)
     unique = sorted({n.lower(): n for n in names}.values(), key=str.lower)

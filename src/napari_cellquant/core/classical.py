@@ -155,7 +155,7 @@ def param_help(pipeline: str) -> Mapping[str, tuple[str, str]]:
         source = inspect.getsource(sys.modules[__name__])
     except (OSError, TypeError):  # no source (a frozen install): no tooltips
         return MappingProxyType({})
-    block = source[source.index(f'    "{pipeline}": {{'):]
+    block = source[source.index(f'    "{pipeline}": {{') :]
     block = block[: block.index("\n    },")]
     out: dict[str, tuple[str, str]] = {}
     pending: list[str] = []
@@ -167,9 +167,15 @@ def param_help(pipeline: str) -> Mapping[str, tuple[str, str]]:
         match = re.match(r'"(\w+)":[^#]*(?:#\s*(.*))?$', text)
         if match:
             note = " ".join([*pending, match.group(2) or ""]).strip()
-            unit = ("x diameter" if "(length)" in note else
-                    "x object area" if "(area)" in note or "this area" in note else
-                    "px" if "pixels" in note else "")
+            unit = (
+                "x diameter"
+                if "(length)" in note
+                else "x object area"
+                if "(area)" in note or "this area" in note
+                else "px"
+                if "pixels" in note
+                else ""
+            )
             out[match.group(1)] = (unit, note)
         pending = []
     return MappingProxyType(out)  # shared by every caller: read-only
@@ -184,8 +190,7 @@ def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any
         if unknown:
             raise InputError(
                 None,
-                f"{name}: unknown parameter(s) {', '.join(unknown)}; "
-                f"known: {', '.join(defaults)}",
+                f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}",
             )
         merged.update(params)
     diameter = merged["diameter"]
@@ -675,13 +680,12 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
     index = np.arange(1, len(class_of) + 1)
     classes = {int(i): int(c) for i, c in zip(index, class_of)}
     scores = {int(i): float(s) for i, s in zip(index, score)}
-    return _annotation(
-        labels, classes, scores, NET4, p, "net-classical", shape=full_shape
-    )
+    return _annotation(labels, classes, scores, NET4, p, "net-classical", shape=full_shape)
 
 
-def net_objects(image: np.ndarray, params: Mapping[str, Any] | None = None
-                ) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
+def net_objects(
+    image: np.ndarray, params: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
     """Steps 1 and 2 of :func:`net_classical`: the objects (labels at the working scale)
     and their measurements, one array per feature indexed by ``label - 1`` (``area`` in
     reference-nucleus areas, ``solidity``, ``dna_mean``, ``fraction`` (NaN with one dye),
@@ -719,8 +723,11 @@ def net_objects(image: np.ndarray, params: Mapping[str, Any] | None = None
     n = int(labels.max(initial=0))
     empty = np.zeros(0)
     if n == 0:
-        return labels, {k: empty for k in ("area", "solidity", "dna_mean", "fraction",
-                                           "brightness")}, full_shape
+        return (
+            labels,
+            {k: empty for k in ("area", "solidity", "dna_mean", "fraction", "brightness")},
+            full_shape,
+        )
     index = np.arange(1, n + 1)
     props = regionprops_table(labels, properties=("label", "area", "solidity"))
     dna_mean = np.asarray(ndi.mean(signals[0], labels, index))
@@ -731,13 +738,19 @@ def net_objects(image: np.ndarray, params: Mapping[str, Any] | None = None
     else:
         fraction = np.full(n, np.nan)
         brightness = dna_mean
-    features = {"area": props["area"] / scale.area_unit, "solidity": props["solidity"],
-                "dna_mean": dna_mean, "fraction": fraction, "brightness": brightness}
+    features = {
+        "area": props["area"] / scale.area_unit,
+        "solidity": props["solidity"],
+        "dna_mean": dna_mean,
+        "fraction": fraction,
+        "brightness": brightness,
+    }
     return labels, features, full_shape
 
 
-def classify_net_objects(features: Mapping[str, np.ndarray], params: Mapping[str, Any]
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def classify_net_objects(
+    features: Mapping[str, np.ndarray], params: Mapping[str, Any]
+) -> tuple[np.ndarray, np.ndarray]:
     """Step 3 of :func:`net_classical`: each object's ``net4`` class id and score from its
     measurements (:func:`net_objects`) and the rule thresholds in ``params``."""
     p = resolve_params("net-classical", params)
@@ -745,8 +758,9 @@ def classify_net_objects(features: Mapping[str, np.ndarray], params: Mapping[str
     fraction, brightness = features["fraction"], features["brightness"]
     two_dyes = not np.isnan(fraction).all()
     n = len(area)
-    compromised = fraction >= p["compromised_min_dna_fraction"] if two_dyes \
-        else np.zeros(n, dtype=bool)
+    compromised = (
+        fraction >= p["compromised_min_dna_fraction"] if two_dyes else np.zeros(n, dtype=bool)
+    )
     net_by_area = area >= p["net_min_area"]
     net_by_shape = solidity <= p["net_max_solidity"]
     net_by_fraction = fraction >= p["net_min_dna_fraction"] if two_dyes else False
@@ -762,9 +776,7 @@ def classify_net_objects(features: Mapping[str, np.ndarray], params: Mapping[str
     normal = intact & ~enlarged
     pool = brightness[normal] if normal.any() else brightness[intact]
     reference = float(np.median(pool)) if len(pool) else np.inf
-    is_decondensed = (
-        intact & enlarged & (brightness <= p["decondensed_max_intensity"] * reference)
-    )
+    is_decondensed = intact & enlarged & (brightness <= p["decondensed_max_intensity"] * reference)
 
     ids = {name: NET4.id_of(name) for name in NET4.names}
     class_of = np.full(n, ids["unstimulated"], dtype=np.int32)
@@ -780,8 +792,11 @@ def classify_net_objects(features: Mapping[str, np.ndarray], params: Mapping[str
         score = np.where(
             is_net,
             _logistic(net_margin, 0.15),
-            np.where(is_dead, _logistic(np.minimum(frac_margin, -net_margin), 0.05),
-                     _logistic(-frac_margin, 0.03)),
+            np.where(
+                is_dead,
+                _logistic(np.minimum(frac_margin, -net_margin), 0.05),
+                _logistic(-frac_margin, 0.03),
+            ),
         )
     else:
         score = np.where(is_net, _logistic(area_margin, 0.15), _logistic(-area_margin, 0.3))

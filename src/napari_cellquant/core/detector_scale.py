@@ -43,8 +43,9 @@ BAND = (0.65, 1.6)
 MIN_OBJECTS = 3
 
 
-def _probe(image: np.ndarray, model: Model, network: Any, zoom: float
-           ) -> tuple[np.ndarray, np.ndarray, float]:
+def _probe(
+    image: np.ndarray, model: Model, network: Any, zoom: float
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Reference-class box sizes (model pixels) and scores on a central crop at ``zoom``,
     and the crop's area in model pixels. ``network`` is the model's, ready for inference."""
     import torch
@@ -59,7 +60,7 @@ def _probe(image: np.ndarray, model: Model, network: Any, zoom: float
     side = max(8, int(round(PROBE_SIDE / zoom)))
     h, w = pixels.shape[:2]
     top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = to_model_channels(_resize(pixels[top:top + side, left:left + side], zoom), card)
+    crop = to_model_channels(_resize(pixels[top : top + side, left : left + side], zoom), card)
     if min(crop.shape[:2]) < 16:
         return np.zeros(0), np.zeros(0), 0.0
     normalised = make_normalizer(crop, card.normalization, card.input_channels)(crop)
@@ -69,16 +70,22 @@ def _probe(image: np.ndarray, model: Model, network: Any, zoom: float
     acts = network.output_activations
     maps = {k: _activate(v.float(), acts[k])[0].cpu().numpy() for k, v in raw.items()}
     detector = card.architecture["detector"]
-    boxes = boxes_from_heatmap(maps["heatmap"], maps["size"], maps.get("offset"),
-                               stride=int(detector["stride"]), **card.postprocess)
+    boxes = boxes_from_heatmap(
+        maps["heatmap"],
+        maps["size"],
+        maps.get("offset"),
+        stride=int(detector["stride"]),
+        **card.postprocess,
+    )
     reference = card.classes.id_of(next(iter(card.diameter_px)))
     keep = boxes.class_ids == reference
     sizes = np.sqrt(boxes.xywh[keep, 2] * boxes.xywh[keep, 3])
     return sizes, boxes.scores[keep], float(crop.shape[0] * crop.shape[1])
 
 
-def _evidence(sizes: np.ndarray, scores: np.ndarray, area: float, reference: float
-              ) -> tuple[float, np.ndarray]:
+def _evidence(
+    sizes: np.ndarray, scores: np.ndarray, area: float, reference: float
+) -> tuple[float, np.ndarray]:
     band = (sizes >= BAND[0] * reference) & (sizes <= BAND[1] * reference)
     cells = max(area / reference**2, 1.0)
     return float(scores[band].sum() / cells), sizes[band]
@@ -114,14 +121,25 @@ def measure_diameter(image: np.ndarray, model: Model) -> DiameterEstimate | None
             zoom, sizes = refined, sizes_refined
             diameter = float(np.median(sizes)) / zoom
     seconds = time.perf_counter() - started
-    log.info("%s measured its objects at %.1f px (%d objects at zoom %.3g, %.2f s)",
-             model.name, diameter, len(sizes), zoom, seconds)
-    return DiameterEstimate(diameter=diameter, n_objects=float(len(sizes)), shrink=1 / zoom,
-                            seconds=seconds)
+    log.info(
+        "%s measured its objects at %.1f px (%d objects at zoom %.3g, %.2f s)",
+        model.name,
+        diameter,
+        len(sizes),
+        zoom,
+        seconds,
+    )
+    return DiameterEstimate(
+        diameter=diameter, n_objects=float(len(sizes)), shrink=1 / zoom, seconds=seconds
+    )
 
 
 def measures_own_scale(model: Model) -> bool:
     """Whether ``model`` measures its own scale: a learned detector of instances."""
     card = model.card
-    return (card.kind == "learned" and bool(card.architecture.get("detector"))
-            and card.task == "instances" and bool(card.diameter_px))
+    return (
+        card.kind == "learned"
+        and bool(card.architecture.get("detector"))
+        and card.task == "instances"
+        and bool(card.diameter_px)
+    )

@@ -34,8 +34,16 @@ Indices = tuple[np.ndarray, np.ndarray]
 #: Correction log actions. ``edited``: objects painted over by hand; ``reverted``: pixels
 #: changed by undo/redo, ``ids`` the ids that vanished and ``result_ids`` those that came back.
 ACTIONS = (
-    "added", "deleted", "merged", "split", "reclassed", "removed_small", "filled_holes",
-    "relabelled", "edited", "reverted",
+    "added",
+    "deleted",
+    "merged",
+    "split",
+    "reclassed",
+    "removed_small",
+    "filled_holes",
+    "relabelled",
+    "edited",
+    "reverted",
 )
 
 
@@ -255,7 +263,8 @@ def _region_of(labels: np.ndarray, ids: Sequence[int], index: ObjectIndex | None
     if not rows.size:
         return None
     return (
-        slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)
+        slice(int(rows.min()), int(rows.max()) + 1),
+        slice(int(cols.min()), int(cols.max()) + 1),
     )
 
 
@@ -280,20 +289,25 @@ def next_free_id(labels: np.ndarray, index: ObjectIndex | None = None) -> int:
 
 
 # --- operations ----------------------------------------------------------------------------------
-def set_class(
-    classes: Mapping[int, int], ids: Sequence[int], class_id: int
-) -> LabelEdit:
+def set_class(classes: Mapping[int, int], ids: Sequence[int], class_id: int) -> LabelEdit:
     """Give ``ids`` the class ``class_id`` (no pixel changes)."""
     ids = [int(i) for i in ids if int(i) != 0]
     if not ids:
         raise InputError(None, "no object selected to reclass")
     event = CorrectionEvent(
-        "reclassed", ids=ids, result_ids=ids, classes=[class_id] * len(ids),
+        "reclassed",
+        ids=ids,
+        result_ids=ids,
+        classes=[class_id] * len(ids),
         previous_classes=[int(classes.get(i, 0)) for i in ids],
     )
     return LabelEdit(
-        _no_pixels(), np.zeros(0, dtype=np.int32), {i: int(class_id) for i in ids},
-        {}, (), event,
+        _no_pixels(),
+        np.zeros(0, dtype=np.int32),
+        {i: int(class_id) for i in ids},
+        {},
+        (),
+        event,
     )
 
 
@@ -347,12 +361,20 @@ def merge(
         new_class = max(by_class, key=lambda c: (by_class[c], -c))
     removed = tuple(i for i in ids if i != target)
     event = CorrectionEvent(
-        "merged", ids=ids, result_ids=[target], classes=[new_class],
-        previous_classes=previous, pixels=indices[0].size,
+        "merged",
+        ids=ids,
+        result_ids=[target],
+        classes=[new_class],
+        previous_classes=previous,
+        pixels=indices[0].size,
     )
     return LabelEdit(
-        indices, np.full(indices[0].size, target, dtype=labels.dtype), {target: new_class},
-        {target: "edited"}, removed, event,
+        indices,
+        np.full(indices[0].size, target, dtype=labels.dtype),
+        {target: new_class},
+        {target: "edited"},
+        removed,
+        event,
     )
 
 
@@ -413,14 +435,18 @@ def split(
         points = np.rint(np.asarray(seeds, dtype=np.float64).reshape(-1, 2)).astype(np.int64)
         points -= (r0, c0)
         inside = (
-            (points[:, 0] >= 0) & (points[:, 0] < mask.shape[0])
-            & (points[:, 1] >= 0) & (points[:, 1] < mask.shape[1])
+            (points[:, 0] >= 0)
+            & (points[:, 0] < mask.shape[0])
+            & (points[:, 1] >= 0)
+            & (points[:, 1] < mask.shape[1])
         )
         points = points[inside]
         points = points[mask[points[:, 0], points[:, 1]]]
     else:
         points = peak_local_max(
-            distance, min_distance=max(int(min_distance), 1), labels=mask.astype(np.int32),
+            distance,
+            min_distance=max(int(min_distance), 1),
+            labels=mask.astype(np.int32),
             exclude_border=False,
         )
     points = np.unique(points, axis=0) if len(points) else points
@@ -446,12 +472,20 @@ def split(
     cls = int(classes.get(label_id, 0))
     result = [label_id, *new_ids[others].tolist()]
     event = CorrectionEvent(
-        "split", ids=[label_id], result_ids=result, classes=[cls] * len(result),
-        previous_classes=[cls], pixels=local[0].size,
+        "split",
+        ids=[label_id],
+        result_ids=result,
+        classes=[cls] * len(result),
+        previous_classes=[cls],
+        pixels=local[0].size,
     )
     return LabelEdit(
-        _offset(local, region), values, {i: cls for i in result},
-        {i: "edited" for i in result}, (), event,
+        _offset(local, region),
+        values,
+        {i: cls for i in result},
+        {i: "edited" for i in result},
+        (),
+        event,
     )
 
 
@@ -471,7 +505,9 @@ def delete(
     assert region is not None
     indices = _offset(np.nonzero(np.isin(labels[region], ids)), region)
     event = CorrectionEvent(
-        "deleted", ids=ids, previous_classes=[int(classes.get(i, 0)) for i in ids],
+        "deleted",
+        ids=ids,
+        previous_classes=[int(classes.get(i, 0)) for i in ids],
         pixels=indices[0].size,
     )
     return LabelEdit(
@@ -493,12 +529,18 @@ def remove_small(
     else:
         indices = _no_pixels()
     event = CorrectionEvent(
-        "removed_small", ids=ids.tolist(),
-        previous_classes=[int(classes.get(int(i), 0)) for i in ids], pixels=indices[0].size,
+        "removed_small",
+        ids=ids.tolist(),
+        previous_classes=[int(classes.get(int(i), 0)) for i in ids],
+        pixels=indices[0].size,
     )
     return LabelEdit(
-        indices, np.zeros(indices[0].size, dtype=labels.dtype), {}, {},
-        tuple(int(i) for i in ids), event,
+        indices,
+        np.zeros(indices[0].size, dtype=labels.dtype),
+        {},
+        {},
+        tuple(int(i) for i in ids),
+        event,
     )
 
 
@@ -558,7 +600,9 @@ def relabel_sequential(labels: np.ndarray, classes: Mapping[int, int] | None = N
     changed = np.nonzero(relabelled != labels)
     moved = present[id_map[present] != present]
     event = CorrectionEvent(
-        "relabelled", ids=moved.tolist(), result_ids=id_map[moved].tolist(),
+        "relabelled",
+        ids=moved.tolist(),
+        result_ids=id_map[moved].tolist(),
         pixels=changed[0].size,
     )
     return LabelEdit(

@@ -302,9 +302,7 @@ class _Plan:
     width_p: int
 
 
-def _plan(
-    height: int, width: int, tile: int, overlap: float, multiple: int, align: int
-) -> _Plan:
+def _plan(height: int, width: int, tile: int, overlap: float, multiple: int, align: int) -> _Plan:
     # Tiles are multiples of the network's size multiple (no internal padding) and of the
     # largest output stride (strided heads map tiles to whole output cells); tiles and steps
     # are multiples of ``align`` so strided outputs of all tiles fall on one grid.
@@ -344,8 +342,12 @@ def _reflect_index(start: int, stop: int, n: int) -> np.ndarray:
 class _Store:
     """Full-size compact outputs: in memory, or written band by band to temporary files."""
 
-    def __init__(self, specs: dict[str, tuple[tuple[int, ...], np.dtype]], on_disk: bool,
-                 directory: str | None) -> None:
+    def __init__(
+        self,
+        specs: dict[str, tuple[tuple[int, ...], np.dtype]],
+        on_disk: bool,
+        directory: str | None,
+    ) -> None:
         self.specs = specs
         self.arrays: dict[str, np.ndarray] = {}
         self.files: dict[str, IO[bytes]] = {}
@@ -436,8 +438,14 @@ def _activate(x: torch.Tensor, activation: str) -> torch.Tensor:
 class _Group:
     """All heads of one output stride: a band accumulator per head, one weight map."""
 
-    def __init__(self, stride: int, heads: list[_Head], plan: _Plan, window: torch.Tensor,
-                 device: torch.device) -> None:
+    def __init__(
+        self,
+        stride: int,
+        heads: list[_Head],
+        plan: _Plan,
+        window: torch.Tensor,
+        device: torch.device,
+    ) -> None:
         self.stride = stride
         self.heads = heads
         s = stride
@@ -483,8 +491,14 @@ def _is_oom(error: BaseException) -> bool:
 class _Runner:
     """Runs batches through the network, halving the batch on out-of-memory."""
 
-    def __init__(self, network: nn.Module, device: torch.device, batch_size: int, amp: bool,
-                 channels_last: bool) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        device: torch.device,
+        batch_size: int,
+        amp: bool,
+        channels_last: bool,
+    ) -> None:
         self.network = network
         self.device = device
         self.batch_size = batch_size
@@ -492,9 +506,7 @@ class _Runner:
         self.autocast: Callable[[], contextlib.AbstractContextManager[Any]]
         if amp:
             dtype = torch.float16
-            if device.type == "cpu" or (
-                device.type == "cuda" and torch.cuda.is_bf16_supported()
-            ):
+            if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
                 dtype = torch.bfloat16
             self.autocast = lambda: torch.autocast(device.type, dtype=dtype)
         else:
@@ -638,9 +650,11 @@ def iter_predict_maps(
         geometry = _head_geometry(net, in_channels, dev)
         own = getattr(net, "output_activations", None)
         defaults = {**DEFAULT_ACTIVATIONS, **(own if isinstance(own, Mapping) else {})}
-        wanted = dict(outputs) if outputs is not None else {
-            k: defaults.get(k, "identity") for k in geometry
-        }
+        wanted = (
+            dict(outputs)
+            if outputs is not None
+            else {k: defaults.get(k, "identity") for k in geometry}
+        )
         for name, act in wanted.items():
             if name not in geometry:
                 raise InputError(
@@ -659,8 +673,21 @@ def iter_predict_maps(
             try:
                 return (
                     yield from _predict(
-                        image, runner, wanted, geometry, tile_now, overlap, multiple, align,
-                        normalize, blend, sigma_scale, compact, memmap_above, memmap_dir, cancel,
+                        image,
+                        runner,
+                        wanted,
+                        geometry,
+                        tile_now,
+                        overlap,
+                        multiple,
+                        align,
+                        normalize,
+                        blend,
+                        sigma_scale,
+                        compact,
+                        memmap_above,
+                        memmap_dir,
+                        cancel,
                     )
                 )
             except _TileTooLarge:
@@ -723,11 +750,7 @@ def _predict(
             )
             for s, heads in by_stride.items()
         ]
-    cols = (
-        slice(0, width)
-        if plan.width_p == width
-        else _reflect_index(0, plan.width_p, width)
-    )
+    cols = slice(0, width) if plan.width_p == width else _reflect_index(0, plan.width_p, width)
 
     total = len(plan.ys) * len(plan.xs)
     done = 0
@@ -795,8 +818,9 @@ def _run_batch(
             y = _activate(out[h.name], h.activation)
             if y.shape[-2:] != g.window.shape:
                 raise InputError(
-                    None, f"head {h.name!r}: output {tuple(y.shape[-2:])} does not match "
-                    f"tile / stride {tuple(g.window.shape)}"
+                    None,
+                    f"head {h.name!r}: output {tuple(y.shape[-2:])} does not match "
+                    f"tile / stride {tuple(g.window.shape)}",
                 )
             y = y.permute(0, 2, 3, 1)  # (B, t/s, t/s, C)
             acc = g.acc[h.name]

@@ -18,16 +18,37 @@ from .annotation import Annotation
 
 #: the columns of :func:`object_table`, in order (``mean_intensity_<c>`` per channel follow)
 OBJECT_COLUMNS: tuple[str, ...] = (
-    "image", "id", "class", "score", "origin", "centroid_x", "centroid_y", "area_px",
-    "area_um2", "perimeter_px", "eccentricity", "solidity", "equivalent_diameter_px",
+    "image",
+    "id",
+    "class",
+    "score",
+    "origin",
+    "centroid_x",
+    "centroid_y",
+    "area_px",
+    "area_um2",
+    "perimeter_px",
+    "eccentricity",
+    "solidity",
+    "equivalent_diameter_px",
 )
-_SHAPES = ("label", "centroid", "area", "perimeter", "eccentricity", "solidity",
-           "equivalent_diameter_area")
+_SHAPES = (
+    "label",
+    "centroid",
+    "area",
+    "perimeter",
+    "eccentricity",
+    "solidity",
+    "equivalent_diameter_area",
+)
 
 
-def measure_objects(annotation: Annotation, image: np.ndarray | None = None, *,
-                    pixel_size_um: float | Sequence[float] | None = None
-                    ) -> dict[str, np.ndarray]:
+def measure_objects(
+    annotation: Annotation,
+    image: np.ndarray | None = None,
+    *,
+    pixel_size_um: float | Sequence[float] | None = None,
+) -> dict[str, np.ndarray]:
     """The table of the module docstring as columns (:data:`OBJECT_COLUMNS`, then
     ``mean_intensity_<c>`` per channel of ``image``): instances in id order, then boxes.
 
@@ -46,8 +67,11 @@ def measure_objects(annotation: Annotation, image: np.ndarray | None = None, *,
     n_channels = 0 if channels is None else channels.shape[-1]
     props: dict[str, np.ndarray] = {"label": np.zeros(0, dtype=np.int64)}
     if annotation.labels.any():
-        props = regionprops_table(annotation.labels, intensity_image=channels, properties=(
-            *_SHAPES, *(("intensity_mean",) if channels is not None else ())))
+        props = regionprops_table(
+            annotation.labels,
+            intensity_image=channels,
+            properties=(*_SHAPES, *(("intensity_mean",) if channels is not None else ())),
+        )
     ids = np.asarray(props["label"], dtype=np.int64)
     boxes = annotation.boxes
     n_boxes = len(boxes)
@@ -57,19 +81,21 @@ def measure_objects(annotation: Annotation, image: np.ndarray | None = None, *,
     nan_boxes = np.full(n_boxes, np.nan)
 
     def column(key: str) -> np.ndarray:
-        return np.concatenate([np.asarray(props.get(key, np.zeros(0)), dtype=np.float64),
-                               nan_boxes])
+        return np.concatenate(
+            [np.asarray(props.get(key, np.zeros(0)), dtype=np.float64), nan_boxes]
+        )
 
     area = np.concatenate([np.asarray(props.get("area", np.zeros(0)), dtype=np.float64), w * h])
     columns: dict[str, np.ndarray] = {
         "image": np.full(len(ids) + n_boxes, annotation.image_name, dtype=object),
-        "id": np.concatenate([ids, int(annotation.labels.max(initial=0)) + 1 + np.arange(
-            n_boxes)]),
+        "id": np.concatenate([ids, int(annotation.labels.max(initial=0)) + 1 + np.arange(n_boxes)]),
         "class": names[np.concatenate([class_ids, boxes.class_ids])],
-        "score": np.concatenate([[annotation.scores.get(int(i), np.nan) for i in ids],
-                                 boxes.scores]).astype(np.float64),
-        "origin": np.array([annotation.origins.get(int(i), "file") for i in ids]
-                           + ["box"] * n_boxes, dtype=object),
+        "score": np.concatenate(
+            [[annotation.scores.get(int(i), np.nan) for i in ids], boxes.scores]
+        ).astype(np.float64),
+        "origin": np.array(
+            [annotation.origins.get(int(i), "file") for i in ids] + ["box"] * n_boxes, dtype=object
+        ),
         "centroid_x": np.concatenate([column("centroid-1")[: len(ids)], x + w / 2]),
         "centroid_y": np.concatenate([column("centroid-0")[: len(ids)], y + h / 2]),
         "area_px": area,
@@ -84,23 +110,31 @@ def measure_objects(annotation: Annotation, image: np.ndarray | None = None, *,
     return columns
 
 
-def object_table(annotation: Annotation, image: np.ndarray | None = None, *,
-                 pixel_size_um: float | Sequence[float] | None = None) -> list[dict[str, object]]:
+def object_table(
+    annotation: Annotation,
+    image: np.ndarray | None = None,
+    *,
+    pixel_size_um: float | Sequence[float] | None = None,
+) -> list[dict[str, object]]:
     """:func:`measure_objects` as one dict per object, undefined values as None (CSV)."""
     return object_rows(measure_objects(annotation, image, pixel_size_um=pixel_size_um))
 
 
 def object_rows(columns: dict[str, np.ndarray]) -> list[dict[str, object]]:
     """Columns of :func:`measure_objects` as one dict per object, NaN as None."""
-    values = [[None if isinstance(v, float) and math.isnan(v) else v for v in col.tolist()]
-              for col in columns.values()]
+    values = [
+        [None if isinstance(v, float) and math.isnan(v) else v for v in col.tolist()]
+        for col in columns.values()
+    ]
     return [dict(zip(columns, row, strict=True)) for row in zip(*values, strict=True)]
 
 
 def object_columns(rows: Sequence[dict[str, object]]) -> list[str]:
     """:data:`OBJECT_COLUMNS` and the intensity columns the rows have."""
-    extra = sorted({k for row in rows for k in row if k.startswith("mean_intensity_")},
-                   key=lambda k: int(k.rsplit("_", 1)[1]))
+    extra = sorted(
+        {k for row in rows for k in row if k.startswith("mean_intensity_")},
+        key=lambda k: int(k.rsplit("_", 1)[1]),
+    )
     return [*OBJECT_COLUMNS, *extra]
 
 

@@ -276,8 +276,11 @@ def match_pairs(
         used_pred.add(p)
         taken.append(k)
     at = np.asarray(taken, dtype=np.int64)
-    return (gt_ids[at].astype(np.int64), pred_ids[at].astype(np.int64),
-            np.asarray(iou, dtype=np.float64)[at])
+    return (
+        gt_ids[at].astype(np.int64),
+        pred_ids[at].astype(np.int64),
+        np.asarray(iou, dtype=np.float64)[at],
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -489,9 +492,7 @@ def _split_crowded(
     )
 
 
-def _coco_ap(
-    gt_dict: dict, pred_dict: dict, iou_type: str, class_set: ClassSet
-) -> dict[str, Any]:
+def _coco_ap(gt_dict: dict, pred_dict: dict, iou_type: str, class_set: ClassSet) -> dict[str, Any]:
     """AP (IoU 0.50:0.95) and AP50 from pycocotools COCOeval, overall and per class.
 
     Read from ``COCOeval.eval["precision"]`` (area range "all", the largest max-detections
@@ -543,24 +544,40 @@ def _without_boxes(data: dict) -> dict:
 
 def _box_only_truth(pairs: Sequence[tuple[Annotation, Annotation]]) -> bool:
     """Truth that holds boxes and no masks (VOC, YOLO, the NET boxes): masks cannot be scored."""
-    return (any(len(t.boxes) for t, _ in pairs)
-            and not any(t.semantic is not None or t.labels.any() for t, _ in pairs))
+    return any(len(t.boxes) for t, _ in pairs) and not any(
+        t.semantic is not None or t.labels.any() for t, _ in pairs
+    )
 
 
 def _instances_from(
-    pairs: Sequence[tuple[Annotation, Annotation]], class_set: ClassSet, iou: float,
+    pairs: Sequence[tuple[Annotation, Annotation]],
+    class_set: ClassSet,
+    iou: float,
     coco: tuple[dict, dict],
 ) -> dict[str, Any]:
     if _box_only_truth(pairs):  # undefined, not 0: there is no mask to match
-        return {"ap": None, "ap50": None, "ap_per_class": {}, "precision": None,
-                "recall": None, "f1": None, "tp": None, "fp": None, "fn": None,
-                "per_class": {}, "class_agnostic": None, "undefined": "box-only truth"}
+        return {
+            "ap": None,
+            "ap50": None,
+            "ap_per_class": {},
+            "precision": None,
+            "recall": None,
+            "f1": None,
+            "tp": None,
+            "fp": None,
+            "fn": None,
+            "per_class": {},
+            "class_agnostic": None,
+            "undefined": "box-only truth",
+        }
     ap = _coco_ap(_without_boxes(coco[0]), _without_boxes(coco[1]), "segm", class_set)
     return {**ap, **instance_prf(pairs, class_set, iou)}
 
 
 def _boxes_from(
-    pairs: Sequence[tuple[Annotation, Annotation]], class_set: ClassSet, iou: float,
+    pairs: Sequence[tuple[Annotation, Annotation]],
+    class_set: ClassSet,
+    iou: float,
     coco: tuple[dict, dict],
 ) -> dict[str, Any]:
     ap = _coco_ap(coco[0], coco[1], "bbox", class_set)
@@ -628,9 +645,7 @@ def _class_pixels(ann: Annotation) -> np.ndarray:
     return np.asarray(ann.semantic if ann.semantic is not None else ann.class_map())
 
 
-def confusion_matrix(
-    pairs: Sequence[tuple[Annotation, Annotation]], n_classes: int
-) -> np.ndarray:
+def confusion_matrix(pairs: Sequence[tuple[Annotation, Annotation]], n_classes: int) -> np.ndarray:
     """``(n + 1, n + 1)`` pixel confusion (rows ground truth, columns prediction, 0 background)."""
     n = n_classes + 1
     total = np.zeros(n * n, dtype=np.int64)
@@ -655,12 +670,15 @@ def confusion_matrix(
 def _semantic_from(
     pairs: Sequence[tuple[Annotation, Annotation]], class_set: ClassSet
 ) -> dict[str, Any]:
-    has_pixels = any(
-        a.semantic is not None or a.labels.any() for pair in pairs for a in pair
-    )
+    has_pixels = any(a.semantic is not None or a.labels.any() for pair in pairs for a in pair)
     if not has_pixels or _box_only_truth(pairs):  # box-only truth has no class map
-        return {"per_class": {}, "dice_per_class": {}, "mean_iou": None,
-                "mean_iou_foreground": None, "pixel_accuracy": None}
+        return {
+            "per_class": {},
+            "dice_per_class": {},
+            "mean_iou": None,
+            "mean_iou_foreground": None,
+            "pixel_accuracy": None,
+        }
     cm = confusion_matrix(pairs, len(class_set))
     inter = np.diag(cm).astype(np.float64)
     gt_px, pred_px = cm.sum(axis=1), cm.sum(axis=0)
@@ -739,8 +757,9 @@ def _counts_from(
             error = abs(gt_pct - pred_pct) if gt_pct is not None and pred_pct is not None else None
             if error is not None:
                 valid.append(error)
-            rows.append({"image": truth.image_name, "gt": gt_pct, "pred": pred_pct,
-                         "abs_error": error})
+            rows.append(
+                {"image": truth.image_name, "gt": gt_pct, "pred": pred_pct, "abs_error": error}
+            )
         out["net_percent"] = rows
         out["net_percent_mae"] = float(np.mean(valid)) if valid else None
     return out

@@ -47,8 +47,11 @@ def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -
         mean = np.asarray(spec["mean"], dtype=np.float32) / value_range
         std = np.asarray(spec["std"], dtype=np.float32) / value_range
         if mean.size not in (1, in_channels) or std.size != mean.size:
-            raise InputError(None, f"normalisation has {mean.size} means and {std.size} stds "
-                             f"for {in_channels} channels")
+            raise InputError(
+                None,
+                f"normalisation has {mean.size} means and {std.size} stds "
+                f"for {in_channels} channels",
+            )
         offset, scale = mean, 1.0 / np.maximum(std, 1e-6)
     elif mode == "percentile":
         step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / _SAMPLE_PIXELS)))

@@ -313,8 +313,9 @@ def instances_from_maps(
 
     foreground = fill_small_holes(foreground, max_hole)
     if split:
-        surface, markers = _watershed_seeds(foreground, distance, boundary,
-                                            boundary_threshold, min_size, min_distance)
+        surface, markers = _watershed_seeds(
+            foreground, distance, boundary, boundary_threshold, min_size, min_distance
+        )
         labels = _label_leftovers(watershed(surface, markers, mask=foreground), foreground)
     else:
         labels = ndi.label(foreground)[0]
@@ -324,9 +325,14 @@ def instances_from_maps(
     return labels.astype(np.int32), classes, scores
 
 
-def _watershed_seeds(foreground: np.ndarray, distance: np.ndarray | None,
-                     boundary: np.ndarray | None, boundary_threshold: float, min_size: int,
-                     min_distance: int) -> tuple[np.ndarray, np.ndarray]:
+def _watershed_seeds(
+    foreground: np.ndarray,
+    distance: np.ndarray | None,
+    boundary: np.ndarray | None,
+    boundary_threshold: float,
+    min_size: int,
+    min_distance: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """The surface a watershed floods and its markers (see :func:`instances_from_maps`)."""
     if distance is None and boundary is not None:
         boundary = np.asarray(boundary, dtype=np.float32)
@@ -447,8 +453,10 @@ def boxes_from_heatmap(
     )
     thresholds = np.asarray(threshold, dtype=np.float32).reshape(-1)
     if thresholds.size not in (1, heat.shape[0]):
-        raise InputError(None, f"threshold: give one value or one per class "
-                         f"({heat.shape[0]}), got {thresholds.size}")
+        raise InputError(
+            None,
+            f"threshold: give one value or one per class ({heat.shape[0]}), got {thresholds.size}",
+        )
     peaks = (heat >= pooled) & (heat > thresholds.reshape(-1, 1, 1))
     k, ys, xs = np.nonzero(peaks)
     values = heat[k, ys, xs]

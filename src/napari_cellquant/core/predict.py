@@ -115,16 +115,20 @@ def iter_predict(
 
     card = model.card
     if card.class_set.startswith("blood") and (image.ndim == 2 or image.shape[-1] == 1):
-        raise InputError(None, f"a grey image, but {card.name} tells blood cells apart by the "
-                         "stain's colours: give the colour (RGB) image")
+        raise InputError(
+            None,
+            f"a grey image, but {card.name} tells blood cells apart by the "
+            "stain's colours: give the colour (RGB) image",
+        )
     estimator: Callable[[np.ndarray], Any] | None = None
     if model.network is not None:
         from .detector_scale import measure_diameter, measures_own_scale
 
         if measures_own_scale(model):  # a detector measures its own objects
             estimator = functools.partial(measure_diameter, model=model)
-    scale = image_scale(image, card, diameter=diameter, pixel_size_um=pixel_size_um,
-                        estimator=estimator)
+    scale = image_scale(
+        image, card, diameter=diameter, pixel_size_um=pixel_size_um, estimator=estimator
+    )
     if card.kind == "classical":
         from .classical import run_pipeline
 
@@ -141,9 +145,12 @@ def iter_predict(
     zoom = scale.zoom
     pixels = to_model_channels(channel_last_view(_resize(channel_last_view(image), zoom)), card)
     steps = iter_predict_maps(
-        pixels, model.network, tile=tile or card.tile,
+        pixels,
+        model.network,
+        tile=tile or card.tile,
         overlap=card.overlap if overlap is None else overlap,
-        batch_size=batch_size, device=model.device,
+        batch_size=batch_size,
+        device=model.device,
         normalize=make_normalizer(pixels, card.normalization, card.input_channels),
     )
     while True:
@@ -174,8 +181,9 @@ def to_model_channels(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
 
 
 def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:
-    annotation.meta.update(diameter_px=scale.diameter, diameter_source=scale.source,
-                           zoom=scale.zoom)
+    annotation.meta.update(
+        diameter_px=scale.diameter, diameter_source=scale.source, zoom=scale.zoom
+    )
     return annotation
 
 
@@ -185,8 +193,14 @@ def _resize(image: np.ndarray, zoom: float) -> np.ndarray:
     from skimage.transform import rescale
 
     channel_axis = -1 if image.ndim == 3 else None
-    resized = rescale(image.astype(np.float32), zoom, order=1, channel_axis=channel_axis,
-                      preserve_range=True, anti_aliasing=zoom < 1)
+    resized = rescale(
+        image.astype(np.float32),
+        zoom,
+        order=1,
+        channel_axis=channel_axis,
+        preserve_range=True,
+        anti_aliasing=zoom < 1,
+    )
     # keep the dtype: integer images are scaled by their dtype's range downstream
     if np.issubdtype(image.dtype, np.integer):
         return np.rint(resized).astype(image.dtype)
@@ -199,43 +213,61 @@ def _annotation_to_shape(annotation: Annotation, shape: tuple[int, ...], zoom: f
     from skimage.transform import resize
 
     zoomed = annotation.labels.shape
-    labels = resize(annotation.labels, shape[:2], order=0, preserve_range=True,
-                    anti_aliasing=False).astype(np.int32)
+    labels = resize(
+        annotation.labels, shape[:2], order=0, preserve_range=True, anti_aliasing=False
+    ).astype(np.int32)
     # the zoomed grid is rounded to whole pixels: scale by the ratio actually applied
     boxes = annotation.boxes.scaled(shape[1] / zoomed[1], shape[0] / zoomed[0])
     present = set(np.unique(labels).tolist())
     keep = {k: v for k, v in annotation.classes.items() if k in present}
     return annotation.copy(
-        labels=labels, boxes=boxes, classes=keep,
+        labels=labels,
+        boxes=boxes,
+        classes=keep,
         scores={k: v for k, v in annotation.scores.items() if k in keep},
         origins={k: v for k, v in annotation.origins.items() if k in keep},
     )
 
 
-def _maps_to_annotation(maps: dict[str, np.ndarray], card: ModelCard,
-                        shape: tuple[int, ...]) -> Annotation:
+def _maps_to_annotation(
+    maps: dict[str, np.ndarray], card: ModelCard, shape: tuple[int, ...]
+) -> Annotation:
     from . import postprocess
 
     settings = dict(card.postprocess)
     classes = card.classes
     if "heatmap" in maps:
         boxes = postprocess.boxes_from_heatmap(
-            maps["heatmap"], maps["size"], maps.get("offset"),
-            stride=int(card.architecture["detector"]["stride"]), **settings,
+            maps["heatmap"],
+            maps["size"],
+            maps.get("offset"),
+            stride=int(card.architecture["detector"]["stride"]),
+            **settings,
         )
         if card.task == "boxes":
-            return Annotation.empty((shape[0], shape[1]), classes, boxes=boxes,
-                                    meta={"model": card.name})
+            return Annotation.empty(
+                (shape[0], shape[1]), classes, boxes=boxes, meta={"model": card.name}
+            )
         # a detector of instances: every box becomes an editable mask (its inscribed ellipse)
         labels, class_ids, scores = postprocess.instances_from_boxes(boxes, (shape[0], shape[1]))
-        return Annotation(labels, classes, classes=class_ids, scores=scores,
-                          origins=dict.fromkeys(class_ids, "model"), meta={"model": card.name})
+        return Annotation(
+            labels,
+            classes,
+            classes=class_ids,
+            scores=scores,
+            origins=dict.fromkeys(class_ids, "model"),
+            meta={"model": card.name},
+        )
     labels, class_ids, scores = postprocess.instances_from_maps(
         maps["classes"], distance=maps.get("distance"), boundary=maps.get("boundary"), **settings
     )
     return Annotation(
-        labels, classes, classes=class_ids, scores=scores,
-        origins=dict.fromkeys(class_ids, "model"), meta={"model": card.name},
+        labels,
+        classes,
+        classes=class_ids,
+        scores=scores,
+        origins=dict.fromkeys(class_ids, "model"),
+        meta={"model": card.name},
     )
 
 
@@ -272,8 +304,9 @@ def predict(
     """
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise InputError(None, f"expected a 2-D image (H, W) or (H, W, C); got {np.shape(image)}")
-    steps = iter_predict(image, model, tile=tile, overlap=overlap, diameter=diameter,
-                         pixel_size_um=pixel_size_um)
+    steps = iter_predict(
+        image, model, tile=tile, overlap=overlap, diameter=diameter, pixel_size_um=pixel_size_um
+    )
     try:
         while True:
             done, total = next(steps)

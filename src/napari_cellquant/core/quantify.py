@@ -90,8 +90,9 @@ def instance_class_totals(
     lookup[(lookup < 0) | (lookup > n_classes)] = 0
     present = pixels > 0
     objects = np.bincount(lookup[present], minlength=n_classes + 1)[: n_classes + 1]
-    area = np.bincount(lookup[present], weights=pixels[present],
-                       minlength=n_classes + 1)[: n_classes + 1]
+    area = np.bincount(lookup[present], weights=pixels[present], minlength=n_classes + 1)[
+        : n_classes + 1
+    ]
     return objects, np.rint(area).astype(np.int64)
 
 
@@ -104,8 +105,9 @@ def instance_class_counts(
     default_class: int = 0,
 ) -> np.ndarray:
     """Objects per class id (see :func:`instance_class_totals`); entry 0: unclassified."""
-    return instance_class_totals(labels, label_ids, class_ids, n_classes,
-                                 default_class=default_class)[0]
+    return instance_class_totals(
+        labels, label_ids, class_ids, n_classes, default_class=default_class
+    )[0]
 
 
 #: pixels per ``np.bincount`` call in :func:`id_pixels`
@@ -161,10 +163,12 @@ def _share(part: float, whole: float) -> float:
     return 100.0 * part / whole if whole else math.nan
 
 
-def _area_figures(class_set: ClassSet, areas_px: Mapping[str, int] | None,
-                  field_px: int | None, area_mm2: float | None) -> list[
-    tuple[str, str, float, str]
-]:
+def _area_figures(
+    class_set: ClassSet,
+    areas_px: Mapping[str, int] | None,
+    field_px: int | None,
+    area_mm2: float | None,
+) -> list[tuple[str, str, float, str]]:
     """Pixels, share of the field and um^2 of each area class (NaN when not measured)."""
     out: list[tuple[str, str, float, str]] = []
     for name, group in AREA_CLASSES.items():
@@ -178,9 +182,9 @@ def _area_figures(class_set: ClassSet, areas_px: Mapping[str, int] | None,
     return out
 
 
-def _figures(class_set: ClassSet, counts: Mapping[str, int], area_mm2: float | None) -> list[
-    tuple[str, str, float, str]
-]:
+def _figures(
+    class_set: ClassSet, counts: Mapping[str, int], area_mm2: float | None
+) -> list[tuple[str, str, float, str]]:
     """``(group, name, value, unit)`` for one set of counts."""
     names = list(class_set.names) + (["unclassified"] if "unclassified" in counts else [])
     total = sum(counts.get(n, 0) for n in names)
@@ -191,12 +195,14 @@ def _figures(class_set: ClassSet, counts: Mapping[str, int], area_mm2: float | N
     lowered = {n.lower() for n in class_set.names}
     if {c.lower() for c in WBC_CLASSES} <= lowered:
         wbc = sum(counts.get(n, 0) for n in WBC_CLASSES)
-        out += [("wbc_differential", n, _share(counts.get(n, 0), wbc), "% of WBC")
-                for n in WBC_CLASSES]
+        out += [
+            ("wbc_differential", n, _share(counts.get(n, 0), wbc), "% of WBC") for n in WBC_CLASSES
+        ]
     if {c.lower() for c in RBC_CLASSES} <= lowered:
         rbc = sum(counts.get(n, 0) for n in RBC_CLASSES)
-        out.append(("parasitaemia", "infected_rbc", _share(counts.get("infected_rbc", 0), rbc),
-                    "% of RBC"))
+        out.append(
+            ("parasitaemia", "infected_rbc", _share(counts.get("infected_rbc", 0), rbc), "% of RBC")
+        )
     if {c.lower() for c in NET_CELL_CLASSES} <= lowered:
         cells = sum(counts.get(n, 0) for n in NET_CELL_CLASSES)
         out.append(("net_percent", "NET", _share(counts.get("NET", 0), cells), "% of cells"))
@@ -245,22 +251,26 @@ def count_table(
         after = {**after, "unclassified": 0}
     if before_map is not None and "unclassified" in after and "unclassified" not in before_map:
         before_map["unclassified"] = 0
-    now = _figures(class_set, after, area_mm2) + _area_figures(class_set, areas_px, field_px,
-                                                               area_mm2)
+    now = _figures(class_set, after, area_mm2) + _area_figures(
+        class_set, areas_px, field_px, area_mm2
+    )
     then = None
     if before_map is not None:
         then = _figures(class_set, before_map, area_mm2) + _area_figures(
-            class_set, None, field_px, area_mm2)
+            class_set, None, field_px, area_mm2
+        )
     rows: list[Row] = []
     for k, (group, name, value, unit) in enumerate(now):
-        rows.append({
-            "image": image,
-            "group": group,
-            "name": name,
-            "before": then[k][2] if then is not None else math.nan,
-            "after": value,
-            "unit": unit,
-        })
+        rows.append(
+            {
+                "image": image,
+                "group": group,
+                "name": name,
+                "before": then[k][2] if then is not None else math.nan,
+                "after": value,
+                "unit": unit,
+            }
+        )
     return rows
 
 
@@ -279,25 +289,42 @@ def quantify_annotation(
     ids = np.fromiter(annotation.classes.keys(), dtype=np.int64, count=len(annotation.classes))
     cls = np.fromiter(annotation.classes.values(), dtype=np.int64, count=len(annotation.classes))
     objects, pixels = instance_class_totals(annotation.labels, ids, cls, len(class_set))
-    counts = counts_by_name(class_set, objects + box_class_counts(annotation.boxes.class_ids,
-                                                                  len(class_set)))
+    counts = counts_by_name(
+        class_set, objects + box_class_counts(annotation.boxes.class_ids, len(class_set))
+    )
     area = image_area_mm2(annotation.shape, pixel_size_um) if pixel_size_um else None
-    areas = (counts_by_name(class_set, pixels)
-             if any(name in class_set.names for name in AREA_CLASSES) else None)
+    areas = (
+        counts_by_name(class_set, pixels)
+        if any(name in class_set.names for name in AREA_CLASSES)
+        else None
+    )
     return count_table(
-        annotation.image_name, class_set, counts, before, area_mm2=area, areas_px=areas,
+        annotation.image_name,
+        class_set,
+        counts,
+        before,
+        area_mm2=area,
+        areas_px=areas,
         field_px=int(np.prod(annotation.shape)),
     )
 
 
-def figure_rows(annotation: Annotation, *, pixel_size_um: Sequence[float] | float | None = None
-                ) -> list[dict[str, object]]:
+def figure_rows(
+    annotation: Annotation, *, pixel_size_um: Sequence[float] | float | None = None
+) -> list[dict[str, object]]:
     """The figures derived from an annotation's objects, without the plain counts:
     ``{image, group, name, value, unit}`` rows (``core.io.counts.write_figures_csv``)."""
-    return [{"image": row["image"], "group": row["group"], "name": row["name"],
-             "value": row["after"], "unit": row["unit"]}
-            for row in quantify_annotation(annotation, pixel_size_um=pixel_size_um)
-            if row["group"] != "count"]
+    return [
+        {
+            "image": row["image"],
+            "group": row["group"],
+            "name": row["name"],
+            "value": row["after"],
+            "unit": row["unit"],
+        }
+        for row in quantify_annotation(annotation, pixel_size_um=pixel_size_um)
+        if row["group"] != "count"
+    ]
 
 
 def table_to_csv(rows: Sequence[Row]) -> str:

@@ -153,8 +153,13 @@ def estimate_diameter(image: np.ndarray) -> DiameterEstimate | None:
         log.info("no objects to estimate a diameter from (%.2f s)", seconds)
         return None
     estimate = DiameterEstimate(found[0], found[1], found[2], seconds)
-    log.debug("estimated object diameter %.1f px from %.0f objects (working scale 1/%.2g, %.2f s)",
-             estimate.diameter, estimate.n_objects, estimate.shrink, seconds)
+    log.debug(
+        "estimated object diameter %.1f px from %.0f objects (working scale 1/%.2g, %.2f s)",
+        estimate.diameter,
+        estimate.n_objects,
+        estimate.shrink,
+        seconds,
+    )
     return estimate
 
 
@@ -224,16 +229,23 @@ def image_scale(
     estimate = None
     if isinstance(diameter, str):
         if diameter != "model":
-            raise InputError(None, f"diameter must be a number of pixels, None (estimate) or "
-                             f"'model', got {diameter!r}")
+            raise InputError(
+                None,
+                f"diameter must be a number of pixels, None (estimate) or "
+                f"'model', got {diameter!r}",
+            )
         value, source = reference, "model"
     elif diameter is not None:
         value, source = float(diameter), "given"
         if not math.isfinite(value) or value <= 0:
             raise InputError(None, f"diameter must be a positive number of pixels, got {diameter}")
         if value >= min(image.shape[:2]):
-            log.warning("objects %g px across cannot be found in a %d x %d image: is the "
-                        "diameter right?", value, image.shape[1], image.shape[0])
+            log.warning(
+                "objects %g px across cannot be found in a %d x %d image: is the diameter right?",
+                value,
+                image.shape[1],
+                image.shape[0],
+            )
     elif pixel_size_um is not None and (reference_um := _reference_um(card)) is not None:
         if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
             raise InputError(None, f"pixel size must be positive, got {pixel_size_um} um")
@@ -243,9 +255,13 @@ def image_scale(
             log.info("%s states no pixel size: estimating the diameter instead", card.name)
         estimate = (estimator or estimate_diameter)(image)
         if estimate is None:
-            log.warning("could not estimate the object diameter (too few separate objects); "
-                        "taking the image to be at the scale of %s (%g px): give the diameter "
-                        "if that is wrong", card.name, reference)
+            log.warning(
+                "could not estimate the object diameter (too few separate objects); "
+                "taking the image to be at the scale of %s (%g px): give the diameter "
+                "if that is wrong",
+                card.name,
+                reference,
+            )
             value, source = reference, "model"
         else:
             # in the reference objects' units: what the estimate reads on the training data
@@ -254,8 +270,13 @@ def image_scale(
     zoom = reference / value
     if abs(zoom - 1.0) < NO_ZOOM:
         zoom = 1.0
-    log.info("object diameter %.1f px (%s); %s's own scale: %g px", value, DIAMETER_SOURCES[source],
-             card.name, reference)
+    log.info(
+        "object diameter %.1f px (%s); %s's own scale: %g px",
+        value,
+        DIAMETER_SOURCES[source],
+        card.name,
+        reference,
+    )
     return ImageScale(value, source, zoom, estimate)
 
 
@@ -281,8 +302,12 @@ def expected_pixel_size_um(card: ModelCard) -> float | None:
 
 
 #: how each ``diameter_source`` reads in messages (logs, the Segment widget's status)
-DIAMETER_SOURCES = {"given": "given", "pixel_size": "from the pixel size",
-                    "estimated": "estimated", "model": "the model's scale"}
+DIAMETER_SOURCES = {
+    "given": "given",
+    "pixel_size": "from the pixel size",
+    "estimated": "estimated",
+    "model": "the model's scale",
+}
 
 
 def _as_channels_last(image: np.ndarray) -> np.ndarray:
@@ -338,8 +363,9 @@ def foreground_signal(pixels: np.ndarray) -> np.ndarray:
     return np.sqrt(((scaled - background) ** 2).sum(axis=2))
 
 
-def _objects(pixels: np.ndarray, min_radius: float = MIN_RADIUS
-             ) -> tuple[np.ndarray, np.ndarray] | None:
+def _objects(
+    pixels: np.ndarray, min_radius: float = MIN_RADIUS
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Inscribed radius and area (working pixels) of the foreground objects, or None.
 
     Objects cut by the border are left out when enough others remain.
@@ -398,8 +424,7 @@ def _at_scale(pixels: np.ndarray, zoom: float) -> tuple[np.ndarray, float]:
     return small, small.shape[0] / crop.shape[0]
 
 
-def _weighted_band_mean(values: np.ndarray, weights: np.ndarray, low: float,
-                        high: float) -> float:
+def _weighted_band_mean(values: np.ndarray, weights: np.ndarray, low: float, high: float) -> float:
     """Weighted mean of the values between the weighted ``low`` and ``high`` quantiles."""
     order = np.argsort(values)
     values, weights = values[order], weights[order]

@@ -54,8 +54,7 @@ def test_full_disk_during_rename_is_reported_and_leaves_nothing(tmp_path, monkey
     monkeypatch.setattr(os, "link", no_space)  # publishing a new name
     for overwrite in (False, True):
         with pytest.raises(OutputError, match="No space left on device"):
-            write_text_atomic(tmp_path / "counts.csv", "image,class,count\n",
-                              overwrite=overwrite)
+            write_text_atomic(tmp_path / "counts.csv", "image,class,count\n", overwrite=overwrite)
         assert os.listdir(tmp_path) == []
 
 

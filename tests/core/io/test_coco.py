@@ -33,7 +33,6 @@ from napari_cellquant.core.io.coco import (
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-
 # ------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------
@@ -57,8 +56,7 @@ def _minimal(annotations, *, width=20, height=10, categories=None) -> dict:
     return {
         "images": [{"id": 7, "file_name": "img.png", "width": width, "height": height}],
         "annotations": annotations,
-        "categories": categories
-        or [{"id": 1, "name": "NET"}, {"id": 2, "name": "dead"}],
+        "categories": categories or [{"id": 1, "name": "NET"}, {"id": 2, "name": "dead"}],
     }
 
 
@@ -148,6 +146,7 @@ def test_polygons_trace_pixel_borders_and_fall_back_to_rle_only_for_holes(tmp_pa
     ann = Annotation.from_labels(labels, BLOOD10, class_id=2, image_name="a.png")
     data = coco_dict([ann], encoding="polygon")
     seg = {a["attributes"]["instance_id"]: a["segmentation"] for a in data["annotations"]}
+
     def corners(polygons):
         assert len(polygons) == 1 and len(polygons[0]) == 8
         return set(zip(polygons[0][0::2], polygons[0][1::2]))
@@ -188,8 +187,14 @@ def _many_objects(n: int, shape=(1024, 1024), seed=0) -> tuple[np.ndarray, dict[
         if k % 10 == 0:
             labels[cy, cx] = iid
         else:
-            rr, cc = ellipse(cy, cx, rng.uniform(3, 10), rng.uniform(3, 10), shape=shape,
-                             rotation=rng.uniform(0, np.pi))
+            rr, cc = ellipse(
+                cy,
+                cx,
+                rng.uniform(3, 10),
+                rng.uniform(3, 10),
+                shape=shape,
+                rotation=rng.uniform(0, np.pi),
+            )
             labels[rr, cc] = iid
             if k % 10 == 1:
                 labels[cy, cx] = 0  # a hole
@@ -238,8 +243,7 @@ def test_written_file_structure(tmp_path):
     labels = np.zeros((8, 9), dtype=np.int32)
     labels[1:3, 2:6] = 2
     a = Annotation(labels, NET4, classes={2: 4}, image_name="b.png")
-    b = Annotation.empty((5, 6), NET4, image_name="a.png",
-                         boxes=Boxes([[1, 1, 2, 3]], [2], [0.9]))
+    b = Annotation.empty((5, 6), NET4, image_name="a.png", boxes=Boxes([[1, 1, 2, 3]], [2], [0.9]))
     path = write_coco([a, b], tmp_path / "out.json")
     data = json.loads(path.read_text())
     assert {"info", "licenses", "images", "annotations", "categories"} <= set(data)
@@ -251,8 +255,14 @@ def test_written_file_structure(tmp_path):
     assert [c["name"] for c in data["categories"]] == list(NET4.names)
     box, inst = data["annotations"]
     assert box == {
-        "id": 1, "image_id": 1, "category_id": 2, "segmentation": [[1, 1, 1, 4, 3, 4, 3, 1]],
-        "area": 6, "bbox": [1, 1, 2, 3], "iscrowd": 0, "attributes": {"box_only": True},
+        "id": 1,
+        "image_id": 1,
+        "category_id": 2,
+        "segmentation": [[1, 1, 1, 4, 3, 4, 3, 1]],
+        "area": 6,
+        "bbox": [1, 1, 2, 3],
+        "iscrowd": 0,
+        "attributes": {"box_only": True},
         "score": 0.9,
     }
     assert inst["id"] == 2 and inst["image_id"] == 2 and inst["category_id"] == 4
@@ -264,8 +274,13 @@ def test_written_file_structure(tmp_path):
 
 def test_pycocotools_loads_file_and_self_evaluation_gives_ap_one(tmp_path, capsys):
     labels, classes = _many_objects(80, shape=(200, 200), seed=5)
-    first = Annotation(labels, BLOOD10, classes=classes, image_name="one.tif",
-                       boxes=Boxes([[150, 150, 30, 20]], [2]))
+    first = Annotation(
+        labels,
+        BLOOD10,
+        classes=classes,
+        image_name="one.tif",
+        boxes=Boxes([[150, 150, 30, 20]], [2]),
+    )
     labels2, classes2 = _many_objects(60, shape=(180, 190), seed=6)
     second = Annotation(labels2, BLOOD10, classes=classes2, image_name="two.tif")
     for encoding in ("polygon", "rle"):
@@ -302,13 +317,23 @@ def test_pycocotools_loads_file_and_self_evaluation_gives_ap_one(tmp_path, capsy
 def test_boxes_from_box_polygons_and_missing_segmentation(tmp_path):
     anns = [
         # NET style: segmentation is the bbox rectangle -> box
-        {"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 1, 5, 4],
-         "segmentation": [[2, 1, 2, 5, 7, 5, 7, 1]]},
+        {
+            "id": 1,
+            "image_id": 7,
+            "category_id": 1,
+            "bbox": [2, 1, 5, 4],
+            "segmentation": [[2, 1, 2, 5, 7, 5, 7, 1]],
+        },
         # no segmentation -> box
         {"id": 2, "image_id": 7, "category_id": 2, "bbox": [10, 2, 3, 3], "score": 0.4},
         # a real polygon -> instance
-        {"id": 3, "image_id": 7, "category_id": 2, "bbox": [12, 5, 5, 4],
-         "segmentation": [[12, 5, 17, 5, 17, 9]]},
+        {
+            "id": 3,
+            "image_id": 7,
+            "category_id": 2,
+            "bbox": [12, 5, 5, 4],
+            "segmentation": [[12, 5, 17, 5, 17, 9]],
+        },
     ]
     (ann,) = read_coco(_write_json(tmp_path / "c.json", _minimal(anns)))
     np.testing.assert_array_equal(ann.boxes.xywh, [[2, 1, 5, 4], [10, 2, 3, 3]])
@@ -343,8 +368,15 @@ def test_rle_instances_compressed_and_uncompressed(tmp_path, compressed):
         if flat[0]:
             counts = [0, *counts]
         segmentation = {"size": [10, 20], "counts": counts}
-    anns = [{"id": 1, "image_id": 7, "category_id": 2, "segmentation": segmentation,
-             "iscrowd": int(not compressed)}]
+    anns = [
+        {
+            "id": 1,
+            "image_id": 7,
+            "category_id": 2,
+            "segmentation": segmentation,
+            "iscrowd": int(not compressed),
+        }
+    ]
     (ann,) = read_coco(_write_json(tmp_path / "r.json", _minimal(anns)))
     np.testing.assert_array_equal(ann.labels, mask.astype(np.int32))
     assert ann.classes == {1: 2}
@@ -401,8 +433,12 @@ def test_overlaps_without_scores_later_annotation_on_top(tmp_path):
 def test_instance_ids_from_attributes_when_unique(tmp_path, given, expected):
     anns = []
     for k, iid in enumerate(given):
-        ann = {"id": k + 1, "image_id": 7, "category_id": 1,
-               "segmentation": [[2 + 8 * k, 2, 7 + 8 * k, 2, 7 + 8 * k, 8]]}
+        ann = {
+            "id": k + 1,
+            "image_id": 7,
+            "category_id": 1,
+            "segmentation": [[2 + 8 * k, 2, 7 + 8 * k, 2, 7 + 8 * k, 8]],
+        }
         if iid is not None:
             ann["attributes"] = {"instance_id": iid}
         anns.append(ann)
@@ -412,8 +448,10 @@ def test_instance_ids_from_attributes_when_unique(tmp_path, given, expected):
 
 def test_class_set_mapping_is_case_insensitive_and_default_sorts_by_id(tmp_path):
     cats = [{"id": 9, "name": "DEAD"}, {"id": 3, "name": "net"}]
-    anns = [{"id": 1, "image_id": 7, "category_id": 9, "bbox": [1, 1, 2, 2]},
-            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [4, 1, 2, 2]}]
+    anns = [
+        {"id": 1, "image_id": 7, "category_id": 9, "bbox": [1, 1, 2, 2]},
+        {"id": 2, "image_id": 7, "category_id": 3, "bbox": [4, 1, 2, 2]},
+    ]
     path = _write_json(tmp_path / "c.json", _minimal(anns, categories=cats))
     (mapped,) = read_coco(path, class_set=NET4)
     assert mapped.class_set is NET4
@@ -495,8 +533,13 @@ _BEYOND = {
 def _mismatch_file(tmp_path: Path, objects: list[dict]) -> Path:
     tifffile.imwrite(tmp_path / "small.tif", np.zeros(_REAL, np.uint8))
     anns = [
-        {"id": k, "image_id": 1, "category_id": 1, **obj,
-         **({} if "bbox" in obj else {"attributes": {"instance_id": k}})}
+        {
+            "id": k,
+            "image_id": 1,
+            "category_id": 1,
+            **obj,
+            **({} if "bbox" in obj else {"attributes": {"instance_id": k}}),
+        }
         for k, obj in enumerate(objects, start=1)
     ]
     data = {
@@ -553,11 +596,13 @@ def test_size_mismatch_rescales_everything_when_one_object_lies_beyond(tmp_path,
     np.testing.assert_array_equal(ann.labels == 2, _INSIDE_HALVED["polygon"])
     np.testing.assert_array_equal(ann.labels == 3, _INSIDE_HALVED["rle"])
     if kind == "polygon":
-        np.testing.assert_array_equal(ann.labels == 4, _rect_mask(slice(6, 10), slice(0, 8),
-                                                                   shape=_REAL))
+        np.testing.assert_array_equal(
+            ann.labels == 4, _rect_mask(slice(6, 10), slice(0, 8), shape=_REAL)
+        )
     if kind == "rle":
-        np.testing.assert_array_equal(ann.labels == 4, _rect_mask(slice(5, 10), slice(12, 20),
-                                                                   shape=_REAL))
+        np.testing.assert_array_equal(
+            ann.labels == 4, _rect_mask(slice(5, 10), slice(12, 20), shape=_REAL)
+        )
 
 
 @pytest.mark.parametrize(
@@ -593,8 +638,9 @@ def test_size_mismatch_forced_rescale_and_keep(tmp_path):
     np.testing.assert_array_equal(ann.labels == 2, _INSIDE_PIXELS["rle"])
 
     beyond = _mismatch_file(tmp_path, [_INSIDE["box"], _BEYOND["rle"]])
-    error = _expect_input_error(beyond, r"size_mismatch='keep'.*x 40, y 20, beyond the image",
-                                size_mismatch="keep")
+    error = _expect_input_error(
+        beyond, r"size_mismatch='keep'.*x 40, y 20, beyond the image", size_mismatch="keep"
+    )
     assert "20x10" in str(error) and "40x20" in str(error)
     with pytest.raises(InputError, match="unknown size_mismatch 'shrink'"):
         read_coco(beyond, size_mismatch="shrink")
@@ -702,8 +748,7 @@ def test_error_box_outside_image(tmp_path, bbox):
 
 
 def test_error_polygon_outside_image(tmp_path):
-    anns = [{"id": 1, "image_id": 7, "category_id": 1,
-             "segmentation": [[1, 1, 25, 1, 10, 8]]}]
+    anns = [{"id": 1, "image_id": 7, "category_id": 1, "segmentation": [[1, 1, 25, 1, 10, 8]]}]
     _expect_input_error(_write_json(tmp_path / "p.json", _minimal(anns)), "polygon.*outside")
 
 
@@ -740,17 +785,28 @@ def _box(**changes) -> dict:
     ("data", "match"),
     [
         (_minimal([], categories=[{"id": 1, "name": "a"}, {"id": 2, "name": "a"}]), "unique"),
-        (_minimal([], categories=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]),
-         "category ids must be unique"),
+        (
+            _minimal([], categories=[{"id": 1, "name": "a"}, {"id": 1, "name": "b"}]),
+            "category ids must be unique",
+        ),
         (_minimal([], categories=[{"id": 1}]), "category without id or name"),
-        ({**_minimal([]), "images": [{"id": 7, "file_name": "a.png", "width": 5, "height": 5}] * 2},
-         "image id 7 appears twice"),
+        (
+            {
+                **_minimal([]),
+                "images": [{"id": 7, "file_name": "a.png", "width": 5, "height": 5}] * 2,
+            },
+            "image id 7 appears twice",
+        ),
         ({**_minimal([]), "images": [{"file_name": "a.png"}]}, "image without id"),
         ({**_minimal([]), "images": [{"id": 7, "width": 5, "height": 5}]}, "no file_name"),
-        ({**_minimal([]), "images": [{"id": 7, "file_name": "gone.png"}]},
-         "gone.png has no width/height and the image was not found"),
-        ({**_minimal([]), "images": [{"id": 7, "file_name": "a.png", "width": 0, "height": 5}]},
-         "is empty"),
+        (
+            {**_minimal([]), "images": [{"id": 7, "file_name": "gone.png"}]},
+            "gone.png has no width/height and the image was not found",
+        ),
+        (
+            {**_minimal([]), "images": [{"id": 7, "file_name": "a.png", "width": 0, "height": 5}]},
+            "is empty",
+        ),
         (_minimal([_box(bbox=None)]), "neither segmentation nor bbox"),
         (_minimal([_box(bbox=[1, 2, 3])]), "bbox needs 4 numbers"),
         (_minimal([_box(score="high")]), "score must be a number"),

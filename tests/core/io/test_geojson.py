@@ -27,25 +27,46 @@ def _qupath_export(path: Path) -> Path:
     pretty printing off): uuid ids, objectType, classification name + colour, measurements as
     a dict, a cell with its nucleus, an annotation with a hole, a point annotation."""
     features = [
-        {"type": "Feature", "id": "0b8e3a55-6d42-4a2e-9b57-2f3c1c0a1d10",
-         "geometry": {"type": "Polygon", "coordinates": [_square(10, 10, 10)]},
-         "properties": {"objectType": "detection",
-                        "classification": {"name": "RBC", "color": [255, 0, 0]},
-                        "measurements": {"Area px^2": 100.0, "Detection probability": 0.75}}},
-        {"type": "Feature", "id": "5d3a7d47-1bd7-4a3e-8d61-7a0f1f27c0a2",
-         "geometry": {"type": "Polygon",
-                      "coordinates": [_square(30, 5, 12), _square(34, 9, 4)[::-1]]},
-         "properties": {"objectType": "annotation", "name": "ring",
-                        "classification": {"name": "WBC", "color": [0, 0, 255]},
-                        "isLocked": False}},
-        {"type": "Feature", "id": "9c1f0e0c-5b7e-4f38-bb5a-0c5f4a1b2e33",
-         "geometry": {"type": "Polygon", "coordinates": [_square(50, 30, 6)]},
-         "nucleusGeometry": {"type": "Polygon", "coordinates": [_square(52, 32, 2)]},
-         "properties": {"objectType": "cell",
-                        "classification": {"name": "Platelets", "color": [0, 200, 0]}}},
-        {"type": "Feature", "id": "2f5c8b1e-3a4d-4c6e-9f70-81a2b3c4d5e6",
-         "geometry": {"type": "MultiPoint", "coordinates": [[5, 5], [6, 6]]},
-         "properties": {"objectType": "annotation"}},
+        {
+            "type": "Feature",
+            "id": "0b8e3a55-6d42-4a2e-9b57-2f3c1c0a1d10",
+            "geometry": {"type": "Polygon", "coordinates": [_square(10, 10, 10)]},
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": "RBC", "color": [255, 0, 0]},
+                "measurements": {"Area px^2": 100.0, "Detection probability": 0.75},
+            },
+        },
+        {
+            "type": "Feature",
+            "id": "5d3a7d47-1bd7-4a3e-8d61-7a0f1f27c0a2",
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [_square(30, 5, 12), _square(34, 9, 4)[::-1]],
+            },
+            "properties": {
+                "objectType": "annotation",
+                "name": "ring",
+                "classification": {"name": "WBC", "color": [0, 0, 255]},
+                "isLocked": False,
+            },
+        },
+        {
+            "type": "Feature",
+            "id": "9c1f0e0c-5b7e-4f38-bb5a-0c5f4a1b2e33",
+            "geometry": {"type": "Polygon", "coordinates": [_square(50, 30, 6)]},
+            "nucleusGeometry": {"type": "Polygon", "coordinates": [_square(52, 32, 2)]},
+            "properties": {
+                "objectType": "cell",
+                "classification": {"name": "Platelets", "color": [0, 200, 0]},
+            },
+        },
+        {
+            "type": "Feature",
+            "id": "2f5c8b1e-3a4d-4c6e-9f70-81a2b3c4d5e6",
+            "geometry": {"type": "MultiPoint", "coordinates": [[5, 5], [6, 6]]},
+            "properties": {"objectType": "annotation"},
+        },
     ]
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return path
@@ -60,8 +81,10 @@ def test_reads_the_layout_qupath_writes(tmp_path: Path) -> None:
     assert ann.class_set.name == "blood3" and ann.shape == (40, 64)
     assert ann.image_name == "smear.png"
     assert ann.counts() == {"rbc": 1, "wbc": 1, "platelet": 1}
-    areas = {ann.class_set.name_of(ann.classes[i]): int((ann.labels == i).sum())
-             for i in ann.instance_ids()}
+    areas = {
+        ann.class_set.name_of(ann.classes[i]): int((ann.labels == i).sum())
+        for i in ann.instance_ids()
+    }
     assert areas == {"rbc": 100, "wbc": 144 - 16, "platelet": 36}  # the hole stays empty
     rbc = next(i for i in ann.instance_ids() if ann.classes[i] == 1)
     assert ann.scores == {rbc: 0.75}  # QuPath's StarDist-style "Detection probability"
@@ -69,11 +92,15 @@ def test_reads_the_layout_qupath_writes(tmp_path: Path) -> None:
 
 
 def test_qupath_0_3_layout_and_unclassified_objects(tmp_path: Path) -> None:
-    features = [{"type": "Feature", "id": "PathDetectionObject",
-                 "geometry": {"type": "Polygon", "coordinates": [_square(2, 2, 4)]},
-                 "properties": {"isLocked": False,
-                                "measurements": [{"name": "score", "value": 0.5}]}}
-                for _ in range(2)]
+    features = [
+        {
+            "type": "Feature",
+            "id": "PathDetectionObject",
+            "geometry": {"type": "Polygon", "coordinates": [_square(2, 2, 4)]},
+            "properties": {"isLocked": False, "measurements": [{"name": "score", "value": 0.5}]},
+        }
+        for _ in range(2)
+    ]
     features[1]["geometry"]["coordinates"] = [_square(10, 2, 4)]
     path = tmp_path / "cells.geojson"
     path.write_text(json.dumps(features))  # QuPath's plain array export
@@ -88,9 +115,13 @@ def _prediction() -> tuple[np.ndarray, Annotation]:
     truth.labels[40:44, 40:44] = 0  # a hole in whatever lies there
     origins = {int(i): ("model" if i % 2 else "edited") for i in truth.instance_ids()}
     scores = {int(i): 0.5 + (int(i) % 7) / 20 for i in truth.instance_ids() if i % 2}
-    ann = truth.copy(origins=origins, scores=scores, image_name="smear.png",
-                     boxes=Boxes([[3.5, 4.25, 20, 11.5]], [2], [0.8]),
-                     meta={"pixel_size_um": (0.5, 0.5)})
+    ann = truth.copy(
+        origins=origins,
+        scores=scores,
+        image_name="smear.png",
+        boxes=Boxes([[3.5, 4.25, 20, 11.5]], [2], [0.8]),
+        meta={"pixel_size_um": (0.5, 0.5)},
+    )
     ann.classes = {i: c for i, c in ann.classes.items() if i in set(ann.instance_ids())}
     return image, ann
 
@@ -113,10 +144,12 @@ def test_round_trip_is_exact(tmp_path: Path) -> None:
     assert props["classification"]["name"] in ann.class_set.names
     assert len(props["classification"]["color"]) == 3
     assert props["measurements"]["area_um2"] == pytest.approx(
-        props["measurements"]["area_px"] * 0.25)
+        props["measurements"]["area_px"] * 0.25
+    )
     first = int(ann.instance_ids()[0])  # the image is known: intensities too
     assert props["measurements"]["mean_intensity_1"] == pytest.approx(
-        image[..., 1][ann.labels == first].mean())
+        image[..., 1][ann.labels == first].mean()
+    )
 
 
 def test_files_are_valid_for_geojson_and_shapely(tmp_path: Path) -> None:
@@ -136,9 +169,11 @@ def test_files_are_valid_for_geojson_and_shapely(tmp_path: Path) -> None:
 def test_predictions_are_detections_and_corrections_annotations(tmp_path: Path) -> None:
     _, ann = _prediction()
     (path,) = write_annotations([ann], tmp_path / "x.geojson", to="geojson")
-    kinds = {f["properties"]["cellquant"]["origin"]: f["properties"]["objectType"]
-             for f in json.loads(path.read_text())["features"]
-             if not f["properties"]["cellquant"].get("box")}
+    kinds = {
+        f["properties"]["cellquant"]["origin"]: f["properties"]["objectType"]
+        for f in json.loads(path.read_text())["features"]
+        if not f["properties"]["cellquant"].get("box")
+    }
     assert kinds == {"model": "detection", "edited": "annotation"}
 
 
@@ -148,14 +183,27 @@ def test_refuses_to_overwrite_and_names_bad_files(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError):
         write_annotations([ann], tmp_path, to="geojson")
     bad = tmp_path / "bad.geojson"
-    bad.write_text('{"type": "FeatureCollection", "features": [{"type": "Feature", '
-                   '"geometry": {"type": "Polygon", "coordinates": [[["a", 1]]]}}]}')
+    bad.write_text(
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", '
+        '"geometry": {"type": "Polygon", "coordinates": [[["a", 1]]]}}]}'
+    )
     with pytest.raises(InputError, match=r"bad\.geojson.*feature 1"):
         read_geojson(bad)
     unknown = tmp_path / "unknown.geojson"
-    unknown.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [_square(1, 1, 3)]},
-         "properties": {"classification": {"name": "Tumor"}}}]}))
+    unknown.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "geometry": {"type": "Polygon", "coordinates": [_square(1, 1, 3)]},
+                        "properties": {"classification": {"name": "Tumor"}},
+                    }
+                ],
+            }
+        )
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(InputError, match="'Tumor' is not in class set 'blood3'"):

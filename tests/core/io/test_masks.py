@@ -129,8 +129,11 @@ def test_negative_and_huge_ids_are_refused(tmp_path):
 def test_check_shape_matches():
     ann = Annotation.empty((10, 20), CELL)
     check_shape_matches(ann, (10, 20, 3), "lab.tif")
-    with pytest.raises(InputError, match=r"label shape \(10, 20\) differs from image shape "
-                       r"\(10, 21\)") as info:
+    with pytest.raises(
+        InputError,
+        match=r"label shape \(10, 20\) differs from image shape "
+        r"\(10, 21\)",
+    ) as info:
         check_shape_matches(ann, (10, 21), "lab.tif")
     assert info.value.source == "lab.tif"
 
@@ -168,8 +171,13 @@ def _synthetic_blood_map():
     fringe[rr, cc] = True
     fringe &= ~np.all(rgb == c["neutrophil"], axis=-1)
     rgb[fringe & (np.arange(160)[:, None] % 10 < 4)] = (10, 120, 120)
-    expected = {"neutrophil": 1, "healthy_rbc": 3, "infected_rbc": 3, "platelet_clump": 1,
-                "platelet": 1}
+    expected = {
+        "neutrophil": 1,
+        "healthy_rbc": 3,
+        "infected_rbc": 3,
+        "platelet_clump": 1,
+        "platelet": 1,
+    }
     return rgb, expected
 
 
@@ -263,7 +271,7 @@ def test_thick_ring_stays_one_object(gap):
     rr, cc = disk((35, 35), 15)
     regions[rr, cc] = 0
     regions[26:44, 16:24] = regions[26:44, 46:54] = 1  # thick sides
-    regions[:11 + 4, 35:35 + gap] = 0  # the break in the rim, at the top
+    regions[: 11 + 4, 35 : 35 + gap] = 0  # the break in the rim, at the top
     out = split_touching_objects(regions)
     assert out.max() == 1
 
@@ -304,7 +312,10 @@ def test_masks_round_trip_thousands_of_objects(tmp_path):
     ]
     written = write_masks(anns, tmp_path)
     assert [p.name for p in written] == [
-        "smear_a_instances.tif", "smear_a_classes.tif", "b_instances.tif", "b_classes.tif",
+        "smear_a_instances.tif",
+        "smear_a_classes.tif",
+        "b_instances.tif",
+        "b_classes.tif",
         "classes.json",
     ]
     with tifffile.TiffFile(written[0]) as tif:
@@ -442,8 +453,11 @@ def test_masks_folder_without_sidecar(tmp_path):
 
 def test_masks_folder_shape_mismatch_names_both_files(tmp_path):
     _pair(tmp_path, "s", np.ones((4, 5), np.uint16), np.ones((4, 6), np.uint8))
-    with pytest.raises(InputError, match=r"s_instances.tif: shape \(4, 5\) differs from "
-                       r"s_classes.tif shape \(4, 6\)"):
+    with pytest.raises(
+        InputError,
+        match=r"s_instances.tif: shape \(4, 5\) differs from "
+        r"s_classes.tif shape \(4, 6\)",
+    ):
         read_masks_folder(tmp_path)
 
 
@@ -457,8 +471,11 @@ def test_masks_whose_image_beside_them_differs_in_shape_are_refused(tmp_path):
     (found,) = read_masks_folder(tmp_path)
     assert found.image_path == tmp_path / "cells.png"
     imsave(tmp_path / "cells.png", np.zeros((7, 8, 3), np.uint8), check_contrast=False)
-    with pytest.raises(InputError, match=r"label shape \(6, 8\) differs from image shape "
-                       r"\(7, 8\)") as info:
+    with pytest.raises(
+        InputError,
+        match=r"label shape \(6, 8\) differs from image shape "
+        r"\(7, 8\)",
+    ) as info:
         read_masks_folder(tmp_path)
     assert str(info.value.source).endswith("cells_instances.tif")
 
@@ -487,8 +504,13 @@ def test_masks_folder_errors(tmp_path):
 
 @pytest.mark.parametrize(
     "text",
-    ["{not json", '{"names": ["a"]}', '{"names": ["a", "b"], "colors": [[1, 2, 3]]}',
-     '{"names": ["a"], "colors": [[300, 0, 0]]}', "[]"],
+    [
+        "{not json",
+        '{"names": ["a"]}',
+        '{"names": ["a", "b"], "colors": [[1, 2, 3]]}',
+        '{"names": ["a"], "colors": [[300, 0, 0]]}',
+        "[]",
+    ],
 )
 def test_corrupt_classes_json(tmp_path, text):
     _pair(tmp_path, "x", np.ones((3, 3), np.uint16), np.ones((3, 3), np.uint8))
@@ -543,8 +565,9 @@ def test_class_mask_names_prefer_longest_class_name(tmp_path):
     labels = np.zeros((10, 10), np.int32)
     labels[1:3, 1:3] = 1
     labels[6:9, 6:9] = 2
-    write_class_masks(Annotation(labels=labels, class_set=cs, classes={1: 1, 2: 2},
-                                 image_name="s.png"), tmp_path)
+    write_class_masks(
+        Annotation(labels=labels, class_set=cs, classes={1: 1, 2: 2}, image_name="s.png"), tmp_path
+    )
     (back,) = read_masks_folder(tmp_path, class_set=cs)
     assert back.image_name == "s.png"  # not a stem "s_infected" holding class "rbc"
     assert back.counts() == {"rbc": 1, "infected_rbc": 1}
@@ -562,8 +585,11 @@ def test_class_masks_shape_mismatch_and_overlap(tmp_path, caplog):
     assert "4 pixels are in masks of two classes" in caplog.text
     assert ann.class_map()[2, 2] == NET4.id_of("NET")
     _png(tmp_path / "x_unstimulated.png", np.zeros((6, 7), np.uint8))
-    with pytest.raises(InputError, match=r"x_unstimulated.png: shape \(6, 7\) differs from "
-                       r"x_NET.png shape \(6, 6\)"):
+    with pytest.raises(
+        InputError,
+        match=r"x_unstimulated.png: shape \(6, 7\) differs from "
+        r"x_NET.png shape \(6, 6\)",
+    ):
         read_masks_folder(tmp_path, class_set=NET4)
 
 
@@ -576,11 +602,25 @@ def test_class_masks_unusable_class_name(tmp_path):
 # --- real data ------------------------------------------------------------------------------------
 # blood JSON classIdx -> blood10 class name (5 is the partial WBC, unused)
 BLOOD_JSON_CLASSES = {
-    0: "eosinophil", 1: "basophil", 2: "neutrophil", 3: "lymphocyte", 4: "monocyte",
-    6: "platelet", 7: "platelet_clump", 8: "infected_rbc", 9: "healthy_rbc",
+    0: "eosinophil",
+    1: "basophil",
+    2: "neutrophil",
+    3: "lymphocyte",
+    4: "monocyte",
+    6: "platelet",
+    7: "platelet_clump",
+    8: "infected_rbc",
+    9: "healthy_rbc",
 }
-EXACT = ("eosinophil", "basophil", "neutrophil", "lymphocyte", "monocyte", "platelet",
-         "platelet_clump")
+EXACT = (
+    "eosinophil",
+    "basophil",
+    "neutrophil",
+    "lymphocyte",
+    "monocyte",
+    "platelet",
+    "platelet_clump",
+)
 
 
 def _box_iou(a, b):
@@ -595,11 +635,13 @@ def _rbc_agreement(ann, objects, class_name):
     """(JSON boxes, matched at box IoU >= 0.5, JSON centres sharing an instance, instances)."""
     class_id = BLOOD10.id_of(class_name)
     props = [p for p in regionprops(ann.labels) if ann.classes[p.label] == class_id]
-    ours = np.array([[p.bbox[1], p.bbox[0], p.bbox[3] - p.bbox[1], p.bbox[2] - p.bbox[0]]
-                     for p in props], float).reshape(-1, 4)
+    ours = np.array(
+        [[p.bbox[1], p.bbox[0], p.bbox[3] - p.bbox[1], p.bbox[2] - p.bbox[0]] for p in props], float
+    ).reshape(-1, 4)
     truth = [o for o in objects if BLOOD_JSON_CLASSES.get(o["classIdx"]) == class_name]
-    boxes = np.array([[o["tlX"], o["tlY"], o["bboxW"], o["bboxH"]] for o in truth],
-                     float).reshape(-1, 4)
+    boxes = np.array([[o["tlX"], o["tlY"], o["bboxW"], o["bboxH"]] for o in truth], float).reshape(
+        -1, 4
+    )
     matched = 0
     if len(ours) and len(boxes):
         iou = _box_iou(boxes, ours)

@@ -22,10 +22,12 @@ def _prediction() -> tuple[np.ndarray, Annotation]:
     image, truth = synthetic_blood_smear((160, 192), seed=7)
     truth.labels[60:63, 60:63] = 0  # a hole: a composite ROI
     ids = truth.instance_ids()
-    ann = truth.copy(origins={int(i): "model" for i in ids},
-                     scores={int(i): 0.25 + (int(i) % 5) / 8 for i in ids},
-                     boxes=Boxes([[3.5, 4.0, 10.0, 7.25], [20, 30, 5, 5]], [1, 3], [0.9, np.nan]),
-                     image_name="smear.png")
+    ann = truth.copy(
+        origins={int(i): "model" for i in ids},
+        scores={int(i): 0.25 + (int(i) % 5) / 8 for i in ids},
+        boxes=Boxes([[3.5, 4.0, 10.0, 7.25], [20, 30, 5, 5]], [1, 3], [0.9, np.nan]),
+        image_name="smear.png",
+    )
     ann.classes = {i: c for i, c in ann.classes.items() if i in set(ids.tolist())}
     return image, ann
 
@@ -48,20 +50,23 @@ def test_round_trip_is_exact_and_fiji_reads_the_rois(tmp_path: Path) -> None:
     class_name = ann.class_set.name_of(ann.classes[int(ann.instance_ids()[0])])
     assert first.name == f"{class_name}-{ann.instance_ids()[0]}"
     assert first.properties["class"] == class_name
-    assert first.stroke_color[1:] == bytes(ann.class_set.color_of(ann.classes[
-        int(ann.instance_ids()[0])]))
+    assert first.stroke_color[1:] == bytes(
+        ann.class_set.color_of(ann.classes[int(ann.instance_ids()[0])])
+    )
 
 
 def test_reads_rois_as_fiji_makes_them(tmp_path: Path) -> None:
     """Fiji's Analyze Particles names ROIs ``slice-y-x`` and gives them no class."""
     rois = []
     for x, y in [(2, 2), (12, 4)]:
-        roi = roifile.ImagejRoi.frompoints(np.array([[x, y], [x + 6, y], [x + 6, y + 5],
-                                                     [x, y + 5]]), name=f"0001-{y:04d}-{x:04d}")
+        roi = roifile.ImagejRoi.frompoints(
+            np.array([[x, y], [x + 6, y], [x + 6, y + 5], [x, y + 5]]), name=f"0001-{y:04d}-{x:04d}"
+        )
         roi.roitype = roifile.ROI_TYPE.POLYGON
         rois.append(roi)
-    oval = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.OVAL, left=20, top=2, right=30, bottom=12,
-                             name="0001-0007-0025")
+    oval = roifile.ImagejRoi(
+        roitype=roifile.ROI_TYPE.OVAL, left=20, top=2, right=30, bottom=12, name="0001-0007-0025"
+    )
     line = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.LINE, x1=0, y1=0, x2=5, y2=5, name="line")
     path = tmp_path / "cells_RoiSet.zip"
     roifile.roiwrite(path, [*rois, oval, line])
@@ -75,9 +80,12 @@ def test_reads_rois_as_fiji_makes_them(tmp_path: Path) -> None:
 
 
 def test_class_from_the_name_maps_onto_blood3(tmp_path: Path) -> None:
-    rois = [roifile.ImagejRoi.frompoints(np.array([[0, 0], [4, 0], [4, 4], [0, 4]]) + 6 * k,
-                                         name=f"{name}-{k + 1}")
-            for k, name in enumerate(["RBC", "WBC", "Platelets"])]
+    rois = [
+        roifile.ImagejRoi.frompoints(
+            np.array([[0, 0], [4, 0], [4, 4], [0, 4]]) + 6 * k, name=f"{name}-{k + 1}"
+        )
+        for k, name in enumerate(["RBC", "WBC", "Platelets"])
+    ]
     path = tmp_path / "a.zip"
     roifile.roiwrite(path, rois)
     with pytest.warns(UserWarning, match="no image found"):

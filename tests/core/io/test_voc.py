@@ -65,8 +65,10 @@ def test_read_one_file_boxes_flags_scores(tmp_path):
 
 def test_read_folder_shares_one_class_set(tmp_path):
     _write(tmp_path / "b.xml", _voc(_obj("WBC", 1, 1, 5, 5), filename="b.jpg"))
-    _write(tmp_path / "a.xml", _voc(_obj("Platelets", 1, 1, 5, 5) + _obj("RBC", 2, 2, 6, 6),
-                                    filename="a.jpg"))
+    _write(
+        tmp_path / "a.xml",
+        _voc(_obj("Platelets", 1, 1, 5, 5) + _obj("RBC", 2, 2, 6, 6), filename="a.jpg"),
+    )
     _write(tmp_path / "notes.txt", "not xml")
     anns = read_voc(tmp_path)
     assert [a.image_name for a in anns] == ["a.jpg", "b.jpg"]  # sorted by file
@@ -99,8 +101,11 @@ def _mismatch_setup(tmp_path: Path, objects: str, xml: str = "small.xml") -> Pat
 def test_image_size_mismatch_rescales_boxes_reaching_beyond_the_image(tmp_path):
     # the second box reaches x 20 > 10: drawn on a larger original
     path = _mismatch_setup(tmp_path, _obj("NET", 0, 0, 8, 6) + _obj("NET", 4, 6, 20, 30))
-    with pytest.warns(UserWarning, match=r"small\.xml: image small\.tif is 10x15 .* 40x30.*"
-                                         r"x 0\.25, y 0\.5 \(objects reach x 20, y 30, beyond"):
+    with pytest.warns(
+        UserWarning,
+        match=r"small\.xml: image small\.tif is 10x15 .* 40x30.*"
+        r"x 0\.25, y 0\.5 \(objects reach x 20, y 30, beyond",
+    ):
         (ann,) = read_voc(path)  # found in ../images
     assert ann.image_path == tmp_path / "images" / "small.tif"
     assert ann.shape == (15, 10)
@@ -310,8 +315,9 @@ def test_real_net_voc_matches_coco(net_dir):
     # the boxes are exactly the raw JSON numbers, inside the JPEGs
     raw = json.loads((net_dir / "coco.json").read_text())
     raw_boxes = sorted(tuple(a["bbox"]) for a in raw["annotations"])
-    voc_boxes = sorted(tuple(float(v) for v in row) for a in from_voc.values()
-                       for row in a.boxes.xywh)
+    voc_boxes = sorted(
+        tuple(float(v) for v in row) for a in from_voc.values() for row in a.boxes.xywh
+    )
     np.testing.assert_array_equal(voc_boxes, raw_boxes)
     xywh = np.array(voc_boxes)
     assert (xywh[:, 0] + xywh[:, 2]).max() == 1024 and (xywh[:, 1] + xywh[:, 3]).max() <= 768

@@ -15,15 +15,23 @@ from napari_cellquant.core.io import detect_kind, read_annotations, write_annota
 from napari_cellquant.core.io.yolo import read_yolo, write_yolo
 
 
-def _dataset(root: Path, lines: dict[str, str], *, names: str = "names: [WBC, RBC, Platelets]\n",
-             shape: tuple[int, int] = (48, 64)) -> Path:
+def _dataset(
+    root: Path,
+    lines: dict[str, str],
+    *,
+    names: str = "names: [WBC, RBC, Platelets]\n",
+    shape: tuple[int, int] = (48, 64),
+) -> Path:
     """A small Ultralytics layout: data.yaml, images/train/*.png, labels/train/*.txt."""
     (root / "images" / "train").mkdir(parents=True)
     (root / "labels" / "train").mkdir(parents=True)
     (root / "data.yaml").write_text(f"path: .\ntrain: images/train\n{names}")
     for stem, text in lines.items():
-        skio.imsave(root / "images" / "train" / f"{stem}.png",
-                    np.zeros((*shape, 3), dtype=np.uint8), check_contrast=False)
+        skio.imsave(
+            root / "images" / "train" / f"{stem}.png",
+            np.zeros((*shape, 3), dtype=np.uint8),
+            check_contrast=False,
+        )
         (root / "labels" / "train" / f"{stem}.txt").write_text(text)
     return root
 
@@ -42,8 +50,11 @@ def test_reads_boxes_in_pixels_and_maps_names_onto_blood3(tmp_path: Path) -> Non
 
 
 def test_class_names_from_a_dict_or_classes_txt(tmp_path: Path) -> None:
-    root = _dataset(tmp_path / "d", {"a": "2 0.5 0.5 0.1 0.1\n"},
-                    names="names:\n  0: NET\n  1: dead\n  2: unstimulated\n")
+    root = _dataset(
+        tmp_path / "d",
+        {"a": "2 0.5 0.5 0.1 0.1\n"},
+        names="names:\n  0: NET\n  1: dead\n  2: unstimulated\n",
+    )
     (ann,) = read_yolo(root / "data.yaml")
     assert ann.class_set is NET4 and ann.counts()["unstimulated"] == 1
     other = _dataset(tmp_path / "t", {"b": "0 0.5 0.5 0.1 0.1\n"}, names="")
@@ -70,8 +81,15 @@ def test_round_trip_is_lossless(tmp_path: Path) -> None:
     boxes = Boxes(np.column_stack([xy, wh]), rng.integers(1, 4, 40), rng.uniform(0, 1, 40))
     labels = np.zeros((301, 457), dtype=np.int32)
     labels[10:20, 400:430] = 1  # an instance is written as its box
-    original = Annotation(labels, BLOOD3, classes={1: 2}, scores={1: 0.5}, boxes=boxes,
-                          image_name="img.png", image_path=image)
+    original = Annotation(
+        labels,
+        BLOOD3,
+        classes={1: 2},
+        scores={1: 0.5},
+        boxes=boxes,
+        image_name="img.png",
+        image_path=image,
+    )
     written = write_yolo([original], tmp_path / "out")
     assert tmp_path / "out" / "images" / "img.png" in written
     (back,) = read_annotations(tmp_path / "out" / "data.yaml")

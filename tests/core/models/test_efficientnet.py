@@ -35,15 +35,19 @@ def test_every_packaged_key_matches_and_none_is_left_over(classifier) -> None:
     ours = classifier.state_dict()
     assert set(ours) == set(state)
     assert all(ours[k].shape == v.shape for k, v in state.items())
-    assert sum(v.numel() for k, v in state.items() if "running" not in k
-               and "num_batches" not in k) == pytest.approx(4.65e6, rel=0.01)
+    assert sum(
+        v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k
+    ) == pytest.approx(4.65e6, rel=0.01)
 
 
-@pytest.mark.parametrize(("name", "wanted"), [("chelsea", range(281, 286)),
-                                              ("coffee", (967, 968))])
+@pytest.mark.parametrize(("name", "wanted"), [("chelsea", range(281, 286)), ("coffee", (967, 968))])
 def test_imagenet_head_recognises_skimage_pictures(classifier, name, wanted) -> None:
-    picture = resize(getattr(data, name)().astype(np.float32), (224, 224), preserve_range=True,
-                     anti_aliasing=True)
+    picture = resize(
+        getattr(data, name)().astype(np.float32),
+        (224, 224),
+        preserve_range=True,
+        anti_aliasing=True,
+    )
     x = torch.from_numpy(((picture - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32))
     with torch.inference_mode():
         top5 = classifier(x.permute(2, 0, 1)[None])[0].topk(5).indices.tolist()
@@ -65,8 +69,14 @@ def test_detector_heads_strides_and_pretrained_encoder() -> None:
 
 
 def test_dense_heads_at_full_resolution_and_fusing_is_exact() -> None:
-    net = build_network({"type": "efficientnet-unet", "n_classes": 2,
-                         "heads": ["classes", "distance"], "decoder": [32, 24, 16, 16, 8]})
+    net = build_network(
+        {
+            "type": "efficientnet-unet",
+            "n_classes": 2,
+            "heads": ["classes", "distance"],
+            "decoder": [32, 24, 16, 16, 8],
+        }
+    )
     net.train()
     net(torch.rand(2, 3, 64, 64))  # BatchNorm statistics move off their defaults
     net.eval()
@@ -92,10 +102,12 @@ def test_bad_architectures_are_clear_errors() -> None:
 def test_one_stain_is_seen_as_grey_by_the_rgb_encoder() -> None:
     """in_channels 1 (a DNA stain): the same outputs as that channel repeated into RGB."""
     torch.manual_seed(0)
-    grey = build_network({"type": "efficientnet-unet", "in_channels": 1,
-                          "heads": ["classes"], "n_classes": 1}).eval()
-    rgb = build_network({"type": "efficientnet-unet", "in_channels": 3,
-                         "heads": ["classes"], "n_classes": 1}).eval()
+    grey = build_network(
+        {"type": "efficientnet-unet", "in_channels": 1, "heads": ["classes"], "n_classes": 1}
+    ).eval()
+    rgb = build_network(
+        {"type": "efficientnet-unet", "in_channels": 3, "heads": ["classes"], "n_classes": 1}
+    ).eval()
     rgb.load_state_dict(grey.state_dict())
     x = torch.rand(1, 1, 64, 96)
     with torch.inference_mode():

@@ -109,10 +109,14 @@ def test_options_change_the_network() -> None:
     assert stem.stem.weight.shape == (1, 3, 1, 1)
     res = build_network({**TINY, "heads": ["classes"], "residual": True})
     assert count_parameters(res) > count_parameters(base)  # projected shortcuts
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in
-                   build_network({**TINY, "heads": ["classes"], "norm": "none"}).modules())
-    assert any(isinstance(m, torch.nn.ELU) for m in
-               build_network({**TINY, "heads": ["classes"], "activation": "elu"}).modules())
+    assert not any(
+        isinstance(m, torch.nn.BatchNorm2d)
+        for m in build_network({**TINY, "heads": ["classes"], "norm": "none"}).modules()
+    )
+    assert any(
+        isinstance(m, torch.nn.ELU)
+        for m in build_network({**TINY, "heads": ["classes"], "activation": "elu"}).modules()
+    )
 
 
 def test_one_channel_input() -> None:
@@ -138,8 +142,9 @@ def test_output_activations_follow_the_heads() -> None:
     assert seg.output_activations == {"classes": "softmax", "distance": "identity"}
     det = build_network(DEFAULT_ARCHS["net-detector"])
     assert det.output_activations == {"heatmap": "sigmoid", "size": "exp", "offset": "identity"}
-    direct = build_network({**TINY, "heads": ["boundary"],
-                            "detector": {"stride": 4, "size_encoding": "direct"}})
+    direct = build_network(
+        {**TINY, "heads": ["boundary"], "detector": {"stride": 4, "size_encoding": "direct"}}
+    )
     assert direct.output_activations["size"] == "identity"
     assert direct.output_activations["boundary"] == "sigmoid"
 

@@ -37,8 +37,12 @@ def served(tmp_path, monkeypatch):
 
 def _card(url=None, sha256=None, file=None, location=None) -> ModelCard:
     return ModelCard(
-        name="tiny", kind="learned", task="instances", class_set="cell",
-        architecture={"name": "unet"}, weights=WeightsSource(file=file, url=url, sha256=sha256),
+        name="tiny",
+        kind="learned",
+        task="instances",
+        class_set="cell",
+        architecture={"name": "unet"},
+        weights=WeightsSource(file=file, url=url, sha256=sha256),
         location=location,
     )
 

@@ -34,6 +34,16 @@ def trained(tmp_path_factory, smear):
     """A tiny segmenter overfitted to the smear (shared by the fine-tuning tests)."""
     folder = tmp_path_factory.mktemp("trained")
     card = dense_card(folder)
-    result = train(config(card, smear, folder / "cells.pt", epochs=12, steps_per_epoch=5,
-                          crop=96, augment=True, scale_range=(0.9, 1.1)))
+    result = train(
+        config(
+            card,
+            smear,
+            folder / "cells.pt",
+            epochs=12,
+            steps_per_epoch=5,
+            crop=96,
+            augment=True,
+            scale_range=(0.9, 1.1),
+        )
+    )
     return result

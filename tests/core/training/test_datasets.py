@@ -40,9 +40,11 @@ def test_box_only_data_cannot_train_a_segmenter(smear, tmp_path):
 def test_real_data_maps_onto_the_bundled_class_sets(shared_data):
     from napari_cellquant.core.models.registry import get_card
 
-    blood = load_training_pairs(shared_data / "blood_smear_224" / "images",
-                                shared_data / "blood_smear_224" / "segments",
-                                class_set="blood10")
+    blood = load_training_pairs(
+        shared_data / "blood_smear_224" / "images",
+        shared_data / "blood_smear_224" / "segments",
+        class_set="blood10",
+    )
     assert len(blood) == 14 and blood[0][0].shape == (224, 224, 3)
     sample = make_sample(*blood[0], get_card("blood-unet"))
     assert sample.classes.max() <= 9 and (sample.classes > 0).mean() > 0.1
@@ -77,6 +79,9 @@ def test_training_images_that_do_not_fit_their_labels_are_refused(tmp_path):
     tifffile.imwrite(masks / "cells_instances.tif", labels)
     tifffile.imwrite(masks / "cells_classes.tif", (labels > 0).astype(np.uint8))
     imsave(images / "cells.png", np.zeros((32, 48, 3), np.uint8), check_contrast=False)
-    with pytest.raises(InputError, match=r"label shape \(32, 40\) differs from image shape "
-                       r"\(32, 48\)"):
+    with pytest.raises(
+        InputError,
+        match=r"label shape \(32, 40\) differs from image shape "
+        r"\(32, 48\)",
+    ):
         load_training_pairs(images, masks)

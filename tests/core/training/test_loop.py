@@ -59,9 +59,11 @@ def test_card_records_training_and_loads(trained):
 
 def test_fine_tuning_starts_from_the_loaded_weights(trained, smear, tmp_path):
     """The first step's loss with the trained weights is far below the same step from scratch."""
+
     def first_loss(**changes) -> float:
-        steps = iter_train(config(str(trained.weights), smear, tmp_path / "ft.pt",
-                                  overwrite=True, **changes))
+        steps = iter_train(
+            config(str(trained.weights), smear, tmp_path / "ft.pt", overwrite=True, **changes)
+        )
         events = [next(steps), next(steps)]
         steps.close()
         assert events[0].phase == "start" and events[1].phase == "step"
@@ -75,8 +77,11 @@ def test_fine_tuning_starts_from_the_loaded_weights(trained, smear, tmp_path):
 
 
 def test_worse_fine_tuning_is_reported(trained, smear, tmp_path):
-    result = train(config(str(trained.weights), smear, tmp_path / "worse.pt", epochs=1,
-                          steps_per_epoch=2, lr=1.0))
+    result = train(
+        config(
+            str(trained.weights), smear, tmp_path / "worse.pt", epochs=1, steps_per_epoch=2, lr=1.0
+        )
+    )
     assert result.base_score is not None and result.score < result.base_score
     assert any("worse than its base" in w for w in result.warnings)
     card = json.loads(result.card.read_text())
@@ -90,8 +95,9 @@ def test_cancel_stops_within_one_step_and_keeps_the_last_good_checkpoint(smear, 
     def cancel() -> bool:  # cancel at the first step of epoch 2
         return seen[-1].phase == "step" and seen[-1].epoch == 2
 
-    result = train(config(card, smear, tmp_path / "c.pt", epochs=5), progress=seen.append,
-                   cancel=cancel)
+    result = train(
+        config(card, smear, tmp_path / "c.pt", epochs=5), progress=seen.append, cancel=cancel
+    )
     assert result.cancelled and result.epochs_run == 2
     assert seen[-1].phase == "step" and seen[-1].step == 4  # 3 steps of epoch 1, 1 of epoch 2
     assert result.weights is not None and result.best_epoch == 1
@@ -122,8 +128,9 @@ def test_resume_continues_the_epoch_count(smear, tmp_path):
     first = train(config(card, smear, tmp_path / "r.pt", epochs=2))
     assert [h["epoch"] for h in first.history] == [1, 2]
     events = []
-    second = train(config(card, smear, tmp_path / "r.pt", epochs=4, resume=True),
-                   progress=events.append)
+    second = train(
+        config(card, smear, tmp_path / "r.pt", epochs=4, resume=True), progress=events.append
+    )
     assert [h["epoch"] for h in second.history] == [1, 2, 3, 4]
     steps = [e for e in events if e.phase == "step"]
     assert steps[0].epoch == 3 and steps[0].step == 7 and steps[-1].step == 12
@@ -161,8 +168,17 @@ def test_resume_with_a_card_of_another_class_set_is_refused(smear, tmp_path):
     image, cells = smear
     annotation = Annotation.from_labels(cells.labels, BLOOD3, class_id=1)
     with pytest.raises(InputError, match="class set 'cell'"):
-        train(TrainingConfig(base=blood, images=[image], annotations=[annotation],
-                             output=tmp_path / "s.pt", epochs=2, crop=64, resume=True))
+        train(
+            TrainingConfig(
+                base=blood,
+                images=[image],
+                annotations=[annotation],
+                output=tmp_path / "s.pt",
+                epochs=2,
+                crop=64,
+                resume=True,
+            )
+        )
 
 
 def test_weights_of_another_architecture_are_refused(trained, smear, tmp_path):
@@ -172,8 +188,16 @@ def test_weights_of_another_architecture_are_refused(trained, smear, tmp_path):
     image, cells = smear
     annotation = Annotation.from_labels(cells.labels, BLOOD3, class_id=1)
     with pytest.raises(WeightsError, match="do not fit"):
-        next(iter_train(TrainingConfig(base=str(tmp_path / "other.json"), images=[image],
-                                       annotations=[annotation], output=tmp_path / "o.pt")))
+        next(
+            iter_train(
+                TrainingConfig(
+                    base=str(tmp_path / "other.json"),
+                    images=[image],
+                    annotations=[annotation],
+                    output=tmp_path / "o.pt",
+                )
+            )
+        )
 
 
 def test_classes_that_do_not_map_name_themselves(smear, tmp_path):
@@ -181,16 +205,36 @@ def test_classes_that_do_not_map_name_themselves(smear, tmp_path):
     boxes = Boxes([[10, 10, 20, 20]], [NET4.id_of("dead")])
     annotation = Annotation.empty((96, 96), NET4, boxes=boxes, image_name="net.png")
     with pytest.raises(InputError, match="dead.*blood10"):
-        next(iter_train(TrainingConfig(base=dense_card(tmp_path, "blood10", 9), images=[image],
-                                       annotations=[annotation], output=tmp_path / "m.pt")))
+        next(
+            iter_train(
+                TrainingConfig(
+                    base=dense_card(tmp_path, "blood10", 9),
+                    images=[image],
+                    annotations=[annotation],
+                    output=tmp_path / "m.pt",
+                )
+            )
+        )
 
 
 def test_centernet_detector_learns_the_boxes_of_one_image(tmp_path):
     image, truth = fluorescent_nuclei()
-    result = train(TrainingConfig(
-        base=detector_card(tmp_path), images=[image], annotations=[truth],
-        output=tmp_path / "det.pt", epochs=10, steps_per_epoch=10, crop=64, batch_size=4,
-        lr=3e-3, val_fraction=0.0, patience=None, scale_range=(0.9, 1.1)))
+    result = train(
+        TrainingConfig(
+            base=detector_card(tmp_path),
+            images=[image],
+            annotations=[truth],
+            output=tmp_path / "det.pt",
+            epochs=10,
+            steps_per_epoch=10,
+            crop=64,
+            batch_size=4,
+            lr=3e-3,
+            val_fraction=0.0,
+            patience=None,
+            scale_range=(0.9, 1.1),
+        )
+    )
     assert result.score_name == "f1@0.5" and result.score >= 0.9
     found = predict(image, load_model(result.weights, "cpu"))
     assert match_boxes(found.boxes, truth.boxes, 0.5) >= len(truth.boxes) - 1
@@ -205,28 +249,65 @@ def test_cli_train_writes_weights_and_card_that_predict_accepts(smear, tmp_path,
     tifffile.imwrite(tmp_path / "labels" / "smear.tif", annotation.labels.astype(np.uint16))
     out = tmp_path / "model" / "cells.pt"
     card = dense_card(tmp_path)
-    code = cli_main(["train", "--images", str(tmp_path / "images"), "--annotations",
-                     str(tmp_path / "labels"), "--model", card, "-o", str(out),
-                     "--epochs", "2", "--crop", "64", "--batch-size", "2",
-                     "--val-fraction", "0"])
+    code = cli_main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "images"),
+            "--annotations",
+            str(tmp_path / "labels"),
+            "--model",
+            card,
+            "-o",
+            str(out),
+            "--epochs",
+            "2",
+            "--crop",
+            "64",
+            "--batch-size",
+            "2",
+            "--val-fraction",
+            "0",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "epoch 2/2" in captured.err and "mean_iou" in captured.err
     assert captured.out.split() == [str(out), str(out.with_suffix(".json"))]
     model = load_model(out, "cpu")
     assert model.card.training["images"] == ["smear.tif"]
-    code = cli_main(["predict", str(tmp_path / "images" / "smear.tif"), "-m", str(out),
-                     "-o", str(tmp_path / "pred")])
+    code = cli_main(
+        [
+            "predict",
+            str(tmp_path / "images" / "smear.tif"),
+            "-m",
+            str(out),
+            "-o",
+            str(tmp_path / "pred"),
+        ]
+    )
     assert code == 0
     assert (tmp_path / "pred" / "annotations.json").is_file()
     # a second run refuses to replace the model
-    code = cli_main(["train", "--images", str(tmp_path / "images"), "--annotations",
-                     str(tmp_path / "labels"), "--model", card, "-o", str(out)])
+    code = cli_main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "images"),
+            "--annotations",
+            str(tmp_path / "labels"),
+            "--model",
+            card,
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 1 and "already exists" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("name", "figure"), [("blood-unet", "mean_iou"),
-                                              ("net-detector", "ap50_net")])
+@pytest.mark.parametrize(
+    ("name", "figure"), [("blood-unet", "mean_iou"), ("net-detector", "ap50_net")]
+)
 def test_bundled_models_are_small_measured_and_run(name, figure):
     from napari_cellquant.core.models.registry import BUNDLED_DIR, get_card, weights_status
 
@@ -239,7 +320,8 @@ def test_bundled_models_are_small_measured_and_run(name, figure):
     assert 0.0 <= held_out[figure] <= 1.0
     assert card.metrics["per_fold"] and card.training["script"] == "scripts/train_bundled.py"
     model = load_model(name, "cpu")  # the sha256 in the card is checked here
-    image, _ = synthetic_blood_smear((64, 64), seed=2) if name == "blood-unet" else \
-        fluorescent_nuclei()
+    image, _ = (
+        synthetic_blood_smear((64, 64), seed=2) if name == "blood-unet" else fluorescent_nuclei()
+    )
     found = predict(image, model)
     assert found.class_set.name == card.class_set and found.shape == image.shape[:2]

@@ -41,15 +41,21 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
     if suffix in (".yaml", ".yml", ".txt"):
         if yolo.looks_like_yolo(p) or (suffix == ".txt" and yolo.looks_like_yolo(p.parent)):
             return "yolo"
-        raise InputError(p, "is not a YOLO data file (data.yaml with 'names', or a label "
-                         "file in a 'labels' folder)")
+        raise InputError(
+            p,
+            "is not a YOLO data file (data.yaml with 'names', or a label "
+            "file in a 'labels' folder)",
+        )
     if suffix in (".json", ".geojson"):
         if suffix == ".json" and coco.looks_like_coco(p):
             return "coco"
         if geojson.looks_like_geojson(p):
             return "geojson"
-        raise InputError(p, "JSON file is neither COCO (needs 'images', 'annotations' and "
-                         "'categories') nor GeoJSON (a FeatureCollection)")
+        raise InputError(
+            p,
+            "JSON file is neither COCO (needs 'images', 'annotations' and "
+            "'categories') nor GeoJSON (a FeatureCollection)",
+        )
     if suffix in (".zip", ".roi"):
         if roiset.looks_like_roiset(p):
             return "roiset"
@@ -100,7 +106,9 @@ def _detect_folder_kind(folder: Path, *, class_set: ClassSet | str | None) -> st
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     if images:
         return _detect_image_kind(images[0], class_set=class_set)
-    raise InputError(folder, "holds no annotation files (COCO JSON, VOC XML, masks or label images)")
+    raise InputError(
+        folder, "holds no annotation files (COCO JSON, VOC XML, masks or label images)"
+    )
 
 
 def _has_class_mask_files(files: Sequence[Path], class_set: ClassSet) -> bool:
@@ -212,11 +220,20 @@ def write_annotations(
         raise InputError(None, "nothing to write: no annotations were read")
     target = Path(dst)
     if to == "coco":
-        return [coco.write_coco(annotations, _file_in(target, "annotations.json"),
-                                encoding=encoding, overwrite=overwrite)]
+        return [
+            coco.write_coco(
+                annotations,
+                _file_in(target, "annotations.json"),
+                encoding=encoding,
+                overwrite=overwrite,
+            )
+        ]
     if to == "csv":
-        return [counts.write_counts_csv(annotations, _file_in(target, "counts.csv"),
-                                        overwrite=overwrite)]
+        return [
+            counts.write_counts_csv(
+                annotations, _file_in(target, "counts.csv"), overwrite=overwrite
+            )
+        ]
     if to == "voc":
         return voc.write_voc(annotations, target, overwrite=overwrite)
     if to == "yolo":

@@ -44,8 +44,13 @@ def _publish_new(tmp: Path, target: Path) -> None:
     except FileExistsError:
         raise OutputExistsError(target) from None
     except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                             errno.EMLINK):
+        if exc.errno not in (
+            errno.EPERM,
+            errno.ENOTSUP,
+            errno.EOPNOTSUPP,
+            errno.EXDEV,
+            errno.EMLINK,
+        ):
             raise
         # no hard links here (some network and FAT file systems): reserve the name
         # exclusively, then move the finished file onto the reservation

@@ -658,9 +658,7 @@ def _as_floats(source: Path, values: Any, what: str) -> np.ndarray:
     return out
 
 
-def check_box_inside(
-    source: Path, xywh: Sequence[float], size: tuple[int, int], what: str
-) -> None:
+def check_box_inside(source: Path, xywh: Sequence[float], size: tuple[int, int], what: str) -> None:
     """InputError unless the box lies in the image (``size`` = rows, cols) within 1 pixel."""
     x, y, w, h = xywh
     rows, cols = size
@@ -730,8 +728,15 @@ class _Instance:
     """
 
     __slots__ = (
-        "class_id", "declared_flat", "extent", "flat", "given_id", "origin", "polygons",
-        "score", "what",
+        "class_id",
+        "declared_flat",
+        "extent",
+        "flat",
+        "given_id",
+        "origin",
+        "polygons",
+        "score",
+        "what",
     )
 
     def __init__(
@@ -915,12 +920,16 @@ def _parse_entry(
     )
     if not is_box:
         inst = _Instance(
-            what, _instance_geometry(source, what, segmentation, declared), class_id, score,
+            what,
+            _instance_geometry(source, what, segmentation, declared),
+            class_id,
+            score,
             attributes,
         )
         if bbox is not None:  # where the file says the object is counts too
             inst.extent = (
-                max(inst.extent[0], bbox[1] + bbox[3]), max(inst.extent[1], bbox[0] + bbox[2])
+                max(inst.extent[0], bbox[1] + bbox[3]),
+                max(inst.extent[1], bbox[0] + bbox[2]),
             )
         return inst
     if bbox is None:
@@ -1135,7 +1144,12 @@ def read_coco(
     search_dirs = _search_dirs(source, images_dir)
     return [
         _read_image_annotations(
-            source, images[i], per_image[i], class_set, category_to_class, search_dirs,
+            source,
+            images[i],
+            per_image[i],
+            class_set,
+            category_to_class,
+            search_dirs,
             size_mismatch,
         )
         for i in images

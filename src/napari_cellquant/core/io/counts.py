@@ -87,8 +87,13 @@ def csv_cell(value: object) -> object:
     return value
 
 
-def write_rows_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]],
-                   path: PathLike, *, overwrite: bool = False) -> Path:
+def write_rows_csv(
+    columns: Sequence[str],
+    rows: Iterable[Mapping[str, object]],
+    path: PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
     """Write :func:`csv_text` atomically (UTF-8); an existing ``path`` is refused unless
     ``overwrite`` (OutputExistsError). Every CSV the package writes goes through here."""
     target = Path(path)
@@ -97,8 +102,9 @@ def write_rows_csv(columns: Sequence[str], rows: Iterable[Mapping[str, object]],
     return target
 
 
-def write_figures_csv(rows: Sequence[Mapping[str, object]], path: PathLike, *,
-                      overwrite: bool = False) -> Path:
+def write_figures_csv(
+    rows: Sequence[Mapping[str, object]], path: PathLike, *, overwrite: bool = False
+) -> Path:
     """Write ``figures.csv``: :data:`FIGURE_COLUMNS`, one row per figure of an image (the
     rows of ``core.quantify.figure_rows``), atomically; refused if ``path`` exists unless
     ``overwrite``."""
@@ -141,8 +147,9 @@ def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise InputError(
-            p, f"line {header_line}: header {','.join(header)!r} lacks column(s) "
-            f"{', '.join(missing)} (expected image,class,count)"
+            p,
+            f"line {header_line}: header {','.join(header)!r} lacks column(s) "
+            f"{', '.join(missing)} (expected image,class,count)",
         )
     where = {c: header.index(c) for c in COLUMNS}
     rows: list[dict[str, str | int]] = []
@@ -164,5 +171,14 @@ def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
     return rows
 
 
-__all__ = ["COLUMNS", "FIGURE_COLUMNS", "counts_rows", "csv_cell", "csv_text", "read_counts_csv",
-           "write_counts_csv", "write_figures_csv", "write_rows_csv"]
+__all__ = [
+    "COLUMNS",
+    "FIGURE_COLUMNS",
+    "counts_rows",
+    "csv_cell",
+    "csv_text",
+    "read_counts_csv",
+    "write_counts_csv",
+    "write_figures_csv",
+    "write_rows_csv",
+]

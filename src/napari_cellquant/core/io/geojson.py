@@ -56,8 +56,11 @@ def _features_of(data: Any) -> list[Any] | None:
         return features if isinstance(features, list) else None
     if isinstance(data, dict) and data.get("type") == "Feature":
         return [data]
-    if isinstance(data, list) and data and all(
-            isinstance(f, dict) and f.get("type") == "Feature" for f in data):
+    if (
+        isinstance(data, list)
+        and data
+        and all(isinstance(f, dict) and f.get("type") == "Feature" for f in data)
+    ):
         return data
     return None
 
@@ -87,12 +90,14 @@ def _rings(source: Path, k: int, geometry: dict[str, Any]) -> list[np.ndarray]:
     try:
         rings = [np.asarray(ring, dtype=np.float64) for polygon in polygons for ring in polygon]
     except (TypeError, ValueError):
-        raise InputError(source, f"feature {k + 1}: {kind} coordinates are not rings of "
-                         "[x, y] numbers") from None
+        raise InputError(
+            source, f"feature {k + 1}: {kind} coordinates are not rings of [x, y] numbers"
+        ) from None
     for ring in rings:
         if ring.ndim != 2 or ring.shape[1] < 2:
-            raise InputError(source, f"feature {k + 1}: {kind} coordinates are not rings of "
-                             "[x, y] numbers")
+            raise InputError(
+                source, f"feature {k + 1}: {kind} coordinates are not rings of [x, y] numbers"
+            )
     return [ring[:, :2] for ring in rings]
 
 
@@ -121,9 +126,13 @@ def _outline(source: Path, k: int, feature: Any) -> Outline | None:
     name = _dict(properties.get("classification")).get("name")
     ours = _dict(properties.get("cellquant"))
     rings = _rings(source, k, geometry)
-    outline = Outline(rings=rings, class_name=str(name) if name else None,
-                      score=_score(_measurements(properties)), origin=ours.get("origin"),
-                      object_id=ours.get("id") if isinstance(ours.get("id"), int) else None)
+    outline = Outline(
+        rings=rings,
+        class_name=str(name) if name else None,
+        score=_score(_measurements(properties)),
+        origin=ours.get("origin"),
+        object_id=ours.get("id") if isinstance(ours.get("id"), int) else None,
+    )
     if ours.get("box") and len(rings) == 1:
         (x, y), (right, bottom) = rings[0].min(axis=0), rings[0].max(axis=0)
         outline.box = (float(x), float(y), float(right - x), float(bottom - y))
@@ -146,8 +155,9 @@ def _image_for(path: Path, images_dir: PathLike | None) -> tuple[str, Path | Non
     return (found.name, found) if found is not None else (f"{stem}.png", None)
 
 
-def _read_file(path: Path, class_set: ClassSet | str | None,
-               images_dir: PathLike | None) -> Annotation:
+def _read_file(
+    path: Path, class_set: ClassSet | str | None, images_dir: PathLike | None
+) -> Annotation:
     try:
         features = _features_of(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError) as exc:
@@ -155,21 +165,30 @@ def _read_file(path: Path, class_set: ClassSet | str | None,
     except ValueError as exc:
         raise InputError(path, f"is not valid JSON ({exc})") from exc
     if features is None:
-        raise InputError(path, "is not GeoJSON: expected a FeatureCollection or an array of "
-                         "Features")
+        raise InputError(
+            path, "is not GeoJSON: expected a FeatureCollection or an array of Features"
+        )
     outlines = [_outline(path, k, f) for k, f in enumerate(features)]
     skipped = sum(o is None for o in outlines)
     if skipped:
-        warnings.warn(f"{path}: {skipped} feature(s) are points or lines, not areas, and were "
-                      "skipped", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{path}: {skipped} feature(s) are points or lines, not areas, and were skipped",
+            UserWarning,
+            stacklevel=3,
+        )
     image_name, image_path = _image_for(path, images_dir)
-    return annotation_from_outlines(path, [o for o in outlines if o is not None],
-                                    image_name=image_name, image_path=image_path,
-                                    class_set=class_set)
+    return annotation_from_outlines(
+        path,
+        [o for o in outlines if o is not None],
+        image_name=image_name,
+        image_path=image_path,
+        class_set=class_set,
+    )
 
 
-def read_geojson(path: PathLike, *, class_set: ClassSet | str | None = None,
-                 images_dir: PathLike | None = None) -> list[Annotation]:
+def read_geojson(
+    path: PathLike, *, class_set: ClassSet | str | None = None, images_dir: PathLike | None = None
+) -> list[Annotation]:
     """One Annotation per GeoJSON file: ``path`` itself, or every ``*.geojson`` in a folder.
 
     Class names map onto ``class_set`` (by name, case-insensitive), else onto the built-in set
@@ -202,8 +221,15 @@ def _geometry(polygons: Sequence[Sequence[np.ndarray]]) -> dict[str, Any]:
     return {"type": "MultiPolygon", "coordinates": coordinates}
 
 
-def _feature(annotation: Annotation, object_id: int, class_id: int, geometry: dict[str, Any],
-             measurements: dict[str, Any], origin: str, box: bool = False) -> dict[str, Any]:
+def _feature(
+    annotation: Annotation,
+    object_id: int,
+    class_id: int,
+    geometry: dict[str, Any],
+    measurements: dict[str, Any],
+    origin: str,
+    box: bool = False,
+) -> dict[str, Any]:
     cs = annotation.class_set
     ours: dict[str, Any] = {"id": object_id, "origin": origin}
     if box:
@@ -216,15 +242,25 @@ def _feature(annotation: Annotation, object_id: int, class_id: int, geometry: di
             "objectType": "detection" if origin == "model" else "annotation",
             "classification": {"name": cs.name_of(class_id), "color": list(cs.color_of(class_id))},
             "isLocked": False,
-            "measurements": {k: v for k, v in measurements.items()
-                             if isinstance(v, int | float) and math.isfinite(v)},
+            "measurements": {
+                k: v
+                for k, v in measurements.items()
+                if isinstance(v, int | float) and math.isfinite(v)
+            },
             "cellquant": ours,
         },
     }
 
 
-_MEASURED = ("area_px", "area_um2", "perimeter_px", "eccentricity", "solidity",
-             "equivalent_diameter_px", "score")
+_MEASURED = (
+    "area_px",
+    "area_um2",
+    "perimeter_px",
+    "eccentricity",
+    "solidity",
+    "equivalent_diameter_px",
+    "score",
+)
 
 
 def geojson_dict(annotation: Annotation, image: np.ndarray | None = None) -> dict[str, Any]:
@@ -242,31 +278,58 @@ def geojson_dict(annotation: Annotation, image: np.ndarray | None = None) -> dic
     for i, polygons in instance_polygons(annotation.labels):
         class_id = annotation.classes.get(i, 0)
         if not class_id:
-            raise InputError(annotation.image_name or None, f"instance {i} has no class; "
-                             "QuPath objects need a classification")
-        features.append(_feature(annotation, i, class_id, _geometry(polygons), measurements(i),
-                                 annotation.origins.get(i, "file")))
+            raise InputError(
+                annotation.image_name or None,
+                f"instance {i} has no class; QuPath objects need a classification",
+            )
+        features.append(
+            _feature(
+                annotation,
+                i,
+                class_id,
+                _geometry(polygons),
+                measurements(i),
+                annotation.origins.get(i, "file"),
+            )
+        )
     first_box = int(annotation.labels.max(initial=0)) + 1
-    for j, ((x, y, w, h), class_id) in enumerate(zip(
-            annotation.boxes.xywh.tolist(), annotation.boxes.class_ids.tolist(), strict=True)):
+    for j, ((x, y, w, h), class_id) in enumerate(
+        zip(annotation.boxes.xywh.tolist(), annotation.boxes.class_ids.tolist(), strict=True)
+    ):
         ring = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
-        features.append(_feature(annotation, first_box + j, class_id, _geometry([[ring]]),
-                                 measurements(first_box + j), "file", box=True))
+        features.append(
+            _feature(
+                annotation,
+                first_box + j,
+                class_id,
+                _geometry([[ring]]),
+                measurements(first_box + j),
+                "file",
+                box=True,
+            )
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
-def write_geojson(annotations: Sequence[Annotation], dst: PathLike, *,
-                  overwrite: bool = False) -> list[Path]:
+def write_geojson(
+    annotations: Sequence[Annotation], dst: PathLike, *, overwrite: bool = False
+) -> list[Path]:
     """Write one ``<image stem>.geojson`` per image into the folder ``dst`` (or, for one image,
     to ``dst`` itself when it ends in ``.geojson``), as QuPath imports them by drag and drop;
     measurements include each channel's mean intensity when the image is found.
     Existing files are refused unless ``overwrite``; every file is written atomically."""
-    paths = per_image_paths(annotations, Path(dst), file_suffix=SUFFIX, ending=SUFFIX,
-                            what="GeoJSON file")
+    paths = per_image_paths(
+        annotations, Path(dst), file_suffix=SUFFIX, ending=SUFFIX, what="GeoJSON file"
+    )
     check_free(paths, overwrite)
-    return [write_text_atomic(path, json.dumps(geojson_dict(a, _pixels_of(a)),
-                                               separators=(",", ":")), overwrite=overwrite)
-            for path, a in zip(paths, annotations, strict=True)]
+    return [
+        write_text_atomic(
+            path,
+            json.dumps(geojson_dict(a, _pixels_of(a)), separators=(",", ":")),
+            overwrite=overwrite,
+        )
+        for path, a in zip(paths, annotations, strict=True)
+    ]
 
 
 def _pixels_of(annotation: Annotation) -> np.ndarray | None:

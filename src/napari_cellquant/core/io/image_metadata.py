@@ -32,9 +32,23 @@ PathLike = str | os.PathLike[str]
 
 #: micrometres per unit, for the unit spellings OME, ImageJ and TIFF use
 MICROMETRES_PER: dict[str, float] = {
-    "m": 1e6, "cm": 1e4, "mm": 1e3, "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0,
-    "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3,
-    "pm": 1e-6, "å": 1e-4, "angstrom": 1e-4, "in": 25400.0, "inch": 25400.0,
+    "m": 1e6,
+    "cm": 1e4,
+    "mm": 1e3,
+    "µm": 1.0,
+    "μm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "pm": 1e-6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
+    "in": 25400.0,
+    "inch": 25400.0,
 }
 _PRINT_DPI = (72.0, 96.0, 150.0, 300.0, 600.0)
 
@@ -52,8 +66,11 @@ class ImageMetadata:
 def _micrometres(value: float, unit: str | None, path: Path) -> float | None:
     factor = MICROMETRES_PER.get((unit or "µm").strip().lower().replace("\\u00b5", "µ"))
     if factor is None:
-        log.warning("%s: pixel size unit %r is not a length this tool knows; the pixel size "
-                    "is not used", path, unit)
+        log.warning(
+            "%s: pixel size unit %r is not a length this tool knows; the pixel size is not used",
+            path,
+            unit,
+        )
         return None
     return value * factor if value > 0 else None
 
@@ -79,8 +96,9 @@ def _ome(tif: tifffile.TiffFile, path: Path) -> ImageMetadata | None:
     return ImageMetadata(size, names if any(names) else (), "ome" if size else "")
 
 
-def _resolution(page: tifffile.TiffPage, tif: tifffile.TiffFile, path: Path
-                ) -> ImageMetadata | None:
+def _resolution(
+    page: tifffile.TiffPage, tif: tifffile.TiffFile, path: Path
+) -> ImageMetadata | None:
     tags = page.tags
     if "XResolution" not in tags:
         return None

@@ -69,8 +69,9 @@ def _checked_format(path: PathLike) -> tuple[Path, str]:
     suffix = p.suffix.lower()
     if suffix not in _SUFFIX_FORMAT:
         raise InputError(
-            p, f"unsupported image type {suffix or '(no suffix)'!r}; "
-            f"readable: {', '.join(IMAGE_SUFFIXES)}"
+            p,
+            f"unsupported image type {suffix or '(no suffix)'!r}; "
+            f"readable: {', '.join(IMAGE_SUFFIXES)}",
         )
     if not p.exists():
         raise InputError(p, "no such file")
@@ -150,14 +151,16 @@ def read_image(path: PathLike) -> np.ndarray:
 _MAX_EXPANSION = 4096
 
 
-def _check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int,
-                         file_bytes: int) -> None:
+def _check_declared_size(
+    path: Path, shape: tuple[int, ...], itemsize: int, file_bytes: int
+) -> None:
     declared = int(np.prod([int(n) for n in shape], dtype=object)) * itemsize
     if declared > _MAX_EXPANSION * file_bytes + (1 << 20):
         size = "x".join(str(int(n)) for n in shape)
         raise InputError(
-            path, f"corrupt image: its header declares {size} pixels "
-            f"({declared / 2**30:.1f} GiB or more) but the file holds only {file_bytes} bytes"
+            path,
+            f"corrupt image: its header declares {size} pixels "
+            f"({declared / 2**30:.1f} GiB or more) but the file holds only {file_bytes} bytes",
         )
 
 
@@ -178,8 +181,7 @@ def _read_tiff(path: Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = _tiff_axes(path, series.axes, series.shape)
-            _check_declared_size(path, shape, np.dtype(series.dtype).itemsize,
-                                 path.stat().st_size)
+            _check_declared_size(path, shape, np.dtype(series.dtype).itemsize, path.stat().st_size)
             pixels = series.asarray()
     except InputError:
         raise
@@ -188,8 +190,10 @@ def _read_tiff(path: Path) -> np.ndarray:
     except Exception as exc:  # tifffile raises ValueError, struct.error, TiffFileError ...
         raise InputError(path, f"corrupt or truncated TIFF image ({exc})") from exc
     if pixels.size != int(np.prod(shape)):  # tifffile returns what it could decode
-        raise InputError(path, f"corrupt or truncated TIFF image ({pixels.size} values "
-                         f"decoded for shape {shape})")
+        raise InputError(
+            path,
+            f"corrupt or truncated TIFF image ({pixels.size} values decoded for shape {shape})",
+        )
     pixels = pixels.reshape(shape)
     channel_axes = [i for i, a in enumerate(axes) if a not in "YX"]
     order = [axes.index("Y"), axes.index("X"), *channel_axes]
@@ -327,9 +331,11 @@ def find_image(name: PathLike, search_dirs: PathLike | Iterable[PathLike]) -> Pa
         The first match, or ``None`` when there is none.
     """
     wanted = Path(name)
-    dirs = [Path(search_dirs)] if isinstance(search_dirs, (str, os.PathLike)) else [
-        Path(d) for d in search_dirs
-    ]
+    dirs = (
+        [Path(search_dirs)]
+        if isinstance(search_dirs, (str, os.PathLike))
+        else [Path(d) for d in search_dirs]
+    )
     dirs = [d for d in dirs if d.is_dir()]
     if wanted.is_absolute() and wanted.is_file():
         return wanted

@@ -548,15 +548,15 @@ def read_masks_folder(path: PathLike, class_set: ClassSet | None = None) -> list
     elif class_set is not None and sidecar is not None and sidecar[0].names != class_set.names:
         log.warning(
             "%s: classes.json names classes %s but %s was requested; using the latter",
-            folder, ", ".join(sidecar[0].names), class_set.name,
+            folder,
+            ", ".join(sidecar[0].names),
+            class_set.name,
         )
     image_names = sidecar[1] if sidecar is not None else {}
     files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     instance_files = [f for f in files if f.name.lower().endswith(INSTANCES_SUFFIX)]
     if instance_files:
-        annotations = [
-            _read_instance_pair(f, files, class_set) for f in instance_files
-        ]
+        annotations = [_read_instance_pair(f, files, class_set) for f in instance_files]
     else:
         if class_set is None:
             raise InputError(
@@ -604,12 +604,11 @@ def _rgb(value: Any) -> tuple[int, int, int]:
 
 def _read_2d_integer(path: Path, what: str) -> np.ndarray:
     pixels = read_image(path)
-    if pixels.ndim != 2 or not (
-        np.issubdtype(pixels.dtype, np.integer) or pixels.dtype == bool
-    ):
+    if pixels.ndim != 2 or not (np.issubdtype(pixels.dtype, np.integer) or pixels.dtype == bool):
         raise InputError(
-            path, f"is not {what}: expected a 2-D integer image, got {pixels.dtype} "
-            f"of shape {pixels.shape}"
+            path,
+            f"is not {what}: expected a 2-D integer image, got {pixels.dtype} "
+            f"of shape {pixels.shape}",
         )
     return pixels
 
@@ -673,9 +672,7 @@ def majority_classes(labels: np.ndarray, class_image: np.ndarray) -> dict[int, i
     order = np.lexsort((key_class, -votes, key_instance))
     key_instance, key_class = key_instance[order], key_class[order]
     first = np.r_[True, key_instance[1:] != key_instance[:-1]]
-    return dict(
-        zip(key_instance[first].tolist(), key_class[first].tolist(), strict=True)
-    )
+    return dict(zip(key_instance[first].tolist(), key_class[first].tolist(), strict=True))
 
 
 def _read_class_mask_files(
@@ -726,8 +723,9 @@ def _read_class_masks(stem: str, found: dict[str, Path], class_set: ClassSet) ->
         labels[objects > 0] = objects[objects > 0] + offset
         classes.update({offset + i: class_id for i in range(1, n + 1)})
     if overlap:
-        log.warning("%s: %d pixels are in masks of two classes; the earlier class kept them",
-                    stem, overlap)
+        log.warning(
+            "%s: %d pixels are in masks of two classes; the earlier class kept them", stem, overlap
+        )
     assert labels is not None  # per_stem only holds stems with at least one file
     return Annotation(
         labels=labels,

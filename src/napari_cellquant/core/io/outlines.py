@@ -31,8 +31,15 @@ from ..annotation import ORIGINS, Annotation, Boxes
 from ..classes import ClassSet, get_class_set, infer_class_set
 from ..errors import InputError
 
-__all__ = ["Outline", "annotation_from_outlines", "instance_polygons", "mask_polygons",
-           "per_image_paths", "rings_to_mask", "trace_pixel_borders"]
+__all__ = [
+    "Outline",
+    "annotation_from_outlines",
+    "instance_polygons",
+    "mask_polygons",
+    "per_image_paths",
+    "rings_to_mask",
+    "trace_pixel_borders",
+]
 
 #: the name given to objects a file leaves unclassified, when other objects have a class
 UNCLASSIFIED = "unclassified"
@@ -89,8 +96,10 @@ def _signed_area(ring: np.ndarray) -> float:
 
 def _outer_ring(mask: np.ndarray) -> np.ndarray:
     """The outer border of a solid (hole-free) mask as ``(N, 2)`` xy, counter-clockwise."""
-    rings = [np.asarray(p, dtype=np.int64).reshape(-1, 2)
-             for p in trace_pixel_borders(mask, connectivity=4)]
+    rings = [
+        np.asarray(p, dtype=np.int64).reshape(-1, 2)
+        for p in trace_pixel_borders(mask, connectivity=4)
+    ]
     ring = max(rings, key=lambda r: abs(_signed_area(r)))
     return ring if _signed_area(ring) > 0 else ring[::-1]
 
@@ -167,13 +176,15 @@ class Outline:
         if self.box is not None:
             x, y, w, h = self.box
             return y + h, x + w
-        points = np.concatenate([np.asarray(r, dtype=np.float64).reshape(-1, 2)
-                                 for r in self.rings])
+        points = np.concatenate(
+            [np.asarray(r, dtype=np.float64).reshape(-1, 2) for r in self.rings]
+        )
         return float(points[:, 1].max()), float(points[:, 0].max())
 
 
-def per_image_paths(annotations: Sequence[Annotation], dst: Path, *, file_suffix: str,
-                    ending: str, what: str) -> list[Path]:
+def per_image_paths(
+    annotations: Sequence[Annotation], dst: Path, *, file_suffix: str, ending: str, what: str
+) -> list[Path]:
     """Where a one-image-per-file format writes: ``dst`` itself for one image when it ends in
     ``file_suffix``, else ``dst / <image stem><ending>`` per image (names must not repeat)."""
     if not annotations:
@@ -185,24 +196,31 @@ def per_image_paths(annotations: Sequence[Annotation], dst: Path, *, file_suffix
     stems = [Path(a.image_name or "image").stem for a in annotations]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
-        raise InputError(None, f"two images named {repeated[0]!r}: {what}s are named after "
-                         "their images")
+        raise InputError(
+            None, f"two images named {repeated[0]!r}: {what}s are named after their images"
+        )
     return [dst / f"{stem}{ending}" for stem in stems]
 
 
 def _check_coordinates(source: Path, k: int, outline: Outline) -> None:
     """Finite coordinates inside the image's top-left corner (within a pixel of rounding)."""
-    values = np.concatenate([np.asarray(r, dtype=np.float64).ravel() for r in outline.rings]
-                            + [np.asarray(outline.box or (), dtype=np.float64)])
+    values = np.concatenate(
+        [np.asarray(r, dtype=np.float64).ravel() for r in outline.rings]
+        + [np.asarray(outline.box or (), dtype=np.float64)]
+    )
     if not values.size or not np.isfinite(values).all():
         raise InputError(source, f"object {k + 1} has no finite coordinates")
     if values.min() < -1 or (outline.box is not None and min(outline.box[2:]) < 0):
-        raise InputError(source, f"object {k + 1} reaches {values.min():g}, outside the image "
-                         "(the origin is its top-left corner) or has a negative size")
+        raise InputError(
+            source,
+            f"object {k + 1} reaches {values.min():g}, outside the image "
+            "(the origin is its top-left corner) or has a negative size",
+        )
 
 
-def _class_set_for(source: Path, names: Sequence[str | None],
-                   class_set: ClassSet | str | None) -> tuple[ClassSet, list[int]]:
+def _class_set_for(
+    source: Path, names: Sequence[str | None], class_set: ClassSet | str | None
+) -> tuple[ClassSet, list[int]]:
     """The class set and each object's class id; unclassified objects are named
     :data:`UNCLASSIFIED` unless every object is, when they are ``cell``."""
     from .coco import map_names_to_class_set
@@ -217,18 +235,22 @@ def _class_set_for(source: Path, names: Sequence[str | None],
     return cs, map_names_to_class_set(source, named, cs, what="class")
 
 
-def _image_shape(source: Path, image_path: Path | None, outlines: Sequence[Outline]
-                 ) -> tuple[int, int]:
+def _image_shape(
+    source: Path, image_path: Path | None, outlines: Sequence[Outline]
+) -> tuple[int, int]:
     from .images import image_shape
 
     if image_path is not None:
         return image_shape(image_path)
     reach = np.array([o.reach() for o in outlines]) if outlines else np.ones((1, 2))
     shape = (int(math.ceil(reach[:, 0].max())), int(math.ceil(reach[:, 1].max())))
-    warnings.warn(f"{source}: no image found beside it, so the image is taken to be "
-                  f"{shape[1]}x{shape[0]} (width x height), just large enough for its "
-                  "objects; pass the images folder to use the real size", UserWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"{source}: no image found beside it, so the image is taken to be "
+        f"{shape[1]}x{shape[0]} (width x height), just large enough for its "
+        "objects; pass the images folder to use the real size",
+        UserWarning,
+        stacklevel=3,
+    )
     return shape
 
 
@@ -256,16 +278,24 @@ def annotation_from_outlines(
     for k, outline in enumerate(outlines):
         reach = outline.reach()
         if reach[0] > shape[0] + 1 or reach[1] > shape[1] + 1:
-            raise InputError(source, f"object {k + 1} reaches x {reach[1]:g}, y {reach[0]:g}, "
-                             f"beyond the {shape[1]}x{shape[0]} image {image_name}")
+            raise InputError(
+                source,
+                f"object {k + 1} reaches x {reach[1]:g}, y {reach[0]:g}, "
+                f"beyond the {shape[1]}x{shape[0]} image {image_name}",
+            )
     regions = [k for k, o in enumerate(outlines) if o.box is None]
     boxes = [k for k, o in enumerate(outlines) if o.box is not None]
     given = [outlines[k].object_id for k in regions]
     usable = all(isinstance(i, int) and 0 < i < 2**31 for i in given) and len(set(given)) == len(
-        given)
+        given
+    )
     ids = [int(i) for i in given] if usable else list(range(1, len(regions) + 1))  # type: ignore[arg-type]
-    order = sorted(range(len(regions)), key=lambda j: (
-        -math.inf if math.isnan(outlines[regions[j]].score) else outlines[regions[j]].score))
+    order = sorted(
+        range(len(regions)),
+        key=lambda j: (
+            -math.inf if math.isnan(outlines[regions[j]].score) else outlines[regions[j]].score
+        ),
+    )
     labels = np.zeros(shape, dtype=np.int32)
     for j in order:
         labels[rings_to_mask(outlines[regions[j]].rings, shape)] = ids[j]
@@ -273,20 +303,34 @@ def annotation_from_outlines(
     hidden = [ids[j] for j in range(len(regions)) if ids[j] not in present]
     meta: dict[str, object] = {"source": str(source)}
     if hidden:
-        warnings.warn(f"{source}: {len(hidden)} object(s) lie completely under others or cover "
-                      f"no pixel centre (ids {hidden[:10]}) and are lost", UserWarning,
-                      stacklevel=2)
+        warnings.warn(
+            f"{source}: {len(hidden)} object(s) lie completely under others or cover "
+            f"no pixel centre (ids {hidden[:10]}) and are lost",
+            UserWarning,
+            stacklevel=2,
+        )
         meta["hidden_objects"] = len(hidden)
     kept = [j for j in range(len(regions)) if ids[j] in present]
     return Annotation(
-        labels=labels, class_set=cs,
+        labels=labels,
+        class_set=cs,
         classes={ids[j]: class_ids[regions[j]] for j in kept},
-        scores={ids[j]: outlines[regions[j]].score for j in kept
-                if not math.isnan(outlines[regions[j]].score)},
-        origins={ids[j]: str(outlines[regions[j]].origin) for j in kept
-                 if outlines[regions[j]].origin in ORIGINS},
-        boxes=Boxes(np.array([outlines[k].box for k in boxes], dtype=np.float64).reshape(-1, 4),
-                    np.array([class_ids[k] for k in boxes], dtype=np.int32),
-                    np.array([outlines[k].score for k in boxes], dtype=np.float64)),
-        image_name=image_name, image_path=image_path, meta=meta,
+        scores={
+            ids[j]: outlines[regions[j]].score
+            for j in kept
+            if not math.isnan(outlines[regions[j]].score)
+        },
+        origins={
+            ids[j]: str(outlines[regions[j]].origin)
+            for j in kept
+            if outlines[regions[j]].origin in ORIGINS
+        },
+        boxes=Boxes(
+            np.array([outlines[k].box for k in boxes], dtype=np.float64).reshape(-1, 4),
+            np.array([class_ids[k] for k in boxes], dtype=np.int32),
+            np.array([outlines[k].score for k in boxes], dtype=np.float64),
+        ),
+        image_name=image_name,
+        image_path=image_path,
+        meta=meta,
     )

@@ -73,8 +73,9 @@ def _class_and_id(roi: Any) -> tuple[str | None, int | None]:
 
 def _ellipse(left: float, top: float, width: float, height: float) -> np.ndarray:
     angle = np.linspace(0, 2 * np.pi, _OVAL_VERTICES, endpoint=False)
-    return np.column_stack([left + width / 2 * (1 + np.cos(angle)),
-                            top + height / 2 * (1 + np.sin(angle))])
+    return np.column_stack(
+        [left + width / 2 * (1 + np.cos(angle)), top + height / 2 * (1 + np.sin(angle))]
+    )
 
 
 def _rect(roi: Any) -> tuple[float, float, float, float]:
@@ -89,8 +90,12 @@ def _outline(roi: Any) -> Outline | None:
     name, object_id = _class_and_id(roi)
     props = roi.properties
     score = props.get("score")
-    outline = Outline(class_name=name, object_id=object_id, origin=props.get("origin"),
-                      score=float(score) if isinstance(score, int | float) else math.nan)
+    outline = Outline(
+        class_name=name,
+        object_id=object_id,
+        origin=props.get("origin"),
+        score=float(score) if isinstance(score, int | float) else math.nan,
+    )
     if roi.composite:
         outline.rings = [np.asarray(c, dtype=np.float64) for c in roi.coordinates(multi=True)]
     elif roi.roitype == ROI_TYPE.RECT:
@@ -113,8 +118,9 @@ def _image_for(path: Path, images_dir: PathLike | None) -> tuple[str, Path | Non
     return (found.name, found) if found is not None else (f"{stem or path.stem}.png", None)
 
 
-def _read_file(path: Path, class_set: ClassSet | str | None,
-               images_dir: PathLike | None) -> Annotation:
+def _read_file(
+    path: Path, class_set: ClassSet | str | None, images_dir: PathLike | None
+) -> Annotation:
     import roifile
 
     try:
@@ -125,16 +131,25 @@ def _read_file(path: Path, class_set: ClassSet | str | None,
     outlines = [_outline(roi) for roi in rois]
     skipped = [roi.name for roi, o in zip(rois, outlines, strict=True) if o is None]
     if skipped:
-        warnings.warn(f"{path}: {len(skipped)} ROI(s) are lines or points, not areas, and were "
-                      f"skipped ({', '.join(skipped[:5])})", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{path}: {len(skipped)} ROI(s) are lines or points, not areas, and were "
+            f"skipped ({', '.join(skipped[:5])})",
+            UserWarning,
+            stacklevel=3,
+        )
     image_name, image_path = _image_for(path, images_dir)
-    return annotation_from_outlines(path, [o for o in outlines if o is not None],
-                                    image_name=image_name, image_path=image_path,
-                                    class_set=class_set)
+    return annotation_from_outlines(
+        path,
+        [o for o in outlines if o is not None],
+        image_name=image_name,
+        image_path=image_path,
+        class_set=class_set,
+    )
 
 
-def read_roiset(path: PathLike, *, class_set: ClassSet | str | None = None,
-                images_dir: PathLike | None = None) -> list[Annotation]:
+def read_roiset(
+    path: PathLike, *, class_set: ClassSet | str | None = None, images_dir: PathLike | None = None
+) -> list[Annotation]:
     """One Annotation per ROI set: ``path`` (a ``.zip`` or ``.roi``), or every ROI-set zip in
     a folder. The image is the one named like the file without ``_RoiSet``."""
     p = Path(path)
@@ -167,8 +182,14 @@ def _region_roi(rings: list[list[np.ndarray]], name: str) -> Any:
         path.append(4)
     points = np.concatenate([r for polygon in rings for r in polygon])
     lows, highs = points.min(axis=0), points.max(axis=0)
-    roi = ImagejRoi(roitype=ROI_TYPE.RECT, name=name, left=int(lows[0]), top=int(lows[1]),
-                    right=int(highs[0]), bottom=int(highs[1]))
+    roi = ImagejRoi(
+        roitype=ROI_TYPE.RECT,
+        name=name,
+        left=int(lows[0]),
+        top=int(lows[1]),
+        right=int(highs[0]),
+        bottom=int(highs[1]),
+    )
     roi.multi_coordinates = np.asarray(path, dtype=np.float32)
     roi.shape_roi_size = len(path)
     return roi
@@ -177,16 +198,23 @@ def _region_roi(rings: list[list[np.ndarray]], name: str) -> Any:
 def _box_roi(x: float, y: float, w: float, h: float, name: str) -> Any:
     from roifile import ROI_OPTIONS, ROI_TYPE, ImagejRoi
 
-    roi = ImagejRoi(roitype=ROI_TYPE.RECT, name=name, left=math.floor(x), top=math.floor(y),
-                    right=math.ceil(x + w), bottom=math.ceil(y + h))
+    roi = ImagejRoi(
+        roitype=ROI_TYPE.RECT,
+        name=name,
+        left=math.floor(x),
+        top=math.floor(y),
+        right=math.ceil(x + w),
+        bottom=math.ceil(y + h),
+    )
     if not all(float(v).is_integer() for v in (x, y, w, h)):
         roi.options |= ROI_OPTIONS.SUB_PIXEL_RESOLUTION
         roi.xd, roi.yd, roi.widthd, roi.heightd = x, y, w, h
     return roi
 
 
-def _described(roi: Any, annotation: Annotation, class_id: int, object_id: int,
-               origin: str, score: float) -> Any:
+def _described(
+    roi: Any, annotation: Annotation, class_id: int, object_id: int, origin: str, score: float
+) -> Any:
     cs = annotation.class_set
     roi.stroke_color = _argb(cs.color_of(class_id))
     props: dict[str, Any] = {"class": cs.name_of(class_id), "id": object_id, "origin": origin}
@@ -205,33 +233,49 @@ def roiset_rois(annotation: Annotation) -> list[Any]:
         if not class_id:
             raise InputError(annotation.image_name or None, f"instance {i} has no class")
         roi = _region_roi(polygons, f"{cs.name_of(class_id)}-{i}")
-        rois.append(_described(roi, annotation, class_id, i, annotation.origins.get(i, "file"),
-                               annotation.scores.get(i, math.nan)))
+        rois.append(
+            _described(
+                roi,
+                annotation,
+                class_id,
+                i,
+                annotation.origins.get(i, "file"),
+                annotation.scores.get(i, math.nan),
+            )
+        )
     first_box = int(annotation.labels.max(initial=0)) + 1
-    for j, ((x, y, w, h), class_id, score) in enumerate(zip(
-            annotation.boxes.xywh.tolist(), annotation.boxes.class_ids.tolist(),
-            annotation.boxes.scores.tolist(), strict=True)):
+    for j, ((x, y, w, h), class_id, score) in enumerate(
+        zip(
+            annotation.boxes.xywh.tolist(),
+            annotation.boxes.class_ids.tolist(),
+            annotation.boxes.scores.tolist(),
+            strict=True,
+        )
+    ):
         roi = _box_roi(x, y, w, h, name=f"{cs.name_of(class_id)}-{first_box + j}")
         rois.append(_described(roi, annotation, class_id, first_box + j, "file", score))
     return rois
 
 
-def write_roiset(annotations: Sequence[Annotation], dst: PathLike, *,
-                 overwrite: bool = False) -> list[Path]:
+def write_roiset(
+    annotations: Sequence[Annotation], dst: PathLike, *, overwrite: bool = False
+) -> list[Path]:
     """Write one ``<image stem>_RoiSet.zip`` per image into the folder ``dst`` (or, for one
     image, to ``dst`` itself when it ends in ``.zip``). Existing files are refused unless
     ``overwrite``; every file is written atomically."""
     import roifile
 
-    paths = per_image_paths(annotations, Path(dst), file_suffix=".zip", ending=SUFFIX,
-                            what="ROI set")
+    paths = per_image_paths(
+        annotations, Path(dst), file_suffix=".zip", ending=SUFFIX, what="ROI set"
+    )
     check_free(paths, overwrite)
     written = []
     for path, annotation in zip(paths, annotations, strict=True):
         rois = roiset_rois(annotation)
         if not rois:
-            raise InputError(annotation.image_name or None, "has no objects; an ImageJ ROI "
-                             "set cannot be empty")
+            raise InputError(
+                annotation.image_name or None, "has no objects; an ImageJ ROI set cannot be empty"
+            )
         with atomic_path(path, overwrite=overwrite) as tmp:
             roifile.roiwrite(tmp, rois, mode="w")  # the temporary name keeps ".zip"
         written.append(path)

@@ -120,8 +120,9 @@ class _VocFile:
             )
             if xmax < xmin or ymax < ymin:
                 raise InputError(
-                    path, f"{what} ({name}): xmax/ymax ({xmax:g}, {ymax:g}) below xmin/ymin "
-                    f"({xmin:g}, {ymin:g})"
+                    path,
+                    f"{what} ({name}): xmax/ymax ({xmax:g}, {ymax:g}) below xmin/ymin "
+                    f"({xmin:g}, {ymin:g})",
                 )
             xywh = (xmin, ymin, xmax - xmin, ymax - ymin)
             check_box_inside(path, xywh, self.declared, f"{what} ({name})")
@@ -164,7 +165,11 @@ def _to_annotation(
         else (0.0, 0.0)
     )
     decision = resolve_image_size(
-        parsed.path, parsed.filename, image_path, parsed.declared, extent,
+        parsed.path,
+        parsed.filename,
+        image_path,
+        parsed.declared,
+        extent,
         size_mismatch=size_mismatch,
     )
     class_ids = map_names_to_class_set(parsed.path, parsed.names, class_set, what="class")
@@ -282,8 +287,14 @@ def voc_element(annotation: Annotation) -> ET.Element:
     _sub(size, "depth", str(ann.meta.get("depth", 3)))
     _sub(root, "segmented", "0")
 
-    def add(name: str, xywh: Sequence[float], score: float, difficult: bool, truncated: bool,
-            instance_id: int | None = None) -> None:
+    def add(
+        name: str,
+        xywh: Sequence[float],
+        score: float,
+        difficult: bool,
+        truncated: bool,
+        instance_id: int | None = None,
+    ) -> None:
         obj = _sub(root, "object")
         _sub(obj, "name", name)
         _sub(obj, "pose", "Unspecified")
@@ -377,4 +388,3 @@ def write_voc(
         with atomic_path(target, overwrite=overwrite) as tmp:
             ET.ElementTree(element).write(tmp, encoding="utf-8", xml_declaration=False)
     return targets
-

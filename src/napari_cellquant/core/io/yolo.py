@@ -67,7 +67,8 @@ def looks_like_yolo(path: PathLike) -> bool:
                 labels = p if p.name == "labels" else p / "labels"
                 return any(f.name != "classes.txt" for f in labels.rglob("*.txt"))
             return _labels_root(p) is not None and any(
-                f.name != "classes.txt" for f in p.glob("*.txt"))
+                f.name != "classes.txt" for f in p.glob("*.txt")
+            )
     except (InputError, OSError):
         return False
     return False
@@ -116,8 +117,11 @@ def _class_names(root: Path, data_file: Path | None) -> tuple[list[str], Path]:
             if not names:
                 raise InputError(classes, "names no classes")
             return names, classes
-    raise InputError(root, "YOLO labels need their class names: no data.yaml or classes.txt "
-                     "beside or above the labels folder")
+    raise InputError(
+        root,
+        "YOLO labels need their class names: no data.yaml or classes.txt "
+        "beside or above the labels folder",
+    )
 
 
 def _txt_files(folder: Path) -> list[Path]:
@@ -165,10 +169,15 @@ def _parse(label_file: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np
             continue
         where = f"line {number}"
         if len(fields) not in (5, 6):
-            hint = (" (a polygon: YOLO segmentation labels are not read; export boxes)"
-                    if len(fields) > 6 else "")
-            raise InputError(label_file, f"{where}: expected 'class cx cy w h [conf]', got "
-                             f"{len(fields)} values{hint}")
+            hint = (
+                " (a polygon: YOLO segmentation labels are not read; export boxes)"
+                if len(fields) > 6
+                else ""
+            )
+            raise InputError(
+                label_file,
+                f"{where}: expected 'class cx cy w h [conf]', got {len(fields)} values{hint}",
+            )
         try:
             values = [float(v) for v in fields[1:]]
             index = int(fields[0])
@@ -179,15 +188,20 @@ def _parse(label_file: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np
         cx, cy, w, h = values[:4]
         if not all(math.isfinite(v) for v in values) or w < 0 or h < 0:
             raise InputError(label_file, f"{where}: box values must be finite, sizes >= 0")
-        if (min(cx - w / 2, cy - h / 2) < -TOLERANCE
-                or max(cx + w / 2, cy + h / 2) > 1 + TOLERANCE):
-            raise InputError(label_file, f"{where}: box {cx:g} {cy:g} {w:g} {h:g} lies outside "
-                             "the image (YOLO coordinates are normalised to 0..1)")
+        if min(cx - w / 2, cy - h / 2) < -TOLERANCE or max(cx + w / 2, cy + h / 2) > 1 + TOLERANCE:
+            raise InputError(
+                label_file,
+                f"{where}: box {cx:g} {cy:g} {w:g} {h:g} lies outside "
+                "the image (YOLO coordinates are normalised to 0..1)",
+            )
         classes.append(index)
         boxes.append(values[:4])
         scores.append(values[4] if len(values) == 5 else math.nan)
-    return (np.array(classes, dtype=np.int64), np.array(boxes, dtype=np.float64).reshape(-1, 4),
-            np.array(scores, dtype=np.float64))
+    return (
+        np.array(classes, dtype=np.int64),
+        np.array(boxes, dtype=np.float64).reshape(-1, 4),
+        np.array(scores, dtype=np.float64),
+    )
 
 
 def read_yolo(
@@ -232,18 +246,31 @@ def read_yolo(
     for label_file in _label_files(p, root, data_file):
         image = _image_for(label_file, root, extra)
         if image is None:
-            raise InputError(label_file, "no image beside it (looked in images/ next to "
-                             "labels/ under the same name); pass the images folder")
+            raise InputError(
+                label_file,
+                "no image beside it (looked in images/ next to "
+                "labels/ under the same name); pass the images folder",
+            )
         rows, cols = image_shape(image)
         index, cxcywh, scores = _parse(label_file, len(names))
-        xywh = np.column_stack([(cxcywh[:, 0] - cxcywh[:, 2] / 2) * cols,
-                                (cxcywh[:, 1] - cxcywh[:, 3] / 2) * rows,
-                                cxcywh[:, 2] * cols, cxcywh[:, 3] * rows])
-        annotations.append(Annotation(
-            labels=np.zeros((rows, cols), dtype=np.int32), class_set=cs,
-            boxes=Boxes(xywh, ids[index], scores), image_name=image.name, image_path=image,
-            meta={"source": str(label_file)},
-        ))
+        xywh = np.column_stack(
+            [
+                (cxcywh[:, 0] - cxcywh[:, 2] / 2) * cols,
+                (cxcywh[:, 1] - cxcywh[:, 3] / 2) * rows,
+                cxcywh[:, 2] * cols,
+                cxcywh[:, 3] * rows,
+            ]
+        )
+        annotations.append(
+            Annotation(
+                labels=np.zeros((rows, cols), dtype=np.int32),
+                class_set=cs,
+                boxes=Boxes(xywh, ids[index], scores),
+                image_name=image.name,
+                image_path=image,
+                meta={"source": str(label_file)},
+            )
+        )
     return annotations
 
 
@@ -256,11 +283,12 @@ def _all_boxes(annotation: Annotation) -> Boxes:
 
     parts = [annotation.boxes]
     if annotation.labels.any():
-        parts.insert(0, boxes_from_labels(annotation.labels, annotation.classes,
-                                          annotation.scores))
-    return Boxes(np.concatenate([b.xywh for b in parts]),
-                 np.concatenate([b.class_ids for b in parts]),
-                 np.concatenate([b.scores for b in parts]))
+        parts.insert(0, boxes_from_labels(annotation.labels, annotation.classes, annotation.scores))
+    return Boxes(
+        np.concatenate([b.xywh for b in parts]),
+        np.concatenate([b.class_ids for b in parts]),
+        np.concatenate([b.scores for b in parts]),
+    )
 
 
 def label_text(annotation: Annotation) -> str:
@@ -271,8 +299,9 @@ def label_text(annotation: Annotation) -> str:
     x, y, w, h = boxes.xywh.T
     cx, cy = (x + w / 2) / cols, (y + h / 2) / rows
     lines = []
-    for k, values in zip(boxes.class_ids - 1, np.column_stack([cx, cy, w / cols, h / rows,
-                                                               boxes.scores])):
+    for k, values in zip(
+        boxes.class_ids - 1, np.column_stack([cx, cy, w / cols, h / rows, boxes.scores])
+    ):
         text = " ".join(f"{v:.10g}" for v in values[:4])
         if math.isfinite(values[4]):
             text += f" {values[4]:.6g}"
@@ -281,7 +310,10 @@ def label_text(annotation: Annotation) -> str:
 
 
 def write_yolo(
-    annotations: Sequence[Annotation], dst: PathLike, *, overwrite: bool = False,
+    annotations: Sequence[Annotation],
+    dst: PathLike,
+    *,
+    overwrite: bool = False,
     copy_images: bool = True,
 ) -> list[Path]:
     """Write a YOLO data set into the folder ``dst``: ``labels/<stem>.txt`` per image,
@@ -300,12 +332,16 @@ def write_yolo(
     stems: dict[str, str] = {}
     for annotation in annotations:
         if annotation.class_set.names != class_set.names:
-            raise InputError(annotation.image_name, "all images must share one class set to "
-                             "be written as one YOLO data set")
+            raise InputError(
+                annotation.image_name,
+                "all images must share one class set to be written as one YOLO data set",
+            )
         stem = Path(annotation.image_name or "image").stem
         if stem in stems:
-            raise InputError(annotation.image_name, f"two images named {stem!r}: YOLO label "
-                             "files are named after their images")
+            raise InputError(
+                annotation.image_name,
+                f"two images named {stem!r}: YOLO label files are named after their images",
+            )
         stems[stem] = annotation.image_name or stem
     targets = [folder / "labels" / f"{stem}.txt" for stem in stems]
     targets += [folder / "data.yaml", folder / "classes.txt"]
@@ -313,8 +349,11 @@ def write_yolo(
     written = []
     for annotation in annotations:
         stem = Path(annotation.image_name or "image").stem
-        written.append(write_text_atomic(folder / "labels" / f"{stem}.txt",
-                                         label_text(annotation), overwrite=overwrite))
+        written.append(
+            write_text_atomic(
+                folder / "labels" / f"{stem}.txt", label_text(annotation), overwrite=overwrite
+            )
+        )
         source = annotation.image_path
         if copy_images and source is not None and Path(source).is_file():
             target = folder / "images" / Path(source).name
@@ -322,11 +361,21 @@ def write_yolo(
                 with atomic_path(target, overwrite=overwrite) as tmp:
                     shutil.copyfile(source, tmp)
                 written.append(target)
-    data = {"path": ".", "train": "images", "val": "images", "nc": len(class_set),
-            "names": list(class_set.names)}
-    written.append(write_text_atomic(folder / "data.yaml",
-                                     yaml.safe_dump(data, sort_keys=False), overwrite=overwrite))
-    written.append(write_text_atomic(folder / "classes.txt",
-                                     "".join(n + "\n" for n in class_set.names),
-                                     overwrite=overwrite))
+    data = {
+        "path": ".",
+        "train": "images",
+        "val": "images",
+        "nc": len(class_set),
+        "names": list(class_set.names),
+    }
+    written.append(
+        write_text_atomic(
+            folder / "data.yaml", yaml.safe_dump(data, sort_keys=False), overwrite=overwrite
+        )
+    )
+    written.append(
+        write_text_atomic(
+            folder / "classes.txt", "".join(n + "\n" for n in class_set.names), overwrite=overwrite
+        )
+    )
     return written

@@ -74,7 +74,9 @@ class ModelCard:
     class_set: str
     description: str = ""
     input_channels: int = 3
-    normalization: dict[str, Any] = field(default_factory=lambda: {"mode": "percentile", "low": 1.0, "high": 99.8})
+    normalization: dict[str, Any] = field(
+        default_factory=lambda: {"mode": "percentile", "low": 1.0, "high": 99.8}
+    )
     pixel_size_um: float | None = None
     diameter_px: dict[str, float] = field(default_factory=dict)
     tile: int = 256

@@ -54,11 +54,20 @@ WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 
 # (expand ratio, kernel, stride, output channels, repeats) per stage: EfficientNet-B0's
 # table, which Lite0 keeps (width and depth multipliers 1.0)
-_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-           (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 #: block indices whose outputs are the stride 2, 4, 8, 16 and 32 features
 _TAPS = (0, 2, 4, 10, 15)
 _TAP_CHANNELS = (16, 24, 40, 112, 320)
+
+
 def _bn(channels: int) -> nn.BatchNorm2d:
     """BatchNorm with TensorFlow's settings, as the weights were trained (kept for fine-tuning)."""
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
@@ -91,8 +100,7 @@ class MBConv(nn.Module):
         if self.expand:
             self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
             self._bn0 = _bn(mid)
-        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid,
-                                          bias=False)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
         self._bn1 = _bn(mid)
         self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
@@ -161,8 +169,9 @@ def pretrained_weights_path() -> Path:
     return path
 
 
-def pretrained_encoder_state(path: str | os.PathLike[str] | None = None,
-                             *, head: bool = True) -> dict[str, torch.Tensor]:
+def pretrained_encoder_state(
+    path: str | os.PathLike[str] | None = None, *, head: bool = True
+) -> dict[str, torch.Tensor]:
     """The packaged ImageNet state dict (without the classifier's keys when ``head=False``)."""
     state = torch.load(path or pretrained_weights_path(), map_location="cpu", weights_only=True)
     if not head:
@@ -197,12 +206,16 @@ class EfficientUNet(nn.Module):
             self.decoder.append(_decoder_block(cin + skip, width))
             cin = width
         if len(self.decoder) != 5 - top_level:
-            raise InputError(None, f"network architecture: decoder needs {5 - top_level} "
-                             f"widths to reach stride {2 ** top_level}, got {a['decoder']}")
+            raise InputError(
+                None,
+                f"network architecture: decoder needs {5 - top_level} "
+                f"widths to reach stride {2**top_level}, got {a['decoder']}",
+            )
         widths = {4 - i: w for i, w in enumerate(a["decoder"])}
         widths[5] = _TAP_CHANNELS[-1]
         self.heads, self.head_channels, self.output_strides = make_heads(
-            a, widths.get(0, 1), widths[det_level])
+            a, widths.get(0, 1), widths[det_level]
+        )
 
     @property
     def output_activations(self) -> dict[str, str]:
@@ -274,22 +287,37 @@ def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
 
     unknown = set(arch) - _ARCH_KEYS
     if unknown:
-        raise InputError(None, f"network architecture: unknown key(s) {sorted(unknown)}; "
-                         f"known: {sorted(_ARCH_KEYS)}")
+        raise InputError(
+            None,
+            f"network architecture: unknown key(s) {sorted(unknown)}; known: {sorted(_ARCH_KEYS)}",
+        )
     a = dict(arch)
     if a.get("in_channels", 3) not in (1, 3):
-        raise InputError(None, "network architecture: the EfficientNet encoder takes 3 "
-                         f"channels (or 1, repeated), got in_channels={a['in_channels']}")
+        raise InputError(
+            None,
+            "network architecture: the EfficientNet encoder takes 3 "
+            f"channels (or 1, repeated), got in_channels={a['in_channels']}",
+        )
     a["in_channels"] = a.get("in_channels", 3)
     decoder = a.get("decoder", [96, 64, 48, 32, 24])
-    if (not isinstance(decoder, (list, tuple)) or not decoder
-            or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in decoder)):
-        raise InputError(None, f"network architecture: decoder must be a list of positive "
-                         f"integers, got {decoder!r}")
+    if (
+        not isinstance(decoder, (list, tuple))
+        or not decoder
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in decoder)
+    ):
+        raise InputError(
+            None,
+            f"network architecture: decoder must be a list of positive integers, got {decoder!r}",
+        )
     a["decoder"] = list(decoder)
     a.update(_normalise_heads(a, depth=5))
     return a
 
 
-__all__ = ["DENSE_HEADS", "EfficientNetLite0", "EfficientUNet",
-           "pretrained_encoder_state", "pretrained_weights_path"]
+__all__ = [
+    "DENSE_HEADS",
+    "EfficientNetLite0",
+    "EfficientUNet",
+    "pretrained_encoder_state",
+    "pretrained_weights_path",
+]

@@ -240,8 +240,9 @@ class DetectionHead(nn.Module):
         return self.out(self.act(self.hidden(x)))
 
 
-def make_heads(arch: Mapping[str, Any], dense_features: int, detector_features: int
-               ) -> tuple[nn.ModuleDict, dict[str, int], dict[str, int]]:
+def make_heads(
+    arch: Mapping[str, Any], dense_features: int, detector_features: int
+) -> tuple[nn.ModuleDict, dict[str, int], dict[str, int]]:
     """The heads a normalised ``arch`` asks for, on features of the given widths, with their
     output channels and strides (shared by every network family)."""
     heads = nn.ModuleDict()
@@ -254,8 +255,9 @@ def make_heads(arch: Mapping[str, Any], dense_features: int, detector_features: 
     det = arch["detector"]
     if det:
         hw = det["head_width"]
-        heads["heatmap"] = DetectionHead(detector_features, hw, det["n_classes"],
-                                         _HEATMAP_PRIOR_BIAS)
+        heads["heatmap"] = DetectionHead(
+            detector_features, hw, det["n_classes"], _HEATMAP_PRIOR_BIAS
+        )
         heads["size"] = DetectionHead(detector_features, hw, 2)
         heads["offset"] = DetectionHead(detector_features, hw, 2)
         for name, c in (("heatmap", det["n_classes"]), ("size", 2), ("offset", 2)):
@@ -270,8 +272,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-def apply_heads(heads: nn.ModuleDict, strides: Mapping[str, int], dense: torch.Tensor,
-                detection: torch.Tensor | None, shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+def apply_heads(
+    heads: nn.ModuleDict,
+    strides: Mapping[str, int],
+    dense: torch.Tensor,
+    detection: torch.Tensor | None,
+    shape: tuple[int, int],
+) -> dict[str, torch.Tensor]:
     """Every head on its features, cropped to the input's ``shape`` (rows, columns) at its
     stride (inputs are padded to the network's size multiple)."""
     h, w = shape
@@ -285,8 +292,13 @@ def apply_heads(heads: nn.ModuleDict, strides: Mapping[str, int], dense: torch.T
 
 def head_activations(arch: Mapping[str, Any], head_channels: Mapping[str, int]) -> dict[str, str]:
     """Head name -> activation that turns its raw output into a map (used by inference)."""
-    acts = {"classes": "softmax", "distance": "identity", "boundary": "sigmoid",
-            "heatmap": "sigmoid", "offset": "identity"}
+    acts = {
+        "classes": "softmax",
+        "distance": "identity",
+        "boundary": "sigmoid",
+        "heatmap": "sigmoid",
+        "offset": "identity",
+    }
     det = arch["detector"]
     if det is not None:
         acts["size"] = "exp" if det["size_encoding"] == "log" else "identity"

@@ -52,10 +52,18 @@ def cache_dir() -> Path:
 #   parameters; that data set is not in ../shared/data, so this one is not re-measured.
 #: the blood U-Net's training statistics (SEEDS.md), on the 0-255 scale
 #: ImageNet statistics on the 0-255 scale (the pretrained EfficientNet encoder's input)
-IMAGENET_MEAN_STD = {"mode": "meanstd", "mean": [123.675, 116.28, 103.53],
-                     "std": [58.395, 57.12, 57.375], "range": 255}
-BLOOD_MEAN_STD = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6, 53.7, 40.4],
-                  "range": 255}
+IMAGENET_MEAN_STD = {
+    "mode": "meanstd",
+    "mean": [123.675, 116.28, 103.53],
+    "std": [58.395, 57.12, 57.375],
+    "range": 255,
+}
+BLOOD_MEAN_STD = {
+    "mode": "meanstd",
+    "mean": [233.9, 224.0, 233.2],
+    "std": [40.6, 53.7, 40.4],
+    "range": 255,
+}
 
 
 #: the blood detector's scale: training images are resized so that their median RBC box is
@@ -63,26 +71,49 @@ BLOOD_MEAN_STD = {"mode": "meanstd", "mean": [233.9, 224.0, 233.2], "std": [40.6
 BLOOD_DETECTOR_RBC_PX = 40.0
 
 
-def _classical_card(name: str, class_set: str, description: str, channels: int,
-                    diameter: dict[str, float]) -> ModelCard:
+def _classical_card(
+    name: str, class_set: str, description: str, channels: int, diameter: dict[str, float]
+) -> ModelCard:
     from ..classical import DEFAULT_PARAMS
 
     return ModelCard(
-        name=name, kind="classical", task="instances", class_set=class_set,
-        description=description, input_channels=channels, diameter_px=diameter,
-        pipeline=name, params=dict(DEFAULT_PARAMS[name]),
+        name=name,
+        kind="classical",
+        task="instances",
+        class_set=class_set,
+        description=description,
+        input_channels=channels,
+        diameter_px=diameter,
+        pipeline=name,
+        params=dict(DEFAULT_PARAMS[name]),
     )
 
 
-def _learned_card(name: str, task: str, class_set: str, description: str, channels: int,
-                  normalization: dict, diameter: dict[str, float], tile: int,
-                  postprocess: dict) -> ModelCard:
+def _learned_card(
+    name: str,
+    task: str,
+    class_set: str,
+    description: str,
+    channels: int,
+    normalization: dict,
+    diameter: dict[str, float],
+    tile: int,
+    postprocess: dict,
+) -> ModelCard:
     from .networks import DEFAULT_ARCHS
 
     return ModelCard(
-        name=name, kind="learned", task=task, class_set=class_set, description=description,
-        input_channels=channels, normalization=normalization, diameter_px=diameter, tile=tile,
-        architecture=dict(DEFAULT_ARCHS[name]), postprocess=postprocess,
+        name=name,
+        kind="learned",
+        task=task,
+        class_set=class_set,
+        description=description,
+        input_channels=channels,
+        normalization=normalization,
+        diameter_px=diameter,
+        tile=tile,
+        architecture=dict(DEFAULT_ARCHS[name]),
+        postprocess=postprocess,
     )
 
 
@@ -90,43 +121,81 @@ def builtin_cards() -> dict[str, ModelCard]:
     """The built-in models; a bundled card (trained weights shipped in the package) wins."""
     cards = {
         "blood-classical": _classical_card(
-            "blood-classical", "blood3",
+            "blood-classical",
+            "blood3",
             "RBC / WBC / platelets in Giemsa or Leishman smears from stain colour (no weights)",
-            3, {"rbc": 90.0, "objects": 83.0}),
+            3,
+            {"rbc": 90.0, "objects": 83.0},
+        ),
         "blood-detector": _learned_card(
-            "blood-detector", "instances", "blood3",
+            "blood-detector",
+            "instances",
+            "blood3",
             "Pretrained detector: RBC / WBC / platelets in smear photographs, boxes and masks",
-            3, IMAGENET_MEAN_STD, {"rbc": BLOOD_DETECTOR_RBC_PX}, 512,
-            {"threshold": 0.3, "max_detections": 200000}),
-        "blood-unet": _learned_card(
-            "blood-unet", "instances", "blood10",
-            "U-Net: 5-part WBC differential, platelets, clumps, infected and healthy RBCs",
-            3, BLOOD_MEAN_STD, {"rbc": 38.0, "objects": 37.0}, 256,
-            {"foreground_threshold": 0.5, "min_size": 30, "max_hole": 100, "min_distance": 8}),
-        "fluo-classical": _classical_card(
-            "fluo-classical", "cell",
-            "bright cells on a dark background: adaptive threshold + distance watershed",
-            1, {"cell": 40.0}),
-        "fluo-resunet": _learned_card(
-            "fluo-resunet", "instances", "cell",
-            "c-ResUnet: fluorescent cells (1x1 colour stem, residual U-Net)",
-            3, {"mode": "percentile", "low": 1.0, "high": 99.8}, {"cell": 40.0}, 512,
-            {"foreground_threshold": 0.5, "min_size": 50, "max_hole": 150, "min_distance": 8}),
-        "net-classical": _classical_card(
-            "net-classical", "net4",
-            "NETs, dead, unstimulated, decondensed neutrophils from the DNA channel",
-            3, {"nucleus": 28.0, "objects": 33.5}),
-        "net-area": _learned_card(
-            "net-area", "instances", "net-area",
-            "NET-covered area in the DNA stain: NET regions, their area and share of the field",
-            1, {"mode": "percentile", "low": 1.0, "high": 99.8}, {}, 512,
-            {"foreground_threshold": 0.5, "min_size": 20, "max_hole": 50, "split": False}),
-        "net-detector": _learned_card(
-            "net-detector", "boxes", "net4",
-            "CenterNet-style box detector for NETs and neutrophil states",
-            3, {"mode": "percentile", "low": 1.0, "high": 99.8}, {"nucleus": 28.0, "objects": 33.5},
+            3,
+            IMAGENET_MEAN_STD,
+            {"rbc": BLOOD_DETECTOR_RBC_PX},
             512,
-            {"threshold": 0.3, "max_detections": 300}),
+            {"threshold": 0.3, "max_detections": 200000},
+        ),
+        "blood-unet": _learned_card(
+            "blood-unet",
+            "instances",
+            "blood10",
+            "U-Net: 5-part WBC differential, platelets, clumps, infected and healthy RBCs",
+            3,
+            BLOOD_MEAN_STD,
+            {"rbc": 38.0, "objects": 37.0},
+            256,
+            {"foreground_threshold": 0.5, "min_size": 30, "max_hole": 100, "min_distance": 8},
+        ),
+        "fluo-classical": _classical_card(
+            "fluo-classical",
+            "cell",
+            "bright cells on a dark background: adaptive threshold + distance watershed",
+            1,
+            {"cell": 40.0},
+        ),
+        "fluo-resunet": _learned_card(
+            "fluo-resunet",
+            "instances",
+            "cell",
+            "c-ResUnet: fluorescent cells (1x1 colour stem, residual U-Net)",
+            3,
+            {"mode": "percentile", "low": 1.0, "high": 99.8},
+            {"cell": 40.0},
+            512,
+            {"foreground_threshold": 0.5, "min_size": 50, "max_hole": 150, "min_distance": 8},
+        ),
+        "net-classical": _classical_card(
+            "net-classical",
+            "net4",
+            "NETs, dead, unstimulated, decondensed neutrophils from the DNA channel",
+            3,
+            {"nucleus": 28.0, "objects": 33.5},
+        ),
+        "net-area": _learned_card(
+            "net-area",
+            "instances",
+            "net-area",
+            "NET-covered area in the DNA stain: NET regions, their area and share of the field",
+            1,
+            {"mode": "percentile", "low": 1.0, "high": 99.8},
+            {},
+            512,
+            {"foreground_threshold": 0.5, "min_size": 20, "max_hole": 50, "split": False},
+        ),
+        "net-detector": _learned_card(
+            "net-detector",
+            "boxes",
+            "net4",
+            "CenterNet-style box detector for NETs and neutrophil states",
+            3,
+            {"mode": "percentile", "low": 1.0, "high": 99.8},
+            {"nucleus": 28.0, "objects": 33.5},
+            512,
+            {"threshold": 0.3, "max_detections": 300},
+        ),
     }
     if BUNDLED_DIR.is_dir():
         for path in sorted(BUNDLED_DIR.glob("*.json")):
@@ -150,12 +219,14 @@ def get_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
         if not card_path.is_file():
             raise InputError(path, f"weights file has no model card beside it ({card_path.name})")
         card = ModelCard.load(card_path)
-        card.weights = WeightsSource(file=path.name, sha256=card.weights.sha256
-                                     if card.weights.file == path.name else None)
+        card.weights = WeightsSource(
+            file=path.name, sha256=card.weights.sha256 if card.weights.file == path.name else None
+        )
         return card
     raise InputError(
-        None, f"unknown model {text!r}: not a built-in model ({', '.join(cards)}) "
-        "and no such card or weights file"
+        None,
+        f"unknown model {text!r}: not a built-in model ({', '.join(cards)}) "
+        "and no such card or weights file",
     )
 
 
@@ -226,8 +297,11 @@ def _download(card: ModelCard) -> Path:
     target = _cached_path(card)
     try:
         fetched = pooch.retrieve(
-            source.url, known_hash=f"sha256:{source.sha256}", fname=target.name,
-            path=target.parent, progressbar=False,
+            source.url,
+            known_hash=f"sha256:{source.sha256}",
+            fname=target.name,
+            path=target.parent,
+            progressbar=False,
         )
     except ValueError as exc:  # pooch's hash mismatch; it deletes the download itself
         target.unlink(missing_ok=True)

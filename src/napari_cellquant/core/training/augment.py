@@ -57,12 +57,13 @@ def _window(array: np.ndarray, top: int, left: int, size: int, fill: float) -> n
     y0, x0 = max(top, 0), max(left, 0)
     y1, x1 = min(top + size, h), min(left + size, w)
     if y1 > y0 and x1 > x0:
-        out[y0 - top:y1 - top, x0 - left:x1 - left] = array[y0:y1, x0:x1]
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = array[y0:y1, x0:x1]
     return out
 
 
-def _origin(sample: TrainingSample, size: int, rng: np.random.Generator,
-            object_bias: float) -> tuple[int, int]:
+def _origin(
+    sample: TrainingSample, size: int, rng: np.random.Generator, object_bias: float
+) -> tuple[int, int]:
     """Top-left corner of a ``size`` crop: near a random object, or anywhere."""
     h, w = sample.shape
     lo_y, hi_y = min(0, h - size), max(0, h - size)
@@ -78,8 +79,9 @@ def _origin(sample: TrainingSample, size: int, rng: np.random.Generator,
     return int(np.clip(top, lo_y, hi_y)), int(np.clip(left, lo_x, hi_x))
 
 
-def dihedral_boxes(xywh: np.ndarray, size: int, turn: bool, flip_x: bool,
-                   flip_y: bool) -> np.ndarray:
+def dihedral_boxes(
+    xywh: np.ndarray, size: int, turn: bool, flip_x: bool, flip_y: bool
+) -> np.ndarray:
     """Boxes of a square ``size`` crop after ``torch.rot90(k=1)`` (if ``turn``), then flips."""
     x, y, w, h = (xywh[:, i].copy() for i in range(4))
     if turn:  # rot90 over (rows, cols): pixel (row r, col c) -> (row size-1-c, col r)
@@ -155,8 +157,14 @@ def make_batch(
         valid.append(_window(inside, top, left, src, 0.0))
         if dense:
             classes.append(_window(sample.classes, top, left, src, IGNORE))
-            extra.append(np.stack([_window(sample.distance, top, left, src, 0.0),
-                                   _window(sample.boundary, top, left, src, 0.0)]))
+            extra.append(
+                np.stack(
+                    [
+                        _window(sample.distance, top, left, src, 0.0),
+                        _window(sample.boundary, top, left, src, 0.0),
+                    ]
+                )
+            )
         xywh = sample.boxes.xywh - np.array([left, top, 0, 0])
         boxes.append(Boxes(xywh, sample.boxes.class_ids))
 
@@ -166,8 +174,9 @@ def make_batch(
         cls = torch.from_numpy(np.stack(classes))[:, None].float()
         more = torch.from_numpy(np.stack(extra))
     if src != crop:
-        image = F.interpolate(image, size=(crop, crop), mode="bilinear", align_corners=False,
-                              antialias=src > crop)
+        image = F.interpolate(
+            image, size=(crop, crop), mode="bilinear", align_corners=False, antialias=src > crop
+        )
         masks = F.interpolate(masks, size=(crop, crop), mode="nearest")
         if dense:
             cls = F.interpolate(cls, size=(crop, crop), mode="nearest")
@@ -182,8 +191,9 @@ def make_batch(
         if dense:
             cls = torch.stack([_dihedral(cls[i], *flips[i]) for i in range(batch_size)])
             more = torch.stack([_dihedral(more[i], *flips[i]) for i in range(batch_size)])
-        boxes = [Boxes(dihedral_boxes(b.xywh, crop, *flips[i]), b.class_ids)
-                 for i, b in enumerate(boxes)]
+        boxes = [
+            Boxes(dihedral_boxes(b.xywh, crop, *flips[i]), b.class_ids) for i, b in enumerate(boxes)
+        ]
         image = _photometric(image, settings.modality, generator) * masks
 
     batch = {"image": image.contiguous(), "valid": masks > 0.5}
@@ -194,8 +204,9 @@ def make_batch(
     if detector:
         stride = int(detector["stride"])
         grid = (math.ceil(crop / stride), math.ceil(crop / stride))
-        targets = [heatmap_targets(b, grid, int(detector["n_classes"]), stride=stride)
-                   for b in boxes]
+        targets = [
+            heatmap_targets(b, grid, int(detector["n_classes"]), stride=stride) for b in boxes
+        ]
         batch["heatmap"] = torch.from_numpy(np.stack([t[0] for t in targets]))
         batch["size"] = torch.from_numpy(np.stack([t[1] for t in targets]))
         batch["offset"] = torch.from_numpy(np.stack([t[2] for t in targets]))

@@ -113,8 +113,10 @@ def load_training_pairs(
             path = find_image(annotation.image_name, search)
         if path is None:
             where = ", ".join(str(d) for d in search)
-            raise InputError(annotations, f"image {annotation.image_name!r} not found in {where} "
-                             "(pass --images DIR)")
+            raise InputError(
+                annotations,
+                f"image {annotation.image_name!r} not found in {where} (pass --images DIR)",
+            )
         image = read_image(path)
         check_shape_matches(annotation, image.shape, annotation.meta.get("source", annotations))
         annotation.image_path = Path(path)
@@ -123,8 +125,13 @@ def load_training_pairs(
 
 
 # --- class mapping ----------------------------------------------------------------------------
-def class_lookup(source: ClassSet, target: ClassSet, *, where: str | None = None,
-                 used: Sequence[int] | None = None) -> np.ndarray:
+def class_lookup(
+    source: ClassSet,
+    target: ClassSet,
+    *,
+    where: str | None = None,
+    used: Sequence[int] | None = None,
+) -> np.ndarray:
     """``lookup[source_id] = target_id`` mapping classes by name (blood10 -> blood3 too).
 
     Index 0 (background / no class) maps to 0. Classes of ``source`` that have no counterpart
@@ -132,8 +139,11 @@ def class_lookup(source: ClassSet, target: ClassSet, *, where: str | None = None
     InputError names them and the model's classes.
     """
     target_ids = {canonical_name(name): i for i, name in enumerate(target.names, start=1)}
-    coarse = {canonical_name(k): v for k, v in BLOOD10_TO_BLOOD3.items()} \
-        if target.name == "blood3" else {}
+    coarse = (
+        {canonical_name(k): v for k, v in BLOOD10_TO_BLOOD3.items()}
+        if target.name == "blood3"
+        else {}
+    )
     lookup = np.full(len(source) + 1, IGNORE, dtype=np.int64)
     lookup[0] = 0
     for class_id, name in enumerate(source.names, start=1):
@@ -146,9 +156,12 @@ def class_lookup(source: ClassSet, target: ClassSet, *, where: str | None = None
     missing = sorted({int(c) for c in (used or []) if c > 0 and lookup[int(c)] == IGNORE})
     if missing:
         names = ", ".join(source.names[c - 1] for c in missing)
-        raise InputError(where, f"class(es) {names} do not map onto the model's class set "
-                         f"{target.name!r} ({', '.join(target.names)}); train a model with "
-                         "these classes or relabel them")
+        raise InputError(
+            where,
+            f"class(es) {names} do not map onto the model's class set "
+            f"{target.name!r} ({', '.join(target.names)}); train a model with "
+            "these classes or relabel them",
+        )
     return lookup
 
 
@@ -187,8 +200,9 @@ def make_sample(image: np.ndarray, annotation: Annotation, card: ModelCard) -> T
     name = annotation.image_name or "image"
     image = np.asarray(image)
     if image.ndim not in (2, 3) or tuple(image.shape[:2]) != annotation.shape:
-        raise InputError(name, f"image shape {image.shape} does not fit its annotation "
-                         f"{annotation.shape}")
+        raise InputError(
+            name, f"image shape {image.shape} does not fit its annotation {annotation.shape}"
+        )
     target_set = card.classes
     pixels = channel_last_view(image)
     normalize = make_normalizer(pixels, card.normalization, card.input_channels)
@@ -204,8 +218,11 @@ def make_sample(image: np.ndarray, annotation: Annotation, card: ModelCard) -> T
     classes = distance = boundary = None
     if heads:
         if not has_instances and len(annotation.boxes):
-            raise InputError(name, f"has boxes only, but model {card.name!r} segments and needs "
-                             "masks (label images, colour maps or COCO polygons)")
+            raise InputError(
+                name,
+                f"has boxes only, but model {card.name!r} segments and needs "
+                "masks (label images, colour maps or COCO polygons)",
+            )
         class_map = annotation.class_map()
         # objects without a class: the one class of a one-class model, unknown otherwise
         unclassed = (labels > 0) & (class_map == 0)

@@ -192,8 +192,9 @@ def output_paths(output: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     """Weights, card and resume-checkpoint paths for an output weights path."""
     weights = Path(output)
     if weights.suffix.lower() == ".json":
-        raise InputError(weights, "the output names the weights file (.pt); the card is "
-                         "written beside it")
+        raise InputError(
+            weights, "the output names the weights file (.pt); the card is written beside it"
+        )
     if weights.suffix.lower() != ".pt":
         weights = weights.with_name(weights.name + ".pt")
     return weights, weights.with_suffix(".json"), weights.with_name(weights.stem + ".resume.pt")
@@ -223,8 +224,12 @@ def iter_train(config: TrainingConfig) -> Generator[TrainingEvent, None, Trainin
     return (yield from run.steps())
 
 
-def train(config: TrainingConfig, *, progress: ProgressCallback | None = None,
-          cancel: CancelCallback | None = None) -> TrainingResult:
+def train(
+    config: TrainingConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> TrainingResult:
     """Run :func:`iter_train` to the end (scripts and the CLI).
 
     ``progress(event)`` is called for every event; when ``cancel()`` returns True the run
@@ -296,8 +301,11 @@ class _Run:
         self._check()
         card = get_card(c.base)
         if card.kind != "learned":
-            raise InputError(None, f"{card.name} is a classical pipeline: pick a learned model "
-                             "(blood-unet, fluo-resunet, net-detector) or a trained card")
+            raise InputError(
+                None,
+                f"{card.name} is a classical pipeline: pick a learned model "
+                "(blood-unet, fluo-resunet, net-detector) or a trained card",
+            )
         self.base_card = card
         self.score_name = score_name(card)
         samples = [make_sample(img, ann, card) for img, ann in zip(c.images, c.annotations)]
@@ -339,8 +347,9 @@ class _Run:
         self.amp = self.device.type == "cuda"
         if self.amp:
             self.network.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(self.network.parameters(), lr=c.lr,
-                                           weight_decay=c.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=c.lr, weight_decay=c.weight_decay
+        )
         floor = 0.05
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -350,10 +359,12 @@ class _Run:
         self.weights = class_weights(self.train_samples, len(card.classes) + 1)
         pixels = sum(s.shape[0] * s.shape[1] for s in self.train_samples)
         self.steps_per_epoch = c.steps_per_epoch or max(
-            1, math.ceil(pixels / (self.crop**2 * c.batch_size)))
+            1, math.ceil(pixels / (self.crop**2 * c.batch_size))
+        )
         modality = BRIGHTFIELD if card.normalization.get("mode") == "meanstd" else FLUORESCENCE
-        self.augment = AugmentSettings(crop=self.crop, scale_range=tuple(c.scale_range),
-                                       modality=modality, enabled=c.augment)
+        self.augment = AugmentSettings(
+            crop=self.crop, scale_range=tuple(c.scale_range), modality=modality, enabled=c.augment
+        )
         self.start_epoch = 1
         self.since_best = 0
         if c.resume:
@@ -366,9 +377,12 @@ class _Run:
 
             raise WeightsError(f"{self.checkpoint_path}: not a cellquant training checkpoint")
         if state.get("class_set") != self.base_card.class_set:
-            raise InputError(self.checkpoint_path, f"checkpoint is for class set "
-                             f"{state.get('class_set')!r}, the model {self.base_card.name!r} "
-                             f"uses {self.base_card.class_set!r}")
+            raise InputError(
+                self.checkpoint_path,
+                f"checkpoint is for class set "
+                f"{state.get('class_set')!r}, the model {self.base_card.name!r} "
+                f"uses {self.base_card.class_set!r}",
+            )
         _load_into(self.network, state["model"], str(self.checkpoint_path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -399,8 +413,9 @@ class _Run:
         total = c.epochs * self.steps_per_epoch
         step = (self.start_epoch - 1) * self.steps_per_epoch
         if self.fine_tuned and self.base_score is None:
-            self.base_score = validation_score(self.network, self.base_card, self.val_samples,
-                                               self.device)
+            self.base_score = validation_score(
+                self.network, self.base_card, self.val_samples, self.device
+            )
         yield self._event("start", step, total)
         for epoch in range(self.start_epoch, c.epochs + 1):
             self.epoch = epoch
@@ -408,8 +423,9 @@ class _Run:
             self.network.train()
             losses = []
             for _ in range(self.steps_per_epoch):
-                batch = make_batch(self.train_samples, c.batch_size, self.augment, rng,
-                                   detector=self.detector)
+                batch = make_batch(
+                    self.train_samples, c.batch_size, self.augment, rng, detector=self.detector
+                )
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 image = batch["image"]
                 if self.amp:
@@ -417,8 +433,9 @@ class _Run:
                 with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
                     outputs = self.network(image)
                 if self.detector:
-                    loss, _ = detection_loss(outputs, batch,
-                                             size_encoding=self.detector["size_encoding"])
+                    loss, _ = detection_loss(
+                        outputs, batch, size_encoding=self.detector["size_encoding"]
+                    )
                 else:
                     loss, _ = dense_loss(outputs, batch, self.weights)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -430,8 +447,9 @@ class _Run:
                 yield self._event("step", step, total, loss=losses[-1])
             self.scheduler.step()
             score = validation_score(self.network, self.base_card, self.val_samples, self.device)
-            self.history.append({"epoch": epoch, "loss": float(np.mean(losses)),
-                                 "val_score": score})
+            self.history.append(
+                {"epoch": epoch, "loss": float(np.mean(losses)), "val_score": score}
+            )
             if self.best_score is None or score > self.best_score + 1e-6:
                 self.best_score, self.best_epoch, self.since_best = score, epoch, 0
                 self._save_weights()
@@ -454,11 +472,19 @@ class _Run:
         if done > 0 and elapsed > 0:
             rate = done * self.config.batch_size / elapsed
             eta = (total - step) * elapsed / done
-        return TrainingEvent(phase=phase, epoch=self.epoch, epochs=self.config.epochs,
-                             step=step, total_steps=total, best_score=self.best_score,
-                             base_score=self.base_score,
-                             checkpoint=self.weights_path if self.saved else None,
-                             crops_per_s=rate, eta_s=eta, **values)
+        return TrainingEvent(
+            phase=phase,
+            epoch=self.epoch,
+            epochs=self.config.epochs,
+            step=step,
+            total_steps=total,
+            best_score=self.best_score,
+            base_score=self.base_score,
+            checkpoint=self.weights_path if self.saved else None,
+            crops_per_s=rate,
+            eta_s=eta,
+            **values,
+        )
 
     # --- files --------------------------------------------------------------------------
     def _save_weights(self) -> None:
@@ -478,14 +504,21 @@ class _Run:
         from ..io.atomic import atomic_path
 
         state = {
-            "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
             "model": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.amp else None,
-            "epoch": self.epoch, "best_score": self.best_score, "best_epoch": self.best_epoch,
-            "base_score": self.base_score, "since_best": self.since_best,
-            "history": self.history, "class_set": self.base_card.class_set,
-            "fine_tuned": self.fine_tuned, "pretrained": self.pretrained,
+            "epoch": self.epoch,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "base_score": self.base_score,
+            "since_best": self.since_best,
+            "history": self.history,
+            "class_set": self.base_card.class_set,
+            "fine_tuned": self.fine_tuned,
+            "pretrained": self.pretrained,
         }
         with atomic_path(self.checkpoint_path, overwrite=True) as tmp:
             torch.save(state, tmp)
@@ -497,47 +530,82 @@ class _Run:
         base = self.base_card
         card = ModelCard.from_dict(base.to_dict())
         card.name = c.name or self.weights_path.stem
-        how = ("fine-tuned from" if self.fine_tuned else "trained from ImageNet features as"
-               if self.pretrained else "trained from scratch as")
+        how = (
+            "fine-tuned from"
+            if self.fine_tuned
+            else "trained from ImageNet features as"
+            if self.pretrained
+            else "trained from scratch as"
+        )
         card.description = f"{base.description} ({how} {base.name})"
-        card.weights = WeightsSource(file=self.weights_path.name,
-                                     sha256=pooch.file_hash(str(self.weights_path), alg="sha256"))
+        card.weights = WeightsSource(
+            file=self.weights_path.name,
+            sha256=pooch.file_hash(str(self.weights_path), alg="sha256"),
+        )
         card.training = {
-            "base": base.name, "fine_tuned": self.fine_tuned, "pretrained": self.pretrained,
-            "images": self.train_names, "validation_images": self.val_names,
+            "base": base.name,
+            "fine_tuned": self.fine_tuned,
+            "pretrained": self.pretrained,
+            "images": self.train_names,
+            "validation_images": self.val_names,
             "validated_on_training_data": self.val_is_train,
             "objects": _object_counts(self.config.annotations, base),
-            "settings": {"epochs": c.epochs, "best_epoch": self.best_epoch,
-                         "batch_size": c.batch_size, "crop": self.crop, "lr": c.lr,
-                         "weight_decay": c.weight_decay, "steps_per_epoch": self.steps_per_epoch,
-                         "seed": c.seed, "augment": c.augment,
-                         "scale_range": list(c.scale_range), "device": str(self.device),
-                         "amp": self.amp},
+            "settings": {
+                "epochs": c.epochs,
+                "best_epoch": self.best_epoch,
+                "batch_size": c.batch_size,
+                "crop": self.crop,
+                "lr": c.lr,
+                "weight_decay": c.weight_decay,
+                "steps_per_epoch": self.steps_per_epoch,
+                "seed": c.seed,
+                "augment": c.augment,
+                "scale_range": list(c.scale_range),
+                "device": str(self.device),
+                "amp": self.amp,
+            },
         }
-        card.metrics = {"validation": {"score": self.score_name, "new": self.best_score,
-                                       "base": self.base_score, "epoch": self.best_epoch}}
+        card.metrics = {
+            "validation": {
+                "score": self.score_name,
+                "new": self.best_score,
+                "base": self.base_score,
+                "epoch": self.best_epoch,
+            }
+        }
         return card
 
     def result(self, *, cancelled: bool = False) -> TrainingResult:
         warnings = []
         if self.val_is_train:
             warnings.append("no held-out image: the validation score is measured on training data")
-        if (self.base_score is not None and self.best_score is not None
-                and self.best_score < self.base_score):
-            message = (f"the new model validates worse than its base {self.base_card.name}: "
-                       f"{self.score_name} {self.best_score:.3f} < {self.base_score:.3f}; "
-                       "keep the base model or add more corrected images")
+        if (
+            self.base_score is not None
+            and self.best_score is not None
+            and self.best_score < self.base_score
+        ):
+            message = (
+                f"the new model validates worse than its base {self.base_card.name}: "
+                f"{self.score_name} {self.best_score:.3f} < {self.base_score:.3f}; "
+                "keep the base model or add more corrected images"
+            )
             log.warning(message)
             warnings.append(message)
         return TrainingResult(
             weights=self.weights_path if self.saved else None,
             card=self.card_path if self.saved else None,
             checkpoint=self.checkpoint_path if self.checkpoint_path.is_file() else None,
-            score_name=self.score_name, base_score=self.base_score, score=self.best_score,
-            best_epoch=self.best_epoch, epochs_run=self.epoch,
-            stopped_early=self.stopped_early, cancelled=cancelled,
-            validation_images=self.val_names, validated_on_training_data=self.val_is_train,
-            history=list(self.history), warnings=warnings,
+            score_name=self.score_name,
+            base_score=self.base_score,
+            score=self.best_score,
+            best_epoch=self.best_epoch,
+            epochs_run=self.epoch,
+            stopped_early=self.stopped_early,
+            cancelled=cancelled,
+            validation_images=self.val_names,
+            validated_on_training_data=self.val_is_train,
+            history=list(self.history),
+            warnings=warnings,
             seconds=time.perf_counter() - self.started,
         )
 
@@ -564,8 +632,9 @@ def _read_checkpoint(path: str | os.PathLike[str], *, resume: bool = False) -> d
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a truncated or foreign file
-        raise WeightsError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                           f"{exc})") from None
+        raise WeightsError(
+            f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
+        ) from None
     if not isinstance(state, dict):
         raise WeightsError(f"{p}: holds no state dict")
     return state
@@ -581,5 +650,7 @@ def _load_into(network: Any, state: dict[str, Any], source: str) -> None:
         network.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()
-        raise WeightsError(f"{source}: weights do not fit the network (another architecture "
-                           f"or class set?): {' '.join(first[:3])[:300]}") from None
+        raise WeightsError(
+            f"{source}: weights do not fit the network (another architecture "
+            f"or class set?): {' '.join(first[:3])[:300]}"
+        ) from None

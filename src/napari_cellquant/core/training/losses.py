@@ -52,16 +52,18 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor)
     return (dice * w).sum() / w.sum().clamp(min=1e-6)
 
 
-def dense_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-               weights: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def dense_loss(
+    outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of the dense heads' losses and each part as a float (for logs)."""
     parts: dict[str, torch.Tensor] = {}
     if "classes" in outputs:
         logits = outputs["classes"].float()
         target = batch["classes"]
         if (target != IGNORE).any():
-            parts["ce"] = F.cross_entropy(logits, target, weight=weights.to(logits.device),
-                                          ignore_index=IGNORE)
+            parts["ce"] = F.cross_entropy(
+                logits, target, weight=weights.to(logits.device), ignore_index=IGNORE
+            )
             parts["dice"] = dice_loss(logits, target, weights)
     valid = batch["valid"].float()
     n_valid = valid.sum().clamp(min=1.0)
@@ -69,8 +71,9 @@ def dense_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
         diff = (outputs["distance"].float() - batch["distance"]).abs() * valid
         parts["distance"] = diff.sum() / n_valid
     if "boundary" in outputs:
-        bce = F.binary_cross_entropy_with_logits(outputs["boundary"].float(), batch["boundary"],
-                                                 reduction="none")
+        bce = F.binary_cross_entropy_with_logits(
+            outputs["boundary"].float(), batch["boundary"], reduction="none"
+        )
         parts["boundary"] = (bce * valid).sum() / n_valid
     return _total(parts)
 
@@ -86,8 +89,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(pos_term.sum() + neg_term.sum()) / pos.sum().clamp(min=1.0)
 
 
-def detection_loss(outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
-                   size_encoding: str = "log") -> tuple[torch.Tensor, dict[str, float]]:
+def detection_loss(
+    outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *, size_encoding: str = "log"
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Focal heat-map loss plus L1 size and offset losses at the object centres."""
     centres = batch["centres"].unsqueeze(1).float()
     n = centres.sum().clamp(min=1.0)

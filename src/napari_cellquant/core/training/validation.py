@@ -25,8 +25,9 @@ def score_name(card: ModelCard) -> str:
     return BOX_SCORE if card.architecture.get("detector") else DENSE_SCORE
 
 
-def validation_score(network: nn.Module, card: ModelCard, samples: Sequence[TrainingSample],
-                     device: object) -> float:
+def validation_score(
+    network: nn.Module, card: ModelCard, samples: Sequence[TrainingSample], device: object
+) -> float:
     """The validation score of ``network`` over ``samples`` (higher is better)."""
     from ..inference import predict_maps
     from ..postprocess import boxes_from_heatmap
@@ -36,11 +37,17 @@ def validation_score(network: nn.Module, card: ModelCard, samples: Sequence[Trai
     confusion = np.zeros((n_outputs, n_outputs), dtype=np.int64)
     tp = fp = fn = 0
     for sample in samples:
-        maps = predict_maps(sample.pixels, network, tile=card.tile, overlap=card.overlap,
-                            device=device)
+        maps = predict_maps(
+            sample.pixels, network, tile=card.tile, overlap=card.overlap, device=device
+        )
         if detector:
-            found = boxes_from_heatmap(maps["heatmap"], maps["size"], maps.get("offset"),
-                                       stride=int(detector["stride"]), **card.postprocess)
+            found = boxes_from_heatmap(
+                maps["heatmap"],
+                maps["size"],
+                maps.get("offset"),
+                stride=int(detector["stride"]),
+                **card.postprocess,
+            )
             matched = match_boxes(found, sample.boxes, 0.5)
             tp += matched
             fp += len(found) - matched
