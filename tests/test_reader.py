@@ -174,7 +174,7 @@ def test_broken_coco_is_an_input_error(make_napari_viewer, tmp_path):
     path.write_text(json.dumps(bad))
     reader = napari_get_reader(str(path))
     assert reader is not None  # it is COCO, so ours to report on
-    with pytest.raises(InputError, match="bad.json"):
+    with pytest.raises(InputError, match=r"bad.json"):
         reader(str(path))
     viewer = make_napari_viewer()
     with pytest.raises(Exception, match="outside the 10x10 image") as caught:

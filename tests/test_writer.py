@@ -96,8 +96,7 @@ def test_round_trip_layers_file_layers(viewer, tmp_path):
     )
 
 
-def test_corrections_in_the_features_table_are_saved(viewer, smear, tmp_path):
-    _, ann = smear
+def test_corrections_in_the_features_table_are_saved(viewer, tmp_path):
     labels = viewer.layers["smear instances"]
     features = labels.features.copy()
     row = int(np.flatnonzero(features["class_name"] == "healthy_rbc")[0])

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import tifffile
 import torch
+from batch_outputs import assert_same_outputs
 from skimage.io import imsave
 
-from batch_outputs import assert_same_outputs
 from napari_cellquant.batch import collect_images, predict_images
 from napari_cellquant.batch.outdir import RUN_FILES
 from napari_cellquant.cli import main

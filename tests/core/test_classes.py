@@ -40,7 +40,7 @@ def test_blood10_colours_are_the_data_readme_palette():
 def test_unknown_names_and_ids_fail_clearly():
     with pytest.raises(CellquantError, match="not in class set 'net4'"):
         NET4.id_of("platelet")
-    with pytest.raises(CellquantError, match="ids 1..3"):
+    with pytest.raises(CellquantError, match=r"ids 1..3"):
         BLOOD3.name_of(4)
     with pytest.raises(CellquantError, match="unknown class set 'blood11'"):
         get_class_set("blood11")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -184,7 +186,7 @@ def test_prepare_image_errors(image: np.ndarray, kwargs: dict, message: str) -> 
 def test_tile_starts_match_monai_placement() -> None:
     starts = tile_starts(3024, 256, 192)
     assert len(starts) == 16 and starts[0] == 0 and starts[-1] == 3024 - 256
-    assert all(b - a <= 192 for a, b in zip(starts, starts[1:]))
+    assert all(b - a <= 192 for a, b in itertools.pairwise(starts))
     assert tile_starts(100, 256, 192) == [0]
     assert tile_starts(256, 256, 192) == [0]
 
@@ -257,7 +259,7 @@ def test_cell_across_tile_borders_is_one_region() -> None:
     image = disk.astype(np.float32)
     out = predict_maps(image, MeanThreshold(), tile=64, overlap=0.25, device=CPU)
     fg = out["classes"] == 1
-    labels, n = ndimage.label(fg)
+    _, n = ndimage.label(fg)
     assert n == 1
     # the single region is the disk, eroded slightly by the 5x5 mean threshold
     assert (fg & disk).sum() / (fg | disk).sum() > 0.85
@@ -434,7 +436,7 @@ def test_progress_counts_increase_to_the_tile_total() -> None:
     n_tiles = len(tile_starts(100, 32, 24)) * len(tile_starts(70, 32, 24))
     assert calls[0] == (0, n_tiles) and calls[-1] == (n_tiles, n_tiles)
     dones = [d for d, _ in calls]
-    assert all(b > a for a, b in zip(dones, dones[1:]))
+    assert all(b > a for a, b in itertools.pairwise(dones))
     assert {t for _, t in calls} == {n_tiles}
 
 

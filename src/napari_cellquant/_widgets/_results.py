@@ -17,7 +17,7 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -169,7 +169,7 @@ class _Replacement:
 class _FollowUndo:
     """Keeps a Labels layer's tables in step with undo/redo of replaced results."""
 
-    _attached: weakref.WeakKeyDictionary[Any, _FollowUndo] = weakref.WeakKeyDictionary()
+    _attached: ClassVar[weakref.WeakKeyDictionary[Any, _FollowUndo]] = weakref.WeakKeyDictionary()
 
     def __init__(self, layer: Any) -> None:
         self._layer = weakref.ref(layer)

@@ -1,4 +1,5 @@
-"""The one in-memory form of one image's objects, spoken by every reader, writer, model and widget."""
+"""The one in-memory form of one image's objects, spoken by every reader, writer, model and
+widget."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ class Annotation:
         if self.semantic is not None and np.shape(self.semantic) != self.labels.shape:
             raise InputError(
                 self.image_name or None,
-                f"semantic map shape {np.shape(self.semantic)} differs from labels {self.labels.shape}",
+                f"semantic map shape {np.shape(self.semantic)} differs from labels "
+                f"{self.labels.shape}",
             )
         self.classes = {int(k): int(v) for k, v in self.classes.items()}
         bad = [c for c in self.classes.values() if not 1 <= c <= len(self.class_set)]
@@ -157,7 +159,8 @@ class Annotation:
         return {name: int(totals[i + 1]) for i, name in enumerate(self.class_set.names)}
 
     def features(self) -> dict[str, np.ndarray]:
-        """Per-instance table (napari Labels ``features``): label, class, class_name, score, origin."""
+        """Per-instance table (napari Labels ``features``): label, class, class_name, score,
+        origin."""
         ids = self.instance_ids()
         class_ids = np.array([self.classes.get(int(i), 0) for i in ids], dtype=np.int32)
         names = np.array([self.class_set.name_of(c) if c else "" for c in class_ids], dtype=object)

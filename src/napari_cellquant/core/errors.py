@@ -39,7 +39,8 @@ class OutputExistsError(CellquantError, FileExistsError):
 
 
 class OutputError(CellquantError, OSError):
-    """An output could not be written (read-only folder, full disk ...); nothing was left half-written."""
+    """An output could not be written (read-only folder, full disk ...); nothing was left
+    half-written."""
 
 
 class CancelledError(CellquantError):

@@ -1,4 +1,5 @@
-"""The public prediction API: ``load_model`` and ``predict``, for learned and classical models alike.
+"""The public prediction API: ``load_model`` and ``predict``, for learned and classical models
+alike.
 
 Long work is a generator (:func:`iter_predict`) that yields progress and can be cancelled at
 each yield; :func:`predict` runs it to the end for scripts and the CLI, and the napari widget

@@ -831,11 +831,11 @@ def test_writer_refuses_overwrite_and_keeps_old_file(tmp_path):
 
 def test_writer_errors():
     ann = Annotation.from_labels(np.eye(5, dtype=np.int32), NET4, image_name="e.png")
-    with pytest.raises(InputError, match="unique.*e.png"):
+    with pytest.raises(InputError, match=r"unique.*e.png"):
         coco_dict([ann, ann.copy()])
     with pytest.raises(InputError, match="no image_name"):
         coco_dict([ann.copy(image_name="")])
-    with pytest.raises(InputError, match="e.png.*no class"):
+    with pytest.raises(InputError, match=r"e.png.*no class"):
         coco_dict([ann.copy(classes={})])
     with pytest.raises(InputError, match="unknown COCO encoding"):
         coco_dict([ann], encoding="mask")

@@ -199,7 +199,7 @@ def test_color_map_classes_splitting_and_fragments(tmp_path):
 
 
 def test_color_map_without_splitting_merges_touching(tmp_path):
-    rgb, expected = _synthetic_blood_map()
+    rgb, _ = _synthetic_blood_map()
     ann = read_color_map(_png(tmp_path / "seg.png", rgb), BLOOD10, split_touching=False)
     counts = ann.counts()
     assert counts["healthy_rbc"] == 2  # the touching pair and the ring
@@ -388,7 +388,7 @@ def test_write_masks_refuses_overwrite_and_writes_nothing(tmp_path):
     b = _random_annotation((20, 30), 10, seed=5, name="b.png")
     write_masks([b], tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())
-    with pytest.raises(OutputExistsError, match="b_instances.tif"):
+    with pytest.raises(OutputExistsError, match=r"b_instances.tif"):
         write_masks([a, b], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # a's files not written
     write_masks([a, b], tmp_path, overwrite=True)
@@ -407,7 +407,7 @@ def test_write_masks_extends_classes_json_of_same_set(tmp_path):
 def test_write_masks_refuses_other_class_set_in_same_folder(tmp_path):
     write_masks([_random_annotation((10, 10), 5, seed=6, name="one.png")], tmp_path)
     other = Annotation.from_labels(np.ones((10, 10), np.int32), NET4, image_name="two.png")
-    with pytest.raises(OutputExistsError, match="classes.json"):
+    with pytest.raises(OutputExistsError, match=r"classes.json"):
         write_masks([other], tmp_path)
     assert not (tmp_path / "two_instances.tif").exists()
 
@@ -483,14 +483,14 @@ def test_masks_whose_image_beside_them_differs_in_shape_are_refused(tmp_path):
 def test_masks_folder_errors(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
         read_masks_folder(tmp_path / "nothing")
-    with pytest.raises(InputError, match="holds no \\*_instances.tif"):
+    with pytest.raises(InputError, match=r"holds no \*_instances.tif"):
         read_masks_folder(tmp_path)
     with pytest.raises(InputError, match="holds no masks"):
         read_masks_folder(tmp_path, class_set=BLOOD10)
     lonely = tmp_path / "lonely"
     lonely.mkdir()
     tifffile.imwrite(lonely / "q_instances.tif", np.ones((3, 3), np.uint16))
-    with pytest.raises(InputError, match="no partner q_classes.tif"):
+    with pytest.raises(InputError, match=r"no partner q_classes.tif"):
         read_masks_folder(lonely)
     out_of_set = tmp_path / "oos"
     _pair(out_of_set, "r", np.ones((3, 3), np.uint16), np.full((3, 3), 12, np.uint8))
@@ -515,7 +515,7 @@ def test_masks_folder_errors(tmp_path):
 def test_corrupt_classes_json(tmp_path, text):
     _pair(tmp_path, "x", np.ones((3, 3), np.uint16), np.ones((3, 3), np.uint8))
     (tmp_path / "classes.json").write_text(text)
-    with pytest.raises(InputError, match="classes.json"):
+    with pytest.raises(InputError, match=r"classes.json"):
         read_masks_folder(tmp_path)
 
 

@@ -210,12 +210,12 @@ def test_write_refuses_overwrite_and_writes_nothing(tmp_path):
 
 def test_write_errors(tmp_path):
     a = Annotation.empty((5, 5), NET4, image_name="x.png")
-    with pytest.raises(InputError, match="same file: x.xml"):
+    with pytest.raises(InputError, match=r"same file: x.xml"):
         write_voc([a, a.copy(image_name="x.jpg")], tmp_path)
     with pytest.raises(InputError, match="no image_name"):
         write_voc([a.copy(image_name="")], tmp_path)
     unclassed = Annotation(np.ones((3, 3), dtype=np.int32), NET4, image_name="u.png")
-    with pytest.raises(InputError, match="u.png.*no class"):
+    with pytest.raises(InputError, match=r"u.png.*no class"):
         write_voc([unclassed], tmp_path)
     assert list(tmp_path.iterdir()) == []
 
@@ -257,14 +257,14 @@ def test_box_within_one_pixel_tolerance_is_kept(tmp_path):
 
 def test_unknown_class_for_given_class_set(tmp_path):
     path = _write(tmp_path / "a.xml", _voc(_obj("NET", 1, 1, 5, 5) + _obj("zombie", 1, 1, 5, 5)))
-    with pytest.raises(InputError, match="a.xml: class 'zombie' is not in class set 'net4'"):
+    with pytest.raises(InputError, match=r"a.xml: class 'zombie' is not in class set 'net4'"):
         read_voc(path, class_set=NET4)
 
 
 def test_missing_file_and_empty_folder(tmp_path):
-    with pytest.raises(InputError, match="missing.xml: file not found"):
+    with pytest.raises(InputError, match=r"missing.xml: file not found"):
         read_voc(tmp_path / "missing.xml")
-    with pytest.raises(InputError, match="no .xml files"):
+    with pytest.raises(InputError, match=r"no .xml files"):
         read_voc(tmp_path)
 
 

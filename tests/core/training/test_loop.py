@@ -149,7 +149,7 @@ def test_corrupt_checkpoint_is_a_clear_error(smear, tmp_path):
     card = dense_card(tmp_path)
     _, _, checkpoint = output_paths(tmp_path / "k.pt")
     checkpoint.write_bytes(b"\x80\x02not a checkpoint")
-    with pytest.raises(WeightsError, match="k.resume.pt"):
+    with pytest.raises(WeightsError, match=r"k.resume.pt"):
         train(config(card, smear, tmp_path / "k.pt", resume=True))
 
 
@@ -158,7 +158,7 @@ def test_corrupt_base_weights_are_a_clear_error(smear, tmp_path):
     card["weights"] = {"file": "broken.pt"}
     (tmp_path / "broken.pt").write_bytes(b"truncated")
     (tmp_path / "broken.json").write_text(json.dumps(card))
-    with pytest.raises(WeightsError, match="broken.pt"):
+    with pytest.raises(WeightsError, match=r"broken.pt"):
         train(config(str(tmp_path / "broken.json"), smear, tmp_path / "n.pt"))
 
 
@@ -204,7 +204,7 @@ def test_classes_that_do_not_map_name_themselves(smear, tmp_path):
     image, _ = smear
     boxes = Boxes([[10, 10, 20, 20]], [NET4.id_of("dead")])
     annotation = Annotation.empty((96, 96), NET4, boxes=boxes, image_name="net.png")
-    with pytest.raises(InputError, match="dead.*blood10"):
+    with pytest.raises(InputError, match=r"dead.*blood10"):
         next(
             iter_train(
                 TrainingConfig(

@@ -445,7 +445,8 @@ def _instance_entries(ann: Annotation, encoding: Encoding) -> list[dict[str, Any
             polygons = _exact_polygons(crop)
             if polygons is not None:
                 segmentation = [
-                    (np.asarray(p).reshape(-1, 2) + (c0, r0)).ravel().tolist() for p in polygons
+                    (np.asarray(p).reshape(-1, 2) + np.array([c0, r0])).ravel().tolist()
+                    for p in polygons
                 ]
         if segmentation is None:  # RLE requested, or a polygon cannot hold this object
             segmentation = _compress(_mask_counts(crop, r0, c0, ann.shape), ann.shape)
