@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -532,7 +532,7 @@ def _background_colour(rgb: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
 
 def _threshold(values: np.ndarray, method: str) -> float:
     """A global threshold of ``values`` by name (triangle, otsu, li)."""
-    methods = {
+    methods: dict[str, Callable[[np.ndarray], float]] = {
         "triangle": filters.threshold_triangle,
         "otsu": filters.threshold_otsu,
         "li": filters.threshold_li,

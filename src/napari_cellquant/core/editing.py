@@ -31,6 +31,13 @@ from .errors import InputError
 Region = tuple[slice, slice]
 Indices = tuple[np.ndarray, np.ndarray]
 
+
+def _pixels_of(mask: np.ndarray) -> Indices:
+    """``(rows, columns)`` of a 2-D mask's true pixels (``np.nonzero``, typed as two arrays)."""
+    rows, cols = np.nonzero(mask)
+    return rows, cols
+
+
 #: Correction log actions. ``edited``: objects painted over by hand; ``reverted``: pixels
 #: changed by undo/redo, ``ids`` the ids that vanished and ``result_ids`` those that came back.
 ACTIONS = (
@@ -242,10 +249,10 @@ class ObjectIndex:
         self._grow_to(int(ids.max()) + 1)
         low = np.full((ids.size, 2), np.iinfo(np.int64).max, dtype=np.int64)
         high = np.zeros((ids.size, 2), dtype=np.int64)
-        np.minimum.at(low, (inverse, 0), rows)
-        np.minimum.at(low, (inverse, 1), cols)
-        np.maximum.at(high, (inverse, 0), rows + 1)
-        np.maximum.at(high, (inverse, 1), cols + 1)
+        np.minimum.at(low[:, 0], inverse, rows)
+        np.minimum.at(low[:, 1], inverse, cols)
+        np.maximum.at(high[:, 0], inverse, rows + 1)
+        np.maximum.at(high[:, 1], inverse, cols + 1)
         ids, low, high = ids[keep], low[keep], high[keep]
         self._low[ids] = np.minimum(self._low[ids], low)
         self._high[ids] = np.maximum(self._high[ids], high)
@@ -346,7 +353,7 @@ def merge(
     target = min(ids)
     window = labels[region]
     moved = np.isin(window, [i for i in ids if i != target])
-    indices = _offset(np.nonzero(moved), region)
+    indices = _offset(_pixels_of(moved), region)
     previous = [int(classes.get(i, 0)) for i in ids]
     if class_rule == "first":
         new_class = previous[0]
@@ -467,7 +474,7 @@ def split(
     new_ids[others] = np.arange(first_new, first_new + len(others))
     new_ids[keeper] = label_id
     changed = mask & (new_ids[pieces] != label_id)
-    local = np.nonzero(changed)
+    local = _pixels_of(changed)
     values = new_ids[pieces[local]]  # wider than labels when new ids outgrow their type
     cls = int(classes.get(label_id, 0))
     result = [label_id, *new_ids[others].tolist()]
@@ -503,7 +510,7 @@ def delete(
     region = _region_of(labels, ids, index)
     _check_ids(labels, ids, region)
     assert region is not None
-    indices = _offset(np.nonzero(np.isin(labels[region], ids)), region)
+    indices = _offset(_pixels_of(np.isin(labels[region], ids)), region)
     event = CorrectionEvent(
         "deleted",
         ids=ids,
@@ -525,7 +532,7 @@ def remove_small(
     small[0] = False
     ids = np.flatnonzero(small)
     if ids.size:
-        indices = np.nonzero(small[labels])
+        indices = _pixels_of(small[labels])
     else:
         indices = _no_pixels()
     event = CorrectionEvent(
@@ -597,7 +604,7 @@ def relabel_sequential(labels: np.ndarray, classes: Mapping[int, int] | None = N
     present = present[present != 0]
     id_map = np.zeros(int(present.max(initial=0)) + 1, dtype=np.int64)
     id_map[present] = forward[present]
-    changed = np.nonzero(relabelled != labels)
+    changed = _pixels_of(relabelled != labels)
     moved = present[id_map[present] != present]
     event = CorrectionEvent(
         "relabelled",

@@ -624,7 +624,8 @@ def iter_predict_maps(
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
         raise InputError(None, f"expected an (H, W, C) image, got shape {image.shape}")
-    in_channels = int(getattr(network, "in_channels", image.shape[-1]))
+    declared = getattr(network, "in_channels", None)
+    in_channels = int(image.shape[-1] if declared is None else declared)
     if image.shape[-1] != in_channels:
         raise InputError(
             None,

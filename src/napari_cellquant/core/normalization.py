@@ -60,7 +60,7 @@ def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -
         high = np.percentile(sample, spec.get("high", 99.8), axis=0).astype(np.float32)
         offset, scale = low, 1.0 / np.maximum(high - low, 1e-6)
     elif mode == "none":
-        offset, scale = np.float32(0.0), np.float32(1.0)
+        offset, scale = np.zeros(1, np.float32), np.ones(1, np.float32)
     else:
         raise InputError(None, f"unknown normalisation mode {mode!r}")
 

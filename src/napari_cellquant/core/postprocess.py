@@ -168,7 +168,11 @@ def boxes_from_labels(
         rows.append((xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start))
         class_ids.append(classes.get(index, 1))
         box_scores.append(np.nan if scores is None else scores.get(index, np.nan))
-    return Boxes(np.array(rows, dtype=np.float64).reshape(-1, 4), class_ids, box_scores)
+    return Boxes(
+        np.array(rows, dtype=np.float64).reshape(-1, 4),
+        np.array(class_ids),
+        np.array(box_scores, dtype=np.float64),
+    )
 
 
 def clean_instances(
@@ -372,13 +376,15 @@ def _vote_classes(
     winner = votes[:, 1:].argmax(axis=1) + 1
     area = np.bincount(ids, minlength=n + 1).astype(np.float64)
     area[0] = 1.0
+    sums = np.zeros((n + 1, width), dtype=np.float64)
     if probs is not None:
-        sums = np.zeros((n + 1, width), dtype=np.float64)
         for c in range(1, width):  # one pass per class, not per pixel
             sums[:, c] = np.bincount(ids, weights=probs[c][inside], minlength=n + 1)
     else:
-        sums = np.bincount(key, weights=confidence[inside], minlength=(n + 1) * width)
-        sums = sums.reshape(n + 1, width)
+        assert confidence is not None, "class votes need probabilities or a confidence map"
+        sums[:] = np.bincount(key, weights=confidence[inside], minlength=(n + 1) * width).reshape(
+            n + 1, width
+        )
     rows = np.arange(n + 1)
     score = sums[rows, winner] / area
     classes = {i: int(winner[i]) for i in range(1, n + 1)}

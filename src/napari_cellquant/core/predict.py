@@ -77,7 +77,8 @@ def load_model(
     dev = choose_device(device)
     network.to(dev).eval()
     if dev.type == "cuda":
-        network.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format at run time; torch's stubs do not list it
+        network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     return Model(card=card, network=network, device=dev)
 
 

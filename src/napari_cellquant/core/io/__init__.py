@@ -224,7 +224,7 @@ def write_annotations(
             coco.write_coco(
                 annotations,
                 _file_in(target, "annotations.json"),
-                encoding=encoding,
+                encoding=coco.check_encoding(encoding),
                 overwrite=overwrite,
             )
         ]

@@ -70,17 +70,6 @@ _SNIFF_PARSE_BYTES = 2_000_000
 # ------------------------------------------------------------------------------------------
 # images beside the annotation file
 # ------------------------------------------------------------------------------------------
-def _images_module() -> Any | None:
-    """``core.io.images`` when it provides what we need (it is written alongside this module)."""
-    try:
-        from . import images
-    except ImportError:
-        return None
-    if hasattr(images, "find_image") and hasattr(images, "image_shape"):
-        return images
-    return None
-
-
 def _search_dirs(annotation_file: Path, images_dir: PathLike | None) -> list[Path]:
     """Where images may sit: ``images_dir``, beside the file, ``images/`` next to it or above."""
     here = annotation_file.parent
@@ -94,42 +83,17 @@ def _search_dirs(annotation_file: Path, images_dir: PathLike | None) -> list[Pat
 
 
 def find_image_file(name: str, search_dirs: Sequence[Path]) -> Path | None:
-    """The image called ``name`` in the first of ``search_dirs`` that holds it, else ``None``.
+    """The image called ``name`` in the first of ``search_dirs`` that holds it, else ``None``."""
+    from .images import find_image
 
-    Uses ``core.io.images.find_image`` when that module exists; otherwise a small fallback
-    that tries ``dir / name`` and ``dir / basename(name)``.
-    """
-    images = _images_module()
-    if images is not None:
-        found = images.find_image(name, list(search_dirs))
-        return None if found is None else Path(found)
-    base = Path(name.replace("\\", "/")).name
-    for d in search_dirs:
-        for candidate in (d / name, d / base):
-            if candidate.is_file():
-                return candidate
-    return None
+    return find_image(name, list(search_dirs))
 
 
 def image_file_shape(path: Path) -> tuple[int, int]:
-    """(rows, cols) of an image file, via ``core.io.images.image_shape`` when available."""
-    images = _images_module()
-    if images is not None:
-        shape = images.image_shape(path)
-        return int(shape[0]), int(shape[1])
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
+    """(rows, cols) of an image file, read from its header."""
+    from .images import image_shape
 
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagelength), int(page.imagewidth)
-        from skimage import io as skio
-
-        shape = skio.imread(path).shape
-    except Exception as exc:  # any decoder failure means the file is not a usable image
-        raise InputError(path, f"cannot read image size ({exc})") from exc
-    return int(shape[0]), int(shape[1])
+    return image_shape(path)
 
 
 class SizeDecision(NamedTuple):
@@ -151,6 +115,13 @@ class SizeDecision(NamedTuple):
             out["rescaled_from"] = declared
             out["scale"] = self.scale
         return out
+
+
+def check_encoding(value: str) -> Encoding:
+    """``value`` if it is a COCO segmentation encoding we write, else InputError."""
+    if value not in ("polygon", "rle"):
+        raise InputError(None, f"unknown COCO encoding {value!r}; use 'polygon' or 'rle'")
+    return value  # type: ignore[return-value]
 
 
 def check_size_mismatch(value: str) -> SizeMismatch:
@@ -346,7 +317,7 @@ def _compress(counts: list[int], shape: tuple[int, int]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------
 # polygons: exact pixel-border tracing (core.io.outlines), checked against pycocotools
 # ------------------------------------------------------------------------------------------
-def _polygon_counts(polygons: list[list[float]], shape: tuple[int, int]) -> bytes:
+def _polygon_counts(polygons: Sequence[Sequence[float]], shape: tuple[int, int]) -> bytes:
     rles = mask_utils.frPyObjects(polygons, *shape)
     merged = rles[0] if len(rles) == 1 else mask_utils.merge(rles)
     return merged["counts"]
@@ -503,11 +474,11 @@ def coco_dict(annotations: Iterable[Annotation], *, encoding: Encoding = "polygo
         ``info``, ``licenses``, ``images`` (ids from 1 in order of image name),
         ``annotations`` (ids from 1), ``categories`` (id = class id).
     """
-    if encoding not in ("polygon", "rle"):
-        raise InputError(None, f"unknown COCO encoding {encoding!r}; use 'polygon' or 'rle'")
+    encoding = check_encoding(encoding)
     anns = [annotations] if isinstance(annotations, Annotation) else list(annotations)
     class_set = _check_same_class_set(anns)
-    images, entries = [], []
+    images: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
     for image_id, ann in enumerate(_sorted_by_name(anns), start=1):
         images.append(
             {
@@ -659,7 +630,9 @@ def _as_floats(source: Path, values: Any, what: str) -> np.ndarray:
     return out
 
 
-def check_box_inside(source: Path, xywh: Sequence[float], size: tuple[int, int], what: str) -> None:
+def check_box_inside(
+    source: Path, xywh: Sequence[float] | np.ndarray, size: tuple[int, int], what: str
+) -> None:
     """InputError unless the box lies in the image (``size`` = rows, cols) within 1 pixel."""
     x, y, w, h = xywh
     rows, cols = size
@@ -870,6 +843,7 @@ def _instance_pixels(
         counts = _decode_rle_string(_polygon_counts(polygons, real))
         return _runs_to_flat(counts, real)
     flat = inst.declared_flat
+    assert flat is not None, "an instance has polygons or RLE pixels"
     if real == declared:
         return flat
     if decision.scale is not None:
@@ -908,7 +882,9 @@ def _parse_entry(
         if len(bbox) != 4:
             raise InputError(source, f"{what}: bbox needs 4 numbers, got {len(bbox)}")
         check_box_inside(source, bbox, declared, what)
-    attributes = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
+    attributes: dict[str, Any] = (
+        ann["attributes"] if isinstance(ann.get("attributes"), dict) else {}
+    )
     segmentation = ann.get("segmentation")
     has_segmentation = segmentation not in (None, [], {})
     # our own files say what each entry is; others: no segmentation, or the bbox as polygon
@@ -936,6 +912,8 @@ def _parse_entry(
     if bbox is None:
         if not has_segmentation:
             raise InputError(source, f"{what}: neither segmentation nor bbox")
+        if not isinstance(segmentation, list):
+            raise InputError(source, f"{what}: a box needs a bbox or a polygon")
         xy = _as_floats(source, segmentation[0], f"{what}: polygon").reshape(-1, 2)
         x0, y0 = xy.min(axis=0)
         x1, y1 = xy.max(axis=0)
@@ -962,10 +940,11 @@ def _paint(
     last so they win overlaps; without scores later annotations win (the sort is stable).
     """
     given = [inst.given_id for inst in instances]
-    usable = all(
-        isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**31 for i in given
-    ) and len(set(given)) == len(given)
-    ids = given if usable else list(range(1, len(instances) + 1))
+    ids = [
+        int(i) for i in given if isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**31
+    ]
+    if len(ids) != len(instances) or len(set(ids)) != len(ids):
+        ids = list(range(1, len(instances) + 1))
     order = sorted(
         range(len(instances)),
         key=lambda k: -math.inf if math.isnan(instances[k].score) else instances[k].score,
@@ -1046,8 +1025,8 @@ def _read_image_annotations(
 
     boxes = Boxes(
         np.array([b for b, _, _ in box_rows], dtype=np.float64).reshape(-1, 4),
-        [c for _, c, _ in box_rows],
-        [s for _, _, s in box_rows],
+        np.array([c for _, c, _ in box_rows], dtype=np.int32),
+        np.array([s for _, _, s in box_rows], dtype=np.float64),
     )
     meta: dict[str, Any] = {
         "source": str(source),

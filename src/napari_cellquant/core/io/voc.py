@@ -173,7 +173,9 @@ def _to_annotation(
         size_mismatch=size_mismatch,
     )
     class_ids = map_names_to_class_set(parsed.path, parsed.names, class_set, what="class")
-    boxes = Boxes(xywh, class_ids, parsed.scores)
+    boxes = Boxes(
+        xywh, np.array(class_ids, dtype=np.int32), np.array(parsed.scores, dtype=np.float64)
+    )
     meta: dict[str, Any] = {
         "source": str(parsed.path),
         "declared_size": parsed.declared,

@@ -154,18 +154,21 @@ class ConvNormAct(nn.Module):
         if not isinstance(self.norm, nn.BatchNorm2d):
             return
         bn = self.norm
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        mean, var = bn.running_mean, bn.running_var
+        assert mean is not None and var is not None, "BatchNorm without running statistics"
+        scale = bn.weight / torch.sqrt(var + bn.eps)
         conv = self.conv
         fused = nn.Conv2d(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            padding=conv.padding,
+            conv.kernel_size,  # type: ignore[arg-type]  # a Conv2d's own 2-tuple
+            padding=conv.padding,  # type: ignore[arg-type]
             bias=True,
         ).to(device=conv.weight.device, dtype=conv.weight.dtype)
         fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+        assert fused.bias is not None
+        fused.bias.copy_((bias - mean) * scale + bn.bias)
         self.conv = fused
         self.norm = nn.Identity()
 
@@ -233,7 +236,7 @@ class DetectionHead(nn.Module):
         self.hidden = nn.Conv2d(cin, width, 3, padding=1)
         self.act = nn.ReLU(inplace=True)
         self.out = nn.Conv2d(width, cout, 1)
-        if bias_init is not None:
+        if bias_init is not None and self.out.bias is not None:
             nn.init.constant_(self.out.bias, bias_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -156,6 +156,8 @@ def make_batch(
         inside = np.ones(sample.shape, dtype=np.float32)
         valid.append(_window(inside, top, left, src, 0.0))
         if dense:
+            assert sample.classes is not None and sample.distance is not None
+            assert sample.boundary is not None, "dense samples carry all three maps"
             classes.append(_window(sample.classes, top, left, src, IGNORE))
             extra.append(
                 np.stack(

@@ -340,13 +340,17 @@ class _Run:
 
             _load_into(network, _read_checkpoint(resolve_weights(card)), card.name)
             self.fine_tuned = True
-        elif not c.resume and not c.from_scratch and hasattr(network, "load_pretrained_encoder"):
-            network.load_pretrained_encoder()  # ImageNet features (the training extra)
+        elif (
+            not c.resume
+            and not c.from_scratch
+            and callable(load_encoder := getattr(network, "load_pretrained_encoder", None))
+        ):
+            load_encoder()  # ImageNet features (the training extra)
             self.pretrained = "imagenet"
         self.network = network.to(self.device)
         self.amp = self.device.type == "cuda"
         if self.amp:
-            self.network.to(memory_format=torch.channels_last)
+            self.network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.optimizer = torch.optim.AdamW(
             self.network.parameters(), lr=c.lr, weight_decay=c.weight_decay
         )
@@ -363,7 +367,10 @@ class _Run:
         )
         modality = BRIGHTFIELD if card.normalization.get("mode") == "meanstd" else FLUORESCENCE
         self.augment = AugmentSettings(
-            crop=self.crop, scale_range=tuple(c.scale_range), modality=modality, enabled=c.augment
+            crop=self.crop,
+            scale_range=(float(c.scale_range[0]), float(c.scale_range[1])),
+            modality=modality,
+            enabled=c.augment,
         )
         self.start_epoch = 1
         self.since_best = 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from ..annotation import Boxes
@@ -26,7 +27,10 @@ def score_name(card: ModelCard) -> str:
 
 
 def validation_score(
-    network: nn.Module, card: ModelCard, samples: Sequence[TrainingSample], device: object
+    network: nn.Module,
+    card: ModelCard,
+    samples: Sequence[TrainingSample],
+    device: str | torch.device,
 ) -> float:
     """The validation score of ``network`` over ``samples`` (higher is better)."""
     from ..inference import predict_maps
@@ -54,6 +58,7 @@ def validation_score(
             fn += len(sample.boxes) - matched
         else:
             predicted = maps["classes"].astype(np.int64)  # compact output: the argmax
+            assert sample.classes is not None, "a dense model validates on class maps"
             keep = sample.classes != IGNORE
             pairs = sample.classes[keep] * n_outputs + predicted[keep]
             confusion += np.bincount(pairs, minlength=n_outputs**2).reshape(n_outputs, n_outputs)
