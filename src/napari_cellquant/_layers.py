@@ -381,17 +381,15 @@ def _classes_from_table(
                 value = str(value)  # np.str_ -> str, for a readable message
                 if value.lower() not in lowered:
                     raise InputError(
-                        None,
                         f"layer {layer!r}: class {value!r} is not in class set "
-                        f"{class_set.name!r} ({', '.join(class_set.names)})",
+                        f"{class_set.name!r} ({', '.join(class_set.names)})"
                     )
                 ids[row] = lowered[value.lower()]
     bad = ids[(ids < 0) | (ids > len(class_set))]
     if len(bad):
         raise InputError(
-            None,
             f"layer {layer!r}: class id {int(bad[0])} is not in class set {class_set.name!r} "
-            f"(ids 1..{len(class_set)})",
+            f"(ids 1..{len(class_set)})"
         )
     return ids
 
@@ -404,12 +402,12 @@ def _labels_array(data: Any, meta: Mapping[str, Any], name: str) -> np.ndarray:
         labels = labels[0]
     if labels.ndim != 2:
         raise InputError(
-            None, f"layer {name!r} has shape {labels.shape}; only 2-D labels can be exported"
+            f"layer {name!r} has shape {labels.shape}; only 2-D labels can be exported"
         )
     if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(None, f"layer {name!r} holds {labels.dtype} values, not integer labels")
+        raise InputError(f"layer {name!r} holds {labels.dtype} values, not integer labels")
     if labels.size and labels.min() < 0:
-        raise InputError(None, f"layer {name!r} holds negative labels")
+        raise InputError(f"layer {name!r} holds negative labels")
     return labels
 
 
@@ -447,9 +445,8 @@ class _Group:
         if cs is not None:
             if self.class_set is not None and self.class_set.names != cs.names:
                 raise InputError(
-                    None,
                     f"layers of image {self.key!r} use different class sets "
-                    f"({self.class_set.name!r} and {cs.name!r})",
+                    f"({self.class_set.name!r} and {cs.name!r})"
                 )
             self.class_set = cs
         if metadata.get(META_DEFAULT_CLASS) is not None and self.default_class is None:
@@ -509,9 +506,8 @@ def layer_data_to_annotation(
         if layer_type == "labels":
             if group.labels is not None:
                 raise InputError(
-                    None,
                     f"two Labels layers for image {key!r} ({group.labels[1].get('name')!r} and "
-                    f"{name!r}); select one of them to save",
+                    f"{name!r}); select one of them to save"
                 )
             group.labels = (data, meta)
             group.note_metadata(metadata)
@@ -534,7 +530,7 @@ def layer_data_to_annotation(
         if g.labels is not None or g.shapes
     ]
     if not annotations:
-        raise InputError(None, "nothing to save: select a Labels or Shapes layer")
+        raise InputError("nothing to save: select a Labels or Shapes layer")
     return annotations
 
 
@@ -609,7 +605,7 @@ def _group_to_annotation(group: _Group, class_set: ClassSet | None) -> Annotatio
         name = str(meta.get("name"))
         vertices = [np.asarray(v, dtype=np.float64) for v in data]
         if any(v.ndim != 2 or v.shape[1] < 2 for v in vertices):
-            raise InputError(None, f"layer {name!r}: shapes must be 2-D")
+            raise InputError(f"layer {name!r}: shapes must be 2-D")
         types = meta.get("shape_type") or ["rectangle"] * len(vertices)
         if isinstance(types, str):
             types = [types] * len(vertices)

@@ -82,7 +82,7 @@ class UserModels:
         else:
             path = Path(os.fspath(path_or_model)).expanduser().resolve()
             if not path.is_file():
-                raise InputError(path, "no such model card or weights file")
+                raise InputError("no such model card or weights file", source=path)
             card = get_card(path)
             key = str(path)
             entry = UserModel(label=f"{card.name} ({path.name})", source=key, card=card)

@@ -262,7 +262,7 @@ class SegmentWidget(Container):
     def _job(self) -> dict[str, Any]:
         layer = self.image.value
         if layer is None:
-            raise InputError(None, "open an image first (no Image layer in the viewer)")
+            raise InputError("open an image first (no Image layer in the viewer)")
         card = self.selected_card()
         kind_key = "postprocess" if card.kind == "learned" else "params"
         settings = {**getattr(card, kind_key), **self.threshold_values()}
@@ -490,9 +490,8 @@ def _image_array(data: Any, multiscale: bool, rgb: bool, name: str) -> np.ndarra
         pixels = pixels[0]
     if pixels.ndim != (3 if rgb else 2):
         raise InputError(
-            None,
             f"layer {name!r} has shape {pixels.shape}: choose a 2-D grey or "
-            "RGB image (split stacks into 2-D layers first)",
+            "RGB image (split stacks into 2-D layers first)"
         )
     return pixels
 

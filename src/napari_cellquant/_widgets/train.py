@@ -271,11 +271,11 @@ class TrainWidget(Container):
     def _job(self) -> dict[str, Any]:
         output = _path_or_none(self.output.value)
         if output is None:
-            raise InputError(None, "choose where to save the new weights ('save weights as')")
+            raise InputError("choose where to save the new weights ('save weights as')")
         folder = _path_or_none(self.images_folder.value)
         layers = list(self.layers.value)
         if not layers and folder is None:
-            raise InputError(None, "choose at least one corrected layer or an images folder")
+            raise InputError("choose at least one corrected layer or an images folder")
         annotations = layers_to_annotations(layers) if layers else []
         images = [self._image_of(annotation) for annotation in annotations]
         return {
@@ -314,9 +314,7 @@ class TrainWidget(Container):
         else:
             layer = self.image.value
             if layer is None:
-                raise InputError(
-                    None, f"no image found for the layers of {name!r}: pick it in 'image'"
-                )
+                raise InputError(f"no image found for the layers of {name!r}: pick it in 'image'")
         return layer.data, bool(layer.multiscale), bool(layer.rgb)
 
     # --- events from the worker ---------------------------------------------------------

@@ -111,7 +111,7 @@ def predict_images(
     from ..core.models.registry import get_card
 
     if workers < 0:
-        raise InputError(None, f"--workers must be 0 or more, got {workers}")
+        raise InputError(f"--workers must be 0 or more, got {workers}")
     distributed = bool(workers) or scheduler is not None
     if isinstance(model, ModelSpec):
         spec: ModelSpec | None = model
@@ -120,14 +120,13 @@ def predict_images(
     else:
         if distributed:
             raise InputError(
-                None,
                 "a dask run needs a ModelSpec (model name or card path): "
-                "workers load the model themselves",
+                "workers load the model themselves"
             )
         spec, loaded, card, weights = None, model, model.card, None
     if pixel_size_um is not None and not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
         raise InputError(
-            None, f"--pixel-size must be a positive number of micrometres, got {pixel_size_um:g}"
+            f"--pixel-size must be a positive number of micrometres, got {pixel_size_um:g}"
         )
     settings = Settings(tile=tile, overlap=overlap, diameter=diameter, pixel_size_um=pixel_size_um)
     record = run_record(

@@ -48,9 +48,8 @@ def dask_client(*, workers: int = 0, scheduler: str | None = None) -> Iterator[A
         from distributed import Client, LocalCluster
     except ImportError:
         raise InputError(
-            None,
             "--workers and --scheduler need dask.distributed: "
-            "pip install 'napari-cellquant[cluster]'",
+            "pip install 'napari-cellquant[cluster]'"
         ) from None
     cluster = None
     if scheduler is None:
@@ -68,7 +67,7 @@ def dask_client(*, workers: int = 0, scheduler: str | None = None) -> Iterator[A
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
         except (OSError, TimeoutError, ValueError) as exc:
             raise InputError(
-                f"--scheduler {scheduler}", f"cannot connect to the dask scheduler ({exc})"
+                f"cannot connect to the dask scheduler ({exc})", source=f"--scheduler {scheduler}"
             ) from None
     try:
         if scheduler is not None:
@@ -85,9 +84,9 @@ def _check_workers(client: Any, scheduler: str) -> None:
         client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
     except (TimeoutError, OSError):
         raise InputError(
-            f"--scheduler {scheduler}",
             f"no worker joined within "
             f"{CONNECT_TIMEOUT_S} s; start some with `dask worker {scheduler}`",
+            source=f"--scheduler {scheduler}",
         ) from None
     versions = client.get_versions(packages=list(SAME_VERSION))
     mine = versions["client"]["packages"]
@@ -97,9 +96,9 @@ def _check_workers(client: Any, scheduler: str) -> None:
             if theirs.get(package) != mine.get(package):
                 found = theirs.get(package) or "not installed"
                 raise InputError(
-                    f"--scheduler {scheduler}",
                     f"worker {address} has {package} {found}, this machine "
                     f"{mine.get(package)}; install the same versions on every worker",
+                    source=f"--scheduler {scheduler}",
                 )
 
 

@@ -34,21 +34,20 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
         else:
             matches = [Path(p) for p in glob.glob(text)]
             if not matches:
-                raise InputError(path, "no such file, folder or matching pattern")
+                raise InputError("no such file, folder or matching pattern", source=path)
         for match in matches:
             if match.is_file() and not match.name.startswith("."):
                 found[match] = None
     images = sorted(found, key=lambda p: (p.name, str(p)))
     if not images:
-        raise InputError(None, "no images found in " + ", ".join(map(str, inputs)))
+        raise InputError("no images found in " + ", ".join(map(str, inputs)))
     for key, what in ((lambda p: p.name, "file name"), (lambda p: p.stem, "file stem")):
         keys = [key(p) for p in images]
         seen: set[str] = set()
         repeated = [k for k in keys if k in seen or seen.add(k)]
         if repeated:
             raise InputError(
-                None,
                 f"two inputs share the {what} {repeated[0]!r}; outputs are "
-                f"keyed by {what}, so give each image a unique name",
+                f"keyed by {what}, so give each image a unique name"
             )
     return images

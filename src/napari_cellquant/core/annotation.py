@@ -36,8 +36,7 @@ class Boxes:
         self.scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
         if not (len(self.class_ids) == n == len(self.scores)):
             raise InputError(
-                None,
-                f"boxes: {n} boxes, {len(self.class_ids)} classes and {len(self.scores)} scores",
+                f"boxes: {n} boxes, {len(self.class_ids)} classes and {len(self.scores)} scores"
             )
 
     def __len__(self) -> int:
@@ -95,29 +94,29 @@ class Annotation:
         labels = np.asarray(self.labels)
         if labels.ndim != 2:
             raise InputError(
-                self.image_name or None, f"labels must be 2-D, got shape {labels.shape}"
+                f"labels must be 2-D, got shape {labels.shape}", source=self.image_name or None
             )
         if not np.issubdtype(labels.dtype, np.integer):
             raise InputError(
-                self.image_name or None, f"labels must be integers, got {labels.dtype}"
+                f"labels must be integers, got {labels.dtype}", source=self.image_name or None
             )
         if labels.size and labels.min() < 0:
-            raise InputError(self.image_name or None, "labels must not be negative")
+            raise InputError("labels must not be negative", source=self.image_name or None)
         self.labels = labels.astype(np.int32, copy=False)
         if self.semantic is not None and np.shape(self.semantic) != self.labels.shape:
             raise InputError(
-                self.image_name or None,
                 f"semantic map shape {np.shape(self.semantic)} differs from labels "
                 f"{self.labels.shape}",
+                source=self.image_name or None,
             )
         self.classes = {int(k): int(v) for k, v in self.classes.items()}
         bad = [c for c in self.classes.values() if not 1 <= c <= len(self.class_set)]
         bad += [int(c) for c in self.boxes.class_ids if not 1 <= c <= len(self.class_set)]
         if bad:
             raise InputError(
-                self.image_name or None,
                 f"class id {bad[0]} is not in class set {self.class_set.name!r} "
                 f"(ids 1..{len(self.class_set)})",
+                source=self.image_name or None,
             )
 
     # --- construction -------------------------------------------------------------------

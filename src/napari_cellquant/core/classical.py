@@ -189,13 +189,12 @@ def resolve_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any
         unknown = sorted(set(params) - set(defaults))
         if unknown:
             raise InputError(
-                None,
-                f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}",
+                f"{name}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
             )
         merged.update(params)
     diameter = merged["diameter"]
     if not isinstance(diameter, (int, float)) or not math.isfinite(diameter) or diameter <= 2:
-        raise InputError(None, f"{name}: diameter must be a number of pixels > 2, got {diameter!r}")
+        raise InputError(f"{name}: diameter must be a number of pixels > 2, got {diameter!r}")
     return merged
 
 
@@ -251,20 +250,22 @@ def _as_float_image(image: np.ndarray, *, rgb: bool, source: str) -> np.ndarray:
     if array.dtype == bool or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
-        raise InputError(source, f"image must be numeric, got {array.dtype}")
+        raise InputError(f"image must be numeric, got {array.dtype}", source=source)
     if rgb and not (array.ndim == 3 and array.shape[-1] in (3, 4)):
-        raise InputError(source, f"expected an RGB image (H, W, 3), got shape {array.shape}")
+        raise InputError(f"expected an RGB image (H, W, 3), got shape {array.shape}", source=source)
     if not rgb and array.ndim not in (2, 3):
-        raise InputError(source, f"expected a 2-D or (H, W, C) image, got shape {array.shape}")
+        raise InputError(
+            f"expected a 2-D or (H, W, C) image, got shape {array.shape}", source=source
+        )
     if array.shape[0] < 3 or array.shape[1] < 3:
-        raise InputError(source, f"image is too small: {array.shape}")
+        raise InputError(f"image is too small: {array.shape}", source=source)
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
         out = array.astype(np.float32) / float(info.max)
     else:
         out = array.astype(np.float32)
         if not np.isfinite(out).all():
-            raise InputError(source, "image contains NaN or infinite values")
+            raise InputError("image contains NaN or infinite values", source=source)
         top = float(out.max(initial=0.0))
         if top > 1.0:  # floats on a 0..255 or arbitrary scale
             out = out / top
@@ -541,7 +542,7 @@ def _threshold(values: np.ndarray, method: str) -> float:
         func = methods[method]
     except KeyError:
         raise InputError(
-            None, f"unknown threshold method {method!r}; known: {', '.join(methods)}"
+            f"unknown threshold method {method!r}; known: {', '.join(methods)}"
         ) from None
     if float(values.max()) - float(values.min()) < 1e-6:
         return float(values.max())  # a flat image has nothing above its own level
@@ -557,7 +558,7 @@ def _grey(image: np.ndarray, channel: int | None, source: str) -> np.ndarray:
         return img[..., : min(img.shape[-1], 3)].mean(axis=2)
     if not -img.shape[-1] <= int(channel) < img.shape[-1]:
         raise InputError(
-            source, f"channel {channel} does not exist in an image of shape {img.shape}"
+            f"channel {channel} does not exist in an image of shape {img.shape}", source=source
         )
     return img[..., int(channel)]
 
@@ -824,6 +825,6 @@ def run_pipeline(
         pipeline = PIPELINES[name]
     except KeyError:
         raise InputError(
-            None, f"unknown classical pipeline {name!r}; known: {', '.join(PIPELINES)}"
+            f"unknown classical pipeline {name!r}; known: {', '.join(PIPELINES)}"
         ) from None
     return pipeline(image, params)

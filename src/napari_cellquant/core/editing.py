@@ -88,7 +88,7 @@ class CorrectionEvent:
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
-            raise InputError(None, f"unknown correction action {self.action!r}")
+            raise InputError(f"unknown correction action {self.action!r}")
         self.ids = [int(i) for i in self.ids]
         self.result_ids = [int(i) for i in self.result_ids]
         self.classes = [int(c) for c in self.classes]
@@ -116,7 +116,7 @@ class CorrectionLog(list):
         try:
             return cls(CorrectionEvent(**dict(row)) for row in rows)
         except TypeError as exc:
-            raise InputError(None, f"not a correction log entry: {exc}") from exc
+            raise InputError(f"not a correction log entry: {exc}") from exc
 
     @classmethod
     def from_json(cls, text: str) -> CorrectionLog:
@@ -277,11 +277,11 @@ def _region_of(labels: np.ndarray, ids: Sequence[int], index: ObjectIndex | None
 
 def _check_ids(labels: np.ndarray, ids: Sequence[int], region: Region | None) -> None:
     if region is None:
-        raise InputError(None, f"label(s) {', '.join(map(str, ids))} not found in the image")
+        raise InputError(f"label(s) {', '.join(map(str, ids))} not found in the image")
     present = np.unique(labels[region])
     missing = [i for i in ids if i not in set(present.tolist())]
     if missing:
-        raise InputError(None, f"label(s) {', '.join(map(str, missing))} not found in the image")
+        raise InputError(f"label(s) {', '.join(map(str, missing))} not found in the image")
 
 
 def _offset(indices: Indices, region: Region) -> Indices:
@@ -300,7 +300,7 @@ def set_class(classes: Mapping[int, int], ids: Sequence[int], class_id: int) -> 
     """Give ``ids`` the class ``class_id`` (no pixel changes)."""
     ids = [int(i) for i in ids if int(i) != 0]
     if not ids:
-        raise InputError(None, "no object selected to reclass")
+        raise InputError("no object selected to reclass")
     event = CorrectionEvent(
         "reclassed",
         ids=ids,
@@ -344,9 +344,9 @@ def merge(
     """
     ids = list(dict.fromkeys(int(i) for i in ids if int(i) != 0))
     if len(ids) < 2:
-        raise InputError(None, "merging needs at least two different labels")
+        raise InputError("merging needs at least two different labels")
     if class_rule not in ("majority", "first"):
-        raise InputError(None, f"unknown class rule {class_rule!r} (majority or first)")
+        raise InputError(f"unknown class rule {class_rule!r} (majority or first)")
     region = _region_of(labels, ids, index)
     _check_ids(labels, ids, region)
     assert region is not None
@@ -459,9 +459,8 @@ def split(
     points = np.unique(points, axis=0) if len(points) else points
     if len(points) < 2:
         raise InputError(
-            None,
             f"label {label_id}: splitting needs two or more seeds inside the object, "
-            f"found {len(points)}",
+            f"found {len(points)}"
         )
     markers[points[:, 0], points[:, 1]] = np.arange(1, len(points) + 1)
     pieces = watershed(-distance, markers, mask=mask)
@@ -506,7 +505,7 @@ def delete(
     """Erase objects (their pixels become background)."""
     ids = list(dict.fromkeys(int(i) for i in ids if int(i) != 0))
     if not ids:
-        raise InputError(None, "no object selected to delete")
+        raise InputError("no object selected to delete")
     region = _region_of(labels, ids, index)
     _check_ids(labels, ids, region)
     assert region is not None

@@ -14,9 +14,13 @@ class CellquantError(Exception):
 
 
 class InputError(CellquantError, ValueError):
-    """A file or array given to us cannot be used; the message names it and the problem."""
+    """A file or array given to us cannot be used; the message names it and the problem.
 
-    def __init__(self, source: str | PathLike[str] | None, problem: str) -> None:
+    ``source`` is the file (or the thing) at fault when there is one: the message then reads
+    ``<source>: <problem>``, and callers that already name the file can show ``problem``.
+    """
+
+    def __init__(self, problem: str, *, source: str | PathLike[str] | None = None) -> None:
         self.source = None if source is None else str(source)
         self.problem = problem
         super().__init__(problem if source is None else f"{source}: {problem}")

@@ -142,15 +142,13 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError):
-            raise InputError(
-                None, f"unknown device {device!r} (try 'auto', 'cpu', 'cuda')"
-            ) from None
+            raise InputError(f"unknown device {device!r} (try 'auto', 'cpu', 'cuda')") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, f"device {str(dev)!r} requested but CUDA is not available here")
+        raise InputError(f"device {str(dev)!r} requested but CUDA is not available here")
     if dev.type == "mps":
         mps = getattr(torch.backends, "mps", None)
         if mps is None or not mps.is_available():
-            raise InputError(None, "device 'mps' requested but Apple MPS is not available here")
+            raise InputError("device 'mps' requested but Apple MPS is not available here")
     return dev
 
 
@@ -198,19 +196,16 @@ def prepare_image(
                 channel_axis = 0
             else:
                 raise InputError(
-                    None,
                     f"image of shape {arr.shape}: cannot tell which axis holds channels; "
-                    "pass channel_axis",
+                    "pass channel_axis"
                 )
         if not -3 <= channel_axis < 3:
-            raise InputError(
-                None, f"channel_axis {channel_axis} is out of range for shape {arr.shape}"
-            )
+            raise InputError(f"channel_axis {channel_axis} is out of range for shape {arr.shape}")
         arr = np.moveaxis(arr, channel_axis, -1)
     else:
-        raise InputError(None, f"expected a 2-D or 3-D image, got shape {arr.shape}")
+        raise InputError(f"expected a 2-D or 3-D image, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputError(None, f"image of shape {arr.shape} is empty")
+        raise InputError(f"image of shape {arr.shape} is empty")
 
     if arr.dtype == bool:
         arr = arr.astype(np.float32)
@@ -219,7 +214,7 @@ def prepare_image(
     elif np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float32, copy=False)
     else:
-        raise InputError(None, f"unsupported image dtype {arr.dtype}")
+        raise InputError(f"unsupported image dtype {arr.dtype}")
 
     c = arr.shape[-1]
     if c == 4 and in_channels != 4:
@@ -230,9 +225,7 @@ def prepare_image(
         elif in_channels == 1 and c == 3:
             arr = (arr @ _LUMA)[..., None]
         else:
-            raise InputError(
-                None, f"image has {c} channel(s) but the network expects {in_channels}"
-            )
+            raise InputError(f"image has {c} channel(s) but the network expects {in_channels}")
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -254,7 +247,7 @@ def blend_window(
     ``constant``: plain averaging of overlapping tiles.
     """
     if mode not in BLEND_MODES:
-        raise InputError(None, f"blend must be one of {BLEND_MODES}, got {mode!r}")
+        raise InputError(f"blend must be one of {BLEND_MODES}, got {mode!r}")
     axes = []
     for n in shape:
         if mode in ("gaussian", "monai"):
@@ -569,9 +562,7 @@ def _head_geometry(
     for name, value in out.items():
         stride = size // value.shape[-1]
         if stride < 1 or value.shape[-1] * stride != size:
-            raise InputError(
-                None, f"head {name!r}: output width {value.shape[-1]} for input {size}"
-            )
+            raise InputError(f"head {name!r}: output width {value.shape[-1]} for input {size}")
         geometry[name] = (int(value.shape[1]), stride)
     return geometry
 
@@ -623,26 +614,24 @@ def iter_predict_maps(
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[0] == 0 or image.shape[1] == 0:
-        raise InputError(None, f"expected an (H, W, C) image, got shape {image.shape}")
+        raise InputError(f"expected an (H, W, C) image, got shape {image.shape}")
     declared = getattr(network, "in_channels", None)
     in_channels = int(image.shape[-1] if declared is None else declared)
     if image.shape[-1] != in_channels:
         raise InputError(
-            None,
             f"image has {image.shape[-1]} channel(s) but the network expects {in_channels}; "
-            "convert it with prepare_image()",
+            "convert it with prepare_image()"
         )
     if normalize is None and not np.issubdtype(image.dtype, np.floating):
         raise InputError(
-            None,
-            f"image dtype {image.dtype} is not float: pass normalize= or use prepare_image()",
+            f"image dtype {image.dtype} is not float: pass normalize= or use prepare_image()"
         )
     if not 0 <= overlap < 1:
-        raise InputError(None, f"overlap must be in [0, 1), got {overlap}")
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
     if tile < 1 or batch_size < 1:
-        raise InputError(None, f"tile and batch_size must be positive, got {tile}, {batch_size}")
+        raise InputError(f"tile and batch_size must be positive, got {tile}, {batch_size}")
     if blend not in BLEND_MODES:
-        raise InputError(None, f"blend must be one of {BLEND_MODES}, got {blend!r}")
+        raise InputError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
 
     dev = choose_device(device)
     use_amp = dev.type == "cuda" if amp == "auto" else bool(amp)
@@ -659,12 +648,12 @@ def iter_predict_maps(
         for name, act in wanted.items():
             if name not in geometry:
                 raise InputError(
-                    None, f"output {name!r} requested but the network has heads {list(geometry)}"
+                    f"output {name!r} requested but the network has heads {list(geometry)}"
                 )
             if act not in ACTIVATIONS:
-                raise InputError(None, f"output {name!r}: activation must be one of {ACTIVATIONS}")
+                raise InputError(f"output {name!r}: activation must be one of {ACTIVATIONS}")
         if not wanted:
-            raise InputError(None, "no outputs requested")
+            raise InputError("no outputs requested")
         runner = _Runner(net, dev, batch_size, use_amp, channels_last)
         multiple = int(getattr(net, "size_multiple", 1))
         align = max(geometry[k][1] for k in wanted)
@@ -798,7 +787,7 @@ def _read_band(
         band = np.asarray(normalize(band))
         if band.shape != shape:
             raise InputError(
-                None, f"normalize must keep the band shape {shape}, it returned {band.shape}"
+                f"normalize must keep the band shape {shape}, it returned {band.shape}"
             )
     return np.ascontiguousarray(band, dtype=np.float32)
 
@@ -819,9 +808,8 @@ def _run_batch(
             y = _activate(out[h.name], h.activation)
             if y.shape[-2:] != g.window.shape:
                 raise InputError(
-                    None,
                     f"head {h.name!r}: output {tuple(y.shape[-2:])} does not match "
-                    f"tile / stride {tuple(g.window.shape)}",
+                    f"tile / stride {tuple(g.window.shape)}"
                 )
             y = y.permute(0, 2, 3, 1)  # (B, t/s, t/s, C)
             acc = g.acc[h.name]

@@ -65,10 +65,10 @@ def _check_class_sets(gt: Sequence[Annotation], pred: Sequence[Annotation]) -> C
     for ann in [*gt, *pred]:
         if tuple(n.lower() for n in ann.class_set.names) != names:
             raise InputError(
-                ann.image_name or None,
                 f"class set {ann.class_set.name!r} ({', '.join(ann.class_set.names)}) differs "
                 f"from {first.name!r} ({', '.join(first.names)}); ground truth and predictions "
                 "must use the same classes (name one with --classes)",
+                source=ann.image_name or None,
             )
     return first
 
@@ -77,9 +77,9 @@ def _name_index(annotations: Sequence[Annotation], side: str) -> dict[str, Annot
     index: dict[str, Annotation] = {}
     for i, ann in enumerate(annotations):
         if not ann.image_name:
-            raise InputError(None, f"{side} annotation {i} has no image name to match it by")
+            raise InputError(f"{side} annotation {i} has no image name to match it by")
         if ann.image_name in index:
-            raise InputError(None, f"{side}: image {ann.image_name!r} appears twice")
+            raise InputError(f"{side}: image {ann.image_name!r} appears twice")
         index[ann.image_name] = ann
     return index
 
@@ -112,9 +112,9 @@ def pair_annotations(
         Either side is empty, an image is on one side only, or the class sets differ.
     """
     if not gt:
-        raise InputError(None, "no ground-truth annotations were given")
+        raise InputError("no ground-truth annotations were given")
     if not pred:
-        raise InputError(None, "no predicted annotations were given")
+        raise InputError("no predicted annotations were given")
     _check_class_sets(gt, pred)
     gt_index, pred_index = _name_index(gt, "ground truth"), _name_index(pred, "predictions")
     pred_stems = _by_stem(pred_index)
@@ -137,7 +137,7 @@ def pair_annotations(
             parts.append(f"no prediction for {len(missing)} image(s): {', '.join(missing[:5])}")
         if extra:
             parts.append(f"no ground truth for {len(extra)} image(s): {', '.join(extra[:5])}")
-        raise InputError(None, "; ".join(parts))
+        raise InputError("; ".join(parts))
     return pairs
 
 
@@ -175,9 +175,8 @@ def mask_iou_pairs(
     """
     if gt_labels.shape != pred_labels.shape:
         raise InputError(
-            None,
             f"label images differ in shape: ground truth {gt_labels.shape}, "
-            f"prediction {pred_labels.shape}",
+            f"prediction {pred_labels.shape}"
         )
     g_ids, g = _compact(gt_labels)
     p_ids, p = _compact(pred_labels)
@@ -368,7 +367,7 @@ def instance_prf(
         try:
             candidates = mask_iou_pairs(truth.labels, pred.labels)
         except InputError as exc:
-            raise InputError(truth.image_name, exc.problem) from None
+            raise InputError(exc.problem, source=truth.image_name) from None
         images.append((gt_objs, pred_objs, candidates))
     return _tally(images, class_set, iou)
 
@@ -586,7 +585,7 @@ def _boxes_from(
 
 def _check_iou(iou: float) -> float:
     if not 0.0 < float(iou) <= 1.0:
-        raise InputError(None, f"IoU threshold must be in (0, 1], got {iou}")
+        raise InputError(f"IoU threshold must be in (0, 1], got {iou}")
     return float(iou)
 
 
@@ -655,13 +654,13 @@ def confusion_matrix(pairs: Sequence[tuple[Annotation, Annotation]], n_classes: 
             continue  # a box-only image (declared sizes may differ): no pixels to compare
         if g.shape != p.shape:
             raise InputError(
-                truth.image_name,
                 f"class maps differ in shape: ground truth {g.shape}, prediction {p.shape}",
+                source=truth.image_name,
             )
         for side, values in (("ground truth", g), ("prediction", p)):
             if values.size and (values.min() < 0 or values.max() >= n):
                 raise InputError(
-                    truth.image_name, f"{side} class map holds ids outside 0..{n_classes}"
+                    f"{side} class map holds ids outside 0..{n_classes}", source=truth.image_name
                 )
         total += np.bincount(g.ravel().astype(np.int64) * n + p.ravel(), minlength=n * n)
     return total.reshape(n, n)

@@ -48,9 +48,8 @@ def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -
         std = np.asarray(spec["std"], dtype=np.float32) / value_range
         if mean.size not in (1, in_channels) or std.size != mean.size:
             raise InputError(
-                None,
                 f"normalisation has {mean.size} means and {std.size} stds "
-                f"for {in_channels} channels",
+                f"for {in_channels} channels"
             )
         offset, scale = mean, 1.0 / np.maximum(std, 1e-6)
     elif mode == "percentile":
@@ -62,7 +61,7 @@ def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -
     elif mode == "none":
         offset, scale = np.zeros(1, np.float32), np.ones(1, np.float32)
     else:
-        raise InputError(None, f"unknown normalisation mode {mode!r}")
+        raise InputError(f"unknown normalisation mode {mode!r}")
 
     def normalize_band(band: np.ndarray) -> np.ndarray:
         pixels = prepare_image(band, in_channels, channel_axis=-1)

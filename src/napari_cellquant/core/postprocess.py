@@ -203,11 +203,9 @@ def clean_instances(
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(
-            None, f"labels must be a 2-D integer image, got {labels.dtype} {labels.shape}"
-        )
+        raise InputError(f"labels must be a 2-D integer image, got {labels.dtype} {labels.shape}")
     if labels.size and labels.min() < 0:
-        raise InputError(None, "labels must not be negative")
+        raise InputError("labels must not be negative")
     out = fill_instance_holes(labels, max_hole) if max_hole > 0 else labels
     out = remove_small_instances(out, min_size)
     out, mapping = relabel_sequential(out)
@@ -274,25 +272,25 @@ def instances_from_maps(
     maps = np.asarray(maps)
     if maps.ndim == 3:
         if not np.issubdtype(maps.dtype, np.floating):
-            raise InputError(None, f"class probabilities must be floating point, got {maps.dtype}")
+            raise InputError(f"class probabilities must be floating point, got {maps.dtype}")
         if maps.shape[0] < 2:
             raise InputError(
-                None, f"class probabilities need a background and >= 1 class, got {maps.shape}"
+                f"class probabilities need a background and >= 1 class, got {maps.shape}"
             )
         if not np.isfinite(maps).all():
-            raise InputError(None, "class probabilities contain NaN or infinite values")
+            raise InputError("class probabilities contain NaN or infinite values")
         n_classes = maps.shape[0] - 1
         shape = maps.shape[1:]
         foreground = (1.0 - maps[0]) > foreground_threshold
         pixel_class = (np.argmax(maps[1:], axis=0) + 1).astype(np.int64)
         probs: np.ndarray | None = maps
         if confidence is not None:
-            raise InputError(None, "confidence goes with a class map, not with class probabilities")
+            raise InputError("confidence goes with a class map, not with class probabilities")
     elif maps.ndim == 2:
         if not np.issubdtype(maps.dtype, np.integer):
-            raise InputError(None, f"a class map must be integers, got {maps.dtype}")
+            raise InputError(f"a class map must be integers, got {maps.dtype}")
         if maps.size and maps.min() < 0:
-            raise InputError(None, "a class map must not hold negative class ids")
+            raise InputError("a class map must not hold negative class ids")
         shape = maps.shape
         n_classes = max(int(maps.max(initial=0)), 1)
         foreground = maps > 0
@@ -302,18 +300,14 @@ def instances_from_maps(
             confidence = np.ones(shape, dtype=np.float32)
         confidence = np.asarray(confidence, dtype=np.float32)
         if confidence.shape != shape:
-            raise InputError(
-                None, f"confidence shape {confidence.shape} differs from class map {shape}"
-            )
+            raise InputError(f"confidence shape {confidence.shape} differs from class map {shape}")
     else:
         raise InputError(
-            None, f"expected (C+1, H, W) probabilities or an (H, W) class map, got {maps.shape}"
+            f"expected (C+1, H, W) probabilities or an (H, W) class map, got {maps.shape}"
         )
     for name, extra in (("distance", distance), ("boundary", boundary)):
         if extra is not None and np.shape(extra) != tuple(shape):
-            raise InputError(
-                None, f"{name} map shape {np.shape(extra)} differs from {tuple(shape)}"
-            )
+            raise InputError(f"{name} map shape {np.shape(extra)} differs from {tuple(shape)}")
 
     foreground = fill_small_holes(foreground, max_hole)
     if split:
@@ -439,29 +433,26 @@ def boxes_from_heatmap(
     """
     heat = np.asarray(heatmap, dtype=np.float32)
     if heat.ndim != 3:
-        raise InputError(None, f"heatmap must be (K, h, w), got shape {heat.shape}")
+        raise InputError(f"heatmap must be (K, h, w), got shape {heat.shape}")
     grid = heat.shape[1:]
     size = np.asarray(size, dtype=np.float32)
     if size.shape != (2, *grid):
-        raise InputError(None, f"size must be (2, {grid[0]}, {grid[1]}), got {size.shape}")
+        raise InputError(f"size must be (2, {grid[0]}, {grid[1]}), got {size.shape}")
     if offset is not None:
         offset = np.asarray(offset, dtype=np.float32)
         if offset.shape != (2, *grid):
-            raise InputError(None, f"offset must be (2, {grid[0]}, {grid[1]}), got {offset.shape}")
+            raise InputError(f"offset must be (2, {grid[0]}, {grid[1]}), got {offset.shape}")
     if stride < 1 or nms_kernel < 1 or nms_kernel % 2 == 0:
-        raise InputError(
-            None, f"stride must be >= 1 and nms_kernel odd (got {stride}, {nms_kernel})"
-        )
+        raise InputError(f"stride must be >= 1 and nms_kernel odd (got {stride}, {nms_kernel})")
     if not np.isfinite(heat).all():
-        raise InputError(None, "heatmap contains NaN or infinite values")
+        raise InputError("heatmap contains NaN or infinite values")
     pooled = ndi.maximum_filter(
         heat, size=(1, nms_kernel, nms_kernel), mode="constant", cval=-np.inf
     )
     thresholds = np.asarray(threshold, dtype=np.float32).reshape(-1)
     if thresholds.size not in (1, heat.shape[0]):
         raise InputError(
-            None,
-            f"threshold: give one value or one per class ({heat.shape[0]}), got {thresholds.size}",
+            f"threshold: give one value or one per class ({heat.shape[0]}), got {thresholds.size}"
         )
     peaks = (heat >= pooled) & (heat > thresholds.reshape(-1, 1, 1))
     k, ys, xs = np.nonzero(peaks)
@@ -579,7 +570,7 @@ def heatmap_targets(
     yy, xx = np.mgrid[0:h, 0:w]
     for (x, y, bw, bh), class_id in zip(boxes.xywh, boxes.class_ids):  # loop over objects
         if not 1 <= class_id <= num_classes:
-            raise InputError(None, f"box class {class_id} outside 1..{num_classes}")
+            raise InputError(f"box class {class_id} outside 1..{num_classes}")
         cx, cy = (x + bw / 2) / stride, (y + bh / 2) / stride
         ix, iy = int(math.floor(cx)), int(math.floor(cy))
         if not (0 <= ix < w and 0 <= iy < h):

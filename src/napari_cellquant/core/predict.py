@@ -118,9 +118,8 @@ def iter_predict(
     card = model.card
     if card.class_set.startswith("blood") and (image.ndim == 2 or image.shape[-1] == 1):
         raise InputError(
-            None,
             f"a grey image, but {card.name} tells blood cells apart by the "
-            "stain's colours: give the colour (RGB) image",
+            "stain's colours: give the colour (RGB) image"
         )
     estimator: Callable[[np.ndarray], Any] | None = None
     if model.network is not None:
@@ -305,7 +304,7 @@ def predict(
     work at the next step with :class:`~napari_cellquant.core.errors.CancelledError`.
     """
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
-        raise InputError(None, f"expected a 2-D image (H, W) or (H, W, C); got {np.shape(image)}")
+        raise InputError(f"expected a 2-D image (H, W) or (H, W, C); got {np.shape(image)}")
     steps = iter_predict(
         image, model, tile=tile, overlap=overlap, diameter=diameter, pixel_size_um=pixel_size_um
     )

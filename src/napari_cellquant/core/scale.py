@@ -230,15 +230,13 @@ def image_scale(
     if isinstance(diameter, str):
         if diameter != "model":
             raise InputError(
-                None,
-                f"diameter must be a number of pixels, None (estimate) or "
-                f"'model', got {diameter!r}",
+                f"diameter must be a number of pixels, None (estimate) or 'model', got {diameter!r}"
             )
         value, source = reference, "model"
     elif diameter is not None:
         value, source = float(diameter), "given"
         if not math.isfinite(value) or value <= 0:
-            raise InputError(None, f"diameter must be a positive number of pixels, got {diameter}")
+            raise InputError(f"diameter must be a positive number of pixels, got {diameter}")
         if value >= min(image.shape[:2]):
             log.warning(
                 "objects %g px across cannot be found in a %d x %d image: is the diameter right?",
@@ -248,7 +246,7 @@ def image_scale(
             )
     elif pixel_size_um is not None and (reference_um := _reference_um(card)) is not None:
         if not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
-            raise InputError(None, f"pixel size must be positive, got {pixel_size_um} um")
+            raise InputError(f"pixel size must be positive, got {pixel_size_um} um")
         value, source = reference_um / float(pixel_size_um), "pixel_size"
     else:
         if pixel_size_um is not None:
@@ -317,11 +315,11 @@ def _as_channels_last(image: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = array[:, :, None]
     if array.ndim != 3 or array.shape[0] < 8 or array.shape[1] < 8:
-        raise InputError(None, f"cannot estimate a diameter on an image of shape {np.shape(image)}")
+        raise InputError(f"cannot estimate a diameter on an image of shape {np.shape(image)}")
     if array.dtype == bool or not (
         np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
     ):
-        raise InputError(None, f"image must be numeric to estimate a diameter, got {array.dtype}")
+        raise InputError(f"image must be numeric to estimate a diameter, got {array.dtype}")
     if array.shape[-1] == 4:  # RGBA: alpha carries no object
         array = array[..., :3]
     return array

@@ -196,7 +196,7 @@ def synthetic_blood_smear(
     """
     rows, cols = (int(shape[0]), int(shape[1]))
     if rows < 16 or cols < 16:
-        raise InputError(None, f"synthetic_blood_smear needs at least 16 x 16 pixels, got {shape}")
+        raise InputError(f"synthetic_blood_smear needs at least 16 x 16 pixels, got {shape}")
     rng = np.random.default_rng(seed)
     area_factor = rows * cols / 512.0**2
     density = np.zeros((rows, cols, 3))

@@ -34,7 +34,7 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
 
     p = Path(path)
     if not p.exists():
-        raise InputError(p, "no such file or folder")
+        raise InputError("no such file or folder", source=p)
     if p.is_dir():
         return _detect_folder_kind(p, class_set=class_set)
     suffix = p.suffix.lower()
@@ -42,9 +42,9 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
         if yolo.looks_like_yolo(p) or (suffix == ".txt" and yolo.looks_like_yolo(p.parent)):
             return "yolo"
         raise InputError(
-            p,
             "is not a YOLO data file (data.yaml with 'names', or a label "
             "file in a 'labels' folder)",
+            source=p,
         )
     if suffix in (".json", ".geojson"):
         if suffix == ".json" and coco.looks_like_coco(p):
@@ -52,21 +52,21 @@ def detect_kind(path: PathLike, *, class_set: ClassSet | str | None = None) -> s
         if geojson.looks_like_geojson(p):
             return "geojson"
         raise InputError(
-            p,
             "JSON file is neither COCO (needs 'images', 'annotations' and "
             "'categories') nor GeoJSON (a FeatureCollection)",
+            source=p,
         )
     if suffix in (".zip", ".roi"):
         if roiset.looks_like_roiset(p):
             return "roiset"
-        raise InputError(p, "is not an ImageJ ROI set (a .zip of .roi files)")
+        raise InputError("is not an ImageJ ROI set (a .zip of .roi files)", source=p)
     if suffix == ".xml":
         if voc.looks_like_voc(p):
             return "voc"
-        raise InputError(p, "XML file is not Pascal VOC (root element must be <annotation>)")
+        raise InputError("XML file is not Pascal VOC (root element must be <annotation>)", source=p)
     if suffix in IMAGE_SUFFIXES:
         return _detect_image_kind(p, class_set=class_set)
-    raise InputError(p, f"unsupported file type {suffix!r}")
+    raise InputError(f"unsupported file type {suffix!r}", source=p)
 
 
 def _detect_image_kind(path: Path, *, class_set: ClassSet | str | None) -> str:
@@ -102,12 +102,12 @@ def _detect_folder_kind(folder: Path, *, class_set: ClassSet | str | None) -> st
     if len(jsons) == 1:
         return "coco"
     if len(jsons) > 1:
-        raise InputError(folder, f"holds {len(jsons)} COCO files; name the one to read")
+        raise InputError(f"holds {len(jsons)} COCO files; name the one to read", source=folder)
     images = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
     if images:
         return _detect_image_kind(images[0], class_set=class_set)
     raise InputError(
-        folder, "holds no annotation files (COCO JSON, VOC XML, masks or label images)"
+        "holds no annotation files (COCO JSON, VOC XML, masks or label images)", source=folder
     )
 
 
@@ -148,11 +148,13 @@ def read_annotations(
     if kind not in KINDS:
         if kind == "image":
             raise InputError(
-                p,
                 "is a plain image, not an annotation; to read a colour-coded class map "
                 "name its class set with --classes (e.g. --classes blood10)",
+                source=p,
             )
-        raise InputError(p, f"unknown annotation kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise InputError(
+            f"unknown annotation kind {kind!r}; choose from {', '.join(KINDS)}", source=p
+        )
     if kind == "coco":
         target = p if p.is_file() else _single_coco_in(p)
         return coco.read_coco(target, images_dir=images_dir, class_set=cs)
@@ -167,7 +169,7 @@ def read_annotations(
     if kind == "masks":
         return masks.read_masks_folder(p, class_set=cs)
     if kind == "colormap" and cs is None:
-        raise InputError(p, "a colour-coded map needs its class set: pass --classes NAME")
+        raise InputError("a colour-coded map needs its class set: pass --classes NAME", source=p)
     files = _image_files(p)
     if kind == "labels":
         return [masks.read_label_image(f, class_set=cs) for f in files]
@@ -180,7 +182,7 @@ def _single_coco_in(folder: Path) -> Path:
 
     found = [f for f in sorted(folder.glob("*.json")) if looks_like_coco(f)]
     if len(found) != 1:
-        raise InputError(folder, f"expected one COCO JSON file, found {len(found)}")
+        raise InputError(f"expected one COCO JSON file, found {len(found)}", source=folder)
     return found[0]
 
 
@@ -191,7 +193,7 @@ def _image_files(path: Path) -> list[Path]:
         return [path]
     files = sorted(f for f in path.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise InputError(path, "holds no images")
+        raise InputError("holds no images", source=path)
     return files
 
 
@@ -215,9 +217,9 @@ def write_annotations(
     from . import coco, counts, geojson, masks, roiset, voc, yolo
 
     if to not in FORMATS:
-        raise InputError(None, f"unknown output format {to!r}; choose from {', '.join(FORMATS)}")
+        raise InputError(f"unknown output format {to!r}; choose from {', '.join(FORMATS)}")
     if not annotations:
-        raise InputError(None, "nothing to write: no annotations were read")
+        raise InputError("nothing to write: no annotations were read")
     target = Path(dst)
     if to == "coco":
         return [

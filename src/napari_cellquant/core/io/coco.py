@@ -120,7 +120,7 @@ class SizeDecision(NamedTuple):
 def check_encoding(value: str) -> Encoding:
     """``value`` if it is a COCO segmentation encoding we write, else InputError."""
     if value not in ("polygon", "rle"):
-        raise InputError(None, f"unknown COCO encoding {value!r}; use 'polygon' or 'rle'")
+        raise InputError(f"unknown COCO encoding {value!r}; use 'polygon' or 'rle'")
     return value  # type: ignore[return-value]
 
 
@@ -128,8 +128,7 @@ def check_size_mismatch(value: str) -> SizeMismatch:
     """``value`` if it is a valid ``size_mismatch`` option, else InputError."""
     if value not in SIZE_MISMATCH_MODES:
         raise InputError(
-            None,
-            f"unknown size_mismatch {value!r}; use one of {', '.join(SIZE_MISMATCH_MODES)}",
+            f"unknown size_mismatch {value!r}; use one of {', '.join(SIZE_MISMATCH_MODES)}"
         )
     return value  # type: ignore[return-value]
 
@@ -190,10 +189,10 @@ def resolve_image_size(
     reach = f"objects reach x {extent[1]:g}, y {extent[0]:g}"
     if size_mismatch == "keep" and not fits:
         raise InputError(
-            source,
             f"image {image_name} is {real[1]}x{real[0]} but the annotations declare "
             f"{declared[1]}x{declared[0]}, and with size_mismatch='keep' the {reach}, beyond "
             "the image (not clipped: rescale them, or fix the annotation or its image)",
+            source=source,
         )
     if size_mismatch == "keep" or (size_mismatch == "auto" and fits):
         why = (
@@ -231,9 +230,9 @@ def map_names_to_class_set(
             ids.append(class_set.id_of(str(name)))
         except CellquantError:
             raise InputError(
-                source,
                 f"{what} {name!r} is not in class set {class_set.name!r} "
                 f"({', '.join(class_set.names)})",
+                source=source,
             ) from None
     return ids
 
@@ -354,9 +353,9 @@ def _check_same_class_set(annotations: Sequence[Annotation]) -> ClassSet | None:
     for ann in annotations[1:]:
         if ann.class_set != first:
             raise InputError(
-                ann.image_name or None,
                 f"class set {ann.class_set.name!r} differs from {first.name!r}; one COCO file "
                 "holds one set of categories",
+                source=ann.image_name or None,
             )
     return first
 
@@ -365,10 +364,10 @@ def _sorted_by_name(annotations: Sequence[Annotation]) -> list[Annotation]:
     names = [a.image_name for a in annotations]
     for i, name in enumerate(names):
         if not name:
-            raise InputError(None, f"annotation {i} has no image_name; COCO needs a file_name")
+            raise InputError(f"annotation {i} has no image_name; COCO needs a file_name")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise InputError(None, f"image names must be unique; repeated: {', '.join(duplicates)}")
+        raise InputError(f"image names must be unique; repeated: {', '.join(duplicates)}")
     return sorted(annotations, key=lambda a: a.image_name)
 
 
@@ -399,9 +398,9 @@ def _instance_entries(ann: Annotation, encoding: Encoding) -> list[dict[str, Any
     missing = [int(i) for i in ids[1:] if ann.classes.get(int(i), 0) == 0]
     if missing:
         raise InputError(
-            ann.image_name or None,
             f"{len(missing)} instance(s) have no class (ids {missing[:10]}); "
             "COCO needs a category for each",
+            source=ann.image_name or None,
         )
     entries = []
     for k in range(1, len(ids)):
@@ -587,25 +586,25 @@ def _load_json(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise InputError(path, "file not found") from None
+        raise InputError("file not found", source=path) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read as UTF-8 text ({exc})") from exc
+        raise InputError(f"cannot read as UTF-8 text ({exc})", source=path) from exc
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(
-            path, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source=path
         ) from None
     if not isinstance(data, dict):
         raise InputError(
-            path, f"not a COCO file: the top level is a {type(data).__name__}, not an object"
+            f"not a COCO file: the top level is a {type(data).__name__}, not an object", source=path
         )
     missing = [k for k in ("images", "annotations", "categories") if k not in data]
     if missing:
-        raise InputError(path, f"not a COCO file: missing key(s) {', '.join(missing)}")
+        raise InputError(f"not a COCO file: missing key(s) {', '.join(missing)}", source=path)
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list) or not all(isinstance(e, dict) for e in data[key]):
-            raise InputError(path, f"not a COCO file: {key!r} must be a list of objects")
+            raise InputError(f"not a COCO file: {key!r} must be a list of objects", source=path)
     return data
 
 
@@ -615,7 +614,7 @@ def _as_int(source: Path, value: Any, what: str) -> int:
         or not isinstance(value, (int, float))
         or not float(value).is_integer()
     ):
-        raise InputError(source, f"{what} must be an integer, got {value!r}")
+        raise InputError(f"{what} must be an integer, got {value!r}", source=source)
     return int(value)
 
 
@@ -623,10 +622,10 @@ def _as_floats(source: Path, values: Any, what: str) -> np.ndarray:
     if not isinstance(values, (list, tuple)) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
     ):
-        raise InputError(source, f"{what} must be a list of numbers, got {str(values)[:80]}")
+        raise InputError(f"{what} must be a list of numbers, got {str(values)[:80]}", source=source)
     out = np.asarray(values, dtype=np.float64)
     if not np.all(np.isfinite(out)):
-        raise InputError(source, f"{what} holds non-finite numbers")
+        raise InputError(f"{what} holds non-finite numbers", source=source)
     return out
 
 
@@ -638,12 +637,12 @@ def check_box_inside(
     rows, cols = size
     tol = BOUNDS_TOLERANCE
     if w < 0 or h < 0:
-        raise InputError(source, f"{what}: negative box size {w} x {h}")
+        raise InputError(f"{what}: negative box size {w} x {h}", source=source)
     if x < -tol or y < -tol or x + w > cols + tol or y + h > rows + tol:
         raise InputError(
-            source,
             f"{what}: box x={x:g} y={y:g} w={w:g} h={h:g} lies outside the "
             f"{cols}x{rows} image (not clipped: the annotation or its image size is wrong)",
+            source=source,
         )
 
 
@@ -653,18 +652,18 @@ def _category_map(
     entries = []
     for cat in categories:
         if "id" not in cat or "name" not in cat:
-            raise InputError(source, f"category without id or name: {str(cat)[:80]}")
+            raise InputError(f"category without id or name: {str(cat)[:80]}", source=source)
         entries.append((_as_int(source, cat["id"], "category id"), str(cat["name"])))
     entries.sort()
     cat_ids = [cid for cid, _ in entries]
     if len(set(cat_ids)) != len(cat_ids):
-        raise InputError(source, "category ids must be unique")
+        raise InputError("category ids must be unique", source=source)
     names = [name for _, name in entries]
     if class_set is None:
         try:
             class_set = class_set_from_names(names)
         except CellquantError as exc:
-            raise InputError(source, f"categories: {exc}") from None
+            raise InputError(f"categories: {exc}", source=source) from None
         class_ids = list(class_set.ids)
     else:
         class_ids = map_names_to_class_set(source, names, class_set)
@@ -779,17 +778,18 @@ def _instance_geometry(
             xy = _as_floats(source, poly, f"{what}: polygon")
             if len(xy) < 6 or len(xy) % 2:
                 raise InputError(
-                    source, f"{what}: a polygon needs at least 3 x,y points, got {len(xy)} numbers"
+                    f"{what}: a polygon needs at least 3 x,y points, got {len(xy)} numbers",
+                    source=source,
                 )
             x, y = xy[0::2], xy[1::2]
             tol = BOUNDS_TOLERANCE
             if x.min() < -tol or y.min() < -tol or x.max() > cols + tol or y.max() > rows + tol:
                 raise InputError(
-                    source,
                     f"{what}: polygon reaches x {x.min():g}..{x.max():g}, "
                     f"y {y.min():g}..{y.max():g}"
                     f" outside the {cols}x{rows} image (not clipped: the annotation or its image"
                     " size is wrong)",
+                    source=source,
                 )
             polygons.append(xy)
         extent = (
@@ -801,10 +801,12 @@ def _instance_geometry(
         size = segmentation.get("size")
         raw = segmentation.get("counts")
         if not isinstance(size, list) or len(size) != 2 or raw is None:
-            raise InputError(source, f"{what}: RLE needs 'size' [height, width] and 'counts'")
+            raise InputError(
+                f"{what}: RLE needs 'size' [height, width] and 'counts'", source=source
+            )
         if [_as_int(source, s, f"{what}: RLE size") for s in size] != [rows, cols]:
             raise InputError(
-                source, f"{what}: RLE size {size} differs from the image's [{rows}, {cols}]"
+                f"{what}: RLE size {size} differs from the image's [{rows}, {cols}]", source=source
             )
         try:
             if isinstance(raw, str):
@@ -813,14 +815,14 @@ def _instance_geometry(
                 counts = _as_floats(source, raw, f"{what}: RLE counts").astype(np.int64)
             flat = _runs_to_flat(counts, declared)
         except ValueError as exc:
-            raise InputError(source, f"{what}: invalid RLE ({exc})") from None
+            raise InputError(f"{what}: invalid RLE ({exc})", source=source) from None
         if flat.size == 0:
             return None, flat, (0.0, 0.0)
         # the pixel (r, c) covers [c, c + 1) x [r, r + 1): its far edge is r + 1, c + 1
         extent = (float(flat.max() // cols + 1), float(np.max(flat % cols) + 1))
         return None, flat, extent
     raise InputError(
-        source, f"{what}: segmentation must be polygons or RLE, got {str(segmentation)[:60]}"
+        f"{what}: segmentation must be polygons or RLE, got {str(segmentation)[:60]}", source=source
     )
 
 
@@ -861,11 +863,13 @@ def _declared_size(
             _as_int(source, image["width"], f"image {name} width"),
         )
         if min(declared) <= 0:
-            raise InputError(source, f"image {name}: size {declared[1]}x{declared[0]} is empty")
+            raise InputError(
+                f"image {name}: size {declared[1]}x{declared[0]} is empty", source=source
+            )
         return declared
     if image_path is not None:
         return image_file_shape(image_path)
-    raise InputError(source, f"image {name} has no width/height and the image was not found")
+    raise InputError(f"image {name} has no width/height and the image was not found", source=source)
 
 
 def _parse_entry(
@@ -874,13 +878,13 @@ def _parse_entry(
     """Validate one annotation (declared grid): a box row (xywh, class, score) or an instance."""
     score = ann.get("score")
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
-        raise InputError(source, f"{what}: score must be a number, got {score!r}")
+        raise InputError(f"{what}: score must be a number, got {score!r}", source=source)
     score = math.nan if score is None else float(score)
     bbox = None
     if ann.get("bbox") is not None:
         bbox = _as_floats(source, ann["bbox"], f"{what}: bbox")
         if len(bbox) != 4:
-            raise InputError(source, f"{what}: bbox needs 4 numbers, got {len(bbox)}")
+            raise InputError(f"{what}: bbox needs 4 numbers, got {len(bbox)}", source=source)
         check_box_inside(source, bbox, declared, what)
     attributes: dict[str, Any] = (
         ann["attributes"] if isinstance(ann.get("attributes"), dict) else {}
@@ -911,9 +915,9 @@ def _parse_entry(
         return inst
     if bbox is None:
         if not has_segmentation:
-            raise InputError(source, f"{what}: neither segmentation nor bbox")
+            raise InputError(f"{what}: neither segmentation nor bbox", source=source)
         if not isinstance(segmentation, list):
-            raise InputError(source, f"{what}: a box needs a bbox or a polygon")
+            raise InputError(f"{what}: a box needs a bbox or a polygon", source=source)
         xy = _as_floats(source, segmentation[0], f"{what}: polygon").reshape(-1, 2)
         x0, y0 = xy.min(axis=0)
         x1, y1 = xy.max(axis=0)
@@ -969,7 +973,7 @@ def _read_image_annotations(
     image_id = image["id"]
     name = str(image.get("file_name", ""))
     if not name:
-        raise InputError(source, f"image id {image_id} has no file_name")
+        raise InputError(f"image id {image_id} has no file_name", source=source)
     image_path = find_image_file(name, search_dirs)
     if image_path is None:
         log.debug("%s: image %s not found in %s", source, name, search_dirs)
@@ -1099,10 +1103,10 @@ def read_coco(
     images: dict[int, dict] = {}
     for image in data["images"]:
         if "id" not in image:
-            raise InputError(source, f"image without id: {str(image)[:80]}")
+            raise InputError(f"image without id: {str(image)[:80]}", source=source)
         image_id = _as_int(source, image["id"], "image id")
         if image_id in images:
-            raise InputError(source, f"image id {image_id} appears twice")
+            raise InputError(f"image id {image_id} appears twice", source=source)
         images[image_id] = image
 
     per_image: dict[int, list[tuple[int, dict]]] = {i: [] for i in images}
@@ -1111,13 +1115,13 @@ def read_coco(
         image_id = ann.get("image_id")
         if image_id not in per_image:
             raise InputError(
-                source, f"{what} refers to image id {image_id!r}, which is not in images"
+                f"{what} refers to image id {image_id!r}, which is not in images", source=source
             )
         if ann.get("category_id") not in category_to_class:
             raise InputError(
-                source,
                 f"{what} refers to category id {ann.get('category_id')!r}, "
                 "which is not in categories",
+                source=source,
             )
         per_image[image_id].append((index, ann))
 

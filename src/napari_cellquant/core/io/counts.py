@@ -125,13 +125,15 @@ def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
     """
     p = Path(path)
     if not p.is_file():
-        raise InputError(p, "no such file" if not p.exists() else "is not a file")
+        raise InputError("no such file" if not p.exists() else "is not a file", source=p)
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(p, f"is not a UTF-8 text file ({exc.reason} at byte {exc.start})") from exc
+        raise InputError(
+            f"is not a UTF-8 text file ({exc.reason} at byte {exc.start})", source=p
+        ) from exc
     except OSError as exc:
-        raise InputError(p, f"cannot be read ({exc.strerror or exc})") from exc
+        raise InputError(f"cannot be read ({exc.strerror or exc})", source=p) from exc
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     numbered: list[tuple[int, list[str]]] = []  # (line, fields), blank lines skipped
     try:
@@ -139,32 +141,35 @@ def read_counts_csv(path: PathLike) -> list[dict[str, str | int]]:
             if record:
                 numbered.append((reader.line_num, record))
     except csv.Error as exc:
-        raise InputError(p, f"line {reader.line_num}: not valid CSV ({exc})") from exc
+        raise InputError(f"line {reader.line_num}: not valid CSV ({exc})", source=p) from exc
     if not numbered:
-        raise InputError(p, "is empty; expected a header line image,class,count")
+        raise InputError("is empty; expected a header line image,class,count", source=p)
     header_line, header = numbered[0]
     header = [h.strip() for h in header]
     missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise InputError(
-            p,
             f"line {header_line}: header {','.join(header)!r} lacks column(s) "
             f"{', '.join(missing)} (expected image,class,count)",
+            source=p,
         )
     where = {c: header.index(c) for c in COLUMNS}
     rows: list[dict[str, str | int]] = []
     for line, record in numbered[1:]:
         if len(record) != len(header):
             raise InputError(
-                p, f"line {line}: {len(record)} fields, expected {len(header)} as in the header"
+                f"line {line}: {len(record)} fields, expected {len(header)} as in the header",
+                source=p,
             )
         raw = record[where["count"]].strip()
         try:
             count = int(raw)
         except ValueError:
-            raise InputError(p, f"line {line}: count {raw!r} is not a whole number") from None
+            raise InputError(
+                f"line {line}: count {raw!r} is not a whole number", source=p
+            ) from None
         if count < 0:
-            raise InputError(p, f"line {line}: count {count} is negative")
+            raise InputError(f"line {line}: count {count} is negative", source=p)
         rows.append(
             {"image": record[where["image"]], "class": record[where["class"]], "count": count}
         )

@@ -91,12 +91,13 @@ def _rings(source: Path, k: int, geometry: dict[str, Any]) -> list[np.ndarray]:
         rings = [np.asarray(ring, dtype=np.float64) for polygon in polygons for ring in polygon]
     except (TypeError, ValueError):
         raise InputError(
-            source, f"feature {k + 1}: {kind} coordinates are not rings of [x, y] numbers"
+            f"feature {k + 1}: {kind} coordinates are not rings of [x, y] numbers", source=source
         ) from None
     for ring in rings:
         if ring.ndim != 2 or ring.shape[1] < 2:
             raise InputError(
-                source, f"feature {k + 1}: {kind} coordinates are not rings of [x, y] numbers"
+                f"feature {k + 1}: {kind} coordinates are not rings of [x, y] numbers",
+                source=source,
             )
     return [ring[:, :2] for ring in rings]
 
@@ -118,7 +119,7 @@ def _score(measurements: dict[str, Any]) -> float:
 
 def _outline(source: Path, k: int, feature: Any) -> Outline | None:
     if not isinstance(feature, dict) or not isinstance(feature.get("geometry"), dict):
-        raise InputError(source, f"feature {k + 1} has no geometry")
+        raise InputError(f"feature {k + 1} has no geometry", source=source)
     geometry = feature["geometry"]
     if geometry.get("type") not in _AREA_GEOMETRIES:
         return None
@@ -161,12 +162,12 @@ def _read_file(
     try:
         features = _features_of(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the file ({exc})") from exc
+        raise InputError(f"cannot read the file ({exc})", source=path) from exc
     except ValueError as exc:
-        raise InputError(path, f"is not valid JSON ({exc})") from exc
+        raise InputError(f"is not valid JSON ({exc})", source=path) from exc
     if features is None:
         raise InputError(
-            path, "is not GeoJSON: expected a FeatureCollection or an array of Features"
+            "is not GeoJSON: expected a FeatureCollection or an array of Features", source=path
         )
     outlines = [_outline(path, k, f) for k, f in enumerate(features)]
     skipped = sum(o is None for o in outlines)
@@ -197,10 +198,10 @@ def read_geojson(
     """
     p = Path(path)
     if not p.exists():
-        raise InputError(p, "no such file or folder")
+        raise InputError("no such file or folder", source=p)
     files = sorted(p.glob(f"*{SUFFIX}")) if p.is_dir() else [p]
     if not files:
-        raise InputError(p, f"holds no {SUFFIX} files")
+        raise InputError(f"holds no {SUFFIX} files", source=p)
     return [_read_file(f, class_set, images_dir) for f in files]
 
 
@@ -279,8 +280,8 @@ def geojson_dict(annotation: Annotation, image: np.ndarray | None = None) -> dic
         class_id = annotation.classes.get(i, 0)
         if not class_id:
             raise InputError(
-                annotation.image_name or None,
                 f"instance {i} has no class; QuPath objects need a classification",
+                source=annotation.image_name or None,
             )
         features.append(
             _feature(

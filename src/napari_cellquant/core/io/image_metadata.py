@@ -138,7 +138,7 @@ def read_image_metadata(path: PathLike) -> ImageMetadata:
                 return ome
             found = _resolution(tif.pages.first, tif, p)
     except (OSError, ValueError, tifffile.TiffFileError) as exc:
-        raise InputError(p, f"cannot read the TIFF header ({exc})") from exc
+        raise InputError(f"cannot read the TIFF header ({exc})", source=p) from exc
     names = ome.channel_names if ome is not None else ()
     if found is None:
         return ImageMetadata(None, names, "")

@@ -69,25 +69,26 @@ def _checked_format(path: PathLike) -> tuple[Path, str]:
     suffix = p.suffix.lower()
     if suffix not in _SUFFIX_FORMAT:
         raise InputError(
-            p,
             f"unsupported image type {suffix or '(no suffix)'!r}; "
             f"readable: {', '.join(IMAGE_SUFFIXES)}",
+            source=p,
         )
     if not p.exists():
-        raise InputError(p, "no such file")
+        raise InputError("no such file", source=p)
     if not p.is_file():
-        raise InputError(p, "is a folder, not an image file")
+        raise InputError("is a folder, not an image file", source=p)
     try:
         with p.open("rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise InputError(p, f"cannot be read ({exc.strerror or exc})") from exc
+        raise InputError(f"cannot be read ({exc.strerror or exc})", source=p) from exc
     if not head:
-        raise InputError(p, "is empty (0 bytes)")
+        raise InputError("is empty (0 bytes)", source=p)
     fmt = _sniff(head)
     if fmt is None:
         raise InputError(
-            p, f"is not a valid {_SUFFIX_FORMAT[suffix].upper()} image (unrecognised content)"
+            f"is not a valid {_SUFFIX_FORMAT[suffix].upper()} image (unrecognised content)",
+            source=p,
         )
     if fmt != _SUFFIX_FORMAT[suffix]:
         log.warning("%s: content is %s although the suffix says %s", p, fmt, suffix)
@@ -125,7 +126,7 @@ def read_image(path: PathLike) -> np.ndarray:
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise InputError(p, f"cannot be read ({exc.strerror or exc})") from exc
+        raise InputError(f"cannot be read ({exc.strerror or exc})", source=p) from exc
     header_parsers = {"png": _png_shape, "bmp": _bmp_shape, "jpeg": _jpeg_shape}
     try:
         declared = header_parsers[fmt](data)
@@ -135,13 +136,13 @@ def read_image(path: PathLike) -> np.ndarray:
         _check_declared_size(p, declared, 1, len(data))
     if fmt == "jpeg" and _jpeg_truncated(data):
         # libjpeg fills a cut-off JPEG with grey and only warns, so check the end marker.
-        raise InputError(p, "corrupt or truncated JPEG image (no end-of-image marker)")
+        raise InputError("corrupt or truncated JPEG image (no end-of-image marker)", source=p)
     try:
         pixels = np.asarray(decoders[fmt](data))
     except MemoryError:
         raise
     except Exception as exc:  # decoders raise their own error types; all mean bad content
-        raise InputError(p, f"corrupt or truncated {fmt.upper()} image ({exc})") from exc
+        raise InputError(f"corrupt or truncated {fmt.upper()} image ({exc})", source=p) from exc
     return _squeeze_channels(pixels)
 
 
@@ -158,9 +159,9 @@ def _check_declared_size(
     if declared > _MAX_EXPANSION * file_bytes + (1 << 20):
         size = "x".join(str(int(n)) for n in shape)
         raise InputError(
-            path,
             f"corrupt image: its header declares {size} pixels "
             f"({declared / 2**30:.1f} GiB or more) but the file holds only {file_bytes} bytes",
+            source=path,
         )
 
 
@@ -188,11 +189,11 @@ def _read_tiff(path: Path) -> np.ndarray:
     except MemoryError:
         raise
     except Exception as exc:  # tifffile raises ValueError, struct.error, TiffFileError ...
-        raise InputError(path, f"corrupt or truncated TIFF image ({exc})") from exc
+        raise InputError(f"corrupt or truncated TIFF image ({exc})", source=path) from exc
     if pixels.size != int(np.prod(shape)):  # tifffile returns what it could decode
         raise InputError(
-            path,
             f"corrupt or truncated TIFF image ({pixels.size} values decoded for shape {shape})",
+            source=path,
         )
     pixels = pixels.reshape(shape)
     channel_axes = [i for i, a in enumerate(axes) if a not in "YX"]
@@ -207,20 +208,20 @@ def _tiff_axes(path: Path, axes: str, shape: tuple[int, ...]) -> tuple[str, tupl
     """Drop singleton axes and check that what is left is one 2-D image with channels."""
     kept = [(a, n) for a, n in zip(axes, shape, strict=True) if n > 1 or a in "YX"]
     if not any(a == "Y" for a, _ in kept) or not any(a == "X" for a, _ in kept):
-        raise InputError(path, f"TIFF has no rows and columns (axes {axes}, shape {shape})")
+        raise InputError(f"TIFF has no rows and columns (axes {axes}, shape {shape})", source=path)
     extra = [(a, n) for a, n in kept if a not in "YX"]
     for a, n in extra:
         if a in _STACK_AXES:
             raise InputError(
-                path,
                 f"is a stack of {n} {_STACK_AXES[a]} (axes {axes}, shape {shape}); "
                 "cellquant reads 2-D images: save one plane",
+                source=path,
             )
     if len(extra) > 1:
         raise InputError(
-            path,
             f"has {len(extra)} non-spatial axes (axes {axes}, shape {shape}); expected one "
             "2-D image with at most one channel axis",
+            source=path,
         )
     return "".join(a for a, _ in kept), tuple(n for _, n in kept)
 
@@ -246,7 +247,7 @@ def image_shape(path: PathLike) -> tuple[int, int]:
         except InputError:
             raise
         except Exception as exc:
-            raise InputError(p, f"corrupt or truncated TIFF image ({exc})") from exc
+            raise InputError(f"corrupt or truncated TIFF image ({exc})", source=p) from exc
         return shape[axes.index("Y")], shape[axes.index("X")]
     parsers: dict[str, Callable[[bytes], tuple[int, int] | None]] = {
         "png": _png_shape,
@@ -258,7 +259,7 @@ def image_shape(path: PathLike) -> tuple[int, int]:
             # JPEG headers can follow large EXIF/ICC segments; 256 KiB covers real cameras.
             head = fh.read(1 << 18)
     except OSError as exc:
-        raise InputError(p, f"cannot be read ({exc.strerror or exc})") from exc
+        raise InputError(f"cannot be read ({exc.strerror or exc})", source=p) from exc
     try:
         found = parsers[fmt](head)
     except (struct.error, IndexError, ValueError):

@@ -92,25 +92,25 @@ def _as_label_array(path: Path, pixels: np.ndarray) -> np.ndarray:
     """Validate a label image and turn binary masks into connected components."""
     if pixels.ndim != 2:
         raise InputError(
-            path,
             f"is not a label image: it has {pixels.shape[-1]} channels (shape {pixels.shape}); "
             "a colour-coded class map is read by naming its classes (--classes NAME)",
+            source=path,
         )
     if pixels.dtype == bool:
         return connected_components(pixels, connectivity=2).astype(np.int32)
     if not np.issubdtype(pixels.dtype, np.integer):
         raise InputError(
-            path,
             f"is not a label image: its pixels are {pixels.dtype} numbers, not integer ids "
             "(a colour-coded class map is read by naming its classes: --classes NAME)",
+            source=path,
         )
     if pixels.size == 0:
         return pixels.astype(np.int32)
     low, high = int(pixels.min()), int(pixels.max())
     if low < 0:
-        raise InputError(path, f"label image has negative ids (minimum {low})")
+        raise InputError(f"label image has negative ids (minimum {low})", source=path)
     if high > _INT32_MAX:
-        raise InputError(path, f"label id {high} is too large (at most {_INT32_MAX})")
+        raise InputError(f"label id {high} is too large (at most {_INT32_MAX})", source=path)
     if high <= 1 or (high == 255 and bool(np.all((pixels == 0) | (pixels == 255)))):
         return connected_components(pixels > 0, connectivity=2).astype(np.int32)
     return pixels.astype(np.int32)
@@ -138,7 +138,7 @@ def check_shape_matches(
     rows_cols = (int(image_shape[0]), int(image_shape[1]))
     if annotation.shape != rows_cols:
         raise InputError(
-            source, f"label shape {annotation.shape} differs from image shape {rows_cols}"
+            f"label shape {annotation.shape} differs from image shape {rows_cols}", source=source
         )
 
 
@@ -193,10 +193,10 @@ def read_color_map(
     pixels = read_image(p)
     if pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
         raise InputError(
-            p, f"is not a colour-coded map: expected an RGB image, got shape {pixels.shape}"
+            f"is not a colour-coded map: expected an RGB image, got shape {pixels.shape}", source=p
         )
     if pixels.dtype != np.uint8:
-        raise InputError(p, f"colour-coded map must be 8-bit RGB, got {pixels.dtype}")
+        raise InputError(f"colour-coded map must be 8-bit RGB, got {pixels.dtype}", source=p)
     semantic = class_set.decode_colors(pixels[..., :3])
     whole = {name.lower() for name in keep_whole}
     labels = np.zeros(semantic.shape, dtype=np.int32)
@@ -386,7 +386,7 @@ def _fill_holes(mask: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, n
 # --- masks folders: writing ---------------------------------------------------------------
 def _stem_of(annotation: Annotation) -> str:
     if not annotation.image_name:
-        raise InputError(None, "an annotation has no image_name, so its mask files cannot be named")
+        raise InputError("an annotation has no image_name, so its mask files cannot be named")
     return Path(annotation.image_name).stem
 
 
@@ -433,11 +433,13 @@ def write_masks(
     class_set = annotations[0].class_set
     if any(a.class_set != class_set for a in annotations):
         names = sorted({a.class_set.name for a in annotations})
-        raise InputError(folder, f"annotations use different class sets ({', '.join(names)})")
+        raise InputError(
+            f"annotations use different class sets ({', '.join(names)})", source=folder
+        )
     stems = [_stem_of(a) for a in annotations]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
-        raise InputError(folder, f"several images share the stem {repeated[0]!r}")
+        raise InputError(f"several images share the stem {repeated[0]!r}", source=folder)
     targets = [(folder / f"{s}{INSTANCES_SUFFIX}", folder / f"{s}{CLASSES_SUFFIX}") for s in stems]
     check_free([p for pair in targets for p in pair], overwrite)
     sidecar = folder / CLASSES_JSON
@@ -500,7 +502,7 @@ def write_class_masks(
     stem = _stem_of(annotation)
     for name in annotation.class_set.names:
         if not name or any(ch in name for ch in '/\\:*?"<>|'):
-            raise InputError(folder, f"class name {name!r} cannot be part of a file name")
+            raise InputError(f"class name {name!r} cannot be part of a file name", source=folder)
     targets = [folder / f"{stem}_{name}.png" for name in annotation.class_set.names]
     check_free(targets, overwrite)
     class_map = annotation.class_map()
@@ -541,7 +543,7 @@ def read_masks_folder(path: PathLike, class_set: ClassSet | None = None) -> list
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise InputError(folder, "is not a folder of masks")
+        raise InputError("is not a folder of masks", source=folder)
     sidecar = _read_sidecar(folder)
     if class_set is None and sidecar is not None:
         class_set = sidecar[0]
@@ -560,9 +562,9 @@ def read_masks_folder(path: PathLike, class_set: ClassSet | None = None) -> list
     else:
         if class_set is None:
             raise InputError(
-                folder,
                 "holds no *_instances.tif masks; to read one mask per class name the class "
                 "set (--classes NAME)",
+                source=folder,
             )
         annotations = _read_class_mask_files(folder, files, class_set)
     for annotation in annotations:
@@ -589,9 +591,9 @@ def _read_sidecar(folder: Path) -> tuple[ClassSet, dict[str, str]] | None:
         else:
             class_set = ClassSet(name=name, names=names, colors=colors, ignored_colors=ignored)
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(sidecar, f"cannot be read ({exc})") from exc
+        raise InputError(f"cannot be read ({exc})", source=sidecar) from exc
     except (ValueError, KeyError, TypeError, AttributeError, CellquantError) as exc:
-        raise InputError(sidecar, f"is not a valid class-set record ({exc})") from exc
+        raise InputError(f"is not a valid class-set record ({exc})", source=sidecar) from exc
     return class_set, {str(k): str(v) for k, v in images.items()}
 
 
@@ -606,9 +608,9 @@ def _read_2d_integer(path: Path, what: str) -> np.ndarray:
     pixels = read_image(path)
     if pixels.ndim != 2 or not (np.issubdtype(pixels.dtype, np.integer) or pixels.dtype == bool):
         raise InputError(
-            path,
             f"is not {what}: expected a 2-D integer image, got {pixels.dtype} "
             f"of shape {pixels.shape}",
+            source=path,
         )
     return pixels
 
@@ -620,31 +622,31 @@ def _read_instance_pair(
     wanted = f"{stem}{CLASSES_SUFFIX}".lower()
     partner = [f for f in files if f.name.lower() == wanted]
     if not partner:
-        raise InputError(instances_path, f"has no partner {stem}{CLASSES_SUFFIX} beside it")
+        raise InputError(f"has no partner {stem}{CLASSES_SUFFIX} beside it", source=instances_path)
     classes_path = partner[0]
     labels = _read_2d_integer(instances_path, "an instance image")
     class_image = _read_2d_integer(classes_path, "a class image")
     if labels.shape != class_image.shape:
         raise InputError(
-            instances_path,
             f"shape {labels.shape} differs from {classes_path.name} shape {class_image.shape}",
+            source=instances_path,
         )
     if int(labels.max(initial=0)) > _INT32_MAX:
-        raise InputError(instances_path, f"instance id {int(labels.max())} is too large")
+        raise InputError(f"instance id {int(labels.max())} is too large", source=instances_path)
     top_class = int(class_image.max(initial=0))
     if class_set is None:
         if top_class > 1:
             raise InputError(
-                classes_path,
                 f"holds class ids up to {top_class} but the folder has no {CLASSES_JSON}; "
                 "name the class set (--classes NAME)",
+                source=classes_path,
             )
         class_set = CELL
     if top_class > len(class_set):
         raise InputError(
-            classes_path,
             f"class id {top_class} is not in class set {class_set.name!r} "
             f"(ids 1..{len(class_set)})",
+            source=classes_path,
         )
     return Annotation(
         labels=labels.astype(np.int32),
@@ -691,9 +693,9 @@ def _read_class_mask_files(
                 break
     if not per_stem:
         raise InputError(
-            folder,
             f"holds no masks: neither *{INSTANCES_SUFFIX} files nor <stem>_<class>.png files "
             f"for the classes of {class_set.name!r} ({', '.join(class_set.names)})",
+            source=folder,
         )
     return [_read_class_masks(stem, per_stem[stem], class_set) for stem in sorted(per_stem)]
 
@@ -712,9 +714,9 @@ def _read_class_masks(stem: str, found: dict[str, Path], class_set: ClassSet) ->
             labels, first_path = np.zeros(mask.shape, dtype=np.int32), path
         elif mask.shape != labels.shape:
             raise InputError(
-                path,
                 f"shape {mask.shape} differs from {first_path.name if first_path else '?'} "
                 f"shape {labels.shape}",
+                source=path,
             )
         overlap += int(np.count_nonzero(mask & (labels > 0)))
         objects = connected_components(mask & (labels == 0), connectivity=2)

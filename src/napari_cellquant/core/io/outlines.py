@@ -188,17 +188,17 @@ def per_image_paths(
     """Where a one-image-per-file format writes: ``dst`` itself for one image when it ends in
     ``file_suffix``, else ``dst / <image stem><ending>`` per image (names must not repeat)."""
     if not annotations:
-        raise InputError(None, "nothing to write: no annotations were read")
+        raise InputError("nothing to write: no annotations were read")
     if dst.suffix.lower() == file_suffix:
         if len(annotations) != 1:
-            raise InputError(dst, f"{len(annotations)} images need a folder, one {what} each")
+            raise InputError(
+                f"{len(annotations)} images need a folder, one {what} each", source=dst
+            )
         return [dst]
     stems = [Path(a.image_name or "image").stem for a in annotations]
     repeated = sorted({s for s in stems if stems.count(s) > 1})
     if repeated:
-        raise InputError(
-            None, f"two images named {repeated[0]!r}: {what}s are named after their images"
-        )
+        raise InputError(f"two images named {repeated[0]!r}: {what}s are named after their images")
     return [dst / f"{stem}{ending}" for stem in stems]
 
 
@@ -209,12 +209,12 @@ def _check_coordinates(source: Path, k: int, outline: Outline) -> None:
         + [np.asarray(outline.box or (), dtype=np.float64)]
     )
     if not values.size or not np.isfinite(values).all():
-        raise InputError(source, f"object {k + 1} has no finite coordinates")
+        raise InputError(f"object {k + 1} has no finite coordinates", source=source)
     if values.min() < -1 or (outline.box is not None and min(outline.box[2:]) < 0):
         raise InputError(
-            source,
             f"object {k + 1} reaches {values.min():g}, outside the image "
             "(the origin is its top-left corner) or has a negative size",
+            source=source,
         )
 
 
@@ -279,9 +279,9 @@ def annotation_from_outlines(
         reach = outline.reach()
         if reach[0] > shape[0] + 1 or reach[1] > shape[1] + 1:
             raise InputError(
-                source,
                 f"object {k + 1} reaches x {reach[1]:g}, y {reach[0]:g}, "
                 f"beyond the {shape[1]}x{shape[0]} image {image_name}",
+                source=source,
             )
     regions = [k for k, o in enumerate(outlines) if o.box is None]
     boxes = [k for k, o in enumerate(outlines) if o.box is not None]

@@ -126,7 +126,7 @@ def _read_file(
     try:
         rois = roifile.roiread(path)
     except Exception as exc:  # roifile raises ValueError, struct.error, BadZipFile ...
-        raise InputError(path, f"is not a readable ImageJ ROI file ({exc})") from exc
+        raise InputError(f"is not a readable ImageJ ROI file ({exc})", source=path) from exc
     rois = rois if isinstance(rois, list) else [rois]
     outlines = [_outline(roi) for roi in rois]
     skipped = [roi.name for roi, o in zip(rois, outlines, strict=True) if o is None]
@@ -154,10 +154,10 @@ def read_roiset(
     a folder. The image is the one named like the file without ``_RoiSet``."""
     p = Path(path)
     if not p.exists():
-        raise InputError(p, "no such file or folder")
+        raise InputError("no such file or folder", source=p)
     files = sorted(f for f in p.glob("*.zip") if looks_like_roiset(f)) if p.is_dir() else [p]
     if not files:
-        raise InputError(p, "holds no ImageJ ROI sets (.zip of .roi files)")
+        raise InputError("holds no ImageJ ROI sets (.zip of .roi files)", source=p)
     return [_read_file(f, class_set, images_dir) for f in files]
 
 
@@ -231,7 +231,7 @@ def roiset_rois(annotation: Annotation) -> list[Any]:
     for i, polygons in instance_polygons(annotation.labels):
         class_id = annotation.classes.get(i, 0)
         if not class_id:
-            raise InputError(annotation.image_name or None, f"instance {i} has no class")
+            raise InputError(f"instance {i} has no class", source=annotation.image_name or None)
         roi = _region_roi(polygons, f"{cs.name_of(class_id)}-{i}")
         rois.append(
             _described(
@@ -274,7 +274,8 @@ def write_roiset(
         rois = roiset_rois(annotation)
         if not rois:
             raise InputError(
-                annotation.image_name or None, "has no objects; an ImageJ ROI set cannot be empty"
+                "has no objects; an ImageJ ROI set cannot be empty",
+                source=annotation.image_name or None,
             )
         with atomic_path(path, overwrite=overwrite) as tmp:
             roifile.roiwrite(tmp, rois, mode="w")  # the temporary name keeps ".zip"

@@ -79,25 +79,27 @@ class _VocFile:
         try:
             root = ET.parse(path).getroot()
         except FileNotFoundError:
-            raise InputError(path, "file not found") from None
+            raise InputError("file not found", source=path) from None
         except ET.ParseError as exc:
-            raise InputError(path, f"invalid XML ({exc})") from None
+            raise InputError(f"invalid XML ({exc})", source=path) from None
         except OSError as exc:
-            raise InputError(path, f"cannot read ({exc})") from exc
+            raise InputError(f"cannot read ({exc})", source=path) from exc
         if root.tag != "annotation":
             raise InputError(
-                path, f"not a VOC file: root element is <{root.tag}>, not <annotation>"
+                f"not a VOC file: root element is <{root.tag}>, not <annotation>", source=path
             )
         self.filename = (root.findtext("filename") or "").strip()
         if not self.filename:
-            raise InputError(path, "no <filename>")
+            raise InputError("no <filename>", source=path)
         size = root.find("size")
         if size is None:
-            raise InputError(path, "no <size>")
+            raise InputError("no <size>", source=path)
         width = self._number(size, "width", "size")
         height = self._number(size, "height", "size")
         if width <= 0 or height <= 0 or not (width.is_integer() and height.is_integer()):
-            raise InputError(path, f"<size> {width:g}x{height:g} is not a positive pixel size")
+            raise InputError(
+                f"<size> {width:g}x{height:g} is not a positive pixel size", source=path
+            )
         self.declared = (int(height), int(width))
         depth = size.findtext("depth")
         self.depth = int(depth) if depth and depth.strip().isdigit() else None
@@ -111,18 +113,18 @@ class _VocFile:
             what = f"object {k}"
             name = (obj.findtext("name") or "").strip()
             if not name:
-                raise InputError(path, f"{what} has no <name>")
+                raise InputError(f"{what} has no <name>", source=path)
             box = obj.find("bndbox")
             if box is None:
-                raise InputError(path, f"{what} ({name}) has no <bndbox>")
+                raise InputError(f"{what} ({name}) has no <bndbox>", source=path)
             xmin, ymin, xmax, ymax = (
                 self._number(box, tag, f"{what} bndbox") for tag in ("xmin", "ymin", "xmax", "ymax")
             )
             if xmax < xmin or ymax < ymin:
                 raise InputError(
-                    path,
                     f"{what} ({name}): xmax/ymax ({xmax:g}, {ymax:g}) below xmin/ymin "
                     f"({xmin:g}, {ymin:g})",
+                    source=path,
                 )
             xywh = (xmin, ymin, xmax - xmin, ymax - ymin)
             check_box_inside(path, xywh, self.declared, f"{what} ({name})")
@@ -136,15 +138,15 @@ class _VocFile:
     def _number(self, parent: ET.Element, tag: str, what: str) -> float:
         text = parent.findtext(tag)
         if text is None:
-            raise InputError(self.path, f"{what}: no <{tag}>")
+            raise InputError(f"{what}: no <{tag}>", source=self.path)
         try:
             value = float(text.strip())
         except ValueError:
             raise InputError(
-                self.path, f"{what}: <{tag}> is not a number: {text.strip()!r}"
+                f"{what}: <{tag}> is not a number: {text.strip()!r}", source=self.path
             ) from None
         if not math.isfinite(value):
-            raise InputError(self.path, f"{what}: <{tag}> is not finite: {text.strip()!r}")
+            raise InputError(f"{what}: <{tag}> is not finite: {text.strip()!r}", source=self.path)
         return value
 
     def _flag(self, parent: ET.Element, tag: str, what: str) -> bool:
@@ -238,11 +240,11 @@ def read_voc(
     if source.is_dir():
         files = sorted(source.glob("*.xml"))
         if not files:
-            raise InputError(source, "folder holds no .xml files")
+            raise InputError("folder holds no .xml files", source=source)
     elif source.exists():
         files = [source]
     else:
-        raise InputError(source, "file not found")
+        raise InputError("file not found", source=source)
     parsed = [_VocFile(f) for f in files]
     if class_set is None:
         class_set = infer_class_set(n for p in parsed for n in p.names)
@@ -327,9 +329,9 @@ def voc_element(annotation: Annotation) -> ET.Element:
         unclassed = [int(i) for i in ids if ann.classes.get(int(i), 0) == 0]
         if unclassed:
             raise InputError(
-                ann.image_name or None,
                 f"{len(unclassed)} instance(s) have no class (ids {unclassed[:10]}); "
                 "a VOC object needs a name",
+                source=ann.image_name or None,
             )
         # renumber to 1..n so find_objects does not allocate one slot per unused id
         lookup = np.zeros(int(ids[-1]) + 1, dtype=np.int64)
@@ -376,11 +378,11 @@ def write_voc(
     targets = []
     for i, ann in enumerate(anns):
         if not ann.image_name:
-            raise InputError(None, f"annotation {i} has no image_name; VOC needs a filename")
+            raise InputError(f"annotation {i} has no image_name; VOC needs a filename")
         targets.append(out / f"{Path(ann.image_name).stem}.xml")
     repeated = sorted({t.name for t in targets if targets.count(t) > 1})
     if repeated:
-        raise InputError(out, f"two images would write the same file: {', '.join(repeated)}")
+        raise InputError(f"two images would write the same file: {', '.join(repeated)}", source=out)
     if not overwrite:  # refuse before writing anything, so a folder is never half-exported
         for target in targets:
             if target.exists():

@@ -80,9 +80,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InputError(path, f"not a readable YAML file ({exc})") from None
+        raise InputError(f"not a readable YAML file ({exc})", source=path) from None
     if not isinstance(data, dict):
-        raise InputError(path, "a YOLO data file must be a mapping with 'names'")
+        raise InputError("a YOLO data file must be a mapping with 'names'", source=path)
     return data
 
 
@@ -92,13 +92,13 @@ def _names_from_yaml(path: Path) -> list[str]:
         try:
             ids = sorted(int(k) for k in names)
         except (TypeError, ValueError):
-            raise InputError(path, "'names' keys must be class indices 0, 1, ...") from None
+            raise InputError("'names' keys must be class indices 0, 1, ...", source=path) from None
         if ids != list(range(len(ids))):
-            raise InputError(path, f"'names' must number the classes 0..{len(ids) - 1}")
+            raise InputError(f"'names' must number the classes 0..{len(ids) - 1}", source=path)
         return [str(names[k] if k in names else names[str(k)]) for k in ids]
     if isinstance(names, list) and names:
         return [str(n) for n in names]
-    raise InputError(path, "'names' must be a non-empty list or an index -> name mapping")
+    raise InputError("'names' must be a non-empty list or an index -> name mapping", source=path)
 
 
 def _class_names(root: Path, data_file: Path | None) -> tuple[list[str], Path]:
@@ -115,12 +115,12 @@ def _class_names(root: Path, data_file: Path | None) -> tuple[list[str], Path]:
             names = [n.strip() for n in classes.read_text(encoding="utf-8").splitlines()]
             names = [n for n in names if n]
             if not names:
-                raise InputError(classes, "names no classes")
+                raise InputError("names no classes", source=classes)
             return names, classes
     raise InputError(
-        root,
         "YOLO labels need their class names: no data.yaml or classes.txt "
         "beside or above the labels folder",
+        source=root,
     )
 
 
@@ -134,7 +134,7 @@ def _label_files(path: Path, root: Path, data_file: Path | None) -> list[Path]:
     base = root if data_file is not None or path == root.parent else path
     files = _txt_files(base)
     if not files:
-        raise InputError(path, "holds no YOLO label files (*.txt)")
+        raise InputError("holds no YOLO label files (*.txt)", source=path)
     return files
 
 
@@ -161,7 +161,7 @@ def _parse(label_file: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np
     try:
         text = label_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(label_file, f"cannot read ({exc})") from None
+        raise InputError(f"cannot read ({exc})", source=label_file) from None
     classes, boxes, scores = [], [], []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
@@ -175,24 +175,26 @@ def _parse(label_file: Path, n_classes: int) -> tuple[np.ndarray, np.ndarray, np
                 else ""
             )
             raise InputError(
-                label_file,
                 f"{where}: expected 'class cx cy w h [conf]', got {len(fields)} values{hint}",
+                source=label_file,
             )
         try:
             values = [float(v) for v in fields[1:]]
             index = int(fields[0])
         except ValueError:
-            raise InputError(label_file, f"{where}: not numbers: {line.strip()!r}") from None
+            raise InputError(f"{where}: not numbers: {line.strip()!r}", source=label_file) from None
         if not 0 <= index < n_classes:
-            raise InputError(label_file, f"{where}: class {index} outside 0..{n_classes - 1}")
+            raise InputError(
+                f"{where}: class {index} outside 0..{n_classes - 1}", source=label_file
+            )
         cx, cy, w, h = values[:4]
         if not all(math.isfinite(v) for v in values) or w < 0 or h < 0:
-            raise InputError(label_file, f"{where}: box values must be finite, sizes >= 0")
+            raise InputError(f"{where}: box values must be finite, sizes >= 0", source=label_file)
         if min(cx - w / 2, cy - h / 2) < -TOLERANCE or max(cx + w / 2, cy + h / 2) > 1 + TOLERANCE:
             raise InputError(
-                label_file,
                 f"{where}: box {cx:g} {cy:g} {w:g} {h:g} lies outside "
                 "the image (YOLO coordinates are normalised to 0..1)",
+                source=label_file,
             )
         classes.append(index)
         boxes.append(values[:4])
@@ -233,11 +235,11 @@ def read_yolo(
 
     p = Path(path)
     if not p.exists():
-        raise InputError(p, "no such file or folder")
+        raise InputError("no such file or folder", source=p)
     data_file = p if p.is_file() and p.suffix.lower() in (".yaml", ".yml") else None
     root = _labels_root(p if data_file is None else p.parent)
     if root is None:
-        raise InputError(p, "no 'labels' folder found for these YOLO annotations")
+        raise InputError("no 'labels' folder found for these YOLO annotations", source=p)
     names, names_file = _class_names(root, data_file)
     cs = class_set or infer_class_set(names)
     ids = np.array(map_names_to_class_set(names_file, names, cs, what="class"), dtype=np.int32)
@@ -247,9 +249,9 @@ def read_yolo(
         image = _image_for(label_file, root, extra)
         if image is None:
             raise InputError(
-                label_file,
                 "no image beside it (looked in images/ next to "
                 "labels/ under the same name); pass the images folder",
+                source=label_file,
             )
         rows, cols = image_shape(image)
         index, cxcywh, scores = _parse(label_file, len(names))
@@ -326,21 +328,21 @@ def write_yolo(
     import yaml
 
     if not annotations:
-        raise InputError(None, "nothing to write: no annotations were read")
+        raise InputError("nothing to write: no annotations were read")
     folder = Path(dst)
     class_set = annotations[0].class_set
     stems: dict[str, str] = {}
     for annotation in annotations:
         if annotation.class_set.names != class_set.names:
             raise InputError(
-                annotation.image_name,
                 "all images must share one class set to be written as one YOLO data set",
+                source=annotation.image_name,
             )
         stem = Path(annotation.image_name or "image").stem
         if stem in stems:
             raise InputError(
-                annotation.image_name,
                 f"two images named {stem!r}: YOLO label files are named after their images",
+                source=annotation.image_name,
             )
         stems[stem] = annotation.image_name or stem
     targets = [folder / "labels" / f"{stem}.txt" for stem in stems]

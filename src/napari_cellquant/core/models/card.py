@@ -94,14 +94,14 @@ class ModelCard:
     def __post_init__(self) -> None:
         where = self.location or self.name
         if self.kind not in KINDS:
-            raise InputError(where, f"model card kind {self.kind!r} is not one of {KINDS}")
+            raise InputError(f"model card kind {self.kind!r} is not one of {KINDS}", source=where)
         if self.task not in TASKS:
-            raise InputError(where, f"model card task {self.task!r} is not one of {TASKS}")
+            raise InputError(f"model card task {self.task!r} is not one of {TASKS}", source=where)
         get_class_set(self.class_set)  # fails clearly on an unknown set
         if self.kind == "classical" and not self.pipeline:
-            raise InputError(where, "a classical model card must name its pipeline")
+            raise InputError("a classical model card must name its pipeline", source=where)
         if self.kind == "learned" and not self.architecture:
-            raise InputError(where, "a learned model card must give its architecture")
+            raise InputError("a learned model card must give its architecture", source=where)
         if isinstance(self.weights, dict):
             self.weights = WeightsSource(**self.weights)
 
@@ -123,20 +123,20 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, location: Path | None = None) -> ModelCard:
         if not isinstance(data, dict):
-            raise InputError(location, "a model card must be a JSON object")
+            raise InputError("a model card must be a JSON object", source=location)
         known = set(cls.__dataclass_fields__) - {"location"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise InputError(location, f"unknown model card field(s): {', '.join(unknown)}")
+            raise InputError(f"unknown model card field(s): {', '.join(unknown)}", source=location)
         missing = [k for k in ("name", "kind", "task", "class_set") if k not in data]
         if missing:
-            raise InputError(location, f"model card lacks {', '.join(missing)}")
+            raise InputError(f"model card lacks {', '.join(missing)}", source=location)
         fields = dict(data)
         fields["weights"] = WeightsSource(**(fields.get("weights") or {}))
         try:
             return cls(**fields, location=location)
         except TypeError as exc:
-            raise InputError(location, f"malformed model card ({exc})") from None
+            raise InputError(f"malformed model card ({exc})", source=location) from None
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ModelCard:
@@ -144,9 +144,9 @@ class ModelCard:
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise InputError(p, "model card not found") from None
+            raise InputError("model card not found", source=p) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(p, f"model card is not valid JSON ({exc})") from None
+            raise InputError(f"model card is not valid JSON ({exc})", source=p) from None
         return cls.from_dict(data, location=p.parent)
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -207,9 +207,8 @@ class EfficientUNet(nn.Module):
             cin = width
         if len(self.decoder) != 5 - top_level:
             raise InputError(
-                None,
                 f"network architecture: decoder needs {5 - top_level} "
-                f"widths to reach stride {2**top_level}, got {a['decoder']}",
+                f"widths to reach stride {2**top_level}, got {a['decoder']}"
             )
         widths = {4 - i: w for i, w in enumerate(a["decoder"])}
         widths[5] = _TAP_CHANNELS[-1]
@@ -288,15 +287,13 @@ def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
     unknown = set(arch) - _ARCH_KEYS
     if unknown:
         raise InputError(
-            None,
-            f"network architecture: unknown key(s) {sorted(unknown)}; known: {sorted(_ARCH_KEYS)}",
+            f"network architecture: unknown key(s) {sorted(unknown)}; known: {sorted(_ARCH_KEYS)}"
         )
     a = dict(arch)
     if a.get("in_channels", 3) not in (1, 3):
         raise InputError(
-            None,
             "network architecture: the EfficientNet encoder takes 3 "
-            f"channels (or 1, repeated), got in_channels={a['in_channels']}",
+            f"channels (or 1, repeated), got in_channels={a['in_channels']}"
         )
     a["in_channels"] = a.get("in_channels", 3)
     decoder = a.get("decoder", [96, 64, 48, 32, 24])
@@ -306,8 +303,7 @@ def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in decoder)
     ):
         raise InputError(
-            None,
-            f"network architecture: decoder must be a list of positive integers, got {decoder!r}",
+            f"network architecture: decoder must be a list of positive integers, got {decoder!r}"
         )
     a["decoder"] = list(decoder)
     a.update(_normalise_heads(a, depth=5))

@@ -99,7 +99,7 @@ _HEATMAP_PRIOR_BIAS = -math.log((1 - 0.1) / 0.1)
 
 
 def _bad(problem: str) -> InputError:
-    return InputError(None, f"network architecture: {problem}")
+    return InputError(f"network architecture: {problem}")
 
 
 def _positive_int(key: str, value: Any) -> int:

@@ -217,16 +217,17 @@ def get_card(name_or_path: str | os.PathLike[str]) -> ModelCard:
     if path.is_file():
         card_path = path.with_suffix(".json")
         if not card_path.is_file():
-            raise InputError(path, f"weights file has no model card beside it ({card_path.name})")
+            raise InputError(
+                f"weights file has no model card beside it ({card_path.name})", source=path
+            )
         card = ModelCard.load(card_path)
         card.weights = WeightsSource(
             file=path.name, sha256=card.weights.sha256 if card.weights.file == path.name else None
         )
         return card
     raise InputError(
-        None,
         f"unknown model {text!r}: not a built-in model ({', '.join(cards)}) "
-        "and no such card or weights file",
+        "and no such card or weights file"
     )
 
 

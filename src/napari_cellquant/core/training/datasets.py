@@ -103,7 +103,7 @@ def load_training_pairs(
 
     found = read_annotations(annotations, class_set=class_set, images_dir=images)
     if not found:
-        raise InputError(annotations, "holds no annotated images")
+        raise InputError("holds no annotated images", source=annotations)
     search = [Path(images)] if images is not None else []
     search.append(Path(annotations) if Path(annotations).is_dir() else Path(annotations).parent)
     pairs = []
@@ -114,8 +114,8 @@ def load_training_pairs(
         if path is None:
             where = ", ".join(str(d) for d in search)
             raise InputError(
-                annotations,
                 f"image {annotation.image_name!r} not found in {where} (pass --images DIR)",
+                source=annotations,
             )
         image = read_image(path)
         check_shape_matches(annotation, image.shape, annotation.meta.get("source", annotations))
@@ -157,10 +157,10 @@ def class_lookup(
     if missing:
         names = ", ".join(source.names[c - 1] for c in missing)
         raise InputError(
-            where,
             f"class(es) {names} do not map onto the model's class set "
             f"{target.name!r} ({', '.join(target.names)}); train a model with "
             "these classes or relabel them",
+            source=where,
         )
     return lookup
 
@@ -201,7 +201,7 @@ def make_sample(image: np.ndarray, annotation: Annotation, card: ModelCard) -> T
     image = np.asarray(image)
     if image.ndim not in (2, 3) or tuple(image.shape[:2]) != annotation.shape:
         raise InputError(
-            name, f"image shape {image.shape} does not fit its annotation {annotation.shape}"
+            f"image shape {image.shape} does not fit its annotation {annotation.shape}", source=name
         )
     target_set = card.classes
     pixels = channel_last_view(image)
@@ -219,9 +219,9 @@ def make_sample(image: np.ndarray, annotation: Annotation, card: ModelCard) -> T
     if heads:
         if not has_instances and len(annotation.boxes):
             raise InputError(
-                name,
                 f"has boxes only, but model {card.name!r} segments and needs "
                 "masks (label images, colour maps or COCO polygons)",
+                source=name,
             )
         class_map = annotation.class_map()
         # objects without a class: the one class of a one-class model, unknown otherwise
@@ -251,7 +251,7 @@ def split_samples(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
     is the training set (the caller says so).
     """
     if not 0 <= val_fraction < 1:
-        raise InputError(None, f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(n).tolist()
     n_val = int(round(n * val_fraction))
     if val_fraction > 0 and n >= 2:

@@ -193,7 +193,7 @@ def output_paths(output: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
     weights = Path(output)
     if weights.suffix.lower() == ".json":
         raise InputError(
-            weights, "the output names the weights file (.pt); the card is written beside it"
+            "the output names the weights file (.pt); the card is written beside it", source=weights
         )
     if weights.suffix.lower() != ".pt":
         weights = weights.with_name(weights.name + ".pt")
@@ -272,15 +272,15 @@ class _Run:
     def _check(self) -> None:
         c = self.config
         if len(c.images) != len(c.annotations):
-            raise InputError(None, f"{len(c.images)} images but {len(c.annotations)} annotations")
+            raise InputError(f"{len(c.images)} images but {len(c.annotations)} annotations")
         if not c.annotations:
-            raise InputError(None, "no training data: give at least one annotated image")
+            raise InputError("no training data: give at least one annotated image")
         for key in ("epochs", "batch_size", "crop"):
             value = getattr(c, key)
             if not isinstance(value, int) or value < 1:
-                raise InputError(None, f"{key} must be a positive integer, got {value!r}")
+                raise InputError(f"{key} must be a positive integer, got {value!r}")
         if c.lr <= 0:
-            raise InputError(None, f"lr must be positive, got {c.lr}")
+            raise InputError(f"lr must be positive, got {c.lr}")
         if not c.resume and not c.overwrite:
             for path in (self.weights_path, self.card_path):
                 if path.exists():
@@ -302,9 +302,8 @@ class _Run:
         card = get_card(c.base)
         if card.kind != "learned":
             raise InputError(
-                None,
                 f"{card.name} is a classical pipeline: pick a learned model "
-                "(blood-unet, fluo-resunet, net-detector) or a trained card",
+                "(blood-unet, fluo-resunet, net-detector) or a trained card"
             )
         self.base_card = card
         self.score_name = score_name(card)
@@ -312,7 +311,7 @@ class _Run:
         if c.val_indices is not None:
             val = sorted({int(i) for i in c.val_indices})
             if any(not 0 <= i < len(samples) for i in val):
-                raise InputError(None, f"val_indices {val} outside 0..{len(samples) - 1}")
+                raise InputError(f"val_indices {val} outside 0..{len(samples) - 1}")
             train_idx = [i for i in range(len(samples)) if i not in val] or val
             val = val or train_idx
         else:
@@ -385,10 +384,10 @@ class _Run:
             raise WeightsError(f"{self.checkpoint_path}: not a cellquant training checkpoint")
         if state.get("class_set") != self.base_card.class_set:
             raise InputError(
-                self.checkpoint_path,
                 f"checkpoint is for class set "
                 f"{state.get('class_set')!r}, the model {self.base_card.name!r} "
                 f"uses {self.base_card.class_set!r}",
+                source=self.checkpoint_path,
             )
         _load_into(self.network, state["model"], str(self.checkpoint_path))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -634,7 +633,9 @@ def _read_checkpoint(path: str | os.PathLike[str], *, resume: bool = False) -> d
     p = Path(path)
     if not p.is_file():
         if resume:
-            raise InputError(p, "no checkpoint to resume from (train without --resume first)")
+            raise InputError(
+                "no checkpoint to resume from (train without --resume first)", source=p
+            )
         raise WeightsError(f"{p}: weights file does not exist")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
