@@ -220,6 +220,7 @@ def train_detector(
         device="cpu",
         patience=None,
         from_scratch=from_scratch,
+        from_imagenet=True,  # never the bundled weights: they saw the whole data set
         scale_range=s["scale_range"],
         name=NAME,
         overwrite=True,

@@ -165,6 +165,7 @@ def train_one(arch: str, data: str, workdir: str, epochs: int, steps: int) -> di
     s = SETTINGS
     config = TrainingConfig(
         base=base_card(arch, Path(workdir)),
+        from_imagenet=True,  # never the bundled weights: they saw the validation images
         images=[p[0] for p in pairs],
         annotations=[p[1] for p in pairs],
         output=Path(workdir) / f"{NAME}-{arch}.pt",

@@ -115,6 +115,7 @@ def run_fold(data: str, held_out: list[str], workdir: str, tag: str, settings: d
     s = settings
     config = TrainingConfig(
         base=NAME,
+        from_imagenet=True,  # never the bundled weights: they saw the held-out fields
         images=[f["dna"] for f in train_fields],
         annotations=[as_annotation(f, f["rois"]) for f in train_fields],
         output=Path(workdir) / f"{NAME}-{tag}.pt",

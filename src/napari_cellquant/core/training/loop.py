@@ -64,6 +64,11 @@ class TrainingConfig:
         Optimisation steps per epoch; default: as many crops as cover the training pixels once.
     from_scratch
         Ignore the base model's weights and start from random ones.
+    from_imagenet
+        Ignore the base model's weights and start from the ImageNet-pretrained encoder where
+        the network has one (random elsewhere): a fresh recipe, as the bundled models are
+        trained, so retraining a bundled model never starts from its own weights (which saw
+        every image, the held-out ones of a cross-validation too).
     augment
         Flips, turns, scale and colour jitter on (True) or plain crops (False).
     scale_range
@@ -91,6 +96,7 @@ class TrainingConfig:
     patience: int | None = 15
     steps_per_epoch: int | None = None
     from_scratch: bool = False
+    from_imagenet: bool = False
     augment: bool = True
     scale_range: tuple[float, float] = (0.8, 1.25)
     name: str | None = None
@@ -334,7 +340,8 @@ class _Run:
         self.crop = -(-c.crop // multiple) * multiple
         self.fine_tuned = False
         self.pretrained: str | None = None
-        if not c.resume and not c.from_scratch and weights_status(card) not in ("missing",):
+        fresh = c.resume or c.from_scratch or c.from_imagenet
+        if not fresh and weights_status(card) not in ("missing",):
             from ..models.registry import resolve_weights
 
             _load_into(network, _read_checkpoint(resolve_weights(card)), card.name)
