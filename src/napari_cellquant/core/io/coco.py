@@ -39,7 +39,7 @@ import os
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -49,6 +49,15 @@ from ..annotation import ORIGINS, Annotation, Boxes
 from ..classes import ClassSet, class_set_from_names
 from ..errors import CellquantError, InputError
 from .atomic import atomic_path
+from .image_files import (
+    BOUNDS_TOLERANCE,
+    SizeDecision,
+    SizeMismatch,
+    check_size_mismatch,
+    resolve_image_size,
+    search_dirs,
+)
+from .images import find_image, image_shape
 from .outlines import trace_pixel_borders
 
 __all__ = ["coco_dict", "looks_like_coco", "read_coco", "write_coco"]
@@ -56,65 +65,10 @@ __all__ = ["coco_dict", "looks_like_coco", "read_coco", "write_coco"]
 log = logging.getLogger(__name__)
 
 Encoding = Literal["polygon", "rle"]
-#: What to do when the image found differs in size from the size the file declares.
-SizeMismatch = Literal["auto", "rescale", "keep"]
-SIZE_MISMATCH_MODES: tuple[str, ...] = ("auto", "rescale", "keep")
 PathLike = str | os.PathLike[str]
 
-#: How far (pixels) a box or polygon may reach outside the image before it is an error.
-BOUNDS_TOLERANCE = 1.0
 #: Files up to this size are parsed fully by :func:`looks_like_coco`; larger ones are scanned.
 _SNIFF_PARSE_BYTES = 2_000_000
-
-
-# ------------------------------------------------------------------------------------------
-# images beside the annotation file
-# ------------------------------------------------------------------------------------------
-def _search_dirs(annotation_file: Path, images_dir: PathLike | None) -> list[Path]:
-    """Where images may sit: ``images_dir``, beside the file, ``images/`` next to it or above."""
-    here = annotation_file.parent
-    dirs = [Path(images_dir)] if images_dir is not None else []
-    dirs += [here, here / "images", here.parent / "images", here.parent]
-    unique: list[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
-
-
-def find_image_file(name: str, search_dirs: Sequence[Path]) -> Path | None:
-    """The image called ``name`` in the first of ``search_dirs`` that holds it, else ``None``."""
-    from .images import find_image
-
-    return find_image(name, list(search_dirs))
-
-
-def image_file_shape(path: Path) -> tuple[int, int]:
-    """(rows, cols) of an image file, read from its header."""
-    from .images import image_shape
-
-    return image_shape(path)
-
-
-class SizeDecision(NamedTuple):
-    """How an image's annotations map onto its pixels (see :func:`resolve_image_size`)."""
-
-    #: (rows, cols) of the pixel grid the annotation lives in.
-    shape: tuple[int, int]
-    #: (sy, sx) applied to the file's coordinates, or None when they are taken as they are.
-    scale: tuple[float, float] | None
-    #: None when the sizes agree (or no image was found), else ``"kept"`` or ``"rescaled"``.
-    mismatch: str | None
-
-    def meta(self, declared: tuple[int, int]) -> dict[str, Any]:
-        """The ``Annotation.meta`` entries that record this decision."""
-        out: dict[str, Any] = {}
-        if self.mismatch is not None:
-            out["size_mismatch"] = self.mismatch
-        if self.scale is not None:
-            out["rescaled_from"] = declared
-            out["scale"] = self.scale
-        return out
 
 
 def check_encoding(value: str) -> Encoding:
@@ -122,99 +76,6 @@ def check_encoding(value: str) -> Encoding:
     if value not in ("polygon", "rle"):
         raise InputError(f"unknown COCO encoding {value!r}; use 'polygon' or 'rle'")
     return value  # type: ignore[return-value]
-
-
-def check_size_mismatch(value: str) -> SizeMismatch:
-    """``value`` if it is a valid ``size_mismatch`` option, else InputError."""
-    if value not in SIZE_MISMATCH_MODES:
-        raise InputError(
-            f"unknown size_mismatch {value!r}; use one of {', '.join(SIZE_MISMATCH_MODES)}"
-        )
-    return value  # type: ignore[return-value]
-
-
-def resolve_image_size(
-    source: Path,
-    image_name: str,
-    image_path: Path | None,
-    declared: tuple[int, int],
-    extent: tuple[float, float],
-    *,
-    size_mismatch: SizeMismatch = "auto",
-) -> SizeDecision:
-    """Decide, from the annotations themselves, how they map onto the image found beside them.
-
-    When the real image differs from the size the file declares, either the coordinates were
-    drawn on a full-size original and must be rescaled, or they are already image pixels and
-    only the declared size is stale (the NET data: declared 1920x1440, JPEG 1024x768, boxes
-    reaching exactly x 1024). ``"auto"`` tells the two apart by ``extent``: when every object
-    lies inside the real image (within :data:`BOUNDS_TOLERANCE`) the coordinates are kept,
-    otherwise (objects beyond the image, yet inside the declared size) they are rescaled by
-    real / declared. Either way a warning names the file, both sizes and the decision: never
-    silent.
-
-    Parameters
-    ----------
-    source
-        The annotation file (named in warnings and errors).
-    image_name, image_path
-        The image as the file names it, and where it was found (None: not found, nothing to
-        decide).
-    declared
-        (rows, cols) the file declares.
-    extent
-        (max y, max x) the image's annotations reach, in the file's coordinates (box
-        ``y + h`` / ``x + w``, polygon vertices, last RLE pixel + 1); (0, 0) when none.
-    size_mismatch
-        ``"auto"``; ``"rescale"`` or ``"keep"`` force a choice (``"keep"`` with objects beyond
-        the image is an InputError: nothing is clipped).
-
-    Returns
-    -------
-    SizeDecision
-        The grid, the scale (None unless rescaled) and ``"kept"``/``"rescaled"`` (None when
-        the sizes agree).
-    """
-    if image_path is None:
-        return SizeDecision(declared, None, None)
-    real = image_file_shape(image_path)
-    if real == declared:
-        return SizeDecision(declared, None, None)
-    tol = BOUNDS_TOLERANCE
-    fits = extent[0] <= real[0] + tol and extent[1] <= real[1] + tol
-    sizes = (
-        f"{source}: image {image_name} is {real[1]}x{real[0]} (width x height) but the "
-        f"annotations declare {declared[1]}x{declared[0]}"
-    )
-    reach = f"objects reach x {extent[1]:g}, y {extent[0]:g}"
-    if size_mismatch == "keep" and not fits:
-        raise InputError(
-            f"image {image_name} is {real[1]}x{real[0]} but the annotations declare "
-            f"{declared[1]}x{declared[0]}, and with size_mismatch='keep' the {reach}, beyond "
-            "the image (not clipped: rescale them, or fix the annotation or its image)",
-            source=source,
-        )
-    if size_mismatch == "keep" or (size_mismatch == "auto" and fits):
-        why = (
-            "size_mismatch='keep', so"
-            if size_mismatch == "keep"
-            else "all objects lie inside the image, so"
-        )
-        warnings.warn(
-            f"{sizes}; {why} their coordinates are taken as image pixels and the declared "
-            "size is ignored",
-            UserWarning,
-            stacklevel=4,
-        )
-        return SizeDecision(real, None, "kept")
-    sy, sx = real[0] / declared[0], real[1] / declared[1]
-    why = "size_mismatch='rescale'" if size_mismatch == "rescale" else f"{reach}, beyond the image"
-    warnings.warn(
-        f"{sizes}; rescaling coordinates by x {sx:.6g}, y {sy:.6g} ({why})",
-        UserWarning,
-        stacklevel=4,
-    )
-    return SizeDecision(real, (sy, sx), "rescaled")
 
 
 # ------------------------------------------------------------------------------------------
@@ -868,7 +729,7 @@ def _declared_size(
             )
         return declared
     if image_path is not None:
-        return image_file_shape(image_path)
+        return image_shape(image_path)
     raise InputError(f"image {name} has no width/height and the image was not found", source=source)
 
 
@@ -967,16 +828,16 @@ def _read_image_annotations(
     entries: list[tuple[int, dict]],
     class_set: ClassSet,
     category_to_class: dict[int, int],
-    search_dirs: list[Path],
+    folders: list[Path],
     size_mismatch: SizeMismatch,
 ) -> Annotation:
     image_id = image["id"]
     name = str(image.get("file_name", ""))
     if not name:
         raise InputError(f"image id {image_id} has no file_name", source=source)
-    image_path = find_image_file(name, search_dirs)
+    image_path = find_image(name, folders)
     if image_path is None:
-        log.debug("%s: image %s not found in %s", source, name, search_dirs)
+        log.debug("%s: image %s not found in %s", source, name, folders)
     declared = _declared_size(source, image, name, image_path)
 
     # validate everything in the declared grid before touching pixels
@@ -1125,7 +986,7 @@ def read_coco(
             )
         per_image[image_id].append((index, ann))
 
-    search_dirs = _search_dirs(source, images_dir)
+    folders = search_dirs(source, images_dir)
     return [
         _read_image_annotations(
             source,
@@ -1133,7 +994,7 @@ def read_coco(
             per_image[i],
             class_set,
             category_to_class,
-            search_dirs,
+            folders,
             size_mismatch,
         )
         for i in images

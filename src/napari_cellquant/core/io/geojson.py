@@ -148,11 +148,11 @@ def _dict(value: Any) -> dict[str, Any]:
 def _image_for(path: Path, images_dir: PathLike | None) -> tuple[str, Path | None]:
     """The image a GeoJSON file annotates: the same stem (QuPath names exports after the
     image), beside it, in ``images/`` or in ``images_dir``."""
-    from .coco import _search_dirs
+    from .image_files import search_dirs
     from .images import find_image
 
     stem = path.name[: -len(path.suffix)]
-    found = find_image(stem, _search_dirs(path, images_dir))
+    found = find_image(stem, search_dirs(path, images_dir))
     return (found.name, found) if found is not None else (f"{stem}.png", None)
 
 

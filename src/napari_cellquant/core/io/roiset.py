@@ -110,11 +110,11 @@ def _outline(roi: Any) -> Outline | None:
 
 
 def _image_for(path: Path, images_dir: PathLike | None) -> tuple[str, Path | None]:
-    from .coco import _search_dirs
+    from .image_files import search_dirs
     from .images import find_image
 
     stem = re.sub(r"[-_ ]?roiset$", "", path.stem, flags=re.IGNORECASE)
-    found = find_image(stem, _search_dirs(path, images_dir)) if stem else None
+    found = find_image(stem, search_dirs(path, images_dir)) if stem else None
     return (found.name, found) if found is not None else (f"{stem or path.stem}.png", None)
 
 

@@ -24,15 +24,9 @@ from ..annotation import Annotation, Boxes
 from ..classes import ClassSet, infer_class_set
 from ..errors import InputError, OutputExistsError
 from .atomic import atomic_path
-from .coco import (
-    SizeMismatch,
-    _search_dirs,
-    check_box_inside,
-    check_size_mismatch,
-    find_image_file,
-    map_names_to_class_set,
-    resolve_image_size,
-)
+from .coco import check_box_inside, map_names_to_class_set
+from .image_files import SizeMismatch, check_size_mismatch, resolve_image_size, search_dirs
+from .images import find_image
 
 __all__ = ["looks_like_voc", "read_voc", "voc_element", "write_voc"]
 
@@ -156,9 +150,9 @@ class _VocFile:
 
 
 def _to_annotation(
-    parsed: _VocFile, class_set: ClassSet, search_dirs: list[Path], size_mismatch: SizeMismatch
+    parsed: _VocFile, class_set: ClassSet, folders: list[Path], size_mismatch: SizeMismatch
 ) -> Annotation:
-    image_path = find_image_file(parsed.filename, search_dirs)
+    image_path = find_image(parsed.filename, folders)
     xywh = np.array(parsed.xywh, dtype=np.float64).reshape(-1, 4)
     # (max ymax, max xmax): decides whether the boxes fit the real image as they are
     extent = (
@@ -224,7 +218,7 @@ def read_voc(
         When a found image's size differs from ``<size>``: ``"auto"`` keeps the boxes as image
         pixels when they all lie inside the image and rescales them by real / declared
         otherwise; ``"keep"`` or ``"rescale"`` force the choice. Always with a warning (see
-        :func:`..coco.resolve_image_size`).
+        :func:`.image_files.resolve_image_size`).
 
     Returns
     -------
@@ -249,8 +243,7 @@ def read_voc(
     if class_set is None:
         class_set = infer_class_set(n for p in parsed for n in p.names)
     return [
-        _to_annotation(p, class_set, _search_dirs(p.path, images_dir), size_mismatch)
-        for p in parsed
+        _to_annotation(p, class_set, search_dirs(p.path, images_dir), size_mismatch) for p in parsed
     ]
 
 
