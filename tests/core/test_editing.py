@@ -15,7 +15,7 @@ from napari_cellquant.core.editing import (
     fill_holes,
     merge,
     next_free_id,
-    relabel_sequential,
+    relabel,
     remove_small,
     set_class,
     split,
@@ -118,9 +118,9 @@ def test_fill_a_rings_hole_but_not_an_object_inside_it():
     assert edit.origins == {3: "edited"}
 
 
-def test_relabel_sequential_returns_the_id_map():
+def test_relabel_returns_the_id_map():
     labels = _two_squares()
-    edit = relabel_sequential(labels, {2: 3, 4: 1, 9: 2})
+    edit = relabel(labels, {2: 3, 4: 1, 9: 2})
     out = edit.apply(labels.copy())
     assert set(np.unique(out)) == {0, 1, 2, 3}
     assert edit.id_map[2] == 1 and edit.id_map[4] == 2 and edit.id_map[9] == 3

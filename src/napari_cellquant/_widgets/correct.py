@@ -707,7 +707,7 @@ class CorrectWidget(Container):
     def relabel(self) -> editing.LabelEdit:
         """Renumber the ids 1..n (features follow)."""
         editor = self._editor()
-        edit = editing.relabel_sequential(editor.labels, editor.classes())
+        edit = editing.relabel(editor.labels, editor.classes())
         editor.apply(edit)
         self._report(f"relabelled {len(edit.event.ids)} ids")
         return edit

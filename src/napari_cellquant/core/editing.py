@@ -594,15 +594,16 @@ def fill_holes(
     return LabelEdit(indices, values, {}, {i: "edited" for i in filled_ids}, (), event)
 
 
-def relabel_sequential(labels: np.ndarray, classes: Mapping[int, int] | None = None) -> LabelEdit:
-    """Renumber ids to 1..n in their order; ``LabelEdit.id_map`` maps old to new ids."""
-    from skimage.segmentation import relabel_sequential as skimage_relabel
+def relabel(labels: np.ndarray, classes: Mapping[int, int] | None = None) -> LabelEdit:
+    """The edit that renumbers ids to 1..n in their order
+    (:func:`~napari_cellquant.core.postprocess.relabel_sequential`, undoable);
+    ``LabelEdit.id_map`` maps old to new ids."""
+    from .postprocess import relabel_sequential
 
-    relabelled, forward, _ = skimage_relabel(np.asarray(labels))
-    present = np.flatnonzero(np.bincount(np.asarray(labels).ravel()))
-    present = present[present != 0]
+    relabelled, mapping = relabel_sequential(labels)
+    present = np.array(sorted(mapping), dtype=np.int64)
     id_map = np.zeros(int(present.max(initial=0)) + 1, dtype=np.int64)
-    id_map[present] = forward[present]
+    id_map[present] = [mapping[int(i)] for i in present]
     changed = _pixels_of(relabelled != labels)
     moved = present[id_map[present] != present]
     event = CorrectionEvent(
@@ -626,7 +627,7 @@ __all__ = [
     "fill_holes",
     "merge",
     "next_free_id",
-    "relabel_sequential",
+    "relabel",
     "remove_small",
     "set_class",
     "split",
