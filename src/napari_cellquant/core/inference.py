@@ -933,10 +933,7 @@ def predict_maps(
         memmap_dir=memmap_dir,
         cancel=cancel,
     )
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(event.done, event.total)
+    from .drive import drive
+
+    report = None if progress is None else (lambda event: progress(event.done, event.total))
+    return drive(gen, report, what="inference")

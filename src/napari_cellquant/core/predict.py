@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .annotation import Annotation
-from .errors import CancelledError, InputError
+from .errors import InputError
 from .models.card import ModelCard
 from .models.registry import WeightsError, get_card, resolve_weights
 from .scale import ImageScale
@@ -308,13 +308,7 @@ def predict(
     steps = iter_predict(
         image, model, tile=tile, overlap=overlap, diameter=diameter, pixel_size_um=pixel_size_um
     )
-    try:
-        while True:
-            done, total = next(steps)
-            if progress is not None:
-                progress(done, total)
-            if cancel is not None and cancel():
-                steps.close()
-                raise CancelledError("prediction cancelled")
-    except StopIteration as finished:
-        return finished.value
+    from .drive import drive
+
+    report = None if progress is None else (lambda step: progress(*step))
+    return drive(steps, report, cancel, what="prediction")

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..annotation import Annotation
-from ..errors import InputError, OutputExistsError
+from ..errors import CancelledError, InputError, OutputExistsError
 from ..models.card import ModelCard, WeightsSource
 
 log = logging.getLogger(__name__)
@@ -241,18 +241,13 @@ def train(
     ``progress(event)`` is called for every event; when ``cancel()`` returns True the run
     stops within one step and the result (``cancelled=True``) names the last good files.
     """
+    from ..drive import drive
+
     run = _Run(config)
-    steps = run.steps()
     try:
-        while True:
-            event = next(steps)
-            if progress is not None:
-                progress(event)
-            if cancel is not None and cancel():
-                steps.close()
-                return run.result(cancelled=True)
-    except StopIteration as finished:
-        return finished.value
+        return drive(run.steps(), progress, cancel, what="training")
+    except CancelledError:
+        return run.result(cancelled=True)
 
 
 class _Run:
