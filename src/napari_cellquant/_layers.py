@@ -156,6 +156,20 @@ def rectangles_to_xywh(vertices: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([lows[:, 1] + 0.5, lows[:, 0] + 0.5, size[:, 1], size[:, 0]], axis=1)
 
 
+def layer_pixels(data: Any, multiscale: bool, rgb: bool, name: str = "") -> np.ndarray:
+    """The full-resolution pixels of an Image layer's data as (H, W) or (H, W, C) (read in a
+    worker: a dask or zarr level is computed here), leading singleton axes dropped."""
+    pixels = np.asarray(data[0] if multiscale else data)
+    while pixels.ndim > (3 if rgb else 2) and pixels.shape[0] == 1:
+        pixels = pixels[0]
+    if pixels.ndim != (3 if rgb else 2):
+        raise InputError(
+            f"layer {name!r} has shape {pixels.shape}: choose a 2-D grey or RGB image (split "
+            "stacks into 2-D layers first)"
+        )
+    return pixels
+
+
 def layer_pixel_size_um(layer: Any) -> tuple[float, float] | None:
     """(rows, columns) micrometres per pixel of a layer: its scale where its units are
     lengths, else what the TIFF it was opened from records (napari's own reader opens an
@@ -339,7 +353,7 @@ def initial_counts(ann: Annotation, *, instances: bool) -> dict[str, int]:
 
 
 # --- layers -> Annotation ----------------------------------------------------------------------
-def _strip_suffix(name: str, suffix: str) -> str:
+def strip_suffix(name: str, suffix: str) -> str:
     return name[: -len(suffix)] if suffix and name.endswith(suffix) else name
 
 
@@ -349,10 +363,10 @@ def _group_key(meta: Mapping[str, Any], layer_type: str) -> str:
         return Path(str(metadata[META_IMAGE_NAME])).stem
     name = str(meta.get("name") or layer_type)
     suffix = {"labels": INSTANCES_SUFFIX, "shapes": BOXES_SUFFIX}.get(layer_type, "")
-    return _strip_suffix(name, suffix)
+    return strip_suffix(name, suffix)
 
 
-def _as_table(features: Any) -> dict[str, np.ndarray]:
+def as_table(features: Any) -> dict[str, np.ndarray]:
     """Features (DataFrame or dict of columns) as a dict of numpy columns."""
     if features is None:
         return {}
@@ -361,7 +375,7 @@ def _as_table(features: Any) -> dict[str, np.ndarray]:
     return {str(k): np.asarray(v) for k, v in dict(features).items()}
 
 
-def _classes_from_table(
+def classes_from_table(
     table: Mapping[str, np.ndarray], n: int, class_set: ClassSet, default: int, layer: str
 ) -> np.ndarray:
     """Class id per feature row: ``class_name`` when it names a class, else ``class``.
@@ -542,7 +556,7 @@ def _fallback_class_set(group: _Group, class_set: ClassSet | None) -> ClassSet:
     names: set[str] = set()
     sources = ([group.labels] if group.labels else []) + group.shapes
     for _, meta in sources:
-        column = _as_table(meta.get("features")).get("class_name")
+        column = as_table(meta.get("features")).get("class_name")
         if column is not None:
             names.update(str(v).lower() for v in column if isinstance(v, str) and v)
     if names:
@@ -568,7 +582,7 @@ def _group_to_annotation(group: _Group, class_set: ClassSet | None) -> Annotatio
         lab_scale, lab_translate = _placement(meta, labels.ndim)
         present = np.unique(labels)
         present = present[present != 0]
-        table = _as_table(meta.get("features"))
+        table = as_table(meta.get("features"))
         n_rows = max((len(v) for v in table.values()), default=0)
         if "index" in table:
             row_labels = np.asarray(table["index"], dtype=np.int64)
@@ -576,7 +590,7 @@ def _group_to_annotation(group: _Group, class_set: ClassSet | None) -> Annotatio
             row_labels = np.asarray(table["label"], dtype=np.int64)
         else:
             row_labels = np.arange(n_rows, dtype=np.int64)  # napari: row i describes label i
-        row_classes = _classes_from_table(table, n_rows, cs, default, name)
+        row_classes = classes_from_table(table, n_rows, cs, default, name)
         row_scores = np.asarray(table.get("score", np.full(n_rows, np.nan)), dtype=np.float64)
         row_origins = table.get("origin", np.full(n_rows, "file", dtype=object))
         by_label = {int(lab): k for k, lab in enumerate(row_labels)}
@@ -620,10 +634,10 @@ def _group_to_annotation(group: _Group, class_set: ClassSet | None) -> Annotatio
             vertices = [
                 ((v[:, -2:] * scale + translate) - lab_translate) / lab_scale for v in vertices
             ]
-        table = _as_table(meta.get("features"))
+        table = as_table(meta.get("features"))
         n = len(vertices)
         all_xywh.append(rectangles_to_xywh(vertices))
-        all_classes.append(_classes_from_table(table, n, cs, default, name))
+        all_classes.append(classes_from_table(table, n, cs, default, name))
         score = table.get("score")
         all_scores.append(
             np.asarray(score, dtype=np.float64)
@@ -668,10 +682,17 @@ __all__ = [
     "META_INITIAL_COUNTS",
     "LayerDataTuple",
     "annotation_to_layer_data",
+    "as_table",
     "boxes_to_rectangles",
     "class_set_from_metadata",
     "class_set_to_metadata",
+    "classes_from_table",
     "labels_colormap",
+    "labels_features",
     "layer_data_to_annotation",
+    "layer_pixel_size_um",
+    "layer_pixels",
+    "layers_to_annotations",
     "rectangles_to_xywh",
+    "strip_suffix",
 ]

@@ -100,4 +100,18 @@ class UserModels:
 #: The one list of the session: Train calls ``user_models.register(card_path)``.
 user_models = UserModels()
 
-__all__ = ["UserModel", "UserModels", "user_models"]
+
+def device_choices() -> list[str]:
+    """The devices a widget offers: ``auto`` and the CPU, then CUDA and MPS where present."""
+    import torch
+
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+__all__ = ["UserModel", "UserModels", "device_choices", "user_models"]

@@ -27,10 +27,10 @@ from .._layers import (
     META_CLASS_SET,
     META_CORRECTIONS,
     META_DEFAULT_CLASS,
-    _as_table,
-    _classes_from_table,
+    as_table,
     class_rgba,
     class_set_from_metadata,
+    classes_from_table,
 )
 from ..core import editing
 from ..core.classes import CELL, ClassSet
@@ -110,8 +110,8 @@ class LabelsEditor:
         table["label"] = table["index"]
         # as the writers read it: a class_name (what users see and edit) wins over class
         default = int(self.layer.metadata.get(META_DEFAULT_CLASS, 1))
-        table["class"] = _classes_from_table(
-            _as_table(table), len(table), self.class_set, default, self.layer.name
+        table["class"] = classes_from_table(
+            as_table(table), len(table), self.class_set, default, self.layer.name
         ).astype(np.int32)
         table["class_name"] = pd.Series(
             [self._name(c) for c in table["class"]], index=table.index, dtype=object

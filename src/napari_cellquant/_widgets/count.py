@@ -52,12 +52,12 @@ from .._layers import (
     META_DEFAULT_CLASS,
     META_IMAGE_SHAPE,
     META_INITIAL_COUNTS,
-    _as_table,
-    _classes_from_table,
-    _strip_suffix,
+    as_table,
     class_set_from_metadata,
+    classes_from_table,
     layer_pixel_size_um,
     layers_to_annotations,
+    strip_suffix,
 )
 from ..core import quantify
 from ..core.classes import CELL, ClassSet
@@ -122,7 +122,7 @@ def gather_groups(layers: Any, *, include_hidden: bool = False) -> list[ImageGro
         if not layer.visible and not include_hidden:
             continue
         suffix = INSTANCES_SUFFIX if kind == "labels" else BOXES_SUFFIX
-        key = _strip_suffix(layer.name, suffix)
+        key = strip_suffix(layer.name, suffix)
         class_set = class_set_from_metadata(layer.metadata.get(META_CLASS_SET)) or CELL
         group = groups.get(key)
         if group is None:
@@ -133,21 +133,21 @@ def gather_groups(layers: Any, *, include_hidden: bool = False) -> list[ImageGro
                 f"({group.class_set.name!r} and {class_set.name!r})"
             )
         default = int(layer.metadata.get(META_DEFAULT_CLASS, 1))
-        table = _as_table(layer.features)
+        table = as_table(layer.features)
         part = _LayerCounts(default_class=default, initial=layer.metadata.get(META_INITIAL_COUNTS))
         if kind == "labels":
             part.labels = _labels_2d(layer)
             n_rows = max((len(v) for v in table.values()), default=0)
             ids = table.get("index", table.get("label", np.arange(n_rows)))
             part.row_labels = np.asarray(ids, dtype=np.int64)
-            part.row_classes = _classes_from_table(table, n_rows, class_set, default, layer.name)
+            part.row_classes = classes_from_table(table, n_rows, class_set, default, layer.name)
             if group.area_mm2 is None:
                 size = layer_pixel_size_um(layer)
                 shape = layer.metadata.get(META_IMAGE_SHAPE) or part.labels.shape
                 if size is not None:
                     group.area_mm2 = quantify.image_area_mm2(shape, size)
         else:
-            part.box_classes = _classes_from_table(
+            part.box_classes = classes_from_table(
                 table, len(layer.data), class_set, default, layer.name
             )
         group.parts.append(part)

@@ -31,13 +31,18 @@ from magicgui.widgets import (
     Widget,
 )
 
-from .._layers import META_IMAGE_NAME, annotation_to_layer_data, layer_pixel_size_um
+from .._layers import (
+    META_IMAGE_NAME,
+    annotation_to_layer_data,
+    layer_pixel_size_um,
+    layer_pixels,
+)
 from ..core.classical import param_help
 from ..core.errors import InputError
 from ..core.models.card import ModelCard
 from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
-from ._models import UserModel, user_models
+from ._models import UserModel, device_choices, user_models
 from ._results import OUTLINE_WIDTH, build_layers, show_layers
 from ._workers import Failed, start_soon
 
@@ -79,7 +84,7 @@ class SegmentWidget(Container):
         self.load_model = FileEdit(
             label="load model...", mode="r", filter="Model card or weights (*.json *.pt *.pth)"
         )
-        self.device = ComboBox(label="device", choices=_devices())
+        self.device = ComboBox(label="device", choices=device_choices())
         self.tile = SpinBox(label="tile size", min=64, max=8192, step=32, value=256)
         self.diameter = FloatSpinBox(
             label="diameter (px)",
@@ -377,7 +382,7 @@ def _segment(
     from ..core.predict import Model, iter_predict, load_model
 
     try:
-        pixels = _image_array(image, multiscale, rgb, layer_name)
+        pixels = layer_pixels(image, multiscale, rgb, layer_name)
         if loaded is not None:
             model = Model(card=card, network=loaded.network, device=loaded.device)
         else:
@@ -482,38 +487,12 @@ def _ready_for_napari(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[
     return data, kwargs, layer_type
 
 
-def _image_array(data: Any, multiscale: bool, rgb: bool, name: str) -> np.ndarray:
-    """The full-resolution pixels of an Image layer as (H, W) or (H, W, C), read in the worker."""
-    level = data[0] if multiscale else data
-    pixels = np.asarray(level)
-    while pixels.ndim > (3 if rgb else 2) and pixels.shape[0] == 1:
-        pixels = pixels[0]
-    if pixels.ndim != (3 if rgb else 2):
-        raise InputError(
-            f"layer {name!r} has shape {pixels.shape}: choose a 2-D grey or "
-            "RGB image (split stacks into 2-D layers first)"
-        )
-    return pixels
-
-
 def _image_name(layer: Any) -> str:
     """The file name the result annotates (COCO ``file_name``)."""
     if layer.metadata.get(META_IMAGE_NAME):
         return str(layer.metadata[META_IMAGE_NAME])
     path = getattr(layer.source, "path", None)
     return Path(path).name if path else layer.name
-
-
-def _devices() -> list[str]:
-    import torch
-
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 def _field_for(name: str, value: Any) -> Widget | None:

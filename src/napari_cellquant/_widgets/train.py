@@ -33,11 +33,11 @@ from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from .._layers import META_IMAGE_NAME, layers_to_annotations
+from .._layers import META_IMAGE_NAME, layer_pixels, layers_to_annotations
 from ..core.errors import InputError
 from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
-from ._models import UserModel, user_models
+from ._models import UserModel, device_choices, user_models
 from ._workers import Failed, start_soon
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class TrainWidget(Container):
         self.val_fraction = FloatSpinBox(
             label="validation share", min=0.0, max=0.9, step=0.05, value=0.2
         )
-        self.device = ComboBox(label="device", choices=_device_choices())
+        self.device = ComboBox(label="device", choices=device_choices())
         self.output = FileEdit(label="save weights as", mode="w", filter="*.pt", nullable=True)
         self.overwrite = CheckBox(text="replace existing files", value=False)
         self.train_button = PushButton(text="Train")
@@ -407,7 +407,7 @@ def _train_job(
     from ..core.training import TrainingConfig, iter_train, load_training_pairs
 
     try:
-        pixels = [_image_array(data, multiscale, rgb) for data, multiscale, rgb in images]
+        pixels = [layer_pixels(data, multiscale, rgb) for data, multiscale, rgb in images]
         annotations = list(annotations)
         if folder is not None:
             for image, annotation in load_training_pairs(folder, folder_annotations or folder):
@@ -419,14 +419,6 @@ def _train_job(
         log.debug("Train failed", exc_info=True)
         return Failed(exc)
     return result
-
-
-def _image_array(data: Any, multiscale: bool, rgb: bool) -> np.ndarray:
-    """Full-resolution pixels of an Image layer as (H, W) or (H, W, C), read in the worker."""
-    pixels = np.asarray(data[0] if multiscale else data)
-    while pixels.ndim > (3 if rgb else 2) and pixels.shape[0] == 1:
-        pixels = pixels[0]
-    return pixels
 
 
 def _path_or_none(value: Any) -> Path | None:
@@ -443,18 +435,6 @@ def _score_text(name: str, base: float | None, new: float | None) -> str:
     if new is not None:
         verdict = ": better" if new > base else (": WORSE than the base" if new < base else "")
     return f"validation {name}: base {base:.3f} -> new {new_text}{verdict}"
-
-
-def _device_choices() -> list[str]:
-    import torch
-
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 def _notify_error(message: str) -> None:
