@@ -372,16 +372,11 @@ class OutputFolder:
         return written
 
     def _write_coco(self, parts: Sequence[dict[str, Any]]) -> Path:
-        from ..core.io.coco import coco_dict
+        from ..core.io.coco import merge_coco
 
-        merged = coco_dict([], encoding="rle")  # info and licenses, as write_coco has them
-        merged["categories"] = parts[0]["categories"]
-        for image_id, part in enumerate(parts, start=1):
-            merged["images"].append({**part["images"][0], "id": image_id})
-            for entry in part["annotations"]:
-                merged["annotations"].append(
-                    {**entry, "id": len(merged["annotations"]) + 1, "image_id": image_id}
-                )
+        merged = merge_coco(
+            [{k: p[k] for k in ("images", "annotations", "categories")} for p in parts]
+        )
         return write_text_atomic(
             self.root / ANNOTATIONS, json.dumps(merged, separators=(",", ":")), overwrite=True
         )

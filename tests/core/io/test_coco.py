@@ -24,10 +24,11 @@ from napari_cellquant.core.io import coco
 from napari_cellquant.core.io.coco import (
     coco_dict,
     looks_like_coco,
+    merge_coco,
     read_coco,
-    trace_pixel_borders,
     write_coco,
 )
+from napari_cellquant.core.io.outlines import trace_pixel_borders
 
 # pycocotools' own decode() trips a numpy 2 deprecation; it is not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -901,3 +902,30 @@ def test_real_net_coco_forced_rescale_gives_the_old_scaled_boxes(net_dir):
         raw_boxes = [a["bbox"] for a in raw["annotations"] if a["image_id"] == image_id]
         np.testing.assert_allclose(ann.boxes.xywh, np.array(raw_boxes) * 1024 / 1920)
         assert ann.meta["size_mismatch"] == "rescaled"
+
+
+def test_per_image_dicts_merge_into_one_file_pycocotools_reads(tmp_path):
+    """merge_coco (the batch engine's merged annotations.json): ids renumbered, same objects."""
+    from pycocotools.coco import COCO
+
+    from napari_cellquant.core.synthetic import synthetic_blood_smear
+
+    anns = []
+    for seed, name in ((1, "b.png"), (2, "a.png")):
+        _, ann = synthetic_blood_smear((64, 80), seed=seed)
+        ann.image_name = name
+        anns.append(ann)
+    parts = [coco_dict([a], encoding="rle") for a in anns]
+    merged = merge_coco(parts)
+    assert [im["file_name"] for im in merged["images"]] == ["b.png", "a.png"]
+    assert [a["id"] for a in merged["annotations"]] == list(
+        range(1, len(merged["annotations"]) + 1)
+    )
+    path = tmp_path / "merged.json"
+    path.write_text(json.dumps(merged))
+    coco = COCO(str(path))
+    for image_id, ann in enumerate(anns, start=1):
+        assert len(coco.getAnnIds(imgIds=[image_id])) == len(ann.instance_ids())
+    other = coco_dict([anns[0].mapped_to(NET4)], encoding="rle")
+    with pytest.raises(InputError, match="different categories"):
+        merge_coco([parts[0], other])

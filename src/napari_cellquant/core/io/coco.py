@@ -60,7 +60,7 @@ from .image_files import (
 from .images import find_image, image_shape
 from .outlines import trace_pixel_borders
 
-__all__ = ["coco_dict", "looks_like_coco", "read_coco", "write_coco"]
+__all__ = ["coco_dict", "looks_like_coco", "merge_coco", "read_coco", "write_coco"]
 
 log = logging.getLogger(__name__)
 
@@ -373,6 +373,32 @@ def coco_dict(annotations: Iterable[Annotation], *, encoding: Encoding = "polygo
         "annotations": entries,
         "categories": categories,
     }
+
+
+def merge_coco(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One COCO dictionary from several (e.g. one :func:`coco_dict` per image, written as they
+    finished): images renumbered 1.. in the given order, annotations 1.. after them, one
+    ``info``; every part must have the same categories."""
+    merged = coco_dict([], encoding="rle")  # info and licenses, as write_coco has them
+    if not parts:
+        return merged
+    merged["categories"] = parts[0]["categories"]
+    for part in parts:
+        if part["categories"] != merged["categories"]:
+            raise InputError("COCO parts with different categories cannot be merged")
+        renumber = {}
+        for image in part["images"]:
+            renumber[image["id"]] = len(merged["images"]) + 1
+            merged["images"].append({**image, "id": renumber[image["id"]]})
+        for entry in part["annotations"]:
+            merged["annotations"].append(
+                {
+                    **entry,
+                    "id": len(merged["annotations"]) + 1,
+                    "image_id": renumber[entry["image_id"]],
+                }
+            )
+    return merged
 
 
 def write_coco(
