@@ -28,10 +28,8 @@ done again by the next run, which therefore ends with the same files as an unint
 
 from __future__ import annotations
 
-import csv
 import errno
 import hashlib
-import io
 import json
 import logging
 import math
@@ -430,14 +428,13 @@ class OutputFolder:
         return write_text_atomic(sidecar, json.dumps(record, indent=1), overwrite=True)
 
     def _write_failures(self, failures: Sequence[tuple[Path, str]]) -> Path:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(FAILURE_COLUMNS)
-        for path, message in sorted(failures, key=lambda f: f[0].name):
-            writer.writerow((path.name, str(path), message))
-        with atomic_path(self.root / FAILURES, overwrite=True) as tmp:
-            tmp.write_text(buffer.getvalue(), encoding="utf-8", newline="")
-        return self.root / FAILURES
+        from ..core.io.counts import write_rows_csv
+
+        rows = [
+            {"image": path.name, "path": str(path), "error": message}
+            for path, message in sorted(failures, key=lambda f: f[0].name)
+        ]
+        return write_rows_csv(FAILURE_COLUMNS, rows, self.root / FAILURES, overwrite=True)
 
     def _write_report(
         self,
