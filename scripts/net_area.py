@@ -40,11 +40,12 @@ BUNDLED = ROOT / "src" / "napari_cellquant" / "core" / "models" / "bundled"
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 NAME = "net-area"
 SETTINGS = {
-    # the epoch is chosen on the fields of the last `inner_val_samples` training samples (by
-    # id), never on the held-out ones; training stops `patience` epochs after the best
-    "epochs": 20,
-    "inner_val_samples": 2,
-    "patience": 6,
+    # the bundled recipe: the last of 10 epochs. With `inner_val_samples` > 0 (the
+    # --inner-val-samples experiment) the epoch is chosen instead on the fields of the last
+    # that many training samples (by id), never on the held-out ones, with `patience`.
+    "epochs": 10,
+    "inner_val_samples": 0,
+    "patience": None,
     "steps_per_epoch": 30,
     "batch_size": 8,
     "crop": 192,
@@ -117,7 +118,8 @@ def run_fold(data: str, held_out: list[str], workdir: str, tag: str, settings: d
     fields = load_fields(Path(data))
     train_fields = [f for f in fields if f["sample"] not in held_out]
     s = settings
-    inner = sorted({f["sample"] for f in train_fields})[-s["inner_val_samples"] :]
+    k = s["inner_val_samples"]
+    inner = sorted({f["sample"] for f in train_fields})[-k:] if k else []
     inner_val = [k for k, f in enumerate(train_fields) if f["sample"] in inner]
     config = TrainingConfig(
         base=NAME,
@@ -125,7 +127,8 @@ def run_fold(data: str, held_out: list[str], workdir: str, tag: str, settings: d
         images=[f["dna"] for f in train_fields],
         annotations=[as_annotation(f, f["rois"]) for f in train_fields],
         output=Path(workdir) / f"{NAME}-{tag}.pt",
-        val_indices=inner_val,
+        val_indices=inner_val or None,
+        val_fraction=0.0,
         epochs=s["epochs"],
         batch_size=s["batch_size"],
         crop=s["crop"],
@@ -185,9 +188,21 @@ def main(argv: list[str] | None = None) -> int:
         default=SETTINGS["steps_per_epoch"],
         help="optimisation steps per epoch",
     )
+    parser.add_argument(
+        "--inner-val-samples",
+        type=int,
+        default=SETTINGS["inner_val_samples"],
+        help="choose the epoch on this many training samples per fold (0: the last epoch)",
+    )
+    parser.add_argument("--patience", type=int, default=SETTINGS["patience"])
     parser.add_argument("--no-bundle", action="store_true")
     args = parser.parse_args(argv)
-    SETTINGS.update(epochs=args.epochs, steps_per_epoch=args.steps)
+    SETTINGS.update(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps,
+        inner_val_samples=args.inner_val_samples,
+        patience=args.patience,
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from accuracy import net_area_figures
@@ -254,13 +269,18 @@ def write_card(final: dict, report: dict, out: Path) -> None:
         "NET-covered area in the DNA stain: ImageNet-pretrained "
         "EfficientNet-Lite0 U-Net trained on Coelho et al. 2015 (58 fields)",
     )
+    inner = final["epoch_samples"]
     card.training["images"] = (
-        f"the fields of shared/data/net_coelho2015 (DNA stain) but those of samples "
-        f"{final['epoch_samples']}, which choose the epoch"
+        f"the fields of shared/data/net_coelho2015 (DNA stain) but those of samples {inner}, "
+        "which choose the epoch"
+        if inner
+        else "all 58 fields of shared/data/net_coelho2015 (DNA stain)"
     )
     card.training["epoch_and_threshold"] = (
-        f"the epoch with the best mean IoU on the fields of samples {final['epoch_samples']} "
-        "(held back from training), threshold 0.5"
+        f"the epoch with the best mean IoU on the fields of samples {inner} (held back from "
+        "training), threshold 0.5"
+        if inner
+        else "the last epoch, threshold 0.5: nothing tuned"
     )
     card.training["script"] = "scripts/train_bundled.py --only net-area"
     card.metrics = {
