@@ -38,6 +38,7 @@ from ..annotation import Annotation
 from ..classes import ClassSet
 from ..errors import InputError
 from .atomic import check_free, write_text_atomic
+from .image_files import image_named_like
 from .outlines import Outline, annotation_from_outlines, instance_polygons, per_image_paths
 
 __all__ = ["geojson_dict", "looks_like_geojson", "read_geojson", "write_geojson"]
@@ -145,17 +146,6 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _image_for(path: Path, images_dir: PathLike | None) -> tuple[str, Path | None]:
-    """The image a GeoJSON file annotates: the same stem (QuPath names exports after the
-    image), beside it, in ``images/`` or in ``images_dir``."""
-    from .image_files import search_dirs
-    from .images import find_image
-
-    stem = path.name[: -len(path.suffix)]
-    found = find_image(stem, search_dirs(path, images_dir))
-    return (found.name, found) if found is not None else (f"{stem}.png", None)
-
-
 def _read_file(
     path: Path, class_set: ClassSet | str | None, images_dir: PathLike | None
 ) -> Annotation:
@@ -177,7 +167,8 @@ def _read_file(
             UserWarning,
             stacklevel=3,
         )
-    image_name, image_path = _image_for(path, images_dir)
+    # QuPath names an export after its image
+    image_name, image_path = image_named_like(path, path.name[: -len(path.suffix)], images_dir)
     return annotation_from_outlines(
         path,
         [o for o in outlines if o is not None],

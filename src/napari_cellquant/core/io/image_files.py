@@ -22,6 +22,7 @@ __all__ = [
     "SizeDecision",
     "SizeMismatch",
     "check_size_mismatch",
+    "image_named_like",
     "resolve_image_size",
     "search_dirs",
 ]
@@ -158,3 +159,15 @@ def resolve_image_size(
         stacklevel=4,
     )
     return SizeDecision(real, (sy, sx), "rescaled")
+
+
+def image_named_like(
+    annotation_file: Path, stem: str, images_dir: PathLike | None
+) -> tuple[str, Path | None]:
+    """``(file name, path)`` of the image called ``stem`` (any image suffix) where
+    :func:`search_dirs` looks; ``(stem + ".png", None)`` when there is none. For formats that
+    name the image only through their own file name (QuPath GeoJSON, ImageJ ROI sets)."""
+    from .images import find_image
+
+    found = find_image(stem, search_dirs(annotation_file, images_dir)) if stem else None
+    return (found.name, found) if found is not None else (f"{stem}.png", None)

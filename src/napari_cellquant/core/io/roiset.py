@@ -34,6 +34,7 @@ from ..annotation import Annotation
 from ..classes import ClassSet
 from ..errors import InputError
 from .atomic import atomic_path, check_free
+from .image_files import image_named_like
 from .outlines import Outline, annotation_from_outlines, instance_polygons, per_image_paths
 
 __all__ = ["looks_like_roiset", "read_roiset", "write_roiset"]
@@ -109,15 +110,6 @@ def _outline(roi: Any) -> Outline | None:
     return outline
 
 
-def _image_for(path: Path, images_dir: PathLike | None) -> tuple[str, Path | None]:
-    from .image_files import search_dirs
-    from .images import find_image
-
-    stem = re.sub(r"[-_ ]?roiset$", "", path.stem, flags=re.IGNORECASE)
-    found = find_image(stem, search_dirs(path, images_dir)) if stem else None
-    return (found.name, found) if found is not None else (f"{stem or path.stem}.png", None)
-
-
 def _read_file(
     path: Path, class_set: ClassSet | str | None, images_dir: PathLike | None
 ) -> Annotation:
@@ -137,7 +129,8 @@ def _read_file(
             UserWarning,
             stacklevel=3,
         )
-    image_name, image_path = _image_for(path, images_dir)
+    stem = re.sub(r"[-_ ]?roiset$", "", path.stem, flags=re.IGNORECASE) or path.stem
+    image_name, image_path = image_named_like(path, stem, images_dir)
     return annotation_from_outlines(
         path,
         [o for o in outlines if o is not None],
