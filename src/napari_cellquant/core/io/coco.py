@@ -58,7 +58,7 @@ from .image_files import (
     search_dirs,
 )
 from .images import find_image, image_shape
-from .outlines import trace_pixel_borders
+from .outlines import paint_objects, trace_pixel_borders
 
 __all__ = ["coco_dict", "looks_like_coco", "merge_coco", "read_coco", "write_coco"]
 
@@ -821,33 +821,6 @@ def _extent(reaches: Sequence[tuple[float, float]]) -> tuple[float, float]:
     return float(far[0]), float(far[1])
 
 
-def _paint(
-    instances: list[_Instance], shape: tuple[int, int]
-) -> tuple[np.ndarray, list[int], np.ndarray]:
-    """Label image, the id of each instance, and the pixels each id kept.
-
-    Ids come from the file's ``instance_id`` attributes when every instance has a distinct
-    one (our own files: lossless), else 1..N in annotation order. Higher scores are painted
-    last so they win overlaps; without scores later annotations win (the sort is stable).
-    """
-    given = [inst.given_id for inst in instances]
-    ids = [
-        int(i) for i in given if isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**31
-    ]
-    if len(ids) != len(instances) or len(set(ids)) != len(ids):
-        ids = list(range(1, len(instances) + 1))
-    order = sorted(
-        range(len(instances)),
-        key=lambda k: -math.inf if math.isnan(instances[k].score) else instances[k].score,
-    )
-    labels = np.zeros(shape, dtype=np.int32)
-    flat_labels = labels.reshape(-1)
-    for k in order:  # one vectorised assignment per object
-        flat_labels[instances[k].flat] = ids[k]
-    kept = np.bincount(flat_labels, minlength=max(ids, default=0) + 1)
-    return labels, ids, kept
-
-
 def _read_image_annotations(
     source: Path,
     image: dict,
@@ -885,7 +858,12 @@ def _read_image_annotations(
     )
     for inst in instances:
         inst.flat = _instance_pixels(inst, declared, decision)
-    labels, ids, kept = _paint(instances, decision.shape)
+    labels, ids, kept = paint_objects(
+        [inst.flat for inst in instances],
+        [inst.given_id for inst in instances],
+        [inst.score for inst in instances],
+        decision.shape,
+    )
 
     classes, scores, origins = {}, {}, {}
     hidden, empty = [], []

@@ -36,6 +36,7 @@ __all__ = [
     "annotation_from_outlines",
     "instance_polygons",
     "mask_polygons",
+    "paint_objects",
     "per_image_paths",
     "rings_to_mask",
     "trace_pixel_borders",
@@ -146,6 +147,37 @@ def instance_polygons(labels: np.ndarray) -> Iterator[tuple[int, list[list[np.nd
 
 
 # --- painting --------------------------------------------------------------------------------
+def paint_objects(
+    pixels: Sequence[np.ndarray],
+    given_ids: Sequence[object],
+    scores: Sequence[float],
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Label image, the id of each object, and the pixels each id kept.
+
+    ``pixels`` holds each object's row-major flat pixel indices. Ids are ``given_ids`` when
+    they are distinct positive integers (our own files: lossless), else 1..N in file order.
+    Higher scores are painted last so they win overlaps; without scores later objects win
+    (the sort is stable).
+    """
+    ids = [
+        int(i)
+        for i in given_ids
+        if isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**31
+    ]
+    if len(ids) != len(pixels) or len(set(ids)) != len(ids):
+        ids = list(range(1, len(pixels) + 1))
+    order = sorted(
+        range(len(pixels)), key=lambda k: -math.inf if math.isnan(scores[k]) else scores[k]
+    )
+    labels = np.zeros(shape, dtype=np.int32)
+    flat_labels = labels.reshape(-1)
+    for k in order:  # one vectorised assignment per object
+        flat_labels[pixels[k]] = ids[k]
+    kept = np.bincount(flat_labels, minlength=max(ids, default=0) + 1)
+    return labels, ids, kept
+
+
 def rings_to_mask(rings: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """Pixels whose centre lies inside the rings (``(N, 2)`` xy each), by the even-odd rule."""
     mask = np.zeros(shape, dtype=bool)
@@ -285,22 +317,13 @@ def annotation_from_outlines(
             )
     regions = [k for k, o in enumerate(outlines) if o.box is None]
     boxes = [k for k, o in enumerate(outlines) if o.box is not None]
-    given = [outlines[k].object_id for k in regions]
-    usable = all(isinstance(i, int) and 0 < i < 2**31 for i in given) and len(set(given)) == len(
-        given
+    labels, ids, kept_pixels = paint_objects(
+        [np.flatnonzero(rings_to_mask(outlines[k].rings, shape)) for k in regions],
+        [outlines[k].object_id for k in regions],
+        [outlines[k].score for k in regions],
+        shape,
     )
-    ids = [int(i) for i in given] if usable else list(range(1, len(regions) + 1))  # type: ignore[arg-type]
-    order = sorted(
-        range(len(regions)),
-        key=lambda j: (
-            -math.inf if math.isnan(outlines[regions[j]].score) else outlines[regions[j]].score
-        ),
-    )
-    labels = np.zeros(shape, dtype=np.int32)
-    for j in order:
-        labels[rings_to_mask(outlines[regions[j]].rings, shape)] = ids[j]
-    present = set(np.unique(labels).tolist())
-    hidden = [ids[j] for j in range(len(regions)) if ids[j] not in present]
+    hidden = [i for i in ids if kept_pixels[i] == 0]
     meta: dict[str, object] = {"source": str(source)}
     if hidden:
         warnings.warn(
@@ -310,7 +333,7 @@ def annotation_from_outlines(
             stacklevel=2,
         )
         meta["hidden_objects"] = len(hidden)
-    kept = [j for j in range(len(regions)) if ids[j] in present]
+    kept = [j for j in range(len(regions)) if kept_pixels[ids[j]]]
     return Annotation(
         labels=labels,
         class_set=cs,
