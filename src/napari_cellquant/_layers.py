@@ -32,6 +32,7 @@ Coordinates: an Annotation's boxes are COCO-style ``x, y, w, h`` where pixel ``i
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -185,6 +186,14 @@ def layer_pixel_size_um(layer: Any) -> tuple[float, float] | None:
     path = getattr(getattr(layer, "source", None), "path", None)
     if not path or Path(path).suffix.lower() not in (".tif", ".tiff") or not Path(path).is_file():
         return None
+    stat = Path(path).stat()
+    return _recorded_pixel_size(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _recorded_pixel_size(path: str, mtime_ns: int, size: int) -> tuple[float, float] | None:
+    """The pixel size a TIFF records, read once per version of the file: Count asks on every
+    live recount, on the GUI thread."""
     from .core.errors import CellquantError
     from .core.io.image_metadata import read_image_metadata
 

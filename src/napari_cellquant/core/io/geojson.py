@@ -48,6 +48,8 @@ SUFFIX = ".geojson"
 #: the namespace of our own feature ids (uuid5 of image name and label id: stable files)
 _NAMESPACE = uuid.UUID("5c1f3f1e-6a53-4d43-9a43-2b6f0d3f7a11")
 _AREA_GEOMETRIES = ("Polygon", "MultiPolygon")
+#: files up to this size are parsed fully by :func:`looks_like_geojson` (as COCO's sniffing)
+_SNIFF_PARSE_BYTES = 2_000_000
 
 
 # --- detection -------------------------------------------------------------------------------
@@ -75,8 +77,12 @@ def looks_like_geojson(path: PathLike) -> bool:
     try:
         with open(p, "rb") as f:
             head = f.read(4096).decode("utf-8", "replace")
-        if '"Feature' not in head:
+        if '"Feature' not in head or not head.lstrip("\ufeff \t\r\n").startswith(("{", "[")):
             return False
+        if p.stat().st_size > _SNIFF_PARSE_BYTES:
+            # a QuPath export of a slide runs to hundreds of MB: the reader parses it once,
+            # detection must not parse it a second time
+            return True
         return _features_of(json.loads(p.read_text(encoding="utf-8"))) is not None
     except (OSError, ValueError):
         return False
