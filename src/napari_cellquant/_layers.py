@@ -280,16 +280,11 @@ def annotation_to_layer_data(
 def labels_features(ann: Annotation, image: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """A Labels layer's ``features``: ``index`` (napari maps a label value to its row through
     it), label, class, class_name, score, origin, then the measurements."""
-    from .core.measure import measure_objects
+    from .core.measure import measure_objects, measurements
 
     table = ann.features()
     measured = measure_objects(replace(ann, boxes=Boxes()), image)  # no copy of the pixels
-    shared = ("image", "id", "class", "score", "origin")
-    return {
-        "index": table["label"].astype(np.int64),
-        **table,
-        **{k: v for k, v in measured.items() if k not in shared},
-    }
+    return {"index": table["label"].astype(np.int64), **table, **measurements(measured)}
 
 
 def _labels_tuple(

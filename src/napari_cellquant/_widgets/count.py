@@ -491,7 +491,12 @@ class CountWidget(QWidget):
     def measure(self, key: str | None = None) -> list[dict[str, Any]]:
         """Measure now, on the calling thread (scripts, tests); returns the rows."""
         job = self._measure_job(key)
-        self._measured(job, _measure(job["annotation"], job["image"], job["pixel_size_um"]))
+        from ..core.measure import measure_objects
+
+        columns = measure_objects(
+            job["annotation"], job["image"], pixel_size_um=job["pixel_size_um"]
+        )
+        self._measured(job, columns)
         return self.objects
 
     def _measured(self, job: dict[str, Any], columns: dict[str, np.ndarray]) -> None:
@@ -537,9 +542,11 @@ class CountWidget(QWidget):
             return
         from napari.qt.threading import create_worker
 
+        from ..core.measure import measure_objects
+
         self.status.setText("measuring…")
         self._measuring = create_worker(
-            _measure, job["annotation"], job["image"], job["pixel_size_um"]
+            measure_objects, job["annotation"], job["image"], pixel_size_um=job["pixel_size_um"]
         )
 
         def done(columns: dict[str, np.ndarray]) -> None:
@@ -565,15 +572,6 @@ class CountWidget(QWidget):
         show_warning(text)
 
 
-def _measure(
-    annotation: Any, image: np.ndarray | None, pixel_size_um: tuple[float, float] | None
-) -> dict[str, np.ndarray]:
-    """Worker body: the measurement columns of every object."""
-    from ..core.measure import measure_objects
-
-    return measure_objects(annotation, image, pixel_size_um=pixel_size_um)
-
-
 def _image_layer_of(layers: Any, key: str, shape: tuple[int, int]) -> Any:
     """The Image layer an annotation group belongs to: named like it (a result is named
     ``<image> <model>``) and of its size; the longest such name wins."""
@@ -596,8 +594,8 @@ def _refresh_measured_features(layer: Any, columns: dict[str, np.ndarray]) -> No
         return
     n_instances = int((np.asarray(columns["origin"]) != "box").sum())
     ids = np.asarray(columns["id"])[:n_instances]
-    shared = {"image", "id", "class", "score", "origin"}
-    for name, values in columns.items():
-        if name not in shared:
-            table[name] = table["index"].map(pd.Series(np.asarray(values)[:n_instances], index=ids))
+    from ..core.measure import measurements
+
+    for name, values in measurements(columns).items():
+        table[name] = table["index"].map(pd.Series(np.asarray(values)[:n_instances], index=ids))
     layer.features = table

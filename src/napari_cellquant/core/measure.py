@@ -32,6 +32,8 @@ OBJECT_COLUMNS: tuple[str, ...] = (
     "solidity",
     "equivalent_diameter_px",
 )
+#: the columns of :func:`object_table` that say which object a row is
+IDENTITY_COLUMNS: tuple[str, ...] = OBJECT_COLUMNS[:5]
 _SHAPES = (
     "label",
     "centroid",
@@ -110,6 +112,12 @@ def measure_objects(
     return columns
 
 
+def measurements(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The columns of :func:`measure_objects` that measure an object (centroid, area, shape,
+    intensities), without those saying which object it is (:data:`IDENTITY_COLUMNS`)."""
+    return {k: v for k, v in columns.items() if k not in IDENTITY_COLUMNS}
+
+
 def object_table(
     annotation: Annotation,
     image: np.ndarray | None = None,
@@ -150,4 +158,12 @@ def _channels(image: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | 
     return pixels.astype(np.float32, copy=False)
 
 
-__all__ = ["OBJECT_COLUMNS", "measure_objects", "object_columns", "object_rows", "object_table"]
+__all__ = [
+    "IDENTITY_COLUMNS",
+    "OBJECT_COLUMNS",
+    "measure_objects",
+    "measurements",
+    "object_columns",
+    "object_rows",
+    "object_table",
+]
