@@ -60,7 +60,7 @@ from .image_files import (
 from .images import find_image, image_shape
 from .outlines import paint_objects, trace_pixel_borders
 
-__all__ = ["coco_dict", "looks_like_coco", "merge_coco", "read_coco", "write_coco"]
+__all__ = ["coco_dict", "json_number", "looks_like_coco", "merge_coco", "read_coco", "write_coco"]
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _box_polygon(x: float, y: float, w: float, h: float) -> list[float]:
     return [x, y, x, y + h, x + w, y + h, x + w, y]
 
 
-def _number(value: float) -> int | float:
+def json_number(value: float) -> int | float:
     """Plain JSON number: an int when integral, so files stay small and readable."""
     value = float(value)
     return int(value) if value.is_integer() else value
@@ -301,11 +301,11 @@ def _instance_entries(ann: Annotation, encoding: Encoding) -> list[dict[str, Any
 def _box_entries(boxes: Boxes) -> list[dict[str, Any]]:
     entries = []
     for (x, y, w, h), class_id, score in zip(boxes.xywh, boxes.class_ids, boxes.scores):
-        x, y, w, h = (_number(v) for v in (x, y, w, h))
+        x, y, w, h = (json_number(v) for v in (x, y, w, h))
         entry: dict[str, Any] = {
             "category_id": int(class_id),
             "segmentation": [_box_polygon(x, y, w, h)],
-            "area": _number(float(w) * float(h)),
+            "area": json_number(float(w) * float(h)),
             "bbox": [x, y, w, h],
             "iscrowd": 0,
             "attributes": {"box_only": True},

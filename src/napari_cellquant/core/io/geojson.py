@@ -38,6 +38,7 @@ from ..annotation import Annotation
 from ..classes import ClassSet
 from ..errors import InputError
 from .atomic import check_free, write_text_atomic
+from .coco import json_number
 from .image_files import image_named_like
 from .outlines import Outline, annotation_from_outlines, instance_polygons, per_image_paths
 
@@ -204,12 +205,8 @@ def read_geojson(
 
 # --- writing ---------------------------------------------------------------------------------
 def _closed(ring: np.ndarray) -> list[list[float]]:
-    points = [[_number(x), _number(y)] for x, y in ring.tolist()]
+    points = [[json_number(x), json_number(y)] for x, y in ring.tolist()]
     return [*points, points[0]]
-
-
-def _number(value: float) -> int | float:
-    return int(value) if float(value).is_integer() else float(value)
 
 
 def _geometry(polygons: Sequence[Sequence[np.ndarray]]) -> dict[str, Any]:
