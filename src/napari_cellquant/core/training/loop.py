@@ -73,6 +73,9 @@ class TrainingConfig:
         Flips, turns, scale and colour jitter on (True) or plain crops (False).
     scale_range
         Zoom range of the scale jitter.
+    balance_classes
+        Centre crops on the classes equally often, not on each object equally often (see
+        :class:`~.augment.AugmentSettings`): for rare classes among many common ones.
     name
         Name written into the new card (default: the output file's stem).
     overwrite
@@ -99,6 +102,7 @@ class TrainingConfig:
     from_imagenet: bool = False
     augment: bool = True
     scale_range: tuple[float, float] = (0.8, 1.25)
+    balance_classes: bool = False
     name: str | None = None
     overwrite: bool = False
 
@@ -370,6 +374,7 @@ class _Run:
         self.augment = AugmentSettings(
             crop=self.crop,
             scale_range=(float(c.scale_range[0]), float(c.scale_range[1])),
+            balance_classes=c.balance_classes,
             modality=modality,
             enabled=c.augment,
         )
@@ -569,6 +574,7 @@ class _Run:
                 "seed": c.seed,
                 "augment": c.augment,
                 "scale_range": list(c.scale_range),
+                "balance_classes": c.balance_classes,
                 "device": str(self.device),
                 "amp": self.amp,
             },
