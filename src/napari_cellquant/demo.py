@@ -80,14 +80,14 @@ def _samples(outdir: Path, overwrite: bool) -> tuple[list[DemoSample], list[Path
 
 
 def _comparison_rows(sample: DemoSample, found: Annotation) -> list[list]:
-    from .core.classes import BLOOD10_TO_BLOOD3
+    """Truth and model side by side, in blood3 when either side is blood3 (the truth's
+    blood10 classes, or the model's typed WBCs, are summed by name)."""
+    from .core.classes import BLOOD3
 
-    want = sample.truth.counts()
-    if sample.truth.class_set.name == "blood10" and found.class_set.name == "blood3":
-        coarse = dict.fromkeys(found.class_set.names, 0)
-        for fine, count in want.items():
-            coarse[BLOOD10_TO_BLOOD3[fine]] += count
-        want = coarse
+    truth = sample.truth
+    if BLOOD3.name in (truth.class_set.name, found.class_set.name):
+        truth, found = truth.mapped_to(BLOOD3), found.mapped_to(BLOOD3)
+    want = truth.counts()
     return [
         [found.image_name, sample.model, name, want.get(name, ""), count]
         for name, count in found.counts().items()

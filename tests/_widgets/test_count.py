@@ -7,7 +7,7 @@ import pytest
 
 from napari_cellquant._layers import annotation_to_layer_data
 from napari_cellquant.core.annotation import Annotation, Boxes
-from napari_cellquant.core.classes import BLOOD10, NET4
+from napari_cellquant.core.classes import BLOOD7, BLOOD10, NET4
 from napari_cellquant.core.errors import OutputExistsError
 
 
@@ -55,6 +55,27 @@ def test_counts_parasitaemia_differential_and_density(viewer_with_count):
     assert _value(rows, "density", "total") == pytest.approx(16 / 0.0025)
     assert widget.table.rowCount() == len(rows)
     assert {b[0] for b in widget.chart.bars} >= {"healthy_rbc", "infected_rbc"}
+
+
+def test_blood_detector_typed_wbcs_give_the_differential(make_napari_viewer):
+    """blood-detector's blood7 (rbc, five WBC types, platelet): Count shows the differential."""
+    labels = np.zeros((60, 60), dtype=np.int32)
+    names = ["rbc"] * 6 + ["neutrophil"] * 2 + ["monocyte", "eosinophil", "platelet"]
+    for k in range(len(names)):
+        r, c = divmod(k, 5)
+        labels[r * 12 + 2 : r * 12 + 10, c * 12 + 2 : c * 12 + 10] = k + 1
+    classes = {k + 1: BLOOD7.id_of(n) for k, n in enumerate(names)}
+    ((data, kwargs, _),) = annotation_to_layer_data(Annotation(labels, BLOOD7, classes))
+    viewer = make_napari_viewer()
+    viewer.add_labels(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cellquant", "Count")
+    rows = widget.refresh()
+    assert _value(rows, "wbc_differential", "neutrophil") == pytest.approx(50.0)
+    assert _value(rows, "wbc_differential", "monocyte") == pytest.approx(25.0)
+    assert _value(rows, "wbc_differential", "basophil") == pytest.approx(0.0)
+    assert _value(rows, "count", "rbc") == 6 and _value(rows, "count", "platelet") == 1
+    shown = {widget.table.item(i, 2).text() for i in range(widget.table.rowCount())}
+    assert {"neutrophil", "eosinophil"} <= shown
 
 
 def test_after_follows_corrections_live_and_before_stays(viewer_with_count, qtbot):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from skimage.transform import rescale
 
+from napari_cellquant.core.classes import BLOOD3
 from napari_cellquant.core.io import read_annotations
 from napari_cellquant.core.io.images import read_image
 from napari_cellquant.core.models.registry import BUNDLED_DIR, get_card, weights_status
@@ -28,7 +29,9 @@ def photo() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def found(model, photo):
-    return predict(photo, model)
+    """The detector's objects in its own blood3 (its WBC typed in blood7 by wbc-types:
+    tests/core/test_wbc_types.py)."""
+    return predict(photo, model).mapped_to(BLOOD3)
 
 
 def test_card_is_bundled_compact_and_says_where_its_figures_come_from() -> None:
@@ -76,7 +79,7 @@ def test_scale_is_measured_at_other_magnifications(model, photo, found, factor) 
             anti_aliasing=factor < 1,
         )
     ).astype(np.uint8)
-    other = predict(resized, model)
+    other = predict(resized, model).mapped_to(BLOOD3)
     assert other.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"] * factor, rel=0.15)
     assert other.counts()["wbc"] == 1
     # cells cut by the border come and go with the scale: within a quarter
@@ -90,7 +93,7 @@ def test_cuda_with_amp_and_channels_last_counts_as_the_cpu(photo, found) -> None
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here")
-    on_gpu = predict(photo, load_model("blood-detector", "cuda"))
+    on_gpu = predict(photo, load_model("blood-detector", "cuda")).mapped_to(BLOOD3)
     assert on_gpu.counts() == found.counts()
     assert on_gpu.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"], rel=0.02)
     overlap = ((on_gpu.labels > 0) & (found.labels > 0)).sum()

@@ -73,7 +73,8 @@ class SegmentWidget(Container):
         tab_with_plugin_docks(self.native)
         _warm_layer_code()
         self._viewer = viewer
-        self._builtin = builtin_cards()
+        # a crop classifier (wbc-types) runs inside the model that finds the cells
+        self._builtin = {n: c for n, c in builtin_cards().items() if c.task != "classify"}
         self.worker: Any = None  # the running (or last) thread worker
         self._progress: Any = None
         self._busy = False

@@ -117,7 +117,11 @@ class TrainWidget(Container):
         super().__init__()
         tab_with_plugin_docks(self.native)
         self._viewer = viewer
-        self._builtin = {n: c for n, c in builtin_cards().items() if c.kind == "learned"}
+        self._builtin = {
+            n: c
+            for n, c in builtin_cards().items()
+            if c.kind == "learned" and c.task != "classify"  # scripts/wbc_types.py trains those
+        }
         self.worker: Any = None
         self.result: TrainingResult | None = None  # of the last finished run
         self._progress: Any = None

@@ -168,6 +168,19 @@ BLOOD10 = _class_set(
 BLOOD3 = _class_set(
     "blood3", [("rbc", (220, 60, 60)), ("wbc", (90, 60, 200)), ("platelet", (240, 200, 40))]
 )
+_WBC_TYPES = [  # a 5-part differential's order, with blood10's colours
+    ("neutrophil", (250, 190, 190)),
+    ("lymphocyte", (128, 128, 0)),
+    ("monocyte", (0, 0, 128)),
+    ("eosinophil", (0, 255, 255)),
+    ("basophil", (0, 128, 128)),
+]
+#: the five white-cell types alone: what the WBC type classifier tells apart
+WBC5 = _class_set("wbc5", _WBC_TYPES)
+#: blood3 with each WBC typed: what blood-detector reports with its WBC type classifier
+BLOOD7 = _class_set(
+    "blood7", [("rbc", BLOOD3.colors[0]), *_WBC_TYPES, ("platelet", BLOOD3.colors[2])]
+)
 NET4 = _class_set(
     "net4",
     [
@@ -182,7 +195,9 @@ CELL = _class_set("cell", [("cell", (255, 200, 0))])
 #: holding only NET boxes still read as net4
 NET_AREA = _class_set("net-area", [("net_region", (0, 220, 90))])
 
-CLASS_SETS: dict[str, ClassSet] = {cs.name: cs for cs in (BLOOD10, BLOOD3, NET4, CELL, NET_AREA)}
+CLASS_SETS: dict[str, ClassSet] = {
+    cs.name: cs for cs in (BLOOD10, BLOOD7, BLOOD3, WBC5, NET4, CELL, NET_AREA)
+}
 
 # blood10 -> blood3: which coarse class each fine class belongs to
 BLOOD10_TO_BLOOD3: dict[str, str] = {

@@ -68,9 +68,14 @@ def load_model(
     import torch
 
     from .inference import choose_device
+    from .models.efficientnet import EfficientNetClassifier
     from .models.networks import build_network
 
-    network = build_network(card.architecture)
+    network: torch.nn.Module
+    if card.task == "classify":
+        network = EfficientNetClassifier(card.architecture)
+    else:
+        network = build_network(card.architecture)
     if weights != "random":
         path = resolve_weights(card) if weights is None else os.fspath(weights)
         network.load_state_dict(_read_state_dict(path, card))
@@ -116,6 +121,11 @@ def iter_predict(
     from .scale import image_scale
 
     card = model.card
+    if card.task == "classify":
+        raise InputError(
+            f"{card.name} classifies crops of cells another model found "
+            "(blood-detector runs it); it does not find objects itself"
+        )
     if card.class_set.startswith("blood") and (image.ndim == 2 or image.shape[-1] == 1):
         raise InputError(
             f"a grey image, but {card.name} tells blood cells apart by the "
@@ -168,7 +178,18 @@ def iter_predict(
     annotation = _maps_to_annotation(maps, card, pixels.shape[:2])
     if zoom != 1.0:
         annotation = _annotation_to_shape(annotation, image.shape[:2], zoom)
+    if card.params.get("wbc_types"):  # a detector of plain WBCs names their types
+        from .wbc_types import type_white_cells
+
+        classifier = _classifier(str(card.params["wbc_types"]), str(model.device))
+        annotation = type_white_cells(channel_last_view(image), annotation, classifier)
     return _record_scale(annotation, scale)
+
+
+@functools.lru_cache(maxsize=4)
+def _classifier(name: str, device: str) -> Model:
+    """A helper model a card names (the WBC type classifier), loaded once per device."""
+    return load_model(name, device)
 
 
 def to_model_channels(pixels: np.ndarray, card: ModelCard) -> np.ndarray:

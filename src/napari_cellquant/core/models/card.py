@@ -15,7 +15,7 @@ from ..io.atomic import write_text_atomic
 #: ``learned`` models run a network through tiled inference; ``classical`` ones run a
 #: scikit-image pipeline and need no weights.
 KINDS = ("learned", "classical")
-TASKS = ("instances", "boxes")
+TASKS = ("instances", "boxes", "classify")
 
 
 @dataclass

@@ -118,7 +118,7 @@ class MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0; ``head=True`` adds the 1280-channel head and ImageNet classifier."""
 
-    def __init__(self, *, head: bool = True) -> None:
+    def __init__(self, *, head: bool = True, n_classes: int = 1000) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
@@ -133,7 +133,7 @@ class EfficientNetLite0(nn.Module):
         if head:
             self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
             self._bn1 = _bn(1280)
-            self._fc = nn.Linear(1280, 1000)
+            self._fc = nn.Linear(1280, n_classes)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stride 2, 4, 8, 16 and 32 feature maps (16, 24, 40, 112, 320 channels)."""
@@ -146,12 +146,48 @@ class EfficientNetLite0(nn.Module):
         return taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """ImageNet logits (needs ``head=True``)."""
+        """Class logits: ImageNet's, or those of a classifier built on it (needs ``head=True``)."""
         if not self.head:
             raise CellquantError("this EfficientNet-Lite0 was built without its ImageNet head")
         x = self.features(x)[-1]
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class EfficientNetClassifier(EfficientNetLite0):
+    """EfficientNet-Lite0 with its ImageNet head and a new ``n_classes`` linear layer: a crop
+    classifier (architecture ``type: "efficientnet-classifier"``, keys ``in_channels`` (3)
+    and ``n_classes``)."""
+
+    def __init__(self, arch: Mapping[str, Any]) -> None:
+        unknown = set(arch) - {"type", "in_channels", "n_classes"}
+        n_classes = arch.get("n_classes")
+        if unknown or arch.get("in_channels", 3) != 3:
+            raise InputError(
+                "network architecture: an efficientnet-classifier takes type, in_channels (3) "
+                f"and n_classes; got {sorted(arch)}"
+            )
+        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+            raise InputError(f"network architecture: n_classes must be >= 2, got {n_classes!r}")
+        super().__init__(head=True, n_classes=n_classes)
+        self.arch = {"type": "efficientnet-classifier", "in_channels": 3, "n_classes": n_classes}
+        self.in_channels = 3
+        self.dropout = nn.Dropout(0.2)
+
+    def load_pretrained_encoder(self, path: str | os.PathLike[str] | None = None) -> None:
+        """Start from ImageNet: every key but the new classifier layer's must match."""
+        state = {k: v for k, v in pretrained_encoder_state(path).items() if not k.startswith("_fc")}
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if unexpected or set(missing) != {"_fc.weight", "_fc.bias"}:
+            raise CellquantError(
+                f"ImageNet weights do not fit the classifier: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)[-1]
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
 def pretrained_weights_path() -> Path:
@@ -312,6 +348,7 @@ def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
 
 __all__ = [
     "DENSE_HEADS",
+    "EfficientNetClassifier",
     "EfficientNetLite0",
     "EfficientUNet",
     "pretrained_encoder_state",

@@ -310,6 +310,11 @@ class _Run:
                 f"{card.name} is a classical pipeline: pick a learned model "
                 "(blood-unet, fluo-resunet, net-detector) or a trained card"
             )
+        if card.task == "classify":
+            raise InputError(
+                f"{card.name} classifies crops of cells, not whole images: it is trained by "
+                "scripts/wbc_types.py (core.training.classify), not from annotated images"
+            )
         self.base_card = card
         self.score_name = score_name(card)
         samples = [make_sample(img, ann, card) for img, ann in zip(c.images, c.annotations)]
