@@ -29,6 +29,10 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
   field predicted by a model that never saw its sample (``scripts/net_area.py``).
   ``net-classical`` (never tuned on them: its NET cells' area) and the second expert
   (``rois2``, 24 fields) are scored here against the first.
+- ``wbc_types``: the WBC type classifier ``wbc-types`` (that ``blood-detector`` calls) is
+  trained on every typed WBC there is, so its rows show its card's 4-fold figures
+  (``scripts/wbc_types.py``, which recomputes them): accuracy and balanced accuracy over the
+  five types, pooled and per source. No other built-in model types WBCs in photographs.
 
 Blood figures (class set blood3; blood10 predictions are mapped by name):
 box mAP50 (pycocotools COCOeval, mean of the rbc, wbc and platelet AP50), WBC count exact
@@ -52,7 +56,15 @@ NET_MODELS = ("net-classical", "net-detector")
 NUCLEI_MODELS = ("fluo-resunet", "fluo-classical")
 #: a crowded image, where touching nuclei must be split
 CROWDED = 50
-SETS = ("txl_pbc_val", "bccd", "net_fluorescence", "net_fluorescence_loio", "dsb2018_val", "coelho")
+SETS = (
+    "txl_pbc_val",
+    "bccd",
+    "net_fluorescence",
+    "net_fluorescence_loio",
+    "dsb2018_val",
+    "coelho",
+    "wbc_types",
+)
 
 
 # ------------------------------------------------------------------------------------------
@@ -308,11 +320,23 @@ def loio_rows(data: Path) -> list[dict]:
     ]
 
 
+def wbc_type_rows() -> list[dict]:
+    from napari_cellquant.core.models.registry import get_card
+
+    figures = get_card("wbc-types").metrics["cross_validation"]
+    return [
+        {"set": f"wbc_types {part}", "model": "wbc-types", "seen": 0, **figures[part]}
+        for part in ("all", "bccd", "wbc_crops")
+    ]
+
+
 def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None) -> list[dict]:
     rows = []
     for set_name in sets:
-        if set_name in ("coelho", "net_fluorescence_loio"):
-            if set_name == "coelho":
+        if set_name in ("coelho", "net_fluorescence_loio", "wbc_types"):
+            if set_name == "wbc_types":
+                extra = wbc_type_rows() if not models or "wbc-types" in models else []
+            elif set_name == "coelho":
                 extra = coelho_rows(data, models)
             elif not models or "net-classical" in models:
                 extra = loio_rows(data)
@@ -395,10 +419,13 @@ def _line(row: dict) -> str:
         "share_abs_error_mean_pp",
         "fields_within_3pp",
         "share_r2",
+        "accuracy",
+        "balanced_accuracy",
     )
     shown = " ".join(f"{k}={_fmt(row.get(k))}" for k in keys if k in row)
+    count = row.get("images", row.get("fields", row.get("cells")))
     return (
-        f"{row['set']:<17} {row['model']:<16} images={row.get('images', row.get('fields'))} "
+        f"{row['set']:<17} {row['model']:<16} images={count} "
         f"seen={row['seen']} {shown} s/img={_fmt(row.get('s_per_image'))}"
     )
 
