@@ -29,6 +29,13 @@ def channel_last_view(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def mean_std(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """A ``meanstd`` spec's mean and std on the 0-1 scale (they are given on 0..``range``)."""
+    value_range = float(spec.get("range", 1.0))
+    mean = np.asarray(spec["mean"], dtype=np.float32) / value_range
+    return mean, np.asarray(spec["std"], dtype=np.float32) / value_range
+
+
 def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -> Normalizer:
     """A function turning bands of ``image`` (channel-last) into normalised float32 bands.
 
@@ -43,9 +50,7 @@ def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -
 
     mode = spec.get("mode", "percentile")
     if mode == "meanstd":
-        value_range = float(spec.get("range", 1.0))
-        mean = np.asarray(spec["mean"], dtype=np.float32) / value_range
-        std = np.asarray(spec["std"], dtype=np.float32) / value_range
+        mean, std = mean_std(spec)
         if mean.size not in (1, in_channels) or std.size != mean.size:
             raise InputError(
                 f"normalisation has {mean.size} means and {std.size} stds "

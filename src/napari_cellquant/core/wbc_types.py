@@ -73,11 +73,12 @@ def classify_crops(crops: np.ndarray, model: Model, *, batch_size: int = 64) -> 
     """Class probabilities ``(n, n_classes)`` of ``(n, size, size, 3)`` uint8 crops."""
     import torch
 
+    from .normalization import mean_std
+
     spec = model.card.normalization
     if spec.get("mode") != "meanstd":
         raise InputError(f"{model.card.name}: a crop classifier needs meanstd normalisation")
-    mean = np.asarray(spec["mean"], np.float32) / float(spec.get("range", 1.0))
-    std = np.asarray(spec["std"], np.float32) / float(spec.get("range", 1.0))
+    mean, std = mean_std(spec)
     out = []
     with torch.inference_mode():
         for start in range(0, len(crops), batch_size):

@@ -134,6 +134,7 @@ class EfficientNetLite0(nn.Module):
             self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
             self._bn1 = _bn(1280)
             self._fc = nn.Linear(1280, n_classes)
+        self.dropout: nn.Module = nn.Identity()  # before _fc; a classifier trains with one
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The stride 2, 4, 8, 16 and 32 feature maps (16, 24, 40, 112, 320 channels)."""
@@ -151,7 +152,7 @@ class EfficientNetLite0(nn.Module):
             raise CellquantError("this EfficientNet-Lite0 was built without its ImageNet head")
         x = self.features(x)[-1]
         x = F.relu6(self._bn1(self._conv_head(x)))
-        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return self._fc(self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
 class EfficientNetClassifier(EfficientNetLite0):
@@ -183,11 +184,6 @@ class EfficientNetClassifier(EfficientNetLite0):
                 f"ImageNet weights do not fit the classifier: missing {missing}, "
                 f"unexpected {unexpected}"
             )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)[-1]
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return self._fc(self.dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
 def pretrained_weights_path() -> Path:

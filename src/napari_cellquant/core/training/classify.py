@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.efficientnet import EfficientNetClassifier
+from ..normalization import mean_std
 
 #: stored crops cover this many times the classifier's field of view
 CONTEXT = 1.25
@@ -119,8 +120,7 @@ def train_crop_classifier(
         optimizer,
         lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))),
     )
-    mean = torch.tensor(normalization["mean"]).reshape(1, 3, 1, 1) / normalization["range"]
-    std = torch.tensor(normalization["std"]).reshape(1, 3, 1, 1) / normalization["range"]
+    mean, std = (torch.from_numpy(v).reshape(1, 3, 1, 1) for v in mean_std(normalization))
     weights = _sampling_weights(labels, recipe.balance_power)
     stored = torch.from_numpy(np.ascontiguousarray(crops.transpose(0, 3, 1, 2)))
     targets = torch.from_numpy(labels.astype(np.int64))
