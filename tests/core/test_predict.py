@@ -176,3 +176,38 @@ def test_load_model_and_predict_are_the_package_api():
     assert napari_cellquant.load_model is core_predict.load_model
     assert napari_cellquant.predict is core_predict.predict
     assert {"load_model", "predict"} <= set(napari_cellquant.__all__)
+
+
+def test_zooming_matches_skimage_and_needs_no_full_size_float_copy():
+    """predict's resize is scikit-image's rescale (anti-aliased bilinear) to one grey level,
+    done in bands: a 12-megapixel uint8 photo is shrunk with far less than its float32 size."""
+    import tracemalloc
+
+    from skimage.transform import rescale
+
+    from napari_cellquant.core.io.images import read_image
+    from napari_cellquant.core.predict import _resize
+    from napari_cellquant.demo import SAMPLES_DIR
+
+    photo = read_image(SAMPLES_DIR / "BloodImage_00000.jpg")
+    for zoom in (0.41, 1.6):
+        expected = rescale(
+            photo.astype(np.float32),
+            zoom,
+            order=1,
+            channel_axis=-1,
+            preserve_range=True,
+            anti_aliasing=zoom < 1,
+        )
+        ours = _resize(photo, zoom)
+        assert ours.dtype == np.uint8 and ours.shape == expected.shape
+        inner = np.abs(ours.astype(float) - np.rint(expected))[3:-3, 3:-3]
+        assert inner.max() <= 1
+    big = np.tile(photo, (6, 6, 1))  # 2880 x 3840 RGB
+    tracemalloc.start()
+    try:
+        _resize(big, 0.41)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.3 * big.size * 4  # float32 copy: 133 MB; skimage's path peaked at 294 MB

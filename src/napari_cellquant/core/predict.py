@@ -209,35 +209,74 @@ def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:
     return annotation
 
 
+#: input values resized at a time: bounds the float32 working copy (8 MB)
+_RESIZE_BAND_VALUES = 2_000_000
+
+
 def _resize(image: np.ndarray, zoom: float) -> np.ndarray:
+    """``image`` zoomed by ``zoom``, in its own dtype: Gaussian anti-aliasing when shrinking
+    (sigma ``(s - 1) / 2`` for ``s`` input pixels per output pixel) and bilinear sampling at
+    the pixel centres, as scikit-image's ``rescale`` does. Written here, in bands of output
+    rows, because ``rescale`` converts the whole image to float64 first (12 megapixels of RGB
+    become 290 MB); a band needs a few MB."""
     if zoom == 1.0:
         return image
-    from skimage.transform import rescale
+    from scipy import ndimage as ndi
 
-    channel_axis = -1 if image.ndim == 3 else None
-    resized = rescale(
-        image.astype(np.float32),
-        zoom,
-        order=1,
-        channel_axis=channel_axis,
-        preserve_range=True,
-        anti_aliasing=zoom < 1,
-    )
-    # keep the dtype: integer images are scaled by their dtype's range downstream
-    if np.issubdtype(image.dtype, np.integer):
-        return np.rint(resized).astype(image.dtype)
-    return resized.astype(image.dtype, copy=False)
+    h, w = image.shape[:2]
+    out_h, out_w = max(1, round(h * zoom)), max(1, round(w * zoom))
+    step_y, step_x = h / out_h, w / out_w
+    sigma = [max(0.0, (step_y - 1) / 2), max(0.0, (step_x - 1) / 2)] + [0.0] * (image.ndim - 2)
+    halo = int(4 * sigma[0] + 0.5) + 2  # gaussian_filter's radius (truncate 4) and the taps
+    x0, fx = _taps(out_w, step_x, w)
+    out = np.empty((out_h, out_w, *image.shape[2:]), dtype=image.dtype)
+    per_row = w * (image.size // (h * w)) * step_y  # input values behind one output row
+    band_rows = max(8, int(_RESIZE_BAND_VALUES / per_row))
+    for top in range(0, out_h, band_rows):
+        y0, fy = _taps(min(band_rows, out_h - top), step_y, h, start=top)
+        first, last = max(0, int(y0[0]) - halo), min(h, int(y0[-1]) + 2 + halo)
+        band = image[first:last].astype(np.float32)
+        if any(sigma):
+            band = ndi.gaussian_filter(band, sigma, mode="mirror")
+        rows = _lerp(band, y0 - first, fy, axis=0)
+        values = _lerp(rows, x0, fx, axis=1)
+        if np.issubdtype(image.dtype, np.integer):
+            info = np.iinfo(image.dtype)
+            values = np.clip(np.rint(values), info.min, info.max)
+        out[top : top + len(y0)] = values  # keeps the dtype: later steps scale by its range
+    return out
+
+
+def _taps(n: int, step: float, size: int, *, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Left input index and weight of the right one for output pixels ``start..start+n``
+    (their centres mapped onto the input, clamped to its edge pixels)."""
+    centre = np.clip((np.arange(start, start + n) + 0.5) * step - 0.5, 0, size - 1)
+    left = np.minimum(np.floor(centre).astype(np.int64), max(size - 2, 0))
+    return left, (centre - left).astype(np.float32)
+
+
+def _nearest(n: int, size: int) -> np.ndarray:
+    """Index of the input pixel whose area holds each of ``n`` output pixel centres."""
+    return np.minimum(((np.arange(n) + 0.5) * (size / n)).astype(np.int64), size - 1)
+
+
+def _lerp(values: np.ndarray, left: np.ndarray, weight: np.ndarray, axis: int) -> np.ndarray:
+    right = np.minimum(left + 1, values.shape[axis] - 1)
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    w = weight.reshape(shape)
+    return np.take(values, left, axis=axis) * (1 - w) + np.take(values, right, axis=axis) * w
 
 
 def _annotation_to_shape(annotation: Annotation, shape: tuple[int, ...], zoom: float) -> Annotation:
     """Bring a result found on a zoomed image back to the original pixel grid: labels by
     nearest neighbour, boxes scaled by the two grids' actual size ratio."""
-    from skimage.transform import resize
-
     zoomed = annotation.labels.shape
-    labels = resize(
-        annotation.labels, shape[:2], order=0, preserve_range=True, anti_aliasing=False
-    ).astype(np.int32)
+    # nearest neighbour as an index gather: int32 throughout (skimage's resize would make a
+    # full-size float64 copy of the labels)
+    rows = _nearest(shape[0], zoomed[0])
+    cols = _nearest(shape[1], zoomed[1])
+    labels = annotation.labels.astype(np.int32, copy=False)[rows[:, None], cols[None, :]]
     # the zoomed grid is rounded to whole pixels: scale by the ratio actually applied
     boxes = annotation.boxes.scaled(shape[1] / zoomed[1], shape[0] / zoomed[0])
     present = set(np.unique(labels).tolist())
