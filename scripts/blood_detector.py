@@ -268,12 +268,18 @@ def evaluate_on_val(weights: Path, data: Path, *, model_name: str | None = None)
 
 
 def to_fp16(path: Path, target: Path) -> None:
+    """The weights in ``path`` written to ``target`` as fp16 (:func:`save_fp16`)."""
+    import torch
+
+    save_fp16(torch.load(path, map_location="cpu", weights_only=True), target)
+
+
+def save_fp16(state: dict, target: Path) -> None:
     """Float tensors stored as fp16 (half the size; loading casts back to fp32)."""
     import torch
 
     from napari_cellquant.core.io.atomic import atomic_path
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with atomic_path(target, overwrite=True) as tmp:
         torch.save(half, tmp)

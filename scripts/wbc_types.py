@@ -216,15 +216,12 @@ def save(network, recipe, counts: dict, figures: dict, out: Path) -> None:
     import dataclasses
 
     import pooch
-    import torch
+    from blood_detector import save_bundled, save_fp16
 
-    from napari_cellquant.core.io.atomic import atomic_path
     from napari_cellquant.core.models.card import WeightsSource
 
     weights = out / f"{NAME}.pt"
-    half = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
-    with atomic_path(weights, overwrite=True) as tmp:
-        torch.save(half, tmp)
+    save_fp16(network.state_dict(), weights)
     card = make_card(network, recipe)
     card.weights = WeightsSource(file=weights.name, sha256=pooch.file_hash(str(weights), "sha256"))
     card.training = {
@@ -236,9 +233,7 @@ def save(network, recipe, counts: dict, figures: dict, out: Path) -> None:
         "script": "scripts/train_bundled.py --only wbc-types",
     }
     card.metrics = {"cross_validation": figures}
-    path = card.save(out / f"{NAME}.json", overwrite=True)
-    for written in (path, weights):
-        written.chmod(0o644)
+    save_bundled(card, out)
 
 
 if __name__ == "__main__":

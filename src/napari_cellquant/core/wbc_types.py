@@ -36,28 +36,19 @@ def crop_around(
     everywhere in prediction; grey is repeated into RGB."""
     from skimage.transform import resize
 
+    from .inference import prepare_image
+
     x, y, w, h = (float(v) for v in box_xywh)
     side = max(2, int(round(margin * max(w, h, 1.0))))
     top = int(round(y + h / 2 - side / 2))
     left = int(round(x + w / 2 - side / 2))
     rows = _reflect(np.arange(top, top + side), image.shape[0])
     cols = _reflect(np.arange(left, left + side), image.shape[1])
-    window = _rgb_255(image[np.ix_(rows, cols)])
+    window = image[np.ix_(rows, cols)]
+    # the window on prediction's 0-1 scale (dtype range, grey as RGB), then 0-255
+    window = prepare_image(window, 3, channel_axis=-1 if window.ndim == 3 else None) * 255.0
     resized = resize(window, (size, size), order=1, anti_aliasing=side > size, preserve_range=True)
     return np.clip(np.rint(resized), 0, 255).astype(np.uint8)
-
-
-def _rgb_255(window: np.ndarray) -> np.ndarray:
-    if window.ndim == 2:
-        window = window[..., None]
-    if window.shape[-1] < 3:
-        window = np.repeat(window[..., :1], 3, axis=-1)
-    window = window[..., :3]
-    if window.dtype == np.uint8:
-        return window
-    if np.issubdtype(window.dtype, np.integer):
-        return window.astype(np.float32) * (255.0 / np.iinfo(window.dtype).max)
-    return window.astype(np.float32) * 255.0
 
 
 def _reflect(index: np.ndarray, n: int) -> np.ndarray:
