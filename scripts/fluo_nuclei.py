@@ -66,7 +66,10 @@ SETTINGS = {
 }
 #: post-processing tried on the inner validation images (never on validation)
 FOREGROUND = (0.3, 0.4, 0.5, 0.6)
-MIN_DISTANCE = (3, 5, 7, 9, 11)
+#: seeds: distance peaks this far apart (pixels), or cores above a distance (normalised)
+SEEDS = [{"min_distance": d, "seed_threshold": None} for d in (5, 7, 9, 11, 13, 15)] + [
+    {"min_distance": 0, "seed_threshold": t} for t in (0.3, 0.4, 0.5, 0.6, 0.7)
+]
 
 log = logging.getLogger("fluo_nuclei")
 
@@ -218,29 +221,27 @@ def tune_postprocess(weights: Path, data: Path, inner_ids: list[str]) -> dict:
             )
         )
         truth.append(annotation)
-    settings = {
-        k: v
-        for k, v in card.postprocess.items()
-        if k not in ("foreground_threshold", "min_distance")
-    }
+    tuned = ("foreground_threshold", "min_distance", "seed_threshold")
+    settings = {k: v for k, v in card.postprocess.items() if k not in tuned}
     table = []
     for fg in FOREGROUND:
-        for md in MIN_DISTANCE:
+        for seeds in SEEDS:
             found = []
             for t, m in zip(truth, maps):
                 labels, classes, scores = instances_from_maps(
                     m["classes"],
                     distance=m.get("distance"),
+                    foreground=m["classes_foreground"],
                     foreground_threshold=fg,
-                    min_distance=md,
+                    **seeds,
                     **settings,
                 )
                 found.append(t.copy(labels=labels, classes=classes, scores=scores))
             f1 = evaluate_instances(truth, found)["f1"] or 0.0
-            table.append({"foreground_threshold": fg, "min_distance": md, "f1": round(f1, 4)})
+            table.append({"foreground_threshold": fg, **seeds, "f1": round(f1, 4)})
     best = max(table, key=lambda row: row["f1"])
     return {
-        "best": {k: best[k] for k in ("foreground_threshold", "min_distance")},
+        "best": {k: best[k] for k in tuned},
         "inner_val_f1": best["f1"],
         "table": table,
     }

@@ -137,6 +137,50 @@ def test_distance_head_splits_overlapping_cells():
     assert labels[40, 45] != labels[40, 75]
 
 
+def test_seed_threshold_keeps_one_core_per_object_of_mixed_sizes():
+    # a large textured nucleus (two bumps on its distance map) touching two small ones: peaks
+    # spaced for the small ones split the large one, cores of the normalised distance (1 at
+    # each centre, 0 at the border) give one seed per object
+    shape = (80, 140)
+    big, small1, small2 = (40, 40, 24), (40, 73, 9), (40, 90, 9)
+    cmap = _disks(shape, [(*big, 1), (*small1, 1), (*small2, 1)])
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    cones = [
+        np.clip(1 - np.hypot(yy - r, xx - c) / rad, 0, None) for r, c, rad in (big, small1, small2)
+    ]
+    bumps = 0.1 * (
+        np.exp(-(np.hypot(yy - 40, xx - 32) ** 2) / 8)
+        + np.exp(-(np.hypot(yy - 40, xx - 48) ** 2) / 8)
+    )
+    distance = np.maximum.reduce([np.minimum(cones[0], 0.7) + bumps, cones[1], cones[2]]).astype(
+        np.float32
+    )
+    peaks, _, _ = instances_from_maps(cmap, distance=distance, min_distance=4)
+    cores, _, _ = instances_from_maps(cmap, distance=distance, seed_threshold=0.5)
+    assert peaks.max() == 4
+    assert cores.max() == 3
+    assert len({cores[40, 40], cores[40, 73], cores[40, 90]}) == 3
+    assert np.array_equal(cores > 0, cmap > 0)
+
+
+def test_foreground_probability_sets_the_threshold_of_a_class_map():
+    cmap = _disks((60, 60), [(30, 30, 15, 1)])
+    yy, xx = np.mgrid[:60, :60]
+    # P(not background) falls from 1 at the centre to 0 at 25 px; argmax cuts it at 15 px
+    foreground = np.clip(1 - np.hypot(yy - 30, xx - 30) / 25, 0, 1).astype(np.float32)
+    areas = {}
+    for threshold in (0.3, 0.5, 0.7):
+        labels, classes, _ = instances_from_maps(
+            cmap, foreground=foreground, foreground_threshold=threshold, split=False
+        )
+        assert classes == {1: 1}
+        areas[threshold] = int((labels > 0).sum())
+    assert areas[0.3] > np.pi * 15**2 > areas[0.5] > areas[0.7]
+    assert areas[0.5] == pytest.approx(np.pi * 12.5**2, rel=0.1)
+    with pytest.raises(InputError, match="foreground shape"):
+        instances_from_maps(cmap, foreground=foreground[:10])
+
+
 def test_boundary_head_splits_along_predicted_boundary():
     cmap = np.zeros((40, 80), dtype=np.int64)
     cmap[5:35, 5:75] = 1  # one rectangle ...

@@ -223,11 +223,13 @@ def instances_from_maps(
     *,
     distance: np.ndarray | None = None,
     boundary: np.ndarray | None = None,
+    foreground: np.ndarray | None = None,
     foreground_threshold: float = 0.5,
     boundary_threshold: float = 0.5,
     min_size: int = 0,
     max_hole: int = 0,
     min_distance: int = 5,
+    seed_threshold: float | None = None,
     split: bool = True,
 ) -> tuple[np.ndarray, dict[int, int], dict[int, float]]:
     """Instances, a class and a score per instance from a segmentation network's outputs.
@@ -248,15 +250,25 @@ def instances_from_maps(
         connected parts of ``foreground & (boundary < boundary_threshold)`` and the watershed
         floods the boundary map; with ``distance``, peaks on boundaries are dropped and the
         watershed still floods the boundary map (cuts follow predicted boundaries).
+    foreground
+        With a class map only: ``(H, W)`` probability that a pixel is not background (what
+        :func:`~.inference.predict_maps` returns as ``classes_foreground``), so that
+        ``foreground_threshold`` applies to a compact class map too. Pixels it adds to the
+        argmax's foreground carry no class vote.
     foreground_threshold
-        A pixel is foreground when ``1 - P(background) > foreground_threshold`` (class map:
-        when its class is not 0).
+        A pixel is foreground when ``1 - P(background) > foreground_threshold`` (class map
+        without ``foreground``: when its class is not 0).
     min_size
         Instances under this many pixels are dropped.
     max_hole
         Background holes of at most this many pixels inside the foreground are filled first.
     min_distance
         Minimum distance between two seeds (pixels): about half the smallest object diameter.
+    seed_threshold
+        With a ``distance`` map: seeds are the connected regions where it exceeds this value
+        instead of peaks ``min_distance`` apart. The distance head is trained normalised to
+        1 at every object's centre and 0 at its border, so each object keeps its own core
+        whatever its size, which one fixed peak spacing cannot do for mixed sizes.
     split
         False: every connected region of the foreground is one instance (areas such as NET
         regions, which are not cells to split).
@@ -279,13 +291,15 @@ def instances_from_maps(
             )
         if not np.isfinite(maps).all():
             raise InputError("class probabilities contain NaN or infinite values")
+        if confidence is not None or foreground is not None:
+            raise InputError(
+                "confidence and foreground go with a class map, not with class probabilities"
+            )
         n_classes = maps.shape[0] - 1
         shape = maps.shape[1:]
         foreground = (1.0 - maps[0]) > foreground_threshold
         pixel_class = (np.argmax(maps[1:], axis=0) + 1).astype(np.int64)
         probs: np.ndarray | None = maps
-        if confidence is not None:
-            raise InputError("confidence goes with a class map, not with class probabilities")
     elif maps.ndim == 2:
         if not np.issubdtype(maps.dtype, np.integer):
             raise InputError(f"a class map must be integers, got {maps.dtype}")
@@ -293,7 +307,12 @@ def instances_from_maps(
             raise InputError("a class map must not hold negative class ids")
         shape = maps.shape
         n_classes = max(int(maps.max(initial=0)), 1)
-        foreground = maps > 0
+        if foreground is None:
+            foreground = maps > 0
+        elif np.shape(foreground) != tuple(shape):
+            raise InputError(f"foreground shape {np.shape(foreground)} differs from {shape}")
+        else:
+            foreground = np.asarray(foreground, dtype=np.float32) > foreground_threshold
         pixel_class = maps.astype(np.int64)
         probs = None
         if confidence is None:
@@ -312,7 +331,13 @@ def instances_from_maps(
     foreground = fill_small_holes(foreground, max_hole)
     if split:
         surface, markers = _watershed_seeds(
-            foreground, distance, boundary, boundary_threshold, min_size, min_distance
+            foreground,
+            distance,
+            boundary,
+            boundary_threshold,
+            min_size,
+            min_distance,
+            seed_threshold,
         )
         labels = _label_leftovers(watershed(surface, markers, mask=foreground), foreground)
     else:
@@ -330,6 +355,7 @@ def _watershed_seeds(
     boundary_threshold: float,
     min_size: int,
     min_distance: int,
+    seed_threshold: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The surface a watershed floods and its markers (see :func:`instances_from_maps`)."""
     if distance is None and boundary is not None:
@@ -345,7 +371,10 @@ def _watershed_seeds(
     if boundary is not None:
         boundary = np.asarray(boundary, dtype=np.float32)
         seed_mask = foreground & (boundary < boundary_threshold)
-    markers = peak_markers(dist, seed_mask, min_distance)
+    if distance is not None and seed_threshold is not None:
+        markers = ndi.label(seed_mask & (dist > seed_threshold))[0]
+    else:
+        markers = peak_markers(dist, seed_mask, min_distance)
     return (-dist if boundary is None else boundary), markers
 
 

@@ -320,7 +320,11 @@ def _maps_to_annotation(
             meta={"model": card.name},
         )
     labels, class_ids, scores = postprocess.instances_from_maps(
-        maps["classes"], distance=maps.get("distance"), boundary=maps.get("boundary"), **settings
+        maps["classes"],
+        distance=maps.get("distance"),
+        boundary=maps.get("boundary"),
+        foreground=maps.get("classes_foreground"),
+        **settings,
     )
     return Annotation(
         labels,
