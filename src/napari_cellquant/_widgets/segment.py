@@ -44,7 +44,7 @@ from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, device_choices, user_models
 from ._results import OUTLINE_WIDTH, build_layers, show_layers
-from ._workers import Failed, start_soon
+from ._workers import Failed, WidgetJob, notify_error
 
 if TYPE_CHECKING:
     import napari
@@ -75,10 +75,6 @@ class SegmentWidget(Container):
         self._viewer = viewer
         # a crop classifier (wbc-types) runs inside the model that finds the cells
         self._builtin = {n: c for n, c in builtin_cards().items() if c.task != "classify"}
-        self.worker: Any = None  # the running (or last) thread worker
-        self._progress: Any = None
-        self._busy = False
-        self._run_over = False
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=False)
         self.model = ComboBox(label="model", choices=self._model_choices)
@@ -115,6 +111,7 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self._job_runner = WidgetJob("Segment", self.run_button, self.cancel_button, self.status)
         self.extend(
             [
                 self.image,
@@ -170,7 +167,7 @@ class SegmentWidget(Container):
         try:
             user_models.register(path)  # selects it through _on_user_model
         except Exception as exc:  # a bad card: say which file and why, keep the widget usable
-            _show_error(f"Could not load model {path}: {exc}")
+            notify_error(f"Could not load model {path}: {exc}")
 
     # --- the model card's settings ------------------------------------------------------
     def selected_card(self) -> ModelCard:
@@ -226,6 +223,16 @@ class SegmentWidget(Container):
         return values
 
     # --- running ------------------------------------------------------------------------
+    @property
+    def worker(self) -> Any:
+        """The running (or last) thread worker."""
+        return self._job_runner.worker
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is under way (Run is disabled meanwhile)."""
+        return self._job_runner.busy
+
     def run(self) -> Any:
         """Start segmenting the chosen image; returns the thread worker (None on bad input).
 
@@ -238,32 +245,20 @@ class SegmentWidget(Container):
         try:
             job = self._job()
         except Exception as exc:
-            _show_error(f"Segment: {exc}")
+            self._job_runner.fail(str(exc))
             return None
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(_segment, _start_thread=False, **job)
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._show_result)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
-        self._busy, self._run_over = True, False
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self._set_status(f"running {job['card'].name} on {job['layer_name']}...")
-        start_soon(worker)
-        return worker
-
-    @property
-    def busy(self) -> bool:
-        """Whether a run is under way (Run is disabled meanwhile)."""
-        return self._busy
+        return self._job_runner.start(
+            _segment,
+            job,
+            on_step=self._on_progress,
+            on_result=self._show_result,
+            on_aborted=lambda: self._job_runner.set_status("cancelled: no layer changed"),
+            status=f"running {job['card'].name} on {job['layer_name']}...",
+        )
 
     def cancel(self) -> None:
         """Stop the run at its next progress step; no layer changes."""
-        if self.busy:
-            self.worker.quit()
+        self._job_runner.cancel()
 
     def _job(self) -> dict[str, Any]:
         layer = self.image.value
@@ -299,30 +294,11 @@ class SegmentWidget(Container):
         return job
 
     def _on_progress(self, step: tuple[int, int]) -> None:
-        if self._run_over:  # a step delivered after the result or the cancel
-            return
         done, total = step
-        # status first: napari's progress bar processes events while it updates, so the
-        # result (or the cancel) may be handled inside the update and must have the last word
-        self._set_status(f"step {done} of {total}")
-        if self._progress is None:
-            from napari.utils import progress
+        self._job_runner.set_status(f"step {done} of {total}")
+        self._job_runner.advance(done, total)
 
-            self._progress = progress(total=total, desc="Segment")
-        if self._progress.total != total:
-            self._progress.total = total
-        self._progress.update(done - self._progress.n)
-
-    def _on_aborted(self) -> None:
-        self._run_over = True
-        self._set_status("cancelled: no layer changed")
-
-    def _show_result(self, result: Any) -> None:
-        self._run_over = True
-        if isinstance(result, Failed):
-            self._set_status("failed: no layer changed")
-            _show_error(f"Segment failed: {result.message}")
-            return
+    def _show_result(self, result: tuple[Any, list[Any], list[Any]]) -> None:
         annotation, layer_data, prebuilt = result
         layers = show_layers(
             self._viewer,
@@ -332,7 +308,7 @@ class SegmentWidget(Container):
             previous=self._previous_result,
         )
         n = len(annotation.instance_ids()) + len(annotation.boxes)
-        self._set_status(
+        self._job_runner.set_status(
             f"{n} objects -> {', '.join(layer.name for layer in layers)}"
             f"{_scale_text(annotation.meta)}"
         )
@@ -344,18 +320,6 @@ class SegmentWidget(Container):
             (layer for layer in self._viewer.layers if layer.metadata.get(META_RESULT_OF) == name),
             None,
         )
-
-    def _on_finished(self) -> None:
-        self._busy = False
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
-        log.info("Segment: %s", text)
 
 
 def _segment(
@@ -549,13 +513,6 @@ def _step_for(value: float) -> float:
     if value == 0:
         return 0.01
     return min(1.0, max(1e-4, 10.0 ** (math.floor(math.log10(abs(value))) - 1)))
-
-
-def _show_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    log.warning(message)
-    show_error(message)
 
 
 __all__ = ["SegmentWidget"]

@@ -38,7 +38,7 @@ from ..core.errors import InputError
 from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, device_choices, user_models
-from ._workers import Failed, start_soon
+from ._workers import Failed, WidgetJob, notify_error, notify_warning
 
 if TYPE_CHECKING:
     import napari
@@ -122,11 +122,8 @@ class TrainWidget(Container):
             for n, c in builtin_cards().items()
             if c.kind == "learned" and c.task != "classify"  # scripts/wbc_types.py trains those
         }
-        self.worker: Any = None
         self.result: TrainingResult | None = None  # of the last finished run
-        self._progress: Any = None
         self._last_event: TrainingEvent | None = None
-        self._busy = False
 
         self.layers = Select(label="corrected layers", choices=self._layer_choices)
         self.image = ComboBox(
@@ -160,6 +157,7 @@ class TrainWidget(Container):
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self._job_runner = WidgetJob("Train", self.train_button, self.cancel_button, self.status)
         self.scores = Label(value="")
         self.loss_plot = LossPlot()
         self.extend(
@@ -231,9 +229,14 @@ class TrainWidget(Container):
 
     # --- running ------------------------------------------------------------------------
     @property
+    def worker(self) -> Any:
+        """The running (or last) thread worker."""
+        return self._job_runner.worker
+
+    @property
     def busy(self) -> bool:
         """Whether training is under way (Train is disabled meanwhile)."""
-        return self._busy
+        return self._job_runner.busy
 
     def run(self) -> Any:
         """Start training; returns the thread worker (None when the input is unusable).
@@ -246,31 +249,24 @@ class TrainWidget(Container):
         try:
             job = self._job()
         except Exception as exc:
-            _notify_error(f"Train: {exc}")
+            self._job_runner.fail(str(exc))
             return None
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(_train_job, _start_thread=False, **job)
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_returned)
-        worker.aborted.connect(self._on_aborted)
-        worker.finished.connect(self._on_finished)
-        self.worker = worker
         self.result = None
         self._last_event = None
-        self._busy, self._run_over = True, False
-        self.train_button.enabled = False
-        self.cancel_button.enabled = True
         self.loss_plot.clear()
         self.scores.value = ""
-        self._set_status(f"preparing {job['settings']['base']}...")
-        start_soon(worker)
-        return worker
+        return self._job_runner.start(
+            _train_job,
+            job,
+            on_step=self._on_event,
+            on_result=self._on_returned,
+            on_aborted=self._on_aborted,
+            status=f"preparing {job['settings']['base']}...",
+        )
 
     def cancel(self) -> None:
         """Stop at the next step; files on disk stay those of the last finished epoch."""
-        if self.busy:
-            self.worker.quit()
+        self._job_runner.cancel()
 
     def _job(self) -> dict[str, Any]:
         output = _path_or_none(self.output.value)
@@ -325,8 +321,6 @@ class TrainWidget(Container):
     def _on_event(self, event: TrainingEvent) -> None:
         if event.phase == "step" and event.loss is not None:
             self.loss_plot.add(event.loss)
-        if self._run_over:  # Qt may deliver the last step after the result or the cancel
-            return
         self._last_event = event
         text = f"epoch {max(event.epoch, 1)}/{event.epochs}, step {event.step}/{event.total_steps}"
         if event.loss is not None:
@@ -335,65 +329,41 @@ class TrainWidget(Container):
             text += f", best validation {event.best_score:.3f}"
         if event.phase == "start" and event.base_score is not None:
             text += f", base validation {event.base_score:.3f}"
-        self._set_status(text)
-        # last: napari's progress bar processes pending events, so the cancel or the result
-        # may be handled inside this call, and its status must not be overwritten after it
-        if self._progress is None:
-            from napari.utils import progress
+        self._job_runner.set_status(text)
+        self._job_runner.advance(event.step, event.total_steps)
 
-            self._progress = progress(total=event.total_steps, desc="Train")
-        self._progress.update(event.step - self._progress.n)
-
-    def _on_returned(self, result: TrainingResult | Failed) -> None:
-        self._run_over = True
-        if isinstance(result, Failed):
-            self._set_status("failed")
-            _notify_error(f"Train failed: {result.message}")
-            return
+    def _on_returned(self, result: TrainingResult) -> None:
         self.result = result
         if result.card is None:
-            self._set_status("no epoch finished: nothing was saved")
+            self._job_runner.set_status("no epoch finished: nothing was saved")
             return
         self._register(result.card)
         self.scores.value = _score_text(result.score_name, result.base_score, result.score)
-        self._set_status(
+        self._job_runner.set_status(
             f"saved {result.weights} (best epoch {result.best_epoch} of "
             f"{result.epochs_run}); it is in Segment's model list"
         )
         for message in result.warnings:
-            _notify_warning(f"Train: {message}")
+            notify_warning(f"Train: {message}")
 
     def _on_aborted(self) -> None:
-        self._run_over = True
         event = self._last_event
         if event is not None and event.checkpoint is not None:
             card = Path(event.checkpoint).with_suffix(".json")
             if card.is_file():
                 self._register(card)
-                self._set_status(
+                self._job_runner.set_status(
                     f"cancelled: the best weights so far stay in "
                     f"{event.checkpoint} (added to the model list)"
                 )
                 return
-        self._set_status("cancelled before an epoch finished: nothing was saved")
+        self._job_runner.set_status("cancelled before an epoch finished: nothing was saved")
 
     def _register(self, card: Path) -> None:
         try:
             user_models.register(card)
         except Exception as exc:  # a card we just wrote should load; say so if it does not
-            _notify_error(f"Train: the new model could not be added to the list: {exc}")
-
-    def _on_finished(self) -> None:
-        self._busy = False
-        if self._progress is not None:
-            self._progress.close()
-            self._progress = None
-        self.train_button.enabled = True
-        self.cancel_button.enabled = False
-
-    def _set_status(self, text: str) -> None:
-        self.status.value = text
-        log.info("Train: %s", text)
+            notify_error(f"Train: the new model could not be added to the list: {exc}")
 
 
 def _train_job(
@@ -439,20 +409,6 @@ def _score_text(name: str, base: float | None, new: float | None) -> str:
     if new is not None:
         verdict = ": better" if new > base else (": WORSE than the base" if new < base else "")
     return f"validation {name}: base {base:.3f} -> new {new_text}{verdict}"
-
-
-def _notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    log.warning(message)
-    show_error(message)
-
-
-def _notify_warning(message: str) -> None:
-    from napari.utils.notifications import show_warning
-
-    log.warning(message)
-    show_warning(message)
 
 
 __all__ = ["LossPlot", "TrainWidget"]
