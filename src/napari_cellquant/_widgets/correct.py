@@ -27,6 +27,7 @@ from ..core.errors import CellquantError
 from ._docking import tab_with_plugin_docks
 from ._labels_editor import LabelsEditor
 from ._results import OUTLINE_WIDTH
+from ._workers import notify_warning
 
 logger = logging.getLogger(__name__)
 
@@ -174,10 +175,8 @@ class CorrectWidget(Container):
             self._warn(str(exc))
 
     def _warn(self, text: str) -> None:
-        from napari.utils.notifications import show_warning
-
         self.status_label.value = text
-        show_warning(text)
+        notify_warning(text)
 
     # --- helpers --------------------------------------------------------------------------
     def _editor(self) -> LabelsEditor:

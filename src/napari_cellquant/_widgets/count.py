@@ -63,6 +63,7 @@ from ..core import quantify
 from ..core.classes import CELL, ClassSet
 from ..core.errors import CellquantError, OutputExistsError
 from ._docking import tab_with_plugin_docks
+from ._workers import notify_warning
 
 logger = logging.getLogger(__name__)
 
@@ -566,10 +567,8 @@ class CountWidget(QWidget):
         return answer == QMessageBox.Yes
 
     def _warn(self, text: str) -> None:
-        from napari.utils.notifications import show_warning
-
         self.status.setText(text)
-        show_warning(text)
+        notify_warning(text)
 
 
 def _image_layer_of(layers: Any, key: str, shape: tuple[int, int]) -> Any:

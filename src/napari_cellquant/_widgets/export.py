@@ -27,7 +27,7 @@ from .._layers import META_CORRECTIONS, META_IMAGE_NAME, layer_data_to_annotatio
 from ..core.errors import OutputExistsError
 from ..core.io import FORMATS
 from ._docking import tab_with_plugin_docks
-from ._workers import Failed, start_soon
+from ._workers import Failed, notify_error, start_soon
 
 if TYPE_CHECKING:
     import napari
@@ -195,11 +195,8 @@ class ExportWidget(Container):
         self.export_button.enabled = True
 
     def _fail(self, message: str) -> None:
-        from napari.utils.notifications import show_error
-
         self.status.value = message
-        log.warning(message)
-        show_error(message)
+        notify_error(message)
 
 
 def _layer_data(layers: Sequence[Any], viewer: Any) -> list[tuple[Any, dict[str, Any], str]]:
