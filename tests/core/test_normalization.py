@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_cellquant.core.errors import InputError
-from napari_cellquant.core.normalization import channel_last_view, make_normalizer
+from napari_cellquant.core.normalization import channel_last_view, make_normalizer, prepare_image
 
 
 def test_meanstd_on_0_255_scale_matches_the_formula():
@@ -40,3 +40,47 @@ def test_unknown_mode_and_wrong_channel_count_are_clear_errors():
         make_normalizer(np.zeros((4, 4, 3)), {"mode": "zscore"}, 3)
     with pytest.raises(InputError, match="2 means"):
         make_normalizer(np.zeros((4, 4, 3)), {"mode": "meanstd", "mean": [1, 2], "std": [1, 1]}, 3)
+
+
+def test_prepare_image_grey_to_rgb_and_rgb_to_grey() -> None:
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    rgb = prepare_image(grey, 3)
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.float32
+    np.testing.assert_allclose(rgb[..., 0], grey / 255, rtol=1e-6)
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    colour = np.zeros((2, 2, 3), dtype=np.uint8)
+    colour[..., 1] = 255  # pure green: luma 0.587
+    np.testing.assert_allclose(prepare_image(colour, 1)[..., 0], 0.587, rtol=1e-6)
+
+
+def test_prepare_image_16_bit_channel_first_rgba_bool() -> None:
+    img16 = np.full((3, 5, 6), 65535, dtype=np.uint16)  # channel-first RGB
+    img16[1] = 0
+    out = prepare_image(img16, 3)
+    assert out.shape == (5, 6, 3)
+    np.testing.assert_array_equal(out[0, 0], [1.0, 0.0, 1.0])
+    forced = prepare_image(np.zeros((3, 3, 3), np.uint16), 3, channel_axis=0)
+    assert forced.shape == (3, 3, 3)
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    assert prepare_image(rgba, 3).max() == 0  # alpha dropped
+    assert prepare_image(np.ones((2, 2), bool), 1).tolist() == [[[1.0], [1.0]], [[1.0], [1.0]]]
+    as_float = np.full((2, 2), 3.5, dtype=np.float64)  # floats keep their values
+    kept = prepare_image(as_float, 1)
+    assert kept.dtype == np.float32 and kept.max() == 3.5
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "message"),
+    [
+        (np.zeros((2, 3, 4, 5)), {}, "2-D or 3-D"),
+        (np.zeros((6, 7, 8)), {}, "cannot tell which axis"),
+        (np.zeros((5, 5, 2)), {}, "2 channel"),
+        (np.zeros((0, 5)), {}, "empty"),
+        (np.zeros((5, 5, 3)), {"channel_axis": 3}, "out of range"),
+        (np.zeros((5, 5), dtype=complex), {}, "unsupported image dtype"),
+    ],
+)
+def test_prepare_image_errors(image: np.ndarray, kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        prepare_image(image, 3, **kwargs)

@@ -53,14 +53,14 @@ def _probe(
     from .inference import _activate
     from .normalization import channel_last_view, make_normalizer
     from .postprocess import boxes_from_heatmap
-    from .predict import _resize, to_model_channels
+    from .predict import _resize
 
     card = model.card
     pixels = channel_last_view(image)
     side = max(8, int(round(PROBE_SIDE / zoom)))
     h, w = pixels.shape[:2]
     top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = to_model_channels(_resize(pixels[top : top + side, left : left + side], zoom), card)
+    crop = _resize(pixels[top : top + side, left : left + side], zoom)
     if min(crop.shape[:2]) < 16:
         return np.zeros(0), np.zeros(0), 0.0
     normalised = make_normalizer(crop, card.normalization, card.input_channels)(crop)

@@ -34,10 +34,11 @@ Input
 ``image`` is ``(H, W, C)`` (or ``(H, W)`` for a one-channel network), channel-last, any array
 supporting numpy slicing (``np.ndarray``, ``np.memmap``, a tifffile memmap...). Either it is
 float already normalised, or ``normalize`` is given: a pointwise callable applied to each band of
-rows as it is read (so a huge uint8/uint16 image is never converted to float32 as a whole;
-percentile normalisation must therefore compute its percentiles beforehand). Use
-:func:`prepare_image` to turn grey/RGB/RGBA/16-bit/channel-first arrays into what a network
-expects.
+rows as it is read, which also converts the band's channels to the network's (so a huge
+uint8/uint16 or grey image is never converted to float32 or RGB as a whole; percentile
+normalisation must therefore compute its percentiles beforehand). Pixel preparation lives in
+:mod:`.normalization` (:func:`~.normalization.make_normalizer`,
+:func:`~.normalization.prepare_image`); this module only tiles.
 
 Outputs (``compact=True``, the default)
 ---------------------------------------
@@ -150,83 +151,6 @@ def choose_device(device: str | torch.device = "auto") -> torch.device:
         if mps is None or not mps.is_available():
             raise InputError("device 'mps' requested but Apple MPS is not available here")
     return dev
-
-
-# ITU-R BT.601 luma weights: what "convert to grey" means in skimage and PIL.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-def prepare_image(
-    image: np.ndarray, in_channels: int, channel_axis: int | None = None
-) -> np.ndarray:
-    """Convert an image to the ``(H, W, in_channels)`` float32 layout a network expects.
-
-    Parameters
-    ----------
-    image
-        2-D grey, or 3-D with channels first or last (RGB, RGBA, one-channel). Integer images
-        are scaled by their dtype's maximum (uint8 / 255, uint16 / 65535) to [0, 1]; floats are
-        kept as they are; booleans become 0/1.
-    in_channels
-        Channels the network wants (1 or 3 are converted between; RGBA drops alpha).
-    channel_axis
-        Axis holding channels for a 3-D image. ``None`` guesses: the last axis when it has at most
-        4 entries, else the first.
-
-    Returns
-    -------
-    np.ndarray
-        C-contiguous float32 ``(H, W, in_channels)``. This converts the whole image; for huge
-        images pass a ``normalize`` callable to :func:`predict_maps` instead.
-
-    Raises
-    ------
-    InputError
-        For images that are not 2-D/3-D, whose channel axis cannot be told, or whose channel count
-        cannot be converted to ``in_channels``.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    elif arr.ndim == 3:
-        if channel_axis is None:
-            if arr.shape[-1] <= 4:
-                channel_axis = -1
-            elif arr.shape[0] <= 4:
-                channel_axis = 0
-            else:
-                raise InputError(
-                    f"image of shape {arr.shape}: cannot tell which axis holds channels; "
-                    "pass channel_axis"
-                )
-        if not -3 <= channel_axis < 3:
-            raise InputError(f"channel_axis {channel_axis} is out of range for shape {arr.shape}")
-        arr = np.moveaxis(arr, channel_axis, -1)
-    else:
-        raise InputError(f"expected a 2-D or 3-D image, got shape {arr.shape}")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InputError(f"image of shape {arr.shape} is empty")
-
-    if arr.dtype == bool:
-        arr = arr.astype(np.float32)
-    elif np.issubdtype(arr.dtype, np.integer):
-        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
-    elif np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float32, copy=False)
-    else:
-        raise InputError(f"unsupported image dtype {arr.dtype}")
-
-    c = arr.shape[-1]
-    if c == 4 and in_channels != 4:
-        arr, c = arr[..., :3], 3  # RGBA: alpha carries no stain information
-    if c != in_channels:
-        if in_channels == 3 and c == 1:
-            arr = np.repeat(arr, 3, axis=-1)
-        elif in_channels == 1 and c == 3:
-            arr = (arr @ _LUMA)[..., None]
-        else:
-            raise InputError(f"image has {c} channel(s) but the network expects {in_channels}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,14 +541,17 @@ def iter_predict_maps(
         raise InputError(f"expected an (H, W, C) image, got shape {image.shape}")
     declared = getattr(network, "in_channels", None)
     in_channels = int(image.shape[-1] if declared is None else declared)
-    if image.shape[-1] != in_channels:
+    # a normaliser converts the channels band by band (normalization.make_normalizer), so a
+    # grey image never becomes a full-size RGB float copy
+    if normalize is None and image.shape[-1] != in_channels:
         raise InputError(
             f"image has {image.shape[-1]} channel(s) but the network expects {in_channels}; "
-            "convert it with prepare_image()"
+            "convert it with normalization.prepare_image() or pass normalize="
         )
     if normalize is None and not np.issubdtype(image.dtype, np.floating):
         raise InputError(
-            f"image dtype {image.dtype} is not float: pass normalize= or use prepare_image()"
+            f"image dtype {image.dtype} is not float: pass normalize= or use "
+            "normalization.prepare_image()"
         )
     if not 0 <= overlap < 1:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
@@ -664,6 +591,7 @@ def iter_predict_maps(
                 return (
                     yield from _predict(
                         image,
+                        in_channels,
                         runner,
                         wanted,
                         geometry,
@@ -697,6 +625,7 @@ def iter_predict_maps(
 
 def _predict(
     image: np.ndarray,
+    in_channels: int,
     runner: _Runner,
     wanted: dict[str, str],
     geometry: dict[str, tuple[int, int]],
@@ -746,7 +675,7 @@ def _predict(
     done = 0
     yield ProgressEvent(done, total, tile, runner.batch_size)
     for r, y0 in enumerate(plan.ys):
-        band = _read_band(image, y0, y0 + plan.tile_y, cols, normalize)
+        band = _read_band(image, y0, y0 + plan.tile_y, cols, normalize, in_channels)
         with torch.inference_mode():
             band_t = torch.from_numpy(band).to(dev)
             if r:
@@ -773,8 +702,10 @@ def _read_band(
     y1: int,
     cols: slice | np.ndarray,
     normalize: Normalizer | None,
+    in_channels: int,
 ) -> np.ndarray:
-    """Input rows ``y0..y1`` (mirrored past the border), normalised, float32 (rows, cols, C)."""
+    """Input rows ``y0..y1`` (mirrored past the border), normalised, float32 (rows, cols,
+    ``in_channels``)."""
     height = image.shape[0]
     if y1 <= height:
         band = np.asarray(image[y0:y1])
@@ -783,11 +714,11 @@ def _read_band(
     if not isinstance(cols, slice):
         band = band[:, cols]
     if normalize is not None:
-        shape = band.shape
+        shape = (*band.shape[:2], in_channels)
         band = np.asarray(normalize(band))
         if band.shape != shape:
             raise InputError(
-                f"normalize must keep the band shape {shape}, it returned {band.shape}"
+                f"normalize must return bands of shape {shape}, it returned {band.shape}"
             )
     return np.ascontiguousarray(band, dtype=np.float32)
 

@@ -1,4 +1,5 @@
-"""Input normalisation as a model card describes it, applied band by band.
+"""Pixel preparation: the channel layout, grey <-> RGB, dtype scaling, and the input
+normalisation a model card describes, applied band by band.
 
 Statistics come from a strided sample of the whole image, and the conversion itself runs on
 each band of rows as the tiled engine reads it, so a 20000 x 20000 scan never exists as a
@@ -18,6 +19,83 @@ Normalizer = Callable[[np.ndarray], np.ndarray]
 
 #: pixels sampled for percentile statistics (a strided grid, not random: reproducible)
 _SAMPLE_PIXELS = 1_000_000
+
+
+# ITU-R BT.601 luma weights: what "convert to grey" means in skimage and PIL.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def prepare_image(
+    image: np.ndarray, in_channels: int, channel_axis: int | None = None
+) -> np.ndarray:
+    """Convert an image to the ``(H, W, in_channels)`` float32 layout a network expects.
+
+    Parameters
+    ----------
+    image
+        2-D grey, or 3-D with channels first or last (RGB, RGBA, one-channel). Integer images
+        are scaled by their dtype's maximum (uint8 / 255, uint16 / 65535) to [0, 1]; floats are
+        kept as they are; booleans become 0/1.
+    in_channels
+        Channels the network wants (1 or 3 are converted between; RGBA drops alpha).
+    channel_axis
+        Axis holding channels for a 3-D image. ``None`` guesses: the last axis when it has at most
+        4 entries, else the first.
+
+    Returns
+    -------
+    np.ndarray
+        C-contiguous float32 ``(H, W, in_channels)``. This converts the whole image; for huge
+        images pass a ``normalize`` callable to :func:`predict_maps` instead.
+
+    Raises
+    ------
+    InputError
+        For images that are not 2-D/3-D, whose channel axis cannot be told, or whose channel count
+        cannot be converted to ``in_channels``.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    elif arr.ndim == 3:
+        if channel_axis is None:
+            if arr.shape[-1] <= 4:
+                channel_axis = -1
+            elif arr.shape[0] <= 4:
+                channel_axis = 0
+            else:
+                raise InputError(
+                    f"image of shape {arr.shape}: cannot tell which axis holds channels; "
+                    "pass channel_axis"
+                )
+        if not -3 <= channel_axis < 3:
+            raise InputError(f"channel_axis {channel_axis} is out of range for shape {arr.shape}")
+        arr = np.moveaxis(arr, channel_axis, -1)
+    else:
+        raise InputError(f"expected a 2-D or 3-D image, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"image of shape {arr.shape} is empty")
+
+    if arr.dtype == bool:
+        arr = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.integer):
+        arr = arr.astype(np.float32) / np.float32(np.iinfo(arr.dtype).max)
+    elif np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32, copy=False)
+    else:
+        raise InputError(f"unsupported image dtype {arr.dtype}")
+
+    c = arr.shape[-1]
+    if c == 4 and in_channels != 4:
+        arr, c = arr[..., :3], 3  # RGBA: alpha carries no stain information
+    if c != in_channels:
+        if in_channels == 3 and c == 1:
+            arr = np.repeat(arr, 3, axis=-1)
+        elif in_channels == 1 and c == 3:
+            arr = (arr @ _LUMA)[..., None]
+        else:
+            raise InputError(f"image has {c} channel(s) but the network expects {in_channels}")
+    return np.ascontiguousarray(arr, dtype=np.float32)
 
 
 def channel_last_view(image: np.ndarray) -> np.ndarray:
@@ -46,8 +124,6 @@ def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -
     and 1, which makes 8- and 16-bit fluorescence look alike. ``{"mode": "none"}`` keeps the
     0-1 scaled values.
     """
-    from .inference import prepare_image
-
     mode = spec.get("mode", "percentile")
     if mode == "meanstd":
         mean, std = mean_std(spec)

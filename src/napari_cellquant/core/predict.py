@@ -154,7 +154,8 @@ def iter_predict(
     from .normalization import channel_last_view, make_normalizer
 
     zoom = scale.zoom
-    pixels = to_model_channels(channel_last_view(_resize(channel_last_view(image), zoom)), card)
+    # channels become the network's band by band, in the normaliser
+    pixels = _resize(channel_last_view(image), zoom)
     steps = iter_predict_maps(
         pixels,
         model.network,
@@ -190,16 +191,6 @@ def iter_predict(
 def _classifier(name: str, device: str) -> Model:
     """A helper model a card names (the WBC type classifier), loaded once per device."""
     return load_model(name, device)
-
-
-def to_model_channels(pixels: np.ndarray, card: ModelCard) -> np.ndarray:
-    """Channel-last ``pixels`` with the channels ``card``'s network takes (grey <-> RGB
-    converted once, up front; unchanged when they already fit)."""
-    from .inference import prepare_image
-
-    if pixels.shape[-1] != card.input_channels:
-        return prepare_image(pixels, card.input_channels)
-    return pixels
 
 
 def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:

@@ -309,11 +309,9 @@ DIAMETER_SOURCES = {
 
 
 def _as_channels_last(image: np.ndarray) -> np.ndarray:
-    array = np.asarray(image)
-    if array.ndim == 3 and array.shape[-1] > 4 and array.shape[0] <= 4:
-        array = np.moveaxis(array, 0, -1)  # channel-first
-    if array.ndim == 2:
-        array = array[:, :, None]
+    from .normalization import channel_last_view
+
+    array = channel_last_view(np.asarray(image))
     if array.ndim != 3 or array.shape[0] < 8 or array.shape[1] < 8:
         raise InputError(f"cannot estimate a diameter on an image of shape {np.shape(image)}")
     if array.dtype == bool or not (

@@ -36,7 +36,7 @@ def crop_around(
     everywhere in prediction; grey is repeated into RGB."""
     from skimage.transform import resize
 
-    from .inference import prepare_image
+    from .normalization import prepare_image
 
     x, y, w, h = (float(v) for v in box_xywh)
     side = max(2, int(round(margin * max(w, h, 1.0))))
