@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.measure import label as connected_components
+from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from .annotation import Boxes
@@ -126,20 +129,167 @@ def peak_markers(
 
 
 def split_touching(
-    mask: np.ndarray, min_distance: int, *, smooth: float = 0.0, compactness: float = 0.0
+    regions: np.ndarray,
+    min_distance: int | None = None,
+    *,
+    smooth: float = 0.0,
+    compactness: float = 0.0,
+    dominance: float = 0.25,
+    min_peak: float = 0.5,
 ) -> np.ndarray:
-    """Split a binary mask into instances by watershed on its distance transform.
+    """Split touching round objects by a watershed on the distance transform.
 
-    ``smooth`` (pixels) blurs the distance transform first so ragged outlines do not seed
-    extra peaks. Components that receive no peak still become one instance each.
+    Each object is a dome of the Euclidean distance to the background; touching objects are
+    domes joined by a saddle at the neck between them. Where the seeds go has two rules:
+
+    ``min_distance`` given (the pipelines, which know the object size from the scale)
+        ``regions`` is a binary mask; seeds are its distance peaks at least ``min_distance``
+        apart (:func:`peak_markers`). ``smooth`` (pixels) blurs the distance first so ragged
+        outlines do not seed extra peaks. Components without a peak become one instance
+        each.
+    ``min_distance=None`` (files, whose scale nobody gave)
+        ``regions`` is an ``int`` image of regions ``1..n`` (or a mask, taken as its
+        8-connected components), and the spacing is measured from them:
+
+        - Holes are filled before measuring distances, so a ring-shaped object (a red cell
+          drawn with its pale centre, or one with a platelet on top) is one dome, not a
+          ridge; the image edge counts as background.
+        - The typical radius ``r`` is the median over regions of the largest inscribed
+          radius, robust to regions that are clusters (a cluster's inscribed radius is still
+          about one object's).
+        - Candidates are :func:`skimage.feature.peak_local_max` peaks at least ``0.6 r``
+          apart (closer ones are bumps of one ragged outline) and ``min_peak * r`` high (thin
+          slivers hold no object centre).
+        - In a region with several candidates, one is kept only where it rises at least
+          ``dominance * r`` (and 1 px) above the saddle to any higher peak (an h-maximum), so
+          elongated or irregular single objects stay whole; candidates on one h-maximum
+          plateau merge into one centre.
+
+        Every region is covered exactly; one that is not split keeps its place in the
+        numbering order.
+
+    Returns
+    -------
+    np.ndarray
+        ``int32`` instances ``1..m``.
     """
-    mask = np.asarray(mask, dtype=bool)
+    if min_distance is None:
+        components = np.asarray(regions)
+        if components.dtype == bool:
+            components = connected_components(components, connectivity=2)
+        return _split_self_scaled(components, dominance, min_peak)
+    mask = np.asarray(regions, dtype=bool)
     distance = ndi.distance_transform_edt(mask)
     if smooth > 0:
         distance = ndi.gaussian_filter(distance, smooth)
     markers = peak_markers(distance, mask, min_distance)
     labels = watershed(-distance, markers, mask=mask, compactness=compactness)
     return _label_leftovers(labels, mask)
+
+
+def _split_self_scaled(components: np.ndarray, dominance: float, min_peak: float) -> np.ndarray:
+    """The self-scaling rule of :func:`split_touching` (``min_distance=None``)."""
+    mask = components > 0
+    n = int(components.max())
+    if n == 0:
+        return components.astype(np.int32)
+    filled, regions = _fill_holes(mask, components)
+    # the image edge counts as background: two cells cut by the edge side by side are
+    # otherwise one ridge along it, with no saddle between them
+    distance = ndi.distance_transform_edt(np.pad(filled, 1))[1:-1, 1:-1]
+    radius = float(np.median(_max_per_label(distance, regions, n)[1:]))
+    # Without ``labels`` this is one maximum filter over the image. Peaks of different
+    # regions cannot suppress each other: both are >= min_peak * r from the background
+    # between them, so farther apart than min_distance.
+    peaks = peak_local_max(
+        distance,
+        min_distance=max(1, round(0.6 * radius)),
+        threshold_abs=max(min_peak * radius, 1e-9),
+        exclude_border=False,
+    )
+    region_of_peak = regions[tuple(peaks.T)]
+    per_region = np.bincount(region_of_peak, minlength=n + 1)
+    objects = regions.astype(np.int64)
+    crowded = np.flatnonzero(per_region[1:] > 1) + 1
+    if len(crowded):
+        boxes = ndi.find_objects(regions)
+        # the peaks of region i are peaks[order][starts[i]:starts[i + 1]]
+        order = np.argsort(region_of_peak, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(per_region)])
+        h = max(1.0, dominance * radius)
+        next_id = n + 1
+        # only clusters are worked on, each in its bounding box
+        for region_id in crowded.tolist():
+            box = boxes[region_id - 1]
+            inside = regions[box] == region_id
+            own = peaks[order[starts[region_id] : starts[region_id + 1]]]
+            local = own - np.array([box[0].start, box[1].start])
+            pieces = _split_region(distance[box] * inside, inside, local, h)
+            if pieces is None:
+                continue
+            extra = pieces > 1
+            objects[box][extra] = pieces[extra] - 2 + next_id
+            next_id += int(pieces.max()) - 1
+    objects[~mask] = 0  # the filled holes go back to what they were
+    # renumber 1..m in id order (a lookup table: np.unique would sort every pixel)
+    present = np.bincount(objects.ravel()) > 0
+    present[0] = False
+    return (np.cumsum(present) * present)[objects].astype(np.int32)
+
+
+def _split_region(
+    distance: np.ndarray, inside: np.ndarray, peaks: np.ndarray, h: float
+) -> np.ndarray | None:
+    """Watershed pieces ``1..k`` of one region (in its box), or None when it stays whole.
+
+    ``peaks`` are the region's candidate centres in box coordinates; those on one
+    h-maximum plateau of ``distance`` become one marker, those on none are dropped.
+    """
+    plateaus = connected_components(h_maxima(distance, h) > 0)
+    plateau_of_peak = plateaus[tuple(peaks.T)]
+    chosen = plateau_of_peak > 0
+    kept = np.unique(plateau_of_peak[chosen])
+    if len(kept) < 2:
+        return None
+    markers = np.zeros(inside.shape, dtype=np.int64)
+    markers[tuple(peaks[chosen].T)] = np.searchsorted(kept, plateau_of_peak[chosen]) + 1
+    return watershed(-distance, markers, mask=inside, connectivity=2)
+
+
+def _max_per_label(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """``out[i]`` = largest value where ``labels == i`` (for ``i`` in ``0..n``), else -inf.
+
+    ``np.maximum.at`` is one pass; ``ndimage.maximum`` sorts all pixels by label.
+    """
+    out = np.full(n + 1, -np.inf)
+    np.maximum.at(out, labels.ravel(), values.ravel().astype(np.float64))
+    return out
+
+
+def _fill_holes(mask: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``mask`` with its holes filled, and ``components`` extended over the filled holes.
+
+    Holes are found after a small closing, so a ring with a gap of a few pixels in its rim
+    (as colour maps draw a red cell's pale centre) counts as closed; of what the closing
+    adds, only the pixels near a hole are kept (the gaps), so necks between touching cells
+    keep their width. A hole that holds another region of the mask (a cell inside a
+    ring-shaped one) is left open, so the two stay apart.
+    """
+    closed = ndi.binary_closing(np.pad(mask, 2), iterations=2, border_value=0)[2:-2, 2:-2]
+    holes = ndi.binary_fill_holes(closed) & ~closed
+    filled = mask | holes | (ndi.binary_dilation(holes, iterations=3) & closed)
+    if np.count_nonzero(filled) == np.count_nonzero(mask):
+        return mask, components
+    filled_regions = connected_components(filled, connectivity=2)
+    m = int(filled_regions.max())
+    big = int(components.max()) + 1  # above every id, so holes do not lower the minimum
+    highest = _max_per_label(components, filled_regions, m)
+    lowest = -_max_per_label(-np.where(mask, components, big), filled_regions, m)
+    # the one region a filled region was made from; 0 where it holds several
+    owner = np.where(highest == lowest, highest, 0).astype(np.int64)
+    owner[0] = 0
+    filled &= mask | (owner[filled_regions] > 0)
+    return filled, np.where(mask, components, np.where(filled, owner[filled_regions], 0))
 
 
 def _label_leftovers(labels: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -21,10 +21,10 @@ from napari_cellquant.core.io.masks import (
     read_color_map,
     read_label_image,
     read_masks_folder,
-    split_touching_objects,
     write_class_masks,
     write_masks,
 )
+from napari_cellquant.core.postprocess import split_touching
 
 
 def _png(path, pixels):
@@ -232,7 +232,7 @@ def test_split_keeps_single_and_elongated_objects_whole():
     rr, cc = disk((40, 30), 20)
     regions[rr, cc] = 1
     regions[30:50, 60:118] = 2  # a long bar: a ridge, not two domes
-    out = split_touching_objects(regions)
+    out = split_touching(regions)
     _same_partition(out, regions)
 
 
@@ -241,7 +241,7 @@ def test_split_separates_overlapping_discs_and_keeps_coverage():
     for x in (25, 50, 75):
         rr, cc = disk((30, x), 14)
         regions[rr, cc] = 1
-    out = split_touching_objects(regions)
+    out = split_touching(regions)
     assert out.max() == 3
     assert np.array_equal(out > 0, regions > 0)
     assert len({out[30, 25], out[30, 50], out[30, 75]}) == 3
@@ -249,7 +249,7 @@ def test_split_separates_overlapping_discs_and_keeps_coverage():
 
 def test_split_of_region_filling_its_whole_array():
     # a region with no background around it (a colour map cropped to one rectangle)
-    out = split_touching_objects(np.ones((12, 20), np.int32))
+    out = split_touching(np.ones((12, 20), np.int32))
     assert out.min() == 1 and out.max() == 1
 
 
@@ -272,7 +272,7 @@ def test_thick_ring_stays_one_object(gap):
     regions[rr, cc] = 0
     regions[26:44, 16:24] = regions[26:44, 46:54] = 1  # thick sides
     regions[: 11 + 4, 35 : 35 + gap] = 0  # the break in the rim, at the top
-    out = split_touching_objects(regions)
+    out = split_touching(regions)
     assert out.max() == 1
 
 
@@ -284,7 +284,7 @@ def test_split_keeps_cell_inside_a_ring_apart():
     regions[rr, cc] = 0
     rr, cc = disk((30, 30), 8)
     regions[rr, cc] = 2  # another cell of the class inside the ring's hole
-    out = split_touching_objects(regions)
+    out = split_touching(regions)
     assert np.array_equal(out > 0, regions > 0)
     # no object spans the ring and the cell inside it
     pairs = np.unique(np.stack([out[out > 0], regions[out > 0]]), axis=1)

@@ -34,11 +34,9 @@ import imagecodecs
 import numpy as np
 import tifffile
 from scipy import ndimage as ndi
-from skimage.feature import peak_local_max
 from skimage.measure import label as connected_components
-from skimage.morphology import h_maxima
-from skimage.segmentation import watershed
 
+from .. import postprocess
 from ..annotation import Annotation
 from ..classes import CELL, CLASS_SETS, ClassSet
 from ..errors import CellquantError, InputError, OutputExistsError
@@ -162,8 +160,9 @@ def read_color_map(
     black mean background). Each class's 8-connected regions are its objects; regions
     smaller than ``min_size`` pixels are dropped (blended colours along edges snap to other
     classes and form thin fragments). With ``split_touching``, regions holding several
-    touching objects are split by a watershed on the distance transform (see
-    :func:`split_touching_objects`), except for the classes named in ``keep_whole``.
+    touching objects are split by a watershed on the distance transform, its seeds spaced
+    by the regions' own size (``postprocess.split_touching`` without ``min_distance``),
+    except for the classes named in ``keep_whole``.
 
     Parameters
     ----------
@@ -237,150 +236,9 @@ def _instances_of_mask(mask: np.ndarray, *, min_size: int, split: bool) -> np.nd
     # renumber the kept components 1..k in scan order
     components = (np.cumsum(keep) * keep)[components].astype(np.int32)
     if split and components.max() > 0:
-        components = split_touching_objects(components)
+        components = postprocess.split_touching(components)
     out[box] = components
     return out
-
-
-def split_touching_objects(
-    components: np.ndarray, *, dominance: float = 0.25, min_peak: float = 0.5
-) -> np.ndarray:
-    """Split regions that hold several touching round objects of one class.
-
-    A distance-transform watershed: each object is a dome of the Euclidean distance to the
-    background, and touching objects are domes joined by a saddle at the neck between them.
-
-    - Holes are filled before measuring distances, so a ring-shaped object (a red cell drawn
-      with its pale centre, or one with a platelet on top) is one dome, not a ridge; the
-      image edge counts as background.
-    - The typical object radius ``r`` is the median over regions of the largest inscribed
-      radius (the peak of the distance map); it is robust to regions that are clusters,
-      since a cluster's inscribed radius is still about one object's.
-    - Candidate centres are :func:`skimage.feature.peak_local_max` peaks at least ``0.6 r``
-      apart (closer peaks are bumps of one ragged outline) and at least ``min_peak * r``
-      high (thin slivers and strands hold no object centre).
-    - In a region with several candidates, a candidate is kept only where it rises at least
-      ``dominance * r`` (and 1 px) above the saddle to any higher peak (an h-maximum), so
-      elongated or irregular single objects stay whole; candidates on one h-maximum plateau
-      merge into one centre. The region is then split by a watershed from its centres.
-
-    Parameters
-    ----------
-    components
-        ``int`` image of regions ``1..n`` (0 background), e.g. one class's connected
-        components.
-    dominance
-        Depth of the saddle needed to split, as a fraction of the typical radius.
-    min_peak
-        Smallest inscribed radius of a split-off object, as a fraction of the typical radius.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``int32`` objects numbered ``1..m`` (``m >= n``) covering exactly the regions; a
-        region that is not split keeps its place in the numbering order.
-    """
-    mask = components > 0
-    n = int(components.max())
-    if n == 0:
-        return components.astype(np.int32)
-    filled, regions = _fill_holes(mask, components)
-    # the image edge counts as background: two cells cut by the edge side by side are
-    # otherwise one ridge along it, with no saddle between them
-    distance = ndi.distance_transform_edt(np.pad(filled, 1))[1:-1, 1:-1]
-    radius = float(np.median(_max_per_label(distance, regions, n)[1:]))
-    # Without ``labels`` this is one maximum filter over the image. Peaks of different
-    # regions cannot suppress each other: both are >= min_peak * r from the background
-    # between them, so farther apart than min_distance.
-    peaks = peak_local_max(
-        distance,
-        min_distance=max(1, round(0.6 * radius)),
-        threshold_abs=max(min_peak * radius, 1e-9),
-        exclude_border=False,
-    )
-    region_of_peak = regions[tuple(peaks.T)]
-    per_region = np.bincount(region_of_peak, minlength=n + 1)
-    objects = regions.astype(np.int64)
-    crowded = np.flatnonzero(per_region[1:] > 1) + 1
-    if len(crowded):
-        boxes = ndi.find_objects(regions)
-        # the peaks of region i are peaks[order][starts[i]:starts[i + 1]]
-        order = np.argsort(region_of_peak, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(per_region)])
-        h = max(1.0, dominance * radius)
-        next_id = n + 1
-        # only clusters are worked on, each in its bounding box
-        for region_id in crowded.tolist():
-            box = boxes[region_id - 1]
-            inside = regions[box] == region_id
-            own = peaks[order[starts[region_id] : starts[region_id + 1]]]
-            local = own - np.array([box[0].start, box[1].start])
-            pieces = _split_region(distance[box] * inside, inside, local, h)
-            if pieces is None:
-                continue
-            extra = pieces > 1
-            objects[box][extra] = pieces[extra] - 2 + next_id
-            next_id += int(pieces.max()) - 1
-    objects[~mask] = 0  # the filled holes go back to what they were
-    # renumber 1..m in id order (a lookup table: np.unique would sort every pixel)
-    present = np.bincount(objects.ravel()) > 0
-    present[0] = False
-    return (np.cumsum(present) * present)[objects].astype(np.int32)
-
-
-def _split_region(
-    distance: np.ndarray, inside: np.ndarray, peaks: np.ndarray, h: float
-) -> np.ndarray | None:
-    """Watershed pieces ``1..k`` of one region (in its box), or None when it stays whole.
-
-    ``peaks`` are the region's candidate centres in box coordinates; those on one
-    h-maximum plateau of ``distance`` become one marker, those on none are dropped.
-    """
-    plateaus = connected_components(h_maxima(distance, h) > 0)
-    plateau_of_peak = plateaus[tuple(peaks.T)]
-    chosen = plateau_of_peak > 0
-    kept = np.unique(plateau_of_peak[chosen])
-    if len(kept) < 2:
-        return None
-    markers = np.zeros(inside.shape, dtype=np.int64)
-    markers[tuple(peaks[chosen].T)] = np.searchsorted(kept, plateau_of_peak[chosen]) + 1
-    return watershed(-distance, markers, mask=inside, connectivity=2)
-
-
-def _max_per_label(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """``out[i]`` = largest value where ``labels == i`` (for ``i`` in ``0..n``), else -inf.
-
-    ``np.maximum.at`` is one pass; ``ndimage.maximum`` sorts all pixels by label.
-    """
-    out = np.full(n + 1, -np.inf)
-    np.maximum.at(out, labels.ravel(), values.ravel().astype(np.float64))
-    return out
-
-
-def _fill_holes(mask: np.ndarray, components: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``mask`` with its holes filled, and ``components`` extended over the filled holes.
-
-    Holes are found after a small closing, so a ring with a gap of a few pixels in its rim
-    (as colour maps draw a red cell's pale centre) counts as closed; of what the closing
-    adds, only the pixels near a hole are kept (the gaps), so necks between touching cells
-    keep their width. A hole that holds another region of the mask (a cell inside a
-    ring-shaped one) is left open, so the two stay apart.
-    """
-    closed = ndi.binary_closing(np.pad(mask, 2), iterations=2, border_value=0)[2:-2, 2:-2]
-    holes = ndi.binary_fill_holes(closed) & ~closed
-    filled = mask | holes | (ndi.binary_dilation(holes, iterations=3) & closed)
-    if np.count_nonzero(filled) == np.count_nonzero(mask):
-        return mask, components
-    filled_regions = connected_components(filled, connectivity=2)
-    m = int(filled_regions.max())
-    big = int(components.max()) + 1  # above every id, so holes do not lower the minimum
-    highest = _max_per_label(components, filled_regions, m)
-    lowest = -_max_per_label(-np.where(mask, components, big), filled_regions, m)
-    # the one region a filled region was made from; 0 where it holds several
-    owner = np.where(highest == lowest, highest, 0).astype(np.int64)
-    owner[0] = 0
-    filled &= mask | (owner[filled_regions] > 0)
-    return filled, np.where(mask, components, np.where(filled, owner[filled_regions], 0))
 
 
 # --- masks folders: writing ---------------------------------------------------------------
@@ -766,7 +624,6 @@ __all__ = [
     "read_color_map",
     "read_label_image",
     "read_masks_folder",
-    "split_touching_objects",
     "write_class_masks",
     "write_masks",
 ]
