@@ -110,6 +110,8 @@ def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     second_ids = _labels_ids(layer)
     assert len(second_ids) < len(np.unique(first_pixels)) - 1
     assert sorted(layer.features["index"]) == second_ids.tolist()
+    # what napari shows is the new result (the pixels and colours share one refresh)
+    np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), layer.data)
     # napari's undo brings back the first result, its features table with it; redo again
     layer.undo()
     np.testing.assert_array_equal(layer.data, first_pixels)
