@@ -211,3 +211,38 @@ def test_zooming_matches_skimage_and_needs_no_full_size_float_copy():
     finally:
         tracemalloc.stop()
     assert peak < 0.3 * big.size * 4  # float32 copy: 133 MB; skimage's path peaked at 294 MB
+
+
+def test_a_misread_scale_is_refined_on_the_models_own_objects(monkeypatch):
+    """The weight-free estimate reads these 48-px nuclei as half their size (as it misreads
+    textured fields); with ``refine_scale`` the segmenter measures its own objects and runs
+    again at their scale, and never second-guesses a diameter the user gave."""
+    import dataclasses
+
+    from scipy import ndimage as ndi
+    from skimage.draw import disk
+
+    from napari_cellquant.core import scale
+    from napari_cellquant.core.predict import Model
+
+    image = np.zeros((300, 300), np.float32)
+    for centre in [(70, 70), (70, 200), (200, 80), (210, 210)]:
+        image[disk(centre, 24, shape=image.shape)] = 1
+    noise = np.random.default_rng(0).normal(0, 3, image.shape)
+    image = np.clip(ndi.gaussian_filter(image, 2) * 180 + 20 + noise, 0, 255).astype(np.uint8)
+    misread = scale.estimate_diameter(image)
+    assert misread is not None and 40 < misread.diameter < 60
+    monkeypatch.setattr(
+        scale, "estimate_diameter", lambda _: dataclasses.replace(misread, diameter=24.0)
+    )
+    bundled = load_model("fluo-resunet", "cpu")
+    card = dataclasses.replace(
+        bundled.card, params={"refine_scale": {"tolerance": 1.15, "rounds": 3}}
+    )
+    model = Model(card=card, network=bundled.network, device=bundled.device)
+    refined = predict(image, model)
+    assert refined.meta["diameter_source"] == "refined"
+    assert 40 < refined.meta["diameter_px"] < 60  # the nuclei's own size
+    assert len(refined.instance_ids()) == 4
+    given = predict(image, model, diameter=24.0)
+    assert (given.meta["diameter_source"], given.meta["diameter_px"]) == ("given", 24.0)

@@ -8,6 +8,7 @@ runs the same generator in a ``thread_worker``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -22,7 +23,7 @@ from .annotation import Annotation
 from .errors import InputError
 from .models.card import ModelCard
 from .models.registry import WeightsError, get_card, resolve_weights
-from .scale import ImageScale
+from .scale import ImageScale, image_scale
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,6 @@ def iter_predict(
     :func:`predict`); the decision is recorded in the result's ``meta``: ``diameter_px``,
     ``diameter_source`` and ``zoom``.
     """
-    from .scale import image_scale
 
     card = model.card
     if card.task == "classify":
@@ -150,10 +150,65 @@ def iter_predict(
         annotation = run_pipeline(card.pipeline or card.name, image, params)
         yield (1, 1)
         return _record_scale(annotation, scale)
+    run = functools.partial(
+        _network_pass, image, model, tile=tile, overlap=overlap, batch_size=batch_size
+    )
+    annotation = yield from run(scale.zoom)
+    if card.params.get("refine_scale") and diameter is None:
+        annotation, scale = yield from _refined(image, card, annotation, scale, run)
+    if card.params.get("wbc_types"):  # a detector of plain WBCs names their types
+        from .normalization import channel_last_view
+        from .wbc_types import type_white_cells
+
+        classifier = _classifier(str(card.params["wbc_types"]), str(model.device))
+        annotation = type_white_cells(channel_last_view(image), annotation, classifier)
+    return _record_scale(annotation, scale)
+
+
+def _refined(
+    image: np.ndarray,
+    card: ModelCard,
+    annotation: Annotation,
+    scale: ImageScale,
+    run: Callable[[float], Generator[tuple[int, int], None, Annotation]],
+) -> Generator[tuple[int, int], None, tuple[Annotation, ImageScale]]:
+    """Run again at the scale of the model's own objects while their median diameter is off
+    the card's by more than ``refine_scale["tolerance"]`` (at most ``["rounds"]`` times).
+
+    Only an estimated (or assumed) scale is refined, never one the user or the pixel size
+    gave. The weight-free estimate misreads textured or sparse fields; objects found at a
+    wrong scale are still about the right size, so each round lands closer.
+    """
+    if scale.source not in ("estimated", "model"):
+        return annotation, scale
+    settings = card.params["refine_scale"]
+    tolerance = math.log(float(settings.get("tolerance", 1.15)))
+    reference = card.typical_diameter
+    for _ in range(int(settings.get("rounds", 1))):
+        measured = _median_diameter(annotation)
+        if measured is None or reference is None:
+            break
+        if abs(math.log(measured * scale.zoom / reference)) <= tolerance:
+            break
+        scale = dataclasses.replace(image_scale(image, card, diameter=measured), source="refined")
+        annotation = yield from run(scale.zoom)
+    return annotation, scale
+
+
+def _network_pass(
+    image: np.ndarray,
+    model: Model,
+    zoom: float,
+    *,
+    tile: int | None,
+    overlap: float | None,
+    batch_size: int,
+) -> Generator[tuple[int, int], None, Annotation]:
+    """One tiled pass of the network at ``zoom``; the objects come back at image scale."""
     from .inference import iter_predict_maps
     from .normalization import channel_last_view, make_normalizer
 
-    zoom = scale.zoom
+    card = model.card
     # channels become the network's band by band, in the normaliser
     pixels = _resize(channel_last_view(image), zoom)
     steps = iter_predict_maps(
@@ -179,12 +234,20 @@ def iter_predict(
     annotation = _maps_to_annotation(maps, card, pixels.shape[:2])
     if zoom != 1.0:
         annotation = _annotation_to_shape(annotation, image.shape[:2], zoom)
-    if card.params.get("wbc_types"):  # a detector of plain WBCs names their types
-        from .wbc_types import type_white_cells
+    return annotation
 
-        classifier = _classifier(str(card.params["wbc_types"]), str(model.device))
-        annotation = type_white_cells(channel_last_view(image), annotation, classifier)
-    return _record_scale(annotation, scale)
+
+#: fewest objects whose median size says anything about the scale
+_MIN_OBJECTS_FOR_SCALE = 3
+
+
+def _median_diameter(annotation: Annotation) -> float | None:
+    """Median equivalent diameter (pixels) of an annotation's objects, None when too few."""
+    areas = np.bincount(annotation.labels.ravel())[1:]
+    areas = areas[areas > 0]
+    if len(areas) < _MIN_OBJECTS_FOR_SCALE:
+        return None
+    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
 
 
 @functools.lru_cache(maxsize=4)

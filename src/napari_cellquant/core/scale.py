@@ -174,8 +174,9 @@ class ImageScale:
         first ``diameter_px`` group: RBC, nucleus, cell).
     source
         ``"given"`` (the caller's diameter), ``"pixel_size"`` (from the image's and the
-        card's pixel sizes), ``"estimated"`` (measured on the image) or ``"model"`` (the
-        image is taken to be at the model's scale).
+        card's pixel sizes), ``"estimated"`` (measured on the image), ``"model"`` (the
+        image is taken to be at the model's scale) or ``"refined"`` (measured on the model's
+        own objects, see :func:`~napari_cellquant.core.predict.iter_predict`).
     zoom
         Factor that brings the image to the model's scale: the card's diameter / ``diameter``
         (1 when they differ by under :data:`NO_ZOOM`, so that nothing is resampled for
@@ -305,6 +306,7 @@ DIAMETER_SOURCES = {
     "pixel_size": "from the pixel size",
     "estimated": "estimated",
     "model": "the model's scale",
+    "refined": "measured on the model's own objects",
 }
 
 
