@@ -104,7 +104,11 @@ def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     first_features = layer.features.copy()
     # a stricter red-cell size threshold: a different result, in the same layer object
     widget.parameters["rbc_min_area"].value = 0.9
+    refreshes = []  # each recomputes the outlines of the whole view on the GUI thread
+    refresh = layer.refresh
+    layer.refresh = lambda *args, **kwargs: (refreshes.append(1), refresh(*args, **kwargs))
     _run(qtbot, widget)
+    assert len(refreshes) == 1, "pixels, colours and an unchanged placement: one refresh"
     assert [lyr.name for lyr in viewer.layers] == ["smear", "smear blood-classical instances"]
     assert viewer.layers["smear blood-classical instances"] is layer
     second_ids = _labels_ids(layer)

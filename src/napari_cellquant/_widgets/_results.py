@@ -143,9 +143,19 @@ def replace_shapes(layer: Any, rectangles: list[np.ndarray], kwargs: dict[str, A
 
 
 def _placement(layer: Any, kwargs: dict[str, Any]) -> None:
+    # only what changed: napari refreshes the layer (its outlines over the whole view) at
+    # every assignment, even of the same scale
     for key in ("scale", "translate", "units"):
-        if key in kwargs:
+        if key in kwargs and not _same(getattr(layer, key), kwargs[key]):
             setattr(layer, key, kwargs[key])
+
+
+def _same(current: Any, new: Any) -> bool:
+    """Whether a layer's scale, translate or units already are ``new``."""
+    try:
+        return np.array_equal(np.asarray(current, dtype=float), np.asarray(new, dtype=float))
+    except (TypeError, ValueError):  # units
+        return [str(v) for v in current] == [str(v) for v in new]
 
 
 def _copied(value: Any) -> Any:
