@@ -246,3 +246,24 @@ def test_a_misread_scale_is_refined_on_the_models_own_objects(monkeypatch):
     assert len(refined.instance_ids()) == 4
     given = predict(image, model, diameter=24.0)
     assert (given.meta["diameter_source"], given.meta["diameter_px"]) == ("given", 24.0)
+
+
+def test_predict_makes_no_full_size_float_copy_of_a_grey_image_for_an_rgb_network():
+    """The grey image becomes the RGB network's input band by band: when inference starts,
+    what is allocated is the compact outputs, not a (H, W, 3) float32 copy of the input."""
+    import tracemalloc
+
+    from napari_cellquant.core.predict import iter_predict
+
+    model = load_model("fluo-resunet", "cpu", weights="random")
+    assert model.card.input_channels == 3
+    grey = np.random.default_rng(0).integers(0, 256, (2048, 2048), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        steps = iter_predict(grey, model, diameter="model")
+        next(steps)  # the first progress event, before the first batch of tiles
+        allocated = tracemalloc.get_traced_memory()[0]
+        steps.close()
+    finally:
+        tracemalloc.stop()
+    assert allocated < 0.75 * grey.size * 3 * 4  # the float32 RGB copy: 50 MB
