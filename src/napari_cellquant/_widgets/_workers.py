@@ -175,3 +175,24 @@ class WidgetJob:
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+
+
+class RunsOneJob:
+    """``worker``, ``busy`` and ``cancel`` of a widget whose job a :class:`WidgetJob` in
+    ``self._job_runner`` runs (Segment, Train)."""
+
+    _job_runner: WidgetJob
+
+    @property
+    def worker(self) -> Any:
+        """The running (or last) thread worker."""
+        return self._job_runner.worker
+
+    @property
+    def busy(self) -> bool:
+        """Whether a run is under way (Run is disabled meanwhile)."""
+        return self._job_runner.busy
+
+    def cancel(self) -> None:
+        """Stop the run at its next step (a result already on screen or disk stays)."""
+        self._job_runner.cancel()

@@ -44,7 +44,7 @@ from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, device_choices, user_models
 from ._results import OUTLINE_WIDTH, build_layers, show_layers
-from ._workers import Failed, WidgetJob, notify_error
+from ._workers import Failed, RunsOneJob, WidgetJob, notify_error
 
 if TYPE_CHECKING:
     import napari
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "blood-detector"
 
 
-class SegmentWidget(Container):
+class SegmentWidget(RunsOneJob, Container):
     """Pick an image layer and a model, set its thresholds, Run; Cancel stops the run.
 
     Parameters
@@ -223,16 +223,6 @@ class SegmentWidget(Container):
         return values
 
     # --- running ------------------------------------------------------------------------
-    @property
-    def worker(self) -> Any:
-        """The running (or last) thread worker."""
-        return self._job_runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """Whether a run is under way (Run is disabled meanwhile)."""
-        return self._job_runner.busy
-
     def run(self) -> Any:
         """Start segmenting the chosen image; returns the thread worker (None on bad input).
 
@@ -255,10 +245,6 @@ class SegmentWidget(Container):
             on_aborted=lambda: self._job_runner.set_status("cancelled: no layer changed"),
             status=f"running {job['card'].name} on {job['layer_name']}...",
         )
-
-    def cancel(self) -> None:
-        """Stop the run at its next progress step; no layer changes."""
-        self._job_runner.cancel()
 
     def _job(self) -> dict[str, Any]:
         layer = self.image.value

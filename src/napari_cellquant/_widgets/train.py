@@ -38,7 +38,7 @@ from ..core.errors import InputError
 from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, device_choices, user_models
-from ._workers import Failed, WidgetJob, notify_error, notify_warning
+from ._workers import Failed, RunsOneJob, WidgetJob, notify_error, notify_warning
 
 if TYPE_CHECKING:
     import napari
@@ -100,7 +100,7 @@ class LossPlot(QWidget):
         )
 
 
-class TrainWidget(Container):
+class TrainWidget(RunsOneJob, Container):
     """Pick corrected layers (and/or a folder), a base model and epochs; Train; Cancel.
 
     Parameters
@@ -228,16 +228,6 @@ class TrainWidget(Container):
             user_models.changed.disconnect(self._on_user_model)
 
     # --- running ------------------------------------------------------------------------
-    @property
-    def worker(self) -> Any:
-        """The running (or last) thread worker."""
-        return self._job_runner.worker
-
-    @property
-    def busy(self) -> bool:
-        """Whether training is under way (Train is disabled meanwhile)."""
-        return self._job_runner.busy
-
     def run(self) -> Any:
         """Start training; returns the thread worker (None when the input is unusable).
 
@@ -263,10 +253,6 @@ class TrainWidget(Container):
             on_aborted=self._on_aborted,
             status=f"preparing {job['settings']['base']}...",
         )
-
-    def cancel(self) -> None:
-        """Stop at the next step; files on disk stay those of the last finished epoch."""
-        self._job_runner.cancel()
 
     def _job(self) -> dict[str, Any]:
         output = _path_or_none(self.output.value)
