@@ -39,8 +39,8 @@ def prepare_image(
     in_channels
         Channels the network wants (1 or 3 are converted between; RGBA drops alpha).
     channel_axis
-        Axis holding channels for a 3-D image. ``None`` guesses: the last axis when it has at most
-        4 entries, else the first.
+        Axis holding channels for a 3-D image. ``None`` guesses as :func:`channel_last_view`
+        does: the last axis when it has at most 4 entries, else the first.
 
     Returns
     -------
@@ -55,24 +55,18 @@ def prepare_image(
         cannot be converted to ``in_channels``.
     """
     arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    elif arr.ndim == 3:
-        if channel_axis is None:
-            if arr.shape[-1] <= 4:
-                channel_axis = -1
-            elif arr.shape[0] <= 4:
-                channel_axis = 0
-            else:
-                raise InputError(
-                    f"image of shape {arr.shape}: cannot tell which axis holds channels; "
-                    "pass channel_axis"
-                )
+    if arr.ndim not in (2, 3):
+        raise InputError(f"expected a 2-D or 3-D image, got shape {arr.shape}")
+    if arr.ndim == 3 and channel_axis is not None:
         if not -3 <= channel_axis < 3:
             raise InputError(f"channel_axis {channel_axis} is out of range for shape {arr.shape}")
         arr = np.moveaxis(arr, channel_axis, -1)
+    elif arr.ndim == 3 and min(arr.shape[0], arr.shape[-1]) > 4:
+        raise InputError(
+            f"image of shape {arr.shape}: cannot tell which axis holds channels; pass channel_axis"
+        )
     else:
-        raise InputError(f"expected a 2-D or 3-D image, got shape {arr.shape}")
+        arr = channel_last_view(arr)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"image of shape {arr.shape} is empty")
 
