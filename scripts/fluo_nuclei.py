@@ -127,9 +127,9 @@ def load_pair(data: Path, image_id: str) -> tuple[np.ndarray, object]:
 
 
 def nucleus_diameter(labels: np.ndarray) -> float:
-    areas = np.bincount(labels.ravel())[1:]
-    areas = areas[areas > 0]
-    return float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else NUCLEUS_PX
+    from napari_cellquant.core.scale import median_object_diameter
+
+    return median_object_diameter(labels) or NUCLEUS_PX
 
 
 def to_model_scale(image: np.ndarray, annotation) -> tuple[np.ndarray, object]:

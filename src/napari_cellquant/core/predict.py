@@ -23,7 +23,7 @@ from .annotation import Annotation
 from .errors import InputError
 from .models.card import ModelCard
 from .models.registry import WeightsError, get_card, resolve_weights
-from .scale import ImageScale, image_scale
+from .scale import ImageScale, image_scale, median_object_diameter
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,10 @@ def iter_predict(
     return _record_scale(annotation, scale)
 
 
+#: fewest objects whose median size says anything about the scale
+_MIN_OBJECTS_FOR_SCALE = 3
+
+
 def _refined(
     image: np.ndarray,
     card: ModelCard,
@@ -179,14 +183,14 @@ def _refined(
     gave. The weight-free estimate misreads textured or sparse fields; objects found at a
     wrong scale are still about the right size, so each round lands closer.
     """
-    if scale.source not in ("estimated", "model"):
+    reference = card.typical_diameter
+    if scale.source not in ("estimated", "model") or reference is None:
         return annotation, scale
     settings = card.params["refine_scale"]
     tolerance = math.log(float(settings.get("tolerance", 1.15)))
-    reference = card.typical_diameter
     for _ in range(int(settings.get("rounds", 1))):
-        measured = _median_diameter(annotation)
-        if measured is None or reference is None:
+        measured = median_object_diameter(annotation.labels, min_objects=_MIN_OBJECTS_FOR_SCALE)
+        if measured is None:
             break
         if abs(math.log(measured * scale.zoom / reference)) <= tolerance:
             break
@@ -235,19 +239,6 @@ def _network_pass(
     if zoom != 1.0:
         annotation = _annotation_to_shape(annotation, image.shape[:2], zoom)
     return annotation
-
-
-#: fewest objects whose median size says anything about the scale
-_MIN_OBJECTS_FOR_SCALE = 3
-
-
-def _median_diameter(annotation: Annotation) -> float | None:
-    """Median equivalent diameter (pixels) of an annotation's objects, None when too few."""
-    areas = np.bincount(annotation.labels.ravel())[1:]
-    areas = areas[areas > 0]
-    if len(areas) < _MIN_OBJECTS_FOR_SCALE:
-        return None
-    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
 
 
 @functools.lru_cache(maxsize=4)

@@ -279,6 +279,16 @@ def image_scale(
     return ImageScale(value, source, zoom, estimate)
 
 
+def median_object_diameter(labels: np.ndarray, *, min_objects: int = 1) -> float | None:
+    """Median equivalent diameter (pixels) of the objects of a label image; None when it holds
+    fewer than ``min_objects`` (their median says nothing about the scale)."""
+    areas = np.bincount(np.asarray(labels).ravel())[1:]
+    areas = areas[areas > 0]
+    if len(areas) < max(min_objects, 1):
+        return None
+    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
+
+
 #: Diameters of reference objects that are the same in every lab's images: a human red cell is
 #: 7.5 um across in a dried smear. With it, a layer's physical scale sets the size even when a
 #: card does not know the pixel size of its training data (the blood sets do not state one).
