@@ -98,3 +98,50 @@ def test_cuda_with_amp_and_channels_last_counts_as_the_cpu(photo, found) -> None
     assert on_gpu.meta["diameter_px"] == pytest.approx(found.meta["diameter_px"], rel=0.02)
     overlap = ((on_gpu.labels > 0) & (found.labels > 0)).sum()
     assert overlap / max((found.labels > 0).sum(), 1) > 0.97
+
+
+def _blood_detector_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "blood_detector.py"
+    spec = importlib.util.spec_from_file_location("blood_detector", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _field_with_cut_cells(whole: float, cut: float, n_whole: int, n_cut: int):
+    """A 400 x 400 field: ``n_whole`` RBC boxes of side ``whole`` inside, ``n_cut`` of side
+    ``cut`` against the left edge (cells the frame cuts)."""
+    from napari_cellquant.core.annotation import Annotation, Boxes
+
+    inside = [[60 + 70 * (i % 4), 60 + 70 * (i // 4), whole, whole] for i in range(n_whole)]
+    edge = [[0, 40 + 60 * i, cut, whole] for i in range(n_cut)]
+    xywh = np.array(inside + edge, dtype=np.float64)
+    boxes = Boxes(xywh, np.full(len(xywh), BLOOD3.id_of("rbc")))
+    return Annotation(np.zeros((400, 400), np.int32), BLOOD3, boxes=boxes)
+
+
+def test_whole_cell_diameter_leaves_out_cells_the_frame_cuts() -> None:
+    script = _blood_detector_script()
+    field = _field_with_cut_cells(whole=50, cut=12, n_whole=5, n_cut=6)
+    # the median of every box is pulled down by the six cut cells
+    assert script.rbc_diameter(field) < 40
+    assert script.rbc_diameter(field, uncut=True) == pytest.approx(50)
+    # trained so that the median of every box is 40 px, a whole cell is larger by that ratio
+    expected = 40 * 50 / script.rbc_diameter(field)
+    assert script.whole_cell_diameter([field, field], 40.0) == pytest.approx(expected, abs=0.05)
+    assert script.rbc_diameter(_field_with_cut_cells(50, 12, 2, 4), uncut=True) is None
+
+
+def test_the_card_states_the_whole_rbc_at_model_scale(shared_data) -> None:
+    """The card's diameter is TXL-PBC train's whole cells at the scale the network learned."""
+    from napari_cellquant.core.models.registry import BLOOD_DETECTOR_RBC_PX
+
+    script = _blood_detector_script()
+    annotations = read_annotations(shared_data / "txl_pbc" / "labels" / "train")
+    measured = script.whole_cell_diameter(annotations, BLOOD_DETECTOR_RBC_PX)
+    stated = get_card("blood-detector").diameter_px["rbc"]
+    assert measured == pytest.approx(stated, abs=0.5)
+    assert stated > BLOOD_DETECTOR_RBC_PX * 1.05  # the edge's cut cells made the old 40 px small

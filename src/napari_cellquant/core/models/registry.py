@@ -67,7 +67,8 @@ BLOOD_MEAN_STD = {
 
 
 #: the blood detector's scale: training images are resized so that their median RBC box is
-#: this wide (sqrt(w h)); txl_pbc's photographs hold RBCs of 71-125 px at their own size
+#: this wide (sqrt(w h)); txl_pbc's photographs hold RBCs of 71-125 px at their own size.
+#: Cut cells at the edge count in that median; the trained card states the whole cell's size.
 BLOOD_DETECTOR_RBC_PX = 40.0
 
 
