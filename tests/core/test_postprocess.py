@@ -401,3 +401,41 @@ def test_instances_from_boxes_are_inscribed_ellipses_split_between_centres() -> 
     assert labels[10, 10] == 0  # box corners lie outside the ellipse
     ys, xs = np.nonzero(labels == 2)
     assert xs.min() == 10 and ys.min() == 10 and ys.max() == 29
+
+
+def test_suppress_nested_drops_a_duplicate_inside_a_surer_box_of_its_class() -> None:
+    from napari_cellquant.core.postprocess import suppress_nested
+
+    boxes = Boxes(
+        [
+            [100, 100, 80, 80],  # a WBC
+            [110, 120, 30, 40],  # a lobe of it, found again: IoU 0.19, but all inside
+            [120, 110, 40, 40],  # an RBC over the WBC: another class, kept
+            [0, 0, 40, 40],  # two RBCs that overlap by a third: both kept
+            [25, 0, 40, 40],
+            [105, 125, 20, 20],  # inside the lobe and inside the WBC
+        ],
+        [2, 2, 1, 1, 1, 2],
+        [0.9, 0.6, 0.8, 0.7, 0.5, 0.4],
+    )
+    kept = suppress_nested(boxes, 0.7)
+    # the last box goes with the lobe: the WBC itself holds it
+    assert kept.scores.tolist() == [0.9, 0.8, 0.7, 0.5]
+    assert kept.class_ids.tolist() == [2, 1, 1, 1]
+    # a chain: C lies inside B only; B is inside A and goes, so C stays
+    chain = Boxes([[0, 0, 100, 20], [60, 0, 60, 20], [105, 0, 15, 20]], [1, 1, 1], [0.9, 0.8, 0.7])
+    assert suppress_nested(chain, 0.6).scores.tolist() == [0.9, 0.7]
+    with pytest.raises(InputError, match="nested_overlap"):
+        suppress_nested(boxes, 0.0)
+
+
+def test_two_peaks_in_one_large_cell_decode_to_one_box_with_nested_overlap() -> None:
+    truth = Boxes(np.array([[40.0, 40.0, 80.0, 80.0]]), np.array([1]))
+    heat, size, offset, _ = heatmap_targets(truth, (48, 48), 1, stride=4)
+    # a second, weaker peak on a lobe, 6 cells from the centre, with a lobe-sized box
+    heat[0, 14, 14] = 0.6
+    size[:, 14, 14] = (30.0, 30.0)
+    plain = boxes_from_heatmap(heat, size, offset, stride=4, threshold=0.5)
+    assert len(plain) == 2
+    merged = boxes_from_heatmap(heat, size, offset, stride=4, threshold=0.5, nested_overlap=0.7)
+    assert len(merged) == 1 and np.allclose(merged.xywh[0], truth.xywh[0], atol=1e-4)

@@ -482,6 +482,11 @@ LEARNED_HELP: dict[str, tuple[str, str]] = {
         "two object centres are at least this far apart (splits touching cells)",
     ),
     "max_detections": ("objects", "at most this many objects per image"),
+    "nested_overlap": (
+        "",
+        "0-1: a box more than this share inside a surer box of its class is dropped as a "
+        "duplicate of that cell",
+    ),
     "split": ("", "split touching objects (off: every connected region is one object)"),
 }
 

@@ -235,11 +235,16 @@ def overlapping_box_pairs(
     return np.concatenate(found_i), np.concatenate(found_j)
 
 
-def _pair_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of ``a[k]`` with ``b[k]`` for every row ``k`` (``x, y, w, h`` boxes)."""
+def pair_box_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Shared area of ``a[k]`` and ``b[k]`` for every row ``k`` (``x, y, w, h`` boxes)."""
     w = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
     h = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    return np.clip(w, 0, None) * np.clip(h, 0, None)
+
+
+def _pair_box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of ``a[k]`` with ``b[k]`` for every row ``k`` (``x, y, w, h`` boxes)."""
+    inter = pair_box_intersection(a, b)
     union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / union, 0.0)

@@ -577,6 +577,7 @@ def boxes_from_heatmap(
     threshold: float | Sequence[float] = 0.3,
     max_detections: int = 500,
     nms_kernel: int = 3,
+    nested_overlap: float | None = None,
 ) -> Boxes:
     """Decode CenterNet outputs into boxes.
 
@@ -603,6 +604,9 @@ def boxes_from_heatmap(
     nms_kernel
         Side of the max-pool window: a peak is the maximum of its ``nms_kernel`` square in its
         own class channel (CenterNet's replacement for box NMS).
+    nested_overlap
+        If given, :func:`suppress_nested` with this overlap: the peak max-pool cannot see
+        that two peaks far apart inside one large cell (a lobed neutrophil) are one object.
 
     Returns
     -------
@@ -647,7 +651,38 @@ def boxes_from_heatmap(
     bw = np.maximum(size[0, ys, xs], 0.0)
     bh = np.maximum(size[1, ys, xs], 0.0)
     xywh = np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1)
-    return Boxes(xywh, k + 1, values)
+    boxes = Boxes(xywh, k + 1, values)
+    return boxes if nested_overlap is None else suppress_nested(boxes, nested_overlap)
+
+
+def suppress_nested(boxes: Boxes, max_overlap: float) -> Boxes:
+    """``boxes`` without those that lie mostly inside a higher-scored box of their class.
+
+    "Mostly inside": their shared area is more than ``max_overlap`` of the smaller box. This
+    is greedy NMS with intersection over the smaller box instead of IoU, because a duplicate
+    on a part of a cell is small against the whole cell's box, so its IoU stays low.
+    Order (decreasing score) is kept.
+    """
+    from .metrics import overlapping_box_pairs, pair_box_intersection
+
+    if not 0 < max_overlap <= 1:
+        raise InputError(f"nested_overlap must lie in (0, 1], got {max_overlap}")
+    order = np.argsort(-np.nan_to_num(boxes.scores, nan=0.0), kind="stable")
+    ranked = boxes.select(order)
+    first, second = overlapping_box_pairs(ranked.xywh, ranked.xywh)
+    same = (first < second) & (ranked.class_ids[first] == ranked.class_ids[second])
+    first, second = first[same], second[same]
+    area = ranked.xywh[:, 2] * ranked.xywh[:, 3]
+    shared = pair_box_intersection(ranked.xywh[first], ranked.xywh[second])
+    nested = shared > max_overlap * np.minimum(area[first], area[second])
+    keep = np.ones(len(ranked), dtype=bool)
+    # a loop over the few nested pairs, by rank: a box suppressed earlier suppresses nothing
+    for higher, lower in sorted(
+        zip(first[nested].tolist(), second[nested].tolist()), key=lambda p: p[1]
+    ):
+        if keep[higher]:
+            keep[lower] = False
+    return ranked.select(keep)
 
 
 def instances_from_boxes(
