@@ -84,3 +84,41 @@ def test_prepare_image_16_bit_channel_first_rgba_bool() -> None:
 def test_prepare_image_errors(image: np.ndarray, kwargs: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         prepare_image(image, 3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("image", "spec"),
+    [
+        (
+            np.zeros((8, 8, 3), np.uint8),
+            {
+                "mode": "meanstd",
+                "mean": [123.7, 116.3, 103.5],
+                "std": [58.4, 57.1, 57.4],
+                "range": 255,
+            },
+        ),
+        (
+            np.zeros((8, 8, 3), np.float32),
+            {"mode": "meanstd", "mean": [0.2, 0.5, 0.7], "std": [0.1, 0.1, 0.1]},
+        ),
+        (
+            np.arange(64, dtype=np.uint16).reshape(8, 8),
+            {"mode": "percentile", "low": 1, "high": 99},
+        ),
+    ],
+)
+def test_the_neutral_pixel_normalises_to_zero(image, spec) -> None:
+    from napari_cellquant.core.normalization import neutral_pixel
+
+    channels = 3 if image.ndim == 3 else 1
+    value = neutral_pixel(image, spec, channels)
+    assert value.dtype == image.dtype and value.shape == (channels,)
+    normalize = make_normalizer(image, spec, channels)
+    normalised = normalize(np.broadcast_to(value, (4, 4, channels)).copy())
+    # an integer image's neutral pixel is rounded to its steps: within half a step of 0
+    step = 0.0
+    if image.dtype.kind in "ui":
+        one_up = np.broadcast_to(value + 1, (4, 4, channels)).copy()
+        step = float(np.abs(normalize(one_up) - normalised).max())
+    assert np.abs(normalised).max() <= step / 2 + 1e-5

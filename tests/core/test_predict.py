@@ -267,3 +267,37 @@ def test_predict_makes_no_full_size_float_copy_of_a_grey_image_for_an_rgb_networ
     finally:
         tracemalloc.stop()
     assert allocated < 0.75 * grey.size * 3 * 4  # the float32 RGB copy: 50 MB
+
+
+def test_a_detectors_frame_is_taken_off_its_boxes() -> None:
+    """Boxes found on the framed image come back in the image's pixels; an object centred
+    in the frame is not in the image and is dropped."""
+    from napari_cellquant.core.postprocess import heatmap_targets
+    from napari_cellquant.core.predict import _edge_border, _framed, _maps_to_annotation
+
+    card = get_card("blood-detector")
+    border = _edge_border(card)
+    assert border == int(np.ceil(card.params["edge_border"] * card.typical_diameter)) > 0
+    inner = (64, 80)
+    framed_boxes = Boxes(
+        np.array([[border + 10.0, border + 8.0, 24.0, 20.0], [4.0, border + 30.0, 12.0, 12.0]]),
+        np.array([2, 1]),
+    )
+    shape = (inner[0] + 2 * border, inner[1] + 2 * border)
+    heat, size, offset, _ = heatmap_targets(
+        framed_boxes, (shape[0] // 4, shape[1] // 4), 3, stride=4
+    )
+    card.postprocess["threshold"] = 0.5
+    found = _maps_to_annotation(
+        {"heatmap": heat, "size": size, "offset": offset}, card, inner, border
+    )
+    assert found.shape == inner and found.counts()["wbc"] == 1 and found.counts()["rbc"] == 0
+    rows, cols = np.nonzero(found.labels)
+    assert (cols.min(), rows.min(), cols.max() + 1, rows.max() + 1) == pytest.approx(
+        (10, 8, 34, 28), abs=1
+    )
+    # the frame holds the pixel that normalises to 0, around the untouched image
+    image = np.full((5, 6, 3), 200, np.uint8)
+    framed = _framed(image, 3, np.array([1, 2, 3], np.uint8))
+    assert framed.shape == (11, 12, 3) and (framed[3:8, 3:9] == 200).all()
+    assert (framed[0] == [1, 2, 3]).all() and (framed[:, -1] == [1, 2, 3]).all()

@@ -108,6 +108,42 @@ def mean_std(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.asarray(spec["std"], dtype=np.float32) / value_range
 
 
+def _offset_and_scale(
+    image: np.ndarray, spec: dict[str, Any], in_channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """What :func:`make_normalizer` subtracts from and multiplies the 0-1 values by."""
+    mode = spec.get("mode", "percentile")
+    if mode == "meanstd":
+        mean, std = mean_std(spec)
+        if mean.size not in (1, in_channels) or std.size != mean.size:
+            raise InputError(
+                f"normalisation has {mean.size} means and {std.size} stds "
+                f"for {in_channels} channels"
+            )
+        return mean, 1.0 / np.maximum(std, 1e-6)
+    if mode == "percentile":
+        step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / _SAMPLE_PIXELS)))
+        sample = prepare_image(image[::step, ::step], in_channels).reshape(-1, in_channels)
+        low = np.percentile(sample, spec.get("low", 1.0), axis=0).astype(np.float32)
+        high = np.percentile(sample, spec.get("high", 99.8), axis=0).astype(np.float32)
+        return low, 1.0 / np.maximum(high - low, 1e-6)
+    if mode == "none":
+        return np.zeros(1, np.float32), np.ones(1, np.float32)
+    raise InputError(f"unknown normalisation mode {mode!r}")
+
+
+def neutral_pixel(image: np.ndarray, spec: dict[str, Any], in_channels: int) -> np.ndarray:
+    """The pixel of ``image``'s dtype and channels that normalises to 0 (the mean colour for
+    ``meanstd``): what a network trained with zero padding sees beyond an image's edge."""
+    offset, _ = _offset_and_scale(image, spec, in_channels)
+    channels = channel_last_view(image).shape[-1]
+    value = offset if offset.size == channels else np.full(channels, offset.mean())
+    if np.issubdtype(image.dtype, np.integer):
+        top = np.iinfo(image.dtype).max
+        return np.clip(np.rint(value * top), 0, top).astype(image.dtype)
+    return value.astype(image.dtype)
+
+
 def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -> Normalizer:
     """A function turning bands of ``image`` (channel-last) into normalised float32 bands.
 
@@ -118,25 +154,7 @@ def make_normalizer(image: np.ndarray, spec: dict[str, Any], in_channels: int) -
     and 1, which makes 8- and 16-bit fluorescence look alike. ``{"mode": "none"}`` keeps the
     0-1 scaled values.
     """
-    mode = spec.get("mode", "percentile")
-    if mode == "meanstd":
-        mean, std = mean_std(spec)
-        if mean.size not in (1, in_channels) or std.size != mean.size:
-            raise InputError(
-                f"normalisation has {mean.size} means and {std.size} stds "
-                f"for {in_channels} channels"
-            )
-        offset, scale = mean, 1.0 / np.maximum(std, 1e-6)
-    elif mode == "percentile":
-        step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / _SAMPLE_PIXELS)))
-        sample = prepare_image(image[::step, ::step], in_channels).reshape(-1, in_channels)
-        low = np.percentile(sample, spec.get("low", 1.0), axis=0).astype(np.float32)
-        high = np.percentile(sample, spec.get("high", 99.8), axis=0).astype(np.float32)
-        offset, scale = low, 1.0 / np.maximum(high - low, 1e-6)
-    elif mode == "none":
-        offset, scale = np.zeros(1, np.float32), np.ones(1, np.float32)
-    else:
-        raise InputError(f"unknown normalisation mode {mode!r}")
+    offset, scale = _offset_and_scale(image, spec, in_channels)
 
     def normalize_band(band: np.ndarray) -> np.ndarray:
         pixels = prepare_image(band, in_channels, channel_axis=-1)

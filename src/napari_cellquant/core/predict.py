@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .annotation import Annotation
+from .annotation import Annotation, Boxes
 from .errors import InputError
 from .models.card import ModelCard
 from .models.registry import WeightsError, get_card, resolve_weights
@@ -210,11 +210,17 @@ def _network_pass(
 ) -> Generator[tuple[int, int], None, Annotation]:
     """One tiled pass of the network at ``zoom``; the objects come back at image scale."""
     from .inference import iter_predict_maps
-    from .normalization import channel_last_view, make_normalizer
+    from .normalization import channel_last_view, make_normalizer, neutral_pixel
 
     card = model.card
     # channels become the network's band by band, in the normaliser
     pixels = _resize(channel_last_view(image), zoom)
+    normalize = make_normalizer(pixels, card.normalization, card.input_channels)
+    border = _edge_border(card)
+    if border:
+        pixels = _framed(
+            pixels, border, neutral_pixel(pixels, card.normalization, card.input_channels)
+        )
     steps = iter_predict_maps(
         pixels,
         model.network,
@@ -222,7 +228,7 @@ def _network_pass(
         overlap=card.overlap if overlap is None else overlap,
         batch_size=batch_size,
         device=model.device,
-        normalize=make_normalizer(pixels, card.normalization, card.input_channels),
+        normalize=normalize,
     )
     while True:
         try:
@@ -235,10 +241,36 @@ def _network_pass(
         except GeneratorExit:
             steps.close()
             raise
-    annotation = _maps_to_annotation(maps, card, pixels.shape[:2])
+    inner = (pixels.shape[0] - 2 * border, pixels.shape[1] - 2 * border)
+    annotation = _maps_to_annotation(maps, card, inner, border)
     if zoom != 1.0:
         annotation = _annotation_to_shape(annotation, image.shape[:2], zoom)
     return annotation
+
+
+def _edge_border(card: ModelCard) -> int:
+    """Pixels of neutral frame a detector's card asks for around each image (model scale).
+
+    A detector learns the image's edge as the edge of its training crop (or a band of
+    padding, 0 after normalising), with cells cut there. Tiled inference mirrors the image
+    beyond its edge, where a cut cell and its mirror look like one whole cell, and cut cells
+    were missed or misread (a cut WBC called an RBC, platelet slivers lost). A frame of the
+    colour that normalises to 0, ``params.edge_border`` cell diameters wide, shows the edge
+    as in training.
+    """
+    width = card.params.get("edge_border")
+    if not width or not card.architecture.get("detector") or not card.typical_diameter:
+        return 0
+    return int(math.ceil(float(width) * card.typical_diameter))
+
+
+def _framed(pixels: np.ndarray, border: int, value: np.ndarray) -> np.ndarray:
+    """``pixels`` (H, W, C) inside a frame ``border`` pixels wide of the pixel ``value``."""
+    rows, cols, channels = pixels.shape
+    framed = np.empty((rows + 2 * border, cols + 2 * border, channels), dtype=pixels.dtype)
+    framed[...] = value
+    framed[border : border + rows, border : border + cols] = pixels
+    return framed
 
 
 @functools.lru_cache(maxsize=4)
@@ -336,8 +368,10 @@ def _annotation_to_shape(annotation: Annotation, shape: tuple[int, ...], zoom: f
 
 
 def _maps_to_annotation(
-    maps: dict[str, np.ndarray], card: ModelCard, shape: tuple[int, ...]
+    maps: dict[str, np.ndarray], card: ModelCard, shape: tuple[int, ...], border: int = 0
 ) -> Annotation:
+    """The objects in a network's ``maps``; ``shape`` is the image's, without the detector's
+    frame of ``border`` pixels (:func:`_edge_border`)."""
     from . import postprocess
 
     settings = dict(card.postprocess)
@@ -350,6 +384,11 @@ def _maps_to_annotation(
             stride=int(card.architecture["detector"]["stride"]),
             **settings,
         )
+        if border:  # back to the image's pixels; objects centred in the frame are not in it
+            xywh = boxes.xywh - np.array([border, border, 0, 0], dtype=boxes.xywh.dtype)
+            cx, cy = xywh[:, 0] + xywh[:, 2] / 2, xywh[:, 1] + xywh[:, 3] / 2
+            inside = (cx >= 0) & (cy >= 0) & (cx < shape[1]) & (cy < shape[0])
+            boxes = Boxes(xywh, boxes.class_ids, boxes.scores).select(inside)
         if card.task == "boxes":
             return Annotation.empty(
                 (shape[0], shape[1]), classes, boxes=boxes, meta={"model": card.name}
