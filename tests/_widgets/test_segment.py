@@ -402,7 +402,12 @@ def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segm
         "threshold wbc",
         "threshold platelet",
     ]
-    assert {f.label for f in widget.parameters} == {"max detections (objects)"}
+    advanced = {f.label: f for f in widget.parameters}
+    assert set(advanced) == {"max detections (objects)", "nested overlap"}
+    assert (
+        advanced["nested overlap"].value == 0.7
+        and "duplicate" in advanced["nested overlap"].tooltip
+    )
 
 
 def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_viewer, qtbot):

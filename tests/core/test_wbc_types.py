@@ -77,7 +77,7 @@ def test_training_tells_two_stains_apart_on_crops_it_never_saw() -> None:
     colours = [(200, 60, 80), (70, 60, 190)]  # eosin-red and haematoxylin-blue cells
     crops = np.concatenate([_discs(c, 24, rng) for c in colours])
     labels = np.repeat([0, 1], 24)
-    recipe = ClassifierRecipe(epochs=3, batch_size=8)
+    recipe = ClassifierRecipe(epochs=5, batch_size=8)
     network = train_crop_classifier(crops, labels, 5, IMAGENET_MEAN_STD, recipe)
     card = get_card("wbc-types")
     unseen = np.concatenate([_discs(c, 8, np.random.default_rng(9)) for c in colours])
