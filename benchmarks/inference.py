@@ -15,8 +15,9 @@ between the two outputs.
 ``--e2e`` times ``cellquant predict`` end to end (a new process: start-up, reading, the
 detector's own scale measurement, tiled inference, instances, writing COCO and counts) with
 the bundled ``blood-detector`` on 4032 x 3024 mosaics of TXL-PBC val photographs at two
-magnifications (RBCs of about 100 px, as photographed, and of 40 px, the model's own
-scale, the costliest case), with its peak memory.
+magnifications (RBCs of about 100 px, as photographed, and at the model's own scale, the
+card's whole-cell diameter: all pixels through the network, the costliest case), with its
+peak memory.
 
 ``--huge`` adds a 20000 x 20000 run (uint8 input memory-mapped from a temporary file, compact
 outputs memory-mapped) to show that memory is bounded by the tile band; when the estimated
@@ -464,8 +465,11 @@ def end_to_end(args: argparse.Namespace) -> None:
         f"cellquant predict -m blood-detector, {SHAPE[1]}x{SHAPE[0]} smear mosaics, "
         f"{args.threads} threads, one process per run (wall s, peak RSS MB)"
     )
+    from napari_cellquant.core.models.registry import get_card
+
+    model_scale = float(get_card("blood-detector").typical_diameter or 40.0)
     with tempfile.TemporaryDirectory() as tmp:
-        for rbc_px in (97.0, 40.0):
+        for rbc_px in (97.0, model_scale):
             image = Path(tmp) / f"smear-rbc{int(rbc_px)}.png"
             imsave(image, smear_mosaic(rbc_px), check_contrast=False)
             out = Path(tmp) / f"out{int(rbc_px)}"
