@@ -11,6 +11,22 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def script():
+    """``script(name)``: the module ``scripts/<name>.py`` (the training scripts are not a
+    package), to test the helpers they write into the cards."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ``../shared/data``; skips the test when the folder is absent."""
     if not SHARED_DATA.is_dir():

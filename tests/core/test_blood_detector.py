@@ -100,17 +100,6 @@ def test_cuda_with_amp_and_channels_last_counts_as_the_cpu(photo, found) -> None
     assert overlap / max((found.labels > 0).sum(), 1) > 0.97
 
 
-def _blood_detector_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "blood_detector.py"
-    spec = importlib.util.spec_from_file_location("blood_detector", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _field_with_cut_cells(whole: float, cut: float, n_whole: int, n_cut: int):
     """A 400 x 400 field: ``n_whole`` RBC boxes of side ``whole`` inside, ``n_cut`` of side
     ``cut`` against the left edge (cells the frame cuts)."""
@@ -123,25 +112,25 @@ def _field_with_cut_cells(whole: float, cut: float, n_whole: int, n_cut: int):
     return Annotation(np.zeros((400, 400), np.int32), BLOOD3, boxes=boxes)
 
 
-def test_whole_cell_diameter_leaves_out_cells_the_frame_cuts() -> None:
-    script = _blood_detector_script()
+def test_whole_cell_diameter_leaves_out_cells_the_frame_cuts(script) -> None:
+    blood = script("blood_detector")
     field = _field_with_cut_cells(whole=50, cut=12, n_whole=5, n_cut=6)
     # the median of every box is pulled down by the six cut cells
-    assert script.rbc_diameter(field) < 40
-    assert script.rbc_diameter(field, uncut=True) == pytest.approx(50)
+    assert blood.rbc_diameter(field) < 40
+    assert blood.rbc_diameter(field, uncut=True) == pytest.approx(50)
     # trained so that the median of every box is 40 px, a whole cell is larger by that ratio
-    expected = 40 * 50 / script.rbc_diameter(field)
-    assert script.whole_cell_diameter([field, field], 40.0) == pytest.approx(expected, abs=0.05)
-    assert script.rbc_diameter(_field_with_cut_cells(50, 12, 2, 4), uncut=True) is None
+    expected = 40 * 50 / blood.rbc_diameter(field)
+    assert blood.whole_cell_diameter([field, field], 40.0) == pytest.approx(expected, abs=0.05)
+    assert blood.rbc_diameter(_field_with_cut_cells(50, 12, 2, 4), uncut=True) is None
 
 
-def test_the_card_states_the_whole_rbc_at_model_scale(shared_data) -> None:
+def test_the_card_states_the_whole_rbc_at_model_scale(shared_data, script) -> None:
     """The card's diameter is TXL-PBC train's whole cells at the scale the network learned."""
     from napari_cellquant.core.models.registry import BLOOD_DETECTOR_RBC_PX
 
-    script = _blood_detector_script()
+    blood = script("blood_detector")
     annotations = read_annotations(shared_data / "txl_pbc" / "labels" / "train")
-    measured = script.whole_cell_diameter(annotations, BLOOD_DETECTOR_RBC_PX)
+    measured = blood.whole_cell_diameter(annotations, BLOOD_DETECTOR_RBC_PX)
     stated = get_card("blood-detector").diameter_px["rbc"]
     assert measured == pytest.approx(stated, abs=0.5)
     assert stated > BLOOD_DETECTOR_RBC_PX * 1.05  # the edge's cut cells made the old 40 px small

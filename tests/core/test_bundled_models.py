@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.draw import disk
 
 from napari_cellquant.core.metrics import evaluate_instances
 from napari_cellquant.core.predict import load_model, predict
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _nuclei_field(seed: int = 0, n: int = 40, shape=(256, 256)):
@@ -49,9 +37,9 @@ def test_bundled_nuclei_model_counts_synthetic_nuclei():
     assert found.meta["diameter_source"] == "estimated"
 
 
-def test_nuclei_model_on_dsb2018_images_it_never_saw(shared_data):
+def test_nuclei_model_on_dsb2018_images_it_never_saw(shared_data, script):
     """Ten fluorescence images of the fixed validation split (never trained or tuned on)."""
-    split = _script("fluo_nuclei")
+    split = script("fluo_nuclei")
     ids = split.split_ids(shared_data)
     val = [i for i in ids["val"] if ids["modality"][i] == "fluorescence"][:10]
     assert not set(val) & set(ids["train"])
@@ -68,7 +56,7 @@ def test_nuclei_model_on_dsb2018_images_it_never_saw(shared_data):
     assert scores["mean_matched_iou"] >= 0.75
 
 
-def test_net_area_is_unsplit_regions_whose_area_follows_the_expert(shared_data):
+def test_net_area_is_unsplit_regions_whose_area_follows_the_expert(shared_data, script):
     """net-area on Coelho fields (trained on all of them: a check of the path, not a
     figure; the held-out figures are in its card): one object per connected region, class
     net_region, and the NET share of the field near the expert's."""
@@ -76,7 +64,7 @@ def test_net_area_is_unsplit_regions_whose_area_follows_the_expert(shared_data):
 
     from napari_cellquant.core.quantify import figure_rows
 
-    fields = {f["name"]: f for f in _script("net_area").load_fields(shared_data)}
+    fields = {f["name"]: f for f in script("net_area").load_fields(shared_data)}
     model = load_model("net-area", "cpu")
     for field in (fields["image_05_01"], fields["image_09_02"]):
         found = predict(field["dna"], model)
