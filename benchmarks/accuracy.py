@@ -36,7 +36,9 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
 
 Blood figures (class set blood3; blood10 predictions are mapped by name):
 box mAP50 (pycocotools COCOeval, mean of the rbc, wbc and platelet AP50), WBC count exact
-(share of images), platelet count MAE per image, RBC total error and median per-image error.
+(share of images), platelet count MAE per image, RBC total error and median per-image error,
+and, for models that name infected RBCs, the share of RBCs they called infected: these smears
+hold no parasites, so every one is a false malaria signal.
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def predict_all(model_name, pairs: list) -> tuple[list, float]:
     started = time.perf_counter()
     for image, truth in pairs:
         found = predict(image, model)
+        counts = found.counts()  # before mapping: blood3 has no infected RBCs
         found = found.mapped_to(truth.class_set)
+        found.meta["own_counts"] = counts
         found.image_name = truth.image_name
         out.append(found)
     return out, time.perf_counter() - started
@@ -88,6 +92,18 @@ def predict_all(model_name, pairs: list) -> tuple[list, float]:
 
 def _per_image_counts(annotations: list, name: str) -> np.ndarray:
     return np.array([a.counts()[name] for a in annotations], dtype=np.float64)
+
+
+def infected_share(predictions: list) -> float | None:
+    """Share of the red cells a model called ``infected_rbc``, pooled over the images (None
+    for a model that does not name infected cells). On smears without parasites it is the
+    false malaria signal."""
+    counts = [p.meta.get("own_counts") or {} for p in predictions]
+    if not any("infected_rbc" in c for c in counts):
+        return None
+    infected = sum(c.get("infected_rbc", 0) for c in counts)
+    rbc = infected + sum(c.get("healthy_rbc", 0) for c in counts)
+    return infected / rbc if rbc else 0.0
 
 
 def blood_figures(truth: list, predictions: list, *, rbc: bool = True) -> dict:
@@ -113,6 +129,7 @@ def blood_figures(truth: list, predictions: list, *, rbc: bool = True) -> dict:
         "platelet_gt": int(plt_gt.sum()),
         "platelet_pred": int(plt_pred.sum()),
     }
+    figures["infected_rbc_share"] = infected_share(predictions)
     if rbc:
         rbc_gt, rbc_pred = _per_image_counts(truth, "rbc"), _per_image_counts(predictions, "rbc")
         has = rbc_gt > 0
@@ -407,6 +424,7 @@ def _line(row: dict) -> str:
         "platelet_mae",
         "rbc_total_error",
         "rbc_median_error",
+        "infected_rbc_share",
         "ap50_net",
         "net_percent_mae",
         "f1",
