@@ -134,6 +134,45 @@ def test_run_again_replaces_undoably_or_keeps_both(qtbot, segment):
     assert _labels_ids(layer).tolist() == second_ids.tolist()
 
 
+def test_the_new_result_is_sliced_in_the_worker_not_at_the_hand_over(qtbot, segment, monkeypatch):
+    """napari outlines a Labels layer when it first slices it (an erosion and a dilation of
+    the whole view): the worker does that, so adding the result to the viewer on the GUI
+    thread does not."""
+    import threading
+
+    from napari.layers import Labels
+
+    from napari_cellquant._widgets import segment as segment_module
+
+    viewer, widget = segment
+    calls = []  # (thread is the GUI thread, during the hand-over)
+    handing_over = []
+    contour = Labels._calculate_contour
+    monkeypatch.setattr(
+        Labels,
+        "_calculate_contour",
+        lambda self, *a, **k: (
+            calls.append(
+                (threading.current_thread() is threading.main_thread(), bool(handing_over))
+            ),
+            contour(self, *a, **k),
+        )[1],
+    )
+    show = segment_module.show_layers
+    monkeypatch.setattr(
+        segment_module,
+        "show_layers",
+        lambda *a, **k: (handing_over.append(1), show(*a, **k), handing_over.clear())[1],
+    )
+    _run(qtbot, widget)
+    layer = viewer.layers["smear blood-classical instances"]
+    assert calls and calls[0] == (False, False), calls  # outlined first in the worker
+    assert not [c for c in calls if c[1]], calls  # and not again while being added
+    # what napari shows is the outline of each object, not its filled area
+    shown = np.asarray(layer._slice.image.view)
+    assert layer.contour > 0 and 0 < np.count_nonzero(shown) < 0.6 * np.count_nonzero(layer.data)
+
+
 def test_loaded_model_appears_at_once_and_runs(qtbot, segment, random_unet):
     viewer, widget = segment
     widget.load_model.value = random_unet  # the "Load model..." file button

@@ -43,7 +43,7 @@ from ..core.models.card import ModelCard
 from ..core.models.registry import builtin_cards
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, device_choices, user_models
-from ._results import OUTLINE_WIDTH, build_layers, show_layers
+from ._results import OUTLINE_WIDTH, build_layers, show_layers, slice_like_viewer
 from ._workers import Failed, RunsOneJob, WidgetJob, notify_error
 
 if TYPE_CHECKING:
@@ -267,6 +267,8 @@ class SegmentWidget(RunsOneJob, Container):
             "tile": int(self.tile.value),
             "diameter": float(self.diameter.value) or None,
             "pixel_size_um": layer_pixel_size_um(layer),
+            # the worker slices the result as the viewer will (off the GUI thread)
+            "dims": self._viewer.dims.model_copy(deep=True),
         }
         # where the result goes, so the worker can build the layer data off the GUI thread
         # named after the image and the model, so a truth layer of the image keeps its name
@@ -322,6 +324,7 @@ def _segment(
     diameter: float | None,
     pixel_size_um: tuple[float, float] | None,
     placement: dict[str, Any],
+    dims: Any,
 ):
     """Worker body: load the model, yield ``iter_predict``'s steps, build the layer data.
 
@@ -364,6 +367,7 @@ def _segment(
         for layer, (_, _, kind) in zip(prebuilt, layer_data, strict=True):
             if kind == "labels":  # napari takes no contour when it makes a Labels layer
                 layer.contour = OUTLINE_WIDTH
+        slice_like_viewer(prebuilt, dims)
     except Exception as exc:  # shown to the user; the traceback goes to the log
         log.debug("Segment failed", exc_info=True)
         return Failed(exc)
