@@ -301,3 +301,27 @@ def test_a_detectors_frame_is_taken_off_its_boxes() -> None:
     framed = _framed(image, 3, np.array([1, 2, 3], np.uint8))
     assert framed.shape == (11, 12, 3) and (framed[3:8, 3:9] == 200).all()
     assert (framed[0] == [1, 2, 3]).all() and (framed[:, -1] == [1, 2, 3]).all()
+
+
+def test_a_segmenter_takes_its_scale_from_the_detector_its_card_names():
+    """On a packed smear photograph the weight-free estimate gives up; with
+    ``params.scale_from`` a segmenter runs at the RBC size blood-detector measures."""
+    from pathlib import Path
+
+    from skimage import io
+
+    from napari_cellquant.core.detector_scale import measure_diameter
+
+    photo = io.imread(
+        Path(__file__).resolve().parents[2] / "src/napari_cellquant/samples/BloodImage_00000.jpg"
+    )
+    measured = measure_diameter(photo, load_model("blood-detector", "cpu"))
+    assert measured is not None and 60 < measured.diameter < 110  # BCCD's RBCs, about 80 px
+    model = load_model("blood-unet", "cpu", weights="random")
+    model.card.params["scale_from"] = "blood-detector"
+    found = predict(photo, model)
+    assert found.meta["diameter_source"] == "estimated"
+    assert found.meta["diameter_px"] == pytest.approx(measured.diameter)
+    model.card.params["scale_from"] = "fluo-resunet"  # measures nuclei, not red cells
+    with pytest.raises(InputError, match="does not measure 'rbc' objects"):
+        predict(photo, model)

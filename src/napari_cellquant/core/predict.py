@@ -137,6 +137,8 @@ def iter_predict(
 
         if measures_own_scale(model):  # a detector measures its own objects
             estimator = functools.partial(measure_diameter, model=model)
+        elif card.params.get("scale_from"):
+            estimator = functools.partial(measure_diameter, model=_scale_helper(card, model))
     scale = image_scale(
         image, card, diameter=diameter, pixel_size_um=pixel_size_um, estimator=estimator
     )
@@ -160,7 +162,7 @@ def iter_predict(
         from .normalization import channel_last_view
         from .wbc_types import type_white_cells
 
-        classifier = _classifier(str(card.params["wbc_types"]), str(model.device))
+        classifier = _helper_model(str(card.params["wbc_types"]), str(model.device))
         annotation = type_white_cells(channel_last_view(image), annotation, classifier)
     return _record_scale(annotation, scale)
 
@@ -273,9 +275,27 @@ def _framed(pixels: np.ndarray, border: int, value: np.ndarray) -> np.ndarray:
     return framed
 
 
+def _scale_helper(card: ModelCard, model: Model) -> Model:
+    """The detector a segmenter's card names in ``params.scale_from`` to measure its
+    reference objects (the weight-free estimate gives up on packed smear photographs, and a
+    segmenter at the wrong scale breaks cells into pieces); both cards' reference class (the
+    first ``diameter_px`` key) must be the same."""
+    from .detector_scale import measures_own_scale
+
+    helper = _helper_model(str(card.params["scale_from"]), str(model.device))
+    mine, theirs = next(iter(card.diameter_px), None), next(iter(helper.card.diameter_px), None)
+    if mine is None or mine != theirs or not measures_own_scale(helper):
+        raise InputError(
+            f"{card.name}: params.scale_from names {helper.card.name}, which does not "
+            f"measure {mine!r} objects"
+        )
+    return helper
+
+
 @functools.lru_cache(maxsize=4)
-def _classifier(name: str, device: str) -> Model:
-    """A helper model a card names (the WBC type classifier), loaded once per device."""
+def _helper_model(name: str, device: str) -> Model:
+    """A helper model a card names (the WBC type classifier, the detector that measures the
+    scale), loaded once per device."""
     return load_model(name, device)
 
 

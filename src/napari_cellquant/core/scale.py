@@ -263,8 +263,11 @@ def image_scale(
             )
             value, source = reference, "model"
         else:
-            # in the reference objects' units: what the estimate reads on the training data
-            reads = float(card.diameter_px.get(ESTIMATE_KEY, reference))
+            # in the reference objects' units: what the weight-free estimate reads on the
+            # training data (a detector's measurement is in those units already)
+            reads = reference
+            if estimator is None:
+                reads = float(card.diameter_px.get(ESTIMATE_KEY, reference))
             value, source = estimate.diameter * reference / reads, "estimated"
     zoom = reference / value
     if abs(zoom - 1.0) < NO_ZOOM:
