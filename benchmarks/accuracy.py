@@ -15,7 +15,7 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
   incomplete, so no RBC figures). ``blood-classical`` was tuned on all of them, and
   ``blood-detector`` trained on those that TXL-PBC train holds (found by pixel content):
   figures are given on the photographs that each model never saw, and ``seen`` says how many
-  were left out.
+  were left out (``blood-unet`` trains on some TXL-PBC train photographs too).
 - ``net_fluorescence``: the 2 NET images (boxes): NET AP50 and NET %; both NET models were
   fitted to these very images, so these are figures on seen images (``seen`` = 2).
 - ``dsb2018_val``: the fluorescence images of the DSB2018 validation split (every sixth id
@@ -370,9 +370,12 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
         seen_by: dict[str, set[str]] = {}
         if set_name == "bccd":
             every = {a.image_name for _, a in pairs}
+            in_txl_train = same_photographs(pairs, data / "txl_pbc" / "images" / "train")
+            # blood-unet trains on a fifth of TXL-PBC train: every one of them is left out
             seen_by = {
                 "blood-classical": every,
-                "blood-detector": same_photographs(pairs, data / "txl_pbc" / "images" / "train"),
+                "blood-detector": in_txl_train,
+                "blood-unet": in_txl_train,
             }
         elif set_name == "txl_pbc_val":  # BCCD's photographs, on which blood-classical was tuned
             seen_by = {"blood-classical": same_photographs(pairs, data / "bccd" / "images")}

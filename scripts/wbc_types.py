@@ -61,20 +61,29 @@ def bccd_cells(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
     return cells
 
 
-def wbc_crop_cells(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
-    """``(group, image, box, type)`` for each crop of ``wbc_crops``."""
+def read_wbc_crops(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """``(group, image, mask, type)`` for each crop of ``wbc_crops``: the mask is the cell
+    (nucleus and cytoplasm)."""
     from skimage.io import imread
 
-    cells = []
+    crops = []
     for folder in sorted((data / "wbc_crops").glob("dataset*")):
         with open(folder / "classes.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         for row in rows:
             image = imread(folder / "images" / f"{row['image']}.bmp")[..., :3]
-            mask = imread(folder / "masks" / f"{row['image']}.png")
-            ys, xs = np.nonzero(mask > 0)
-            box = np.array([xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1], np.float64)
-            cells.append((f"{folder.name}/{row['image']}", image, box, row["class"].lower()))
+            mask = imread(folder / "masks" / f"{row['image']}.png") > 0
+            crops.append((f"{folder.name}/{row['image']}", image, mask, row["class"].lower()))
+    return crops
+
+
+def wbc_crop_cells(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """``(group, image, box, type)`` for each crop of ``wbc_crops``."""
+    cells = []
+    for group, image, mask, kind in read_wbc_crops(data):
+        ys, xs = np.nonzero(mask)
+        box = np.array([xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1], np.float64)
+        cells.append((group, image, box, kind))
     return cells
 
 
