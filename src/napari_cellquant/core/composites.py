@@ -44,7 +44,7 @@ MIN_AREA = 30
 class Cell:
     """One real cell: its bounding box's pixels, its mask there, class and source image."""
 
-    pixels: np.ndarray  # (h, w, 3) uint8
+    pixels: np.ndarray  # (h, w, 3) uint8 (float32 once turned and restained for pasting)
     mask: np.ndarray  # (h, w) bool
     class_name: str
     source: str
