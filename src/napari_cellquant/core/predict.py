@@ -79,7 +79,7 @@ def load_model(
         network = build_network(card.architecture)
     if weights != "random":
         path = resolve_weights(card) if weights is None else os.fspath(weights)
-        network.load_state_dict(_read_state_dict(path, card))
+        network.load_state_dict(_with_class_bias(_read_state_dict(path, card), card))
     dev = choose_device(device)
     network.to(dev).eval()
     if dev.type == "cuda":
@@ -101,6 +101,28 @@ def _read_state_dict(path: str | os.PathLike[str], card: ModelCard) -> dict[str,
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: holds no state dict")
     return state
+
+
+def _with_class_bias(state: dict[str, Any], card: ModelCard) -> dict[str, Any]:
+    """``state`` with ``params.class_logit_bias`` (class name -> added logit) in the bias of
+    the class head: a prior shift calibrated for these weights, such as the one that keeps
+    blood-unet from calling ordinary red cells infected. Kept out of the weights file so
+    that the card shows it and a lab can set it back to 0."""
+    bias = card.params.get("class_logit_bias")
+    if not bias:
+        return state
+    key = "heads.classes.bias"
+    if key not in state:
+        raise WeightsError(f"{card.name}: params.class_logit_bias needs a class head ({key})")
+    shifted = state[key].clone()
+    for name, value in bias.items():
+        if name not in card.classes.names:
+            raise InputError(
+                f"{card.name}: params.class_logit_bias names {name!r}, not a class of "
+                f"{card.class_set} ({', '.join(card.classes.names)})"
+            )
+        shifted[card.classes.id_of(name)] += float(value)  # channel 0 is the background
+    return {**state, key: shifted}
 
 
 def iter_predict(

@@ -89,6 +89,24 @@ def test_worse_fine_tuning_is_reported(trained, smear, tmp_path):
     assert card["metrics"]["validation"]["base"] == pytest.approx(result.base_score)
 
 
+def test_a_bases_class_logit_bias_is_not_carried_to_new_weights(trained, smear, tmp_path):
+    """The bias was calibrated for the base's weights: fine-tuned weights start without it."""
+    card = json.loads(trained.card.read_text())
+    card["name"], card["params"] = "biased", {"class_logit_bias": {"cell": -1.0}}
+    card["weights"]["file"] = str(trained.weights)
+    (tmp_path / "biased.json").write_text(json.dumps(card))
+    base = load_model(tmp_path / "biased.json", "cpu")
+    assert (
+        base.network.heads.classes.bias[1] < load_model(trained.card).network.heads.classes.bias[1]
+    )
+    result = train(
+        config(
+            str(tmp_path / "biased.json"), smear, tmp_path / "ft.pt", epochs=1, steps_per_epoch=1
+        )
+    )
+    assert "class_logit_bias" not in json.loads(result.card.read_text())["params"]
+
+
 def test_cancel_stops_within_one_step_and_keeps_the_last_good_checkpoint(smear, tmp_path):
     card = dense_card(tmp_path)
     seen = []

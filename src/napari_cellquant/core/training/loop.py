@@ -548,6 +548,8 @@ class _Run:
         base = self.base_card
         card = ModelCard.from_dict(base.to_dict())
         card.name = c.name or self.weights_path.stem
+        # the base's prior shift was calibrated for the base's weights, not for these
+        card.params.pop("class_logit_bias", None)
         how = (
             "fine-tuned from"
             if self.fine_tuned
