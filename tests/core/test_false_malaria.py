@@ -2,9 +2,11 @@
 that names infected red cells calls few of its red cells infected, and it still calls the
 parasitised cells of the malaria composites infected.
 
-The goal is at most 1 % (the white-cell issue, item 3). It is not met: blood-unet calls 4.0 %
-of the RBCs of TXL-PBC val infected (66.3 % before it trained on ordinary smears). These tests
-hold it to 10 %, so that the false signal cannot creep back unnoticed."""
+The goal is at most 1 % (the white-cell issue, item 3), and these tests hold every such model
+to it. blood-unet meets it with the prior its card gives the infected class
+(``params.class_logit_bias``, calibrated on TXL-PBC train photographs it never trains on): 0.3 %
+of the RBCs of TXL-PBC val called infected, against 4.0 % without the prior and 66.3 % before
+it trained on ordinary smears."""
 
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from napari_cellquant.core.predict import load_model, predict
 SAMPLE_PHOTO = (
     Path(__file__).resolve().parents[2] / "src/napari_cellquant/samples/BloodImage_00000.jpg"
 )
-#: the measured share with a margin (the goal, 1 %, is not met; see the module's text)
-MAX_INFECTED_SHARE = 0.10
+#: the goal (see the module's text)
+MAX_INFECTED_SHARE = 0.01
 
 NAMING_INFECTED = sorted(
     name
