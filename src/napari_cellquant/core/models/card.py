@@ -59,7 +59,12 @@ class ModelCard:
     architecture
         The ``build_network`` configuration of a learned model.
     pipeline, params
-        The classical pipeline's name and its parameters.
+        The classical pipeline's name and its parameters. A learned model's ``params`` say
+        how ``predict`` runs it: ``scale_from`` (the detector that measures its scale),
+        ``wbc_types`` (the classifier that names the WBCs it finds), ``edge_border`` (a
+        neutral frame, in cell diameters), ``refine_scale`` (run again at its own objects'
+        size) and ``class_logit_bias`` (class name -> logit added to that class, a prior
+        calibrated for these weights).
     postprocess
         Thresholds and size filters turning network maps into objects.
     weights
