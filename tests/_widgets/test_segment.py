@@ -442,7 +442,7 @@ def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segm
         "threshold platelet",
     ]
     advanced = {f.label: f for f in widget.parameters}
-    assert set(advanced) == {"max detections (objects)", "nested overlap"}
+    assert set(advanced) == {"max detections", "nested overlap"}
     assert (
         advanced["nested overlap"].value == 0.7
         and "duplicate" in advanced["nested overlap"].tooltip
@@ -451,9 +451,10 @@ def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segm
 
 def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_viewer, qtbot):
     """Every widget docked at 1280 x 800: the docks are tabbed, the window does not grow
-    past the size it was given (stacked, it grew to 2,315 px), the canvas keeps its share
-    beside napari's own layer panels (measured: 591 of 1280 px), and Segment's first field
-    lies below the dock's title bar, not under it."""
+    past the size it was given (stacked, it grew to 2,315 px), the canvas keeps most of the
+    width beside napari's own layer panels (measured: 692 of 1280 px; 591 before the drop-down
+    lists could shrink and Segment's nested settings lost their empty label column), and
+    Segment's first field lies below the dock's title bar, not under it."""
     from qtpy.QtCore import QPoint
 
     viewer = make_napari_viewer(show=True)
@@ -472,5 +473,5 @@ def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_vie
     assert top >= segment_dock.titleBarWidget().height(), top
     assert window.width() <= 1280 and window.height() <= 800
     canvas = window.centralWidget()  # the canvas and its layer controls
-    assert canvas.width() >= 0.4 * window.width(), (canvas.width(), window.width())
+    assert canvas.width() > 0.5 * window.width(), (canvas.width(), window.width())
     assert all(len(window.tabifiedDockWidgets(dock)) == 4 for dock in docks)

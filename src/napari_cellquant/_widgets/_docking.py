@@ -14,11 +14,13 @@ import weakref
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject, QSize, QTimer
-from qtpy.QtWidgets import QDockWidget, QMainWindow, QWidget
+from qtpy.QtWidgets import QComboBox, QDockWidget, QMainWindow, QWidget
 
 _docks: weakref.WeakSet[QDockWidget] = weakref.WeakSet()
 #: each window's size once the last of our docks had settled in it
 _settled: weakref.WeakKeyDictionary[QMainWindow, QSize] = weakref.WeakKeyDictionary()
+#: characters a drop-down list shows at its narrowest; its open list still shows whole items
+NARROW_CHOICE_CHARS = 10
 
 
 class _TabWhenDocked(QObject):
@@ -70,6 +72,7 @@ def _tab_with_siblings(widget: QWidget) -> None:
     window = dock.parentWidget()
     if not isinstance(window, QMainWindow):
         return
+    _narrow_choices(widget)
     if not dock.isFloating():
         area = window.dockWidgetArea(dock)
         for sibling in [d for d in _docks if _alive(d)]:
@@ -99,3 +102,12 @@ def _give_back_height(window: QMainWindow) -> None:
     ):
         window.resize(window.width(), max(before.height(), window.minimumSizeHint().height()))
     _settled[window] = window.size()
+
+
+def _narrow_choices(widget: QWidget) -> None:
+    """Let the drop-down lists shrink below their longest item. A list sized to its longest
+    choice ("blood-detector (instances, blood3)") set the width of every tabbed dock, since
+    the widest tab sets it, and took the canvas below half of a 1280-px window."""
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(NARROW_CHOICE_CHARS)

@@ -128,6 +128,8 @@ class SegmentWidget(RunsOneJob, Container):
                 self.advanced,
             ]
         )
+        for nested in (self.thresholds, self.advanced):
+            _full_row(nested)
         self.show_advanced.changed.connect(self._toggle_advanced)
         self.advanced.native.hide()  # collapsed; hidden once in the layout, so it adds no size
 
@@ -182,6 +184,7 @@ class SegmentWidget(RunsOneJob, Container):
         self.tile.enabled = card.kind == "learned"
         settings = card.postprocess if card.kind == "learned" else card.params
         help_of = LEARNED_HELP if card.kind == "learned" else param_help(card.pipeline or "")
+        fractions = FRACTIONS if card.kind == "learned" else frozenset()
         self.thresholds.clear()
         self.parameters.clear()
         for name, value in settings.items():
@@ -191,13 +194,15 @@ class SegmentWidget(RunsOneJob, Container):
             unit, text = help_of.get(name, ("", ""))
             if _is_per_class(value, card):  # one field per class: "threshold rbc" ...
                 for class_name, v in zip(card.classes.names, value, strict=True):
-                    field = _field_for(f"{name}{PER_CLASS}{class_name}", float(v))
+                    field = _field_for(
+                        f"{name}{PER_CLASS}{class_name}", float(v), fraction=name in fractions
+                    )
                     if field is not None:
                         field.label = f"{name.replace('_', ' ')} {class_name}"
                         field.tooltip = f"{text} ({class_name})" if text else None
                         home.append(field)
                 continue
-            field = _field_for(name, value)
+            field = _field_for(name, value, fraction=name in fractions)
             if field is not None:
                 if unit:
                     field.label = f"{field.label} ({unit})"
@@ -442,6 +447,15 @@ def _ready_for_napari(item: tuple[Any, dict[str, Any], str]) -> tuple[Any, dict[
     return data, kwargs, layer_type
 
 
+def _full_row(nested: Container) -> None:
+    """Give a nested container its whole row. magicgui labels every child of a labelled
+    container, an empty label too, and that empty column beside the thresholds (87 px) made
+    Segment the widest of the tabbed docks, which sets their common width."""
+    row = nested._labeled_widget()  # magicgui keeps no public handle on the label
+    if row is not None:
+        row._label_widget.hide()
+
+
 def _image_name(layer: Any) -> str:
     """The file name the result annotates (COCO ``file_name``)."""
     if layer.metadata.get(META_IMAGE_NAME):
@@ -450,8 +464,9 @@ def _image_name(layer: Any) -> str:
     return Path(path).name if path else layer.name
 
 
-def _field_for(name: str, value: Any) -> Widget | None:
-    """An input for one card setting, typed by its default value."""
+def _field_for(name: str, value: Any, *, fraction: bool = False) -> Widget | None:
+    """An input for one card setting, typed by its default value; a ``fraction`` (a score
+    or a share) is bounded by 1, which also keeps its field narrow."""
     label = name.replace("_", " ")
     if isinstance(value, bool):
         return CheckBox(name=name, label=label, value=value)
@@ -463,7 +478,7 @@ def _field_for(name: str, value: Any) -> Widget | None:
             label=label,
             value=value,
             min=min(0.0, value),
-            max=max(1e6, value),
+            max=1.0 if fraction and value <= 1 else max(1e6, value),
             step=_step_for(value),
         )
     if isinstance(value, str):
@@ -475,6 +490,8 @@ def _field_for(name: str, value: Any) -> Widget | None:
 PER_CLASS = "__"
 #: the settings a biologist sets (shown); the rest go to the Advanced section
 SCORE_SETTINGS = frozenset({"threshold", "foreground_threshold"})
+#: learned cards' settings that are scores or shares, 0-1
+FRACTIONS = frozenset({"threshold", "foreground_threshold", "seed_threshold", "nested_overlap"})
 #: unit and meaning of a learned card's post-processing settings (at the model's scale)
 LEARNED_HELP: dict[str, tuple[str, str]] = {
     "threshold": ("", "minimum detection score, 0-1: higher keeps fewer, surer objects"),
@@ -485,7 +502,7 @@ LEARNED_HELP: dict[str, tuple[str, str]] = {
         "px",
         "two object centres are at least this far apart (splits touching cells)",
     ),
-    "max_detections": ("objects", "at most this many objects per image"),
+    "max_detections": ("", "at most this many objects per image"),
     "nested_overlap": (
         "",
         "0-1: a box more than this share inside a surer box of its class is dropped as a "
