@@ -447,6 +447,9 @@ def test_biologists_settings_in_view_and_the_cards_internals_under_advanced(segm
         advanced["nested overlap"].value == 0.7
         and "duplicate" in advanced["nested overlap"].tooltip
     )
+    # scores and shares are 0-1 (which also keeps their fields narrow); counts are not
+    assert all(f.max == 1.0 for f in [*widget.thresholds, advanced["nested overlap"]])
+    assert advanced["max detections"].max >= 200_000
 
 
 def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_viewer, qtbot):
