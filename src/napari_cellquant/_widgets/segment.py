@@ -451,9 +451,12 @@ def _full_row(nested: Container) -> None:
     """Give a nested container its whole row. magicgui labels every child of a labelled
     container, an empty label too, and that empty column beside the thresholds (87 px) made
     Segment the widest of the tabbed docks, which sets their common width."""
-    row = nested._labeled_widget()  # magicgui keeps no public handle on the label
-    if row is not None:
-        row._label_widget.hide()
+    # magicgui keeps no public handle on that label: if its private one goes, the empty
+    # column comes back and nothing else changes
+    row = getattr(nested, "_labeled_widget", lambda: None)()
+    label = getattr(row, "_label_widget", None)
+    if label is not None:
+        label.hide()
 
 
 def _image_name(layer: Any) -> str:
