@@ -134,3 +134,36 @@ def test_the_card_states_the_whole_rbc_at_model_scale(shared_data, script) -> No
     stated = get_card("blood-detector").diameter_px["rbc"]
     assert measured == pytest.approx(stated, abs=0.5)
     assert stated > BLOOD_DETECTOR_RBC_PX * 1.05  # the edge's cut cells made the old 40 px small
+
+
+def test_a_rewritten_card_keeps_what_retraining_does_not_change(tmp_path, script) -> None:
+    """Rewriting the bundled card with new weights' figures keeps the weight-free sibling's
+    figures on the same images and the pretrained-vs-scratch recipe comparison, and drops
+    the old weights' own figures (here ``bccd_unseen``)."""
+    import argparse
+    import shutil
+
+    blood = script("blood_detector")
+    bundled = BUNDLED_DIR / "blood-detector.json"
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir(), work.mkdir()
+    shutil.copy(bundled, out / "blood-detector.json")
+    shutil.copy(bundled, work / "trained.json")
+    shutil.copy(BUNDLED_DIR / "blood-detector.pt", work / "trained.pt")
+    trained = {
+        "weights": work / "trained.pt",
+        "card": work / "trained.json",
+        "inner_val": ["a.jpg"] * 83,
+        "train_s": 60.0,
+    }
+    new = {"images": 239, "map50": 0.5, "map50_ranked": 0.6}
+    blood.write_card(trained, new, argparse.Namespace(out=out))
+
+    old = get_card("blood-detector").metrics
+    written = get_card(out / "blood-detector.json")
+    val = written.metrics["txl_pbc_val"]
+    assert val["map50"] == 0.5 and val["map50_ranked"] == 0.6 and "wbc_exact" not in val
+    assert val["blood_classical_same_images"] == old["txl_pbc_val"]["blood_classical_same_images"]
+    assert written.metrics["pretrained_vs_scratch"] == old["pretrained_vs_scratch"]
+    assert "bccd_unseen" in old and "bccd_unseen" not in written.metrics
+    assert written.training["time_s"] == 60 and (out / "blood-detector.pt").is_file()
