@@ -494,7 +494,7 @@ PER_CLASS = "__"
 #: the settings a biologist sets (shown); the rest go to the Advanced section
 SCORE_SETTINGS = frozenset({"threshold", "foreground_threshold"})
 #: learned cards' settings that are scores or shares, 0-1
-FRACTIONS = frozenset({"threshold", "foreground_threshold", "seed_threshold", "nested_overlap"})
+FRACTIONS = SCORE_SETTINGS | {"seed_threshold", "nested_overlap"}
 #: unit and meaning of a learned card's post-processing settings (at the model's scale)
 LEARNED_HELP: dict[str, tuple[str, str]] = {
     "threshold": ("", "minimum detection score, 0-1: higher keeps fewer, surer objects"),
