@@ -156,6 +156,42 @@ def test_resume_continues_the_epoch_count(smear, tmp_path):
     assert second.epochs_run == 4
 
 
+def test_ema_keeps_the_average_resumes_it_and_refuses_bad_decays(smear, tmp_path):
+    """With ema_decay the saved weights are the moving average, not the last step's, and a
+    resumed run carries the average on; without it a checkpoint cannot resume an EMA run."""
+    card = dense_card(tmp_path)
+    raw = train(config(card, smear, tmp_path / "raw.pt", epochs=2))
+    ema = train(config(card, smear, tmp_path / "ema.pt", epochs=2, ema_decay=0.9))
+    # same seed and steps: the trained weights are the same, what is saved is not
+    trained = [
+        torch.load(tmp_path / f"{n}.resume.pt", weights_only=False)["model"] for n in ("raw", "ema")
+    ]
+    assert all(torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+    raw_w, ema_w = torch.load(raw.weights), torch.load(ema.weights)
+    floats = [k for k in raw_w if raw_w[k].is_floating_point()]
+    assert max(float((ema_w[k] - raw_w[k]).abs().max()) for k in floats) > 1e-4
+    assert json.loads(ema.card.read_text())["training"]["settings"]["ema_decay"] == 0.9
+    resumed = train(config(card, smear, tmp_path / "ema.pt", epochs=3, ema_decay=0.9, resume=True))
+    assert resumed.epochs_run == 3
+    with pytest.raises(InputError, match="without ema_decay"):
+        train(config(card, smear, tmp_path / "raw.pt", epochs=3, ema_decay=0.9, resume=True))
+    with pytest.raises(InputError, match="ema_decay must be between 0 and 1"):
+        train(config(card, smear, tmp_path / "bad.pt", ema_decay=1.0))
+
+
+def test_ramped_ema_follows_its_formula():
+    from napari_cellquant.core.training.loop import ramped_ema
+
+    update = ramped_ema(0.9, ramp_steps=2.0)
+    averaged, current = [torch.zeros(3)], [torch.ones(3)]
+    update(averaged, current, torch.tensor(1))
+    d = 0.9 * (1 - np.exp(-0.5))
+    assert torch.allclose(averaged[0], torch.full((3,), 1 - d))
+    counts = [torch.tensor(5)]
+    update(counts, [torch.tensor(7)], torch.tensor(1))
+    assert counts[0].item() == 7
+
+
 def test_existing_output_is_not_overwritten(smear, tmp_path):
     card = dense_card(tmp_path)
     (tmp_path / "x.pt").write_bytes(b"mine")

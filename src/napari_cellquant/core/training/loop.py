@@ -76,6 +76,10 @@ class TrainingConfig:
     balance_classes
         Centre crops on the classes equally often, not on each object equally often (see
         :class:`~.augment.AugmentSettings`): for rare classes among many common ones.
+    ema_decay
+        Keep an exponential moving average of the weights, updated after every step with this
+        decay (ramped in over the first steps, see :func:`ramped_ema`); validation, the best
+        weights and the card are the average's. None: the weights as trained.
     name
         Name written into the new card (default: the output file's stem).
     overwrite
@@ -103,6 +107,7 @@ class TrainingConfig:
     augment: bool = True
     scale_range: tuple[float, float] = (0.8, 1.25)
     balance_classes: bool = False
+    ema_decay: float | None = None
     name: str | None = None
     overwrite: bool = False
 
@@ -286,6 +291,8 @@ class _Run:
                 raise InputError(f"{key} must be a positive integer, got {value!r}")
         if c.lr <= 0:
             raise InputError(f"lr must be positive, got {c.lr}")
+        if c.ema_decay is not None and not 0 < c.ema_decay < 1:
+            raise InputError(f"ema_decay must be between 0 and 1, got {c.ema_decay}")
         if not c.resume and not c.overwrite:
             for path in (self.weights_path, self.card_path):
                 if path.exists():
@@ -370,6 +377,13 @@ class _Run:
             lambda e: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(e / c.epochs, 1))),
         )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ema = None
+        if c.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel
+
+            self.ema = AveragedModel(
+                self.network, multi_avg_fn=ramped_ema(c.ema_decay), use_buffers=True
+            )
         self.weights = class_weights(self.train_samples, len(card.classes) + 1)
         pixels = sum(s.shape[0] * s.shape[1] for s in self.train_samples)
         self.steps_per_epoch = c.steps_per_epoch or max(
@@ -402,6 +416,13 @@ class _Run:
                 source=self.checkpoint_path,
             )
         _load_into(self.network, state["model"], str(self.checkpoint_path))
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise InputError(
+                    "the checkpoint was trained without ema_decay: resume it without",
+                    source=self.checkpoint_path,
+                )
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -432,7 +453,7 @@ class _Run:
         step = (self.start_epoch - 1) * self.steps_per_epoch
         if self.fine_tuned and self.base_score is None:
             self.base_score = validation_score(
-                self.network, self.base_card, self.val_samples, self.device
+                self.kept, self.base_card, self.val_samples, self.device
             )
         yield self._event("start", step, total)
         for epoch in range(self.start_epoch, c.epochs + 1):
@@ -460,11 +481,13 @@ class _Run:
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.network)
                 losses.append(float(loss.detach()))
                 step += 1
                 yield self._event("step", step, total, loss=losses[-1])
             self.scheduler.step()
-            score = validation_score(self.network, self.base_card, self.val_samples, self.device)
+            score = validation_score(self.kept, self.base_card, self.val_samples, self.device)
             self.history.append(
                 {"epoch": epoch, "loss": float(np.mean(losses)), "val_score": score}
             )
@@ -504,13 +527,18 @@ class _Run:
             **values,
         )
 
+    @property
+    def kept(self) -> Any:
+        """The network that is validated and saved: the moving average, if there is one."""
+        return self.network if self.ema is None else self.ema.module
+
     # --- files --------------------------------------------------------------------------
     def _save_weights(self) -> None:
         import torch
 
         from ..io.atomic import atomic_path
 
-        state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in self.kept.state_dict().items()}
         with atomic_path(self.weights_path, overwrite=True) as tmp:
             torch.save(state, tmp)
         self._card().save(self.card_path, overwrite=True)
@@ -528,6 +556,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.amp else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
@@ -582,6 +611,7 @@ class _Run:
                 "augment": c.augment,
                 "scale_range": list(c.scale_range),
                 "balance_classes": c.balance_classes,
+                "ema_decay": c.ema_decay,
                 "device": str(self.device),
                 "amp": self.amp,
             },
@@ -629,6 +659,24 @@ class _Run:
             warnings=warnings,
             seconds=time.perf_counter() - self.started,
         )
+
+
+def ramped_ema(decay: float, ramp_steps: float = 500.0) -> Callable[..., None]:
+    """``AveragedModel``'s ``multi_avg_fn`` for an exponential moving average whose decay
+    grows as ``decay * (1 - exp(-n / ramp_steps))`` over the first updates (as Ultralytics'
+    ModelEMA does), so the average is not held back by the starting weights; torch's own
+    ``get_ema_multi_avg_fn`` has a fixed decay."""
+    import torch
+
+    @torch.no_grad()
+    def update(averaged: list[Any], current: list[Any], updates: Any) -> None:
+        d = decay * (1.0 - math.exp(-float(updates) / ramp_steps))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:  # integer buffers (BatchNorm's batch count): the current value
+            torch._foreach_copy_(averaged, current)
+
+    return update
 
 
 def _object_counts(annotations: Sequence[Annotation], card: ModelCard) -> dict[str, int]:
