@@ -32,7 +32,8 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
 - ``wbc_types``: the WBC type classifier ``wbc-types`` (that ``blood-detector`` calls) is
   trained on every typed WBC there is, so its rows show its card's 4-fold figures
   (``scripts/wbc_types.py``, which recomputes them): accuracy and balanced accuracy over the
-  five types, pooled and per source. No other built-in model types WBCs in photographs.
+  five types, pooled and per source, and the same figures of the card it replaced
+  ("before"). No other built-in model types WBCs in photographs.
 
 Blood figures (class set blood3; blood10 predictions are mapped by name):
 box mAP50 (pycocotools COCOeval, mean of the rbc, wbc and platelet AP50) of the objects a
@@ -382,11 +383,16 @@ def loio_rows(data: Path) -> list[dict]:
 def wbc_type_rows() -> list[dict]:
     from napari_cellquant.core.models.registry import get_card
 
-    figures = get_card("wbc-types").metrics["cross_validation"]
-    return [
-        {"set": f"wbc_types {part}", "model": "wbc-types", "seen": 0, **figures[part]}
-        for part in ("all", "bccd", "wbc_crops")
-    ]
+    metrics = get_card("wbc-types").metrics
+    rows = []
+    for key, label in (("cross_validation", ""), ("cross_validation_before", " (before)")):
+        figures = metrics.get(key) or {}
+        rows += [
+            {"set": f"wbc_types {part}{label}", "model": "wbc-types", "seen": 0, **figures[part]}
+            for part in ("all", "bccd", "wbc_crops")
+            if part in figures
+        ]
+    return rows
 
 
 def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None) -> list[dict]:

@@ -7,6 +7,9 @@ Data (class counts are printed and written into the card):
   (``wbc_types.csv``) agree: as many boxes as types and one type for all of them;
 - ``wbc_crops/dataset1`` and ``dataset2``: one typed WBC per crop, its box the bounding box
   of its nucleus + cytoplasm mask. GPL-3.0 data: trained on, never shipped.
+- ``blood_smear_224/``: the typed WBCs of the 14 composites (LISC and IUMC cells, 4 of them
+  basophils, the rarest type), by their boxes in ``labels/``. Training only, in every fold:
+  they are pasted cells, not photographs, so no figure is measured on them.
 
 Split: ``--folds`` folds fixed before training. BCCD photographs go to folds in contiguous
 blocks of their sorted names (neighbouring photographs may share a slide), wbc_crops by crop
@@ -87,8 +90,36 @@ def wbc_crop_cells(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
     return cells
 
 
+#: blood_smear_224 JSON class names of the typed WBCs -> wbc5 names
+COMPOSITE_TYPES = {
+    "Neutrophil": "neutrophil",
+    "Lymphocytes": "lymphocyte",
+    "Monocytes": "monocyte",
+    "Eosinophil": "eosinophil",
+    "Basophil": "basophil",
+}
+
+
+def composite_cells(data: Path) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """``(group, image, box, type)`` for each typed WBC of the blood_smear_224 composites."""
+    from skimage.io import imread
+
+    cells = []
+    for labels in sorted((data / "blood_smear_224" / "labels").glob("*.json")):
+        objects = json.loads(labels.read_text(encoding="utf-8")).values()
+        typed = [o for o in objects if o["className"] in COMPOSITE_TYPES]
+        if not typed:
+            continue
+        image = imread(data / "blood_smear_224" / "images" / f"{labels.stem}.bmp")[..., :3]
+        for o in typed:
+            box = np.array([o["tlX"], o["tlY"], o["bboxW"], o["bboxH"]], np.float64)
+            cells.append((f"composites/{labels.stem}", image, box, COMPOSITE_TYPES[o["className"]]))
+    return cells
+
+
 def assign_folds(groups: list[str], folds: int) -> np.ndarray:
-    """BCCD photographs in contiguous blocks of sorted names; crops by index."""
+    """BCCD photographs in contiguous blocks of sorted names; crops by index; composites in
+    no fold (-1: trained on by every fold, never held out)."""
     fold = np.zeros(len(groups), dtype=np.int64)
     bccd = sorted({g for g in groups if g.startswith("bccd/")})
     block = {g: min(folds - 1, i * folds // max(len(bccd), 1)) for i, g in enumerate(bccd)}
@@ -96,6 +127,8 @@ def assign_folds(groups: list[str], folds: int) -> np.ndarray:
     for i, g in enumerate(groups):
         if g in block:
             fold[i] = block[g]
+        elif g.startswith("composites/"):
+            fold[i] = -1
         else:
             source = g.split("/")[0]
             crop_index[source] = crop_index.get(source, -1) + 1
@@ -119,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     recipe = ClassifierRecipe(epochs=args.epochs)
     started = time.perf_counter()
-    cells = bccd_cells(args.data) + wbc_crop_cells(args.data)
+    cells = bccd_cells(args.data) + wbc_crop_cells(args.data) + composite_cells(args.data)
     groups = [c[0] for c in cells]
     labels = np.array([WBC5.id_of(c[3]) - 1 for c in cells])
     stored_px = round(recipe.input_px * CONTEXT)
@@ -130,21 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     source = np.array([g.split("/")[0] for g in groups])
     counts = {
         s: {n: int(np.sum((source == s) & (labels == k))) for k, n in enumerate(WBC5.names)}
-        for s in ("bccd", "dataset1", "dataset2")
+        for s in ("bccd", "dataset1", "dataset2", "composites")
     }
     log.info("%d WBCs in %.0f s: %s", len(cells), time.perf_counter() - started, counts)
     fold = assign_folds(groups, args.folds)
     predicted = np.full(len(cells), -1)
+    one_view = np.full(len(cells), -1)  # without the dihedral views, for the record
     for k in range(args.folds):
-        train = fold != k
-        network = fit(stored[train], labels[train], recipe, f"fold {k + 1}/{args.folds}")
-        predicted[~train] = classify(network, recipe, shown[~train]).argmax(axis=1)
+        held_out = fold == k
+        network = fit(stored[~held_out], labels[~held_out], recipe, f"fold {k + 1}/{args.folds}")
+        predicted[held_out] = classify(network, recipe, shown[held_out]).argmax(axis=1)
+        one_view[held_out] = classify(network, recipe, shown[held_out], False).argmax(axis=1)
+    scored = fold >= 0
+    crops = scored & (source != "bccd")
     figures = {
         "measured_on": f"{args.folds}-fold cross-validation, held-out WBCs pooled (BCCD "
-        "photographs in contiguous blocks, wbc_crops by crop)",
-        "all": scores(labels, predicted),
+        "photographs in contiguous blocks, wbc_crops by crop; the composites' WBCs are "
+        "trained on in every fold and never scored)",
+        "all": scores(labels[scored], predicted[scored]),
         "bccd": scores(labels[source == "bccd"], predicted[source == "bccd"]),
-        "wbc_crops": scores(labels[source != "bccd"], predicted[source != "bccd"]),
+        "wbc_crops": scores(labels[crops], predicted[crops]),
+        "all_one_view": scores(labels[scored], one_view[scored]),
     }
     log.info("held-out figures: %s", json.dumps(figures, indent=1))
     report = {"counts": counts, "figures": figures, "cv_s": time.perf_counter() - started}
@@ -170,11 +209,12 @@ def fit(crops: np.ndarray, labels: np.ndarray, recipe, what: str):
     )
 
 
-def classify(network, recipe, crops: np.ndarray) -> np.ndarray:
+def classify(network, recipe, crops: np.ndarray, dihedral: bool | None = None) -> np.ndarray:
     from napari_cellquant.core.predict import Model
     from napari_cellquant.core.wbc_types import classify_crops
 
-    return classify_crops(crops, Model(card=make_card(network, recipe), network=network))
+    model = Model(card=make_card(network, recipe), network=network)
+    return classify_crops(crops, model, dihedral=dihedral)
 
 
 def make_card(network, recipe):
@@ -193,7 +233,7 @@ def make_card(network, recipe):
         normalization=dict(IMAGENET_MEAN_STD),
         tile=recipe.input_px,
         architecture=dict(network.arch),
-        params={"crop_px": recipe.input_px, "margin": CROP_MARGIN},
+        params={"crop_px": recipe.input_px, "margin": CROP_MARGIN, "dihedral_views": True},
     )
 
 
@@ -238,11 +278,36 @@ def save(network, recipe, counts: dict, figures: dict, out: Path) -> None:
         "recipe": dataclasses.asdict(recipe),
         "objects": counts,
         "images": "bccd trainval photographs with one known WBC type, wbc_crops dataset1 and "
-        "dataset2 (all of them; the figures are k-fold)",
+        "dataset2 (all of them; the figures are k-fold), and the typed WBCs of the 14 "
+        "blood_smear_224 composites (trained on, never scored)",
         "script": "scripts/train_bundled.py --only wbc-types",
     }
-    card.metrics = {"cross_validation": figures}
+    card.metrics = {"cross_validation": figures, **figures_before(card, out)}
     save_bundled(card, out)
+
+
+def figures_before(card, out: Path) -> dict:
+    """``{"cross_validation_before": ...}``: the figures of the card this one replaces (in
+    ``out``, else the bundled one) when its data, recipe or prediction differ, so that the
+    change is shown next to what it replaced; a plain re-run keeps the earlier record."""
+    from napari_cellquant.core.models.card import ModelCard
+
+    path = next((p for p in (out / f"{NAME}.json", BUNDLED / f"{NAME}.json") if p.is_file()), None)
+    if path is None:
+        return {}
+    earlier = ModelCard.load(path)
+    how = ("training", "params")
+    if all(getattr(earlier, k) == getattr(card, k) for k in how):
+        before = earlier.metrics.get("cross_validation_before")
+        return {"cross_validation_before": before} if before else {}
+    training = {k: earlier.training.get(k) for k in ("images", "recipe")}
+    return {
+        "cross_validation_before": {
+            "training": training,
+            "params": earlier.params,
+            **earlier.metrics["cross_validation"],
+        }
+    }
 
 
 if __name__ == "__main__":

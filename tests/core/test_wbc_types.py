@@ -87,6 +87,21 @@ def test_training_tells_two_stains_apart_on_crops_it_never_saw() -> None:
     assert (predicted == np.repeat([0, 1], 8)).mean() >= 0.9
 
 
+def test_a_cell_gets_the_same_type_however_it_is_turned(photo) -> None:
+    """With the dihedral views (the bundled card asks for them), turning or mirroring a crop
+    changes nothing; with one view the network's probabilities do move (so the test can tell
+    the two apart)."""
+    model = load_model("wbc-types", "cpu")
+    assert model.card.params["dihedral_views"] is True
+    crop = crop_around(photo, np.array([260, 177, 231, 199]))  # BloodImage_00000 WBC, VOC box
+    turned = np.stack([crop, np.rot90(crop), crop[:, ::-1], np.rot90(crop, 3)[::-1]])
+    averaged = classify_crops(turned, model)
+    np.testing.assert_allclose(averaged, averaged[[0, 0, 0, 0]], atol=1e-5)
+    one_view = classify_crops(turned, model, dihedral=False)
+    assert np.abs(one_view - one_view[0]).max() > 1e-3
+    assert np.allclose(averaged.sum(axis=1), 1.0, atol=1e-5)
+
+
 def test_training_refuses_labels_outside_its_classes() -> None:
     crops = np.zeros((4, 120, 120, 3), np.uint8)
     with pytest.raises(InputError, match=r"labels must be 0\.\.4"):

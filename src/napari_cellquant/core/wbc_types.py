@@ -19,6 +19,8 @@ from .classes import BLOOD7, WBC5
 from .errors import InputError
 
 if TYPE_CHECKING:
+    import torch
+
     from .predict import Model
 
 #: side of the square crop around a WBC, as a multiple of the longer side of its box
@@ -60,8 +62,15 @@ def _reflect(index: np.ndarray, n: int) -> np.ndarray:
     return np.where(index >= n, period - index, index)
 
 
-def classify_crops(crops: np.ndarray, model: Model, *, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities ``(n, n_classes)`` of ``(n, size, size, 3)`` uint8 crops."""
+def classify_crops(
+    crops: np.ndarray, model: Model, *, batch_size: int = 32, dihedral: bool | None = None
+) -> np.ndarray:
+    """Class probabilities ``(n, n_classes)`` of ``(n, size, size, 3)`` uint8 crops.
+
+    With ``dihedral`` (default: the card's ``params.dihedral_views``) each crop is seen in its
+    8 turns and mirror images and the probabilities are averaged: a cell on a slide has no up
+    or left (the classifier is trained on every rotation), so the views differ only in what
+    the network happens to prefer."""
     import torch
 
     from .normalization import mean_std
@@ -70,14 +79,27 @@ def classify_crops(crops: np.ndarray, model: Model, *, batch_size: int = 64) -> 
     if spec.get("mode") != "meanstd":
         raise InputError(f"{model.card.name}: a crop classifier needs meanstd normalisation")
     mean, std = mean_std(spec)
+    if dihedral is None:
+        dihedral = bool(model.card.params.get("dihedral_views", False))
     out = []
     with torch.inference_mode():
         for start in range(0, len(crops), batch_size):
             batch = (crops[start : start + batch_size].astype(np.float32) / 255.0 - mean) / std
             x = torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))
-            logits = model.network(x.to(model.device)).float()
-            out.append(torch.softmax(logits, dim=1).cpu().numpy())
+            x = x.to(model.device)
+            views = _dihedral_views(x) if dihedral else x
+            logits = model.network(views).float()
+            probabilities = torch.softmax(logits, dim=1).unflatten(0, (-1, len(x))).mean(0)
+            out.append(probabilities.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, len(model.card.classes)), np.float32)
+
+
+def _dihedral_views(x: torch.Tensor) -> torch.Tensor:
+    """``(n, C, s, s)`` -> ``(8 n, C, s, s)``, view by view."""
+    import torch
+
+    turns = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+    return torch.cat(turns + [t.flip(3) for t in turns])
 
 
 def type_white_cells(image: np.ndarray, annotation: Annotation, classifier: Model) -> Annotation:
