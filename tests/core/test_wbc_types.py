@@ -39,6 +39,24 @@ def test_classifier_starts_from_every_imagenet_weight_but_its_new_layer() -> Non
     assert net.eval()(torch.zeros(2, 3, 96, 96)).shape == (2, 5)
 
 
+def test_the_folded_classifier_gives_the_same_logits_and_leaves_the_original_alone() -> None:
+    torch.manual_seed(0)
+    net = EfficientNetClassifier(ARCH)
+    net.train()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        for _ in range(3):
+            net(torch.randn(8, 3, 64, 64))
+    net.eval()
+    x = torch.randn(4, 3, 96, 96)
+    with torch.inference_mode():
+        expected = net(x)
+        fused = net.fuse_for_inference()
+        got = fused(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     "arch", [{**ARCH, "n_classes": 1}, {**ARCH, "in_channels": 1}, {**ARCH, "depth": 3}]
 )
