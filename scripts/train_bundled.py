@@ -7,7 +7,8 @@ trained on ``txl_pbc`` train (a tenth of it held back to pick the epoch and the 
 measured on ``txl_pbc`` val, which it never sees. ``fluo-resunet`` likewise on DSB2018 (a
 fixed split by modality, ``scripts/fluo_nuclei.py``); ``net-area`` by folds of whole samples
 of Coelho et al. 2015 (``scripts/net_area.py``); ``wbc-types``, the WBC type classifier that
-``blood-detector`` calls, by 4 folds of BCCD photographs and wbc_crops (``scripts/wbc_types.py``).
+``blood-detector`` calls, by 4 folds of BCCD photographs and wbc_crops (the composites' typed
+WBCs in every fold's training; ``scripts/wbc_types.py``).
 
 For each model: k-fold cross-validation (``blood-unet``, 14 images of blood_smear_224, colour
 maps read as blood10) or leave-one-image-out (``net-detector``, the 2 NET fluorescence images):
