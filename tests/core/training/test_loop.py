@@ -175,6 +175,8 @@ def test_ema_keeps_the_average_resumes_it_and_refuses_bad_decays(smear, tmp_path
     assert resumed.epochs_run == 3
     with pytest.raises(InputError, match="without ema_decay"):
         train(config(card, smear, tmp_path / "raw.pt", epochs=3, ema_decay=0.9, resume=True))
+    with pytest.raises(InputError, match="with ema_decay: resume it with"):
+        train(config(card, smear, tmp_path / "ema.pt", epochs=4, resume=True))
     with pytest.raises(InputError, match="ema_decay must be between 0 and 1"):
         train(config(card, smear, tmp_path / "bad.pt", ema_decay=1.0))
 

@@ -416,12 +416,13 @@ class _Run:
                 source=self.checkpoint_path,
             )
         _load_into(self.network, state["model"], str(self.checkpoint_path))
+        if (self.ema is None) != (state.get("ema") is None):
+            how = "with" if self.ema is None else "without"
+            raise InputError(
+                f"the checkpoint was trained {how} ema_decay: resume it {how}",
+                source=self.checkpoint_path,
+            )
         if self.ema is not None:
-            if state.get("ema") is None:
-                raise InputError(
-                    "the checkpoint was trained without ema_decay: resume it without",
-                    source=self.checkpoint_path,
-                )
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
