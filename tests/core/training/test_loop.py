@@ -49,6 +49,7 @@ def test_card_records_training_and_loads(trained):
     assert len(card["weights"]["sha256"]) == 64
     assert card["training"]["images"] == ["smear.png"]
     assert card["training"]["settings"]["epochs"] == 12
+    assert card["training"]["settings"]["contact_weight"] == 0.0
     assert card["training"]["objects"]["cell"] > 5
     assert card["metrics"]["validation"]["new"] == pytest.approx(trained.score)
     assert card["metrics"]["validation"]["epoch"] == trained.best_epoch
@@ -179,6 +180,13 @@ def test_ema_keeps_the_average_resumes_it_and_refuses_bad_decays(smear, tmp_path
         train(config(card, smear, tmp_path / "ema.pt", epochs=4, resume=True))
     with pytest.raises(InputError, match="ema_decay must be between 0 and 1"):
         train(config(card, smear, tmp_path / "bad.pt", ema_decay=1.0))
+
+
+def test_negative_contact_weight_is_refused(smear, tmp_path):
+    card = dense_card(tmp_path)
+    with pytest.raises(InputError, match="contact_weight must be 0 or more, got -1"):
+        train(config(card, smear, tmp_path / "c.pt", contact_weight=-1.0))
+    assert not (tmp_path / "c.pt").exists()
 
 
 def test_ramped_ema_follows_its_formula():
