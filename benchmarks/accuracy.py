@@ -16,14 +16,15 @@ Every prediction goes through ``core.predict.predict`` with its default scale ha
   ``blood-detector`` trained on those that TXL-PBC train holds (found by pixel content):
   figures are given on the photographs that each model never saw, and ``seen`` says how many
   were left out (``blood-unet`` trains on some TXL-PBC train photographs too).
-- ``net_fluorescence``: the 2 NET images (boxes): NET AP50 and NET %; both NET models were
-  fitted to these very images, so these are figures on seen images (``seen`` = 2).
+- ``net_fluorescence``: the 2 NET images (boxes): NET AP50 and NET %; both NET models'
+  rules were fitted to these very images, so these are figures on seen images (``seen`` = 2).
 - ``dsb2018_val``: the fluorescence images of the DSB2018 validation split (every sixth id
   within each modality, ``scripts/fluo_nuclei.py``), instance masks; ``fluo-resunet`` never
   trained or tuned on them. Instance F1 at IoU 0.5, mean matched IoU, median per-image count
   error, and F1 on the crowded images (>= 50 nuclei) alone.
-- ``net_fluorescence_loio``: ``net-classical`` with its rule thresholds fitted on one NET
-  image and scored on the other (``scripts/net_loio.py``): NET % and NET AP50 per image.
+- ``net_fluorescence_loio``: ``net-classical`` and ``net-detector`` with their rule
+  thresholds fitted on one NET image and scored on the other (``scripts/net_loio.py``): NET %
+  and NET AP50 per image.
 - ``coelho``: the 58 NET fields of Coelho et al. 2015 (20 samples), NET region masks.
   ``net-area`` is trained on all of them, so its row shows the figures of its card: each
   field predicted by a model that never saw its sample (``scripts/net_area.py``).
@@ -369,15 +370,18 @@ def coelho_rows(data: Path, models: list[str] | None) -> list[dict]:
     return rows
 
 
-def loio_rows(data: Path) -> list[dict]:
+def loio_rows(data: Path, models: list[str] | None) -> list[dict]:
     sys.path.insert(0, str(ROOT / "scripts"))
-    from net_loio import leave_one_image_out
+    from net_loio import MODELS, leave_one_image_out, measured_images
 
-    result = leave_one_image_out(data)
-    return [
-        {"set": "net_fluorescence_loio", "model": "net-classical", "seen": 0, "images": 1, **image}
-        for image in result["held_out"]
-    ]
+    rows = []
+    for model in [m for m in MODELS if not models or m in models]:
+        result = leave_one_image_out(measured_images(data, model))
+        rows += [
+            {"set": "net_fluorescence_loio", "model": model, "seen": 0, "images": 1, **image}
+            for image in result["held_out"]
+        ]
+    return rows
 
 
 def wbc_type_rows() -> list[dict]:
@@ -403,10 +407,8 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
                 extra = wbc_type_rows() if not models or "wbc-types" in models else []
             elif set_name == "coelho":
                 extra = coelho_rows(data, models)
-            elif not models or "net-classical" in models:
-                extra = loio_rows(data)
             else:
-                extra = []
+                extra = loio_rows(data, models)
             for row in extra:
                 print(_line(row), flush=True)
             rows += extra

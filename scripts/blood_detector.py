@@ -423,10 +423,12 @@ def bundled_card(weights: Path, card_path: Path, out: Path, name: str, descripti
 
 
 def save_bundled(card, out: Path) -> None:
-    """Write a bundled card beside its weights; both readable by everyone (package data)."""
+    """Write a bundled card beside its weights (if it has any); both readable by everyone
+    (package data)."""
     path = card.save(out / f"{card.name}.json", overwrite=True)
     for written in (path, out / f"{card.name}.pt"):
-        written.chmod(0o644)
+        if written.exists():  # a classical card has no weights
+            written.chmod(0o644)
 
 
 def write_card(trained: dict, figures: dict, args: argparse.Namespace) -> None:

@@ -8,11 +8,12 @@ measured on ``txl_pbc`` val, which it never sees. ``fluo-resunet`` likewise on D
 fixed split by modality, ``scripts/fluo_nuclei.py``); ``net-area`` by folds of whole samples
 of Coelho et al. 2015 (``scripts/net_area.py``); ``wbc-types``, the WBC type classifier that
 ``blood-detector`` calls, by 4 folds of BCCD photographs and wbc_crops (the composites' typed
-WBCs in every fold's training; ``scripts/wbc_types.py``).
+WBCs in every fold's training; ``scripts/wbc_types.py``); ``net-detector`` trains nothing (it
+classes ``fluo-resunet``'s nuclei by rules whose thresholds ``scripts/net_loio.py`` fits,
+leave-one-image-out on the 2 NET fluorescence images for its figures).
 
-For each model: k-fold cross-validation (``blood-unet``, 14 images of blood_smear_224, colour
-maps read as blood10) or leave-one-image-out (``net-detector``, the 2 NET fluorescence images):
-a model is trained on the other images only, predicts the held-out ones through
+``blood-unet`` here: k-fold cross-validation (14 images of blood_smear_224, colour maps read as
+blood10): a model is trained on the other images only, predicts the held-out ones through
 ``core.predict.predict`` (the same path as ``cellquant predict``), and the held-out predictions
 of all folds are scored with ``core.metrics`` (what ``cellquant evaluate`` prints). Then the
 final model is trained on all images with the same settings and written, with the held-out
@@ -77,17 +78,6 @@ SETTINGS: dict[str, dict] = {
         # the goal of 1 %, since one set of smears is a small sample of a lab's
         "infected_tuning_share": 0.005,
     },
-    "net-detector": {
-        "data": "net_fluorescence",
-        "folds": 2,
-        "crop": 224,
-        "batch_size": 4,
-        "epochs": 13,
-        "steps_per_epoch": 25,
-        "lr": 1.5e-3,
-        "scale_range": (0.8, 1.25),
-        "seed": 0,
-    },
 }
 
 #: models whose recipe is a script of its own (its split and figures are its own)
@@ -96,16 +86,12 @@ OWN_SCRIPTS = {
     "blood-detector": "blood_detector",
     "fluo-resunet": "fluo_nuclei",
     "net-area": "net_area",
+    "net-detector": "net_loio",  # no training: rule thresholds fitted on the 2 NET images
 }
-
-#: detection thresholds tried on a detector's own training images (never the held-out ones)
-THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
 
 DESCRIPTIONS = {
     "blood-unet": "U-Net: 5-part WBC differential, platelets, clumps, infected and healthy RBCs "
     "(trained on the 14 blood_smear_224 composites)",
-    "net-detector": "CenterNet-style box detector for NETs and neutrophil states (trained on "
-    "2 NET fluorescence images, 43 boxes)",
 }
 
 log = logging.getLogger("train_bundled")
@@ -116,9 +102,7 @@ def load_pairs(name: str, data: Path) -> list:
     from napari_cellquant.core.training import load_training_pairs
 
     folder = data / SETTINGS[name]["data"]
-    if name == "blood-unet":
-        return load_training_pairs(folder / "images", folder / "segments", class_set="blood10")
-    return load_training_pairs(folder / "images", folder / "coco.json")
+    return load_training_pairs(folder / "images", folder / "segments", class_set="blood10")
 
 
 def plain_smear_pairs(data: Path, every: int, rbc_px: float) -> list:
@@ -177,41 +161,6 @@ def folds_of(pairs: list, k: int) -> list[list[int]]:
 
 def annotation_name(pair: tuple) -> str:
     return pair[1].image_name
-
-
-def tune_threshold(result_weights: Path, train_pairs: list) -> float:
-    """The detection threshold with the best F1 at IoU 0.5 on the training images."""
-    import numpy as np
-
-    from napari_cellquant.core.inference import predict_maps
-    from napari_cellquant.core.postprocess import boxes_from_heatmap
-    from napari_cellquant.core.predict import load_model
-    from napari_cellquant.core.training import make_sample
-    from napari_cellquant.core.training.validation import match_boxes
-
-    model = load_model(result_weights, "cpu")
-    card = model.card
-    stride = int(card.architecture["detector"]["stride"])
-    tallies = np.zeros((len(THRESHOLDS), 3))
-    for image, annotation in train_pairs:
-        sample = make_sample(image, annotation, card)
-        maps = predict_maps(
-            sample.pixels, model.network, tile=card.tile, overlap=card.overlap, device="cpu"
-        )
-        settings = {k: v for k, v in card.postprocess.items() if k != "threshold"}
-        for row, threshold in enumerate(THRESHOLDS):
-            found = boxes_from_heatmap(
-                maps["heatmap"],
-                maps["size"],
-                maps.get("offset"),
-                stride=stride,
-                threshold=threshold,
-                **settings,
-            )
-            tp = match_boxes(found, sample.boxes, 0.5)
-            tallies[row] += (tp, len(found), len(sample.boxes))
-    f1 = 2 * tallies[:, 0] / np.maximum(tallies[:, 1] + tallies[:, 2], 1)
-    return float(THRESHOLDS[int(np.argmax(f1))])
 
 
 def infected_tuning_photos(data: Path) -> list:
@@ -373,14 +322,6 @@ def run_job(
         overwrite=True,
     )
     result = train(config)
-    threshold = None
-    if name == "net-detector":  # chosen on the training images only
-        from napari_cellquant.core.models.card import ModelCard
-
-        threshold = tune_threshold(result.weights, train_pairs)
-        card = ModelCard.load(result.card)
-        card.postprocess["threshold"] = threshold
-        card.save(result.card, overwrite=True)
     if s.get("infected_tuning_share"):
         from napari_cellquant.core.models.card import ModelCard
 
@@ -406,41 +347,24 @@ def run_job(
         "card": str(result.card),
         "predictions": predictions,
         "history": result.history,
-        "threshold": threshold,
         "wall_s": time.perf_counter() - started,
         "cpu_s": time.process_time() - cpu0,
     }
 
 
-def figures(name: str, truth: list, predictions: list) -> dict:
-    """The held-out figures that matter for a model, from ``core.metrics``."""
+def figures(truth: list, predictions: list) -> dict:
+    """The held-out figures of ``blood-unet``, from ``core.metrics``."""
     from napari_cellquant.core.metrics import evaluate
 
     scores = evaluate(truth, predictions, iou=0.5)
-    if name == "blood-unet":
-        semantic = scores["semantic"]
-        return {
-            "mean_iou": semantic["mean_iou"],
-            "per_class_iou": semantic["per_class"],
-            "mean_iou_foreground": semantic["mean_iou_foreground"],
-            "pixel_accuracy": semantic["pixel_accuracy"],
-            "instance_f1@0.5": scores["instances"]["f1"],
-            "count_mae_total": scores["counts"]["mae_total"],
-        }
-    boxes = scores["boxes"]
-    net = (boxes.get("ap_per_class") or {}).get("NET") or {}
-    counts = scores["counts"]
+    semantic = scores["semantic"]
     return {
-        "ap50_net": net.get("ap50"),
-        "ap_net": net.get("ap"),
-        "ap50": boxes["ap50"],
-        "f1@0.5": boxes["f1"],
-        "precision@0.5": boxes["precision"],
-        "recall@0.5": boxes["recall"],
-        "net_percent": counts.get("net_percent"),
-        "net_percent_mae": counts.get("net_percent_mae"),
-        "counts_gt": counts["gt"],
-        "counts_pred": counts["pred"],
+        "mean_iou": semantic["mean_iou"],
+        "per_class_iou": semantic["per_class"],
+        "mean_iou_foreground": semantic["mean_iou_foreground"],
+        "pixel_accuracy": semantic["pixel_accuracy"],
+        "instance_f1@0.5": scores["instances"]["f1"],
+        "count_mae_total": scores["counts"]["mae_total"],
     }
 
 
@@ -527,13 +451,12 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "fold": fold["tag"],
                     "held_out": fold["held_out_names"],
-                    "threshold": fold["threshold"],
-                    **figures(name, gt, fold["predictions"]),
+                    **figures(gt, fold["predictions"]),
                 }
             )
             pooled_truth += gt
             pooled_pred += fold["predictions"]
-        held_out = figures(name, pooled_truth, pooled_pred)
+        held_out = figures(pooled_truth, pooled_pred)
         scheme = "leave-one-image-out" if len(folds) == len(pairs) else f"{len(folds)}-fold"
         entry = {
             "scheme": scheme,

@@ -190,7 +190,8 @@ def test_models_lists_every_model_with_task_classes_scale_and_weights(capsys):
         "fluo-classical": ("cell", "none"),
         "fluo-resunet": ("cell", "bundled"),
         "net-classical": ("net4", "none"),
-        "net-detector": ("net4", "bundled"),
+        "net-detector": ("net4", "none"),
+        "net-centernet": ("net4", "missing"),
         "net-area": ("net-area", "bundled"),
     }
     for name, (class_set, weights) in expected.items():

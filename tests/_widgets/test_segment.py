@@ -285,7 +285,7 @@ def test_box_model_gives_a_shapes_layer_replaced_on_the_next_run(qtbot, segment,
     from napari_cellquant.core.models.networks import build_network
 
     card = dataclasses.replace(
-        builtin_cards()["net-detector"],
+        builtin_cards()["net-centernet"],
         name="test-detector",
         weights=WeightsSource(file="test-detector.pt"),
     )

@@ -116,6 +116,10 @@ def test_trains_saves_and_appears_in_segment(qtbot, train, tmp_path, smear):
     assert segment.model.value == key
     # and offered as a base for the next round
     assert key in widget.base.choices
+    # a built-in network without weights is a base to train, not a model to run yet
+    assert "net-centernet" in widget.base.choices and "net-centernet" not in segment.model.choices
+    assert "net-detector" in segment.model.choices  # a pipeline: nothing to train
+    assert "net-detector" not in widget.base.choices
 
 
 def test_fine_tuning_shows_base_and_new_scores(qtbot, train, tmp_path):

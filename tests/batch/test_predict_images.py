@@ -433,7 +433,7 @@ def test_box_models_keep_their_boxes_and_scores_through_the_parts(smear_folder, 
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
-    model = load_model("net-detector", "cpu", weights="random")
+    model = load_model("net-centernet", "cpu", weights="random")
     model.card.postprocess = {**model.card.postprocess, "threshold": 0.0}  # random net: keep all
     folder, _ = smear_folder
     images = collect_images([folder])

@@ -40,7 +40,7 @@ from .._layers import (
 from ..core.classical import param_help
 from ..core.errors import InputError
 from ..core.models.card import ModelCard
-from ..core.models.registry import builtin_cards
+from ..core.models.registry import builtin_cards, weights_status
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, device_choices, user_models
 from ._results import OUTLINE_WIDTH, build_layers, show_layers, slice_like_viewer
@@ -74,7 +74,13 @@ class SegmentWidget(RunsOneJob, Container):
         _warm_layer_code()
         self._viewer = viewer
         # a crop classifier (wbc-types) runs inside the model that finds the cells
-        self._builtin = {n: c for n, c in builtin_cards().items() if c.task != "classify"}
+        # a classifier runs inside another model; a model without weights cannot run yet
+        # (Train offers it as a base)
+        self._builtin = {
+            n: c
+            for n, c in builtin_cards().items()
+            if c.task != "classify" and weights_status(c) != "missing"
+        }
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=False)
         self.model = ComboBox(label="model", choices=self._model_choices)

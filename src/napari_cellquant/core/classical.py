@@ -301,8 +301,8 @@ def _working_scale(image: np.ndarray, p: Mapping[str, Any]) -> tuple[np.ndarray,
     return resized, _Scale(diameter * shape[0] / image.shape[0])
 
 
-def _upsample_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour enlargement of a label image to ``shape`` (pixel centres aligned)."""
+def resample_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Nearest-neighbour resampling of a label image to ``shape`` (pixel centres aligned)."""
     if labels.shape == tuple(shape):
         return labels
     rows = ((np.arange(shape[0]) + 0.5) * labels.shape[0] / shape[0]).astype(np.intp)
@@ -323,7 +323,7 @@ def _annotation(
     shape: tuple[int, int] | None = None,
 ) -> Annotation:
     if shape is not None:
-        labels = _upsample_labels(labels, shape)
+        labels = resample_labels(labels, shape)
     labels, mapping = relabel_sequential(labels)
     classes = {mapping[k]: v for k, v in classes.items() if k in mapping}
     scores = {mapping[k]: float(np.clip(v, 0.0, 1.0)) for k, v in scores.items() if k in mapping}
@@ -563,6 +563,25 @@ def _grey(image: np.ndarray, channel: int | None, source: str) -> np.ndarray:
     return img[..., int(channel)]
 
 
+def _grow_cells(cells: np.ndarray, foreground: np.ndarray, signal: np.ndarray) -> np.ndarray:
+    """Each cell grown over the stained area around it, down the DNA signal (a watershed
+    from the cells): a nuclei model outlines a NET's core, its expert box holds the spread
+    DNA too. Stained areas no cell reaches stay objects of their own."""
+    mask = foreground | (cells > 0)
+    grown = watershed(-signal, markers=cells, mask=mask)
+    orphans, _ = ndi.label(mask & (grown == 0))
+    return np.where(grown > 0, grown, np.where(orphans > 0, orphans + int(grown.max()), 0))
+
+
+def _dye_sum(image: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    """Both DNA dyes added, at full size: every nucleus and every NET, for a cell finder."""
+    if image.ndim == 2 or p["nuclear_channel"] is None:
+        return _grey(image, None if image.ndim == 2 else p["dna_channel"], "NET image")
+    return _grey(image, p["dna_channel"], "NET image") + _grey(
+        image, p["nuclear_channel"], "NET image"
+    )
+
+
 # --------------------------------------------------------------------------------------
 # fluorescence: bright cells on a dark background
 # --------------------------------------------------------------------------------------
@@ -627,8 +646,17 @@ def fluo_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) -
 # --------------------------------------------------------------------------------------
 # NETs: neutrophils imaged with DNA dyes
 # --------------------------------------------------------------------------------------
-def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) -> Annotation:
-    """NETs, dead, unstimulated and decondensed neutrophils, without a model.
+#: finds cells in a grey image of DNA stain at full size: a label image of the same shape
+CellFinder = Callable[[np.ndarray], np.ndarray]
+
+
+def net_classical(
+    image: np.ndarray,
+    params: Mapping[str, Any] | None = None,
+    find_cells: CellFinder | None = None,
+) -> Annotation:
+    """NETs, dead, unstimulated and decondensed neutrophils, without a model (or with a
+    model's cells: ``find_cells``).
 
     Method
     ------
@@ -666,6 +694,9 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
         ``(H, W, C)`` multichannel (e.g. RGB) image, or 2-D for a single DNA dye.
     params
         Overrides of ``DEFAULT_PARAMS["net-classical"]``.
+    find_cells
+        Replaces step 1: the objects are the cells it finds in the sum of the two dyes
+        (``net-detector`` passes a nuclei model's); steps 2 and 3 are the same.
 
     Returns
     -------
@@ -674,7 +705,7 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
         instances"]`` is True: the boxes describe the same objects, they are not extra ones).
     """
     p = resolve_params("net-classical", params)
-    labels, features, full_shape = net_objects(image, p)
+    labels, features, full_shape = net_objects(image, p, find_cells)
     if not len(features["area"]):
         return _annotation(labels, {}, {}, NET4, p, "net-classical", shape=full_shape)
     class_of, score = classify_net_objects(features, p)
@@ -685,13 +716,16 @@ def net_classical(image: np.ndarray, params: Mapping[str, Any] | None = None) ->
 
 
 def net_objects(
-    image: np.ndarray, params: Mapping[str, Any] | None = None
+    image: np.ndarray,
+    params: Mapping[str, Any] | None = None,
+    find_cells: CellFinder | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], tuple[int, int]]:
-    """Steps 1 and 2 of :func:`net_classical`: the objects (labels at the working scale)
-    and their measurements, one array per feature indexed by ``label - 1`` (``area`` in
-    reference-nucleus areas, ``solidity``, ``dna_mean``, ``fraction`` (NaN with one dye),
-    ``brightness``), and the image's own shape. The rules of step 3 only read these, so
-    they can be fitted on some images and applied to others (``classify_net_objects``)."""
+    """Steps 1 and 2 of :func:`net_classical`: the objects (labels at the working scale;
+    ``find_cells``' cells where given) and their measurements, one array per feature
+    indexed by ``label - 1`` (``area`` in reference-nucleus areas, ``solidity``,
+    ``dna_mean``, ``fraction`` (NaN with one dye), ``brightness``), and the image's own
+    shape. The rules of step 3 only read these, so they can be fitted on some images and
+    applied to others (``classify_net_objects``)."""
     p = resolve_params("net-classical", params)
     img = _as_float_image(image, rgb=False, source="NET image")
     full_shape = img.shape[:2]
@@ -716,9 +750,13 @@ def net_objects(
         foreground |= rise > level
         signals.append(rise)
     foreground = fill_small_holes(foreground, scale.area(p["max_hole"]))
-    labels = split_touching(
-        foreground, scale.px(p["min_distance"]), smooth=scale.length(p["distance_smooth"])
-    )
+    if find_cells is None:
+        labels = split_touching(
+            foreground, scale.px(p["min_distance"]), smooth=scale.length(p["distance_smooth"])
+        )
+    else:
+        cells = resample_labels(find_cells(_dye_sum(image, p)), dna.shape)
+        labels = _grow_cells(cells, foreground, np.sum(signals, axis=0))
     labels = remove_small_instances(labels, scale.area(p["min_area"]))
     labels, _ = relabel_sequential(labels)
     n = int(labels.max(initial=0))
@@ -818,13 +856,21 @@ PIPELINES = {
 
 
 def run_pipeline(
-    name: str, image: np.ndarray, params: Mapping[str, Any] | None = None
+    name: str,
+    image: np.ndarray,
+    params: Mapping[str, Any] | None = None,
+    find_cells: CellFinder | None = None,
 ) -> Annotation:
-    """Run the classical pipeline ``name`` (a key of :data:`PIPELINES`) on ``image``."""
+    """Run the classical pipeline ``name`` (a key of :data:`PIPELINES`) on ``image``;
+    ``find_cells`` (a model's cells) only for ``net-classical``."""
     try:
         pipeline = PIPELINES[name]
     except KeyError:
         raise InputError(
             f"unknown classical pipeline {name!r}; known: {', '.join(PIPELINES)}"
         ) from None
+    if find_cells is not None:
+        if pipeline is not net_classical:
+            raise InputError(f"the {name} pipeline finds its own cells: it takes no cells_from")
+        return net_classical(image, params, find_cells)
     return pipeline(image, params)

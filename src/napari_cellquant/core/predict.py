@@ -37,7 +37,7 @@ class Model:
 
     card: ModelCard
     network: Any = None  # torch.nn.Module for learned models, None for classical pipelines
-    device: Any = None  # torch.device for learned models
+    device: Any = None  # torch.device for learned models (and a cells_from pipeline's helper)
 
     @property
     def name(self) -> str:
@@ -65,7 +65,11 @@ def load_model(
     """
     card = get_card(name_or_path)
     if card.kind == "classical":
-        return Model(card=card)
+        if not card.params.get("cells_from"):
+            return Model(card=card)
+        from .inference import choose_device  # the device of the model that finds its cells
+
+        return Model(card=card, device=choose_device(device))
     import torch
 
     from .inference import choose_device
@@ -171,7 +175,8 @@ def iter_predict(
         if math.isfinite(scale.diameter):  # the pipelines express every size relative to it
             params["diameter"] = float(scale.diameter)
         yield (0, 1)
-        annotation = run_pipeline(card.pipeline or card.name, image, params)
+        find_cells = cell_finder(params.pop("cells_from", None), str(model.device))
+        annotation = run_pipeline(card.pipeline or card.name, image, params, find_cells)
         yield (1, 1)
         return _record_scale(annotation, scale)
     run = functools.partial(
@@ -319,6 +324,15 @@ def _helper_model(name: str, device: str) -> Model:
     """A helper model a card names (the WBC type classifier, the detector that measures the
     scale), loaded once per device."""
     return load_model(name, device)
+
+
+def cell_finder(name: str | None, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray] | None:
+    """The cells of model ``name`` as a label image (its own scale estimate), for a
+    pipeline that classes cells another model finds (``params.cells_from``); None: none."""
+    if not name:
+        return None
+    helper = _helper_model(str(name), device)
+    return lambda grey: predict(grey, helper).labels
 
 
 def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:

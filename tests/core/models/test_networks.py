@@ -31,7 +31,7 @@ def _run(net: torch.nn.Module, h: int, w: int, c: int = 3) -> dict[str, torch.Te
 
 @pytest.mark.parametrize(
     ("name", "low", "high"),
-    [("blood-unet", 1.8e6, 2.0e6), ("fluo-resunet", 3.0e5, 7.0e5), ("net-detector", 1.5e6, 2.5e6)],
+    [("blood-unet", 1.8e6, 2.0e6), ("fluo-resunet", 3.0e5, 7.0e5), ("net-centernet", 1.5e6, 2.5e6)],
 )
 def test_default_archs_parameter_counts(name: str, low: float, high: float) -> None:
     net = build_network(DEFAULT_ARCHS[name])
@@ -140,7 +140,7 @@ def test_detector_only_network_stops_the_decoder_at_its_stride() -> None:
 def test_output_activations_follow_the_heads() -> None:
     seg = build_network(DEFAULT_ARCHS["blood-unet"])
     assert seg.output_activations == {"classes": "softmax", "distance": "identity"}
-    det = build_network(DEFAULT_ARCHS["net-detector"])
+    det = build_network(DEFAULT_ARCHS["net-centernet"])
     assert det.output_activations == {"heatmap": "sigmoid", "size": "exp", "offset": "identity"}
     direct = build_network(
         {**TINY, "heads": ["boundary"], "detector": {"stride": 4, "size_encoding": "direct"}}
@@ -150,7 +150,7 @@ def test_output_activations_follow_the_heads() -> None:
 
 
 def test_heatmap_starts_at_the_centernet_prior() -> None:
-    net = build_network(DEFAULT_ARCHS["net-detector"])
+    net = build_network(DEFAULT_ARCHS["net-centernet"])
     bias = net.heads["heatmap"].out.bias
     assert torch.allclose(torch.sigmoid(bias), torch.full_like(bias, 0.1))
 

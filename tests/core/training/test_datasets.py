@@ -51,7 +51,7 @@ def test_real_data_maps_onto_the_bundled_class_sets(shared_data):
     assert sample.distance.max() == pytest.approx(1.0)
     with pytest.warns(UserWarning):
         nets = load_training_pairs(None, shared_data / "net_fluorescence" / "coco.json")
-    samples = [make_sample(image, ann, get_card("net-detector")) for image, ann in nets]
+    samples = [make_sample(image, ann, get_card("net-centernet")) for image, ann in nets]
     assert sorted(len(s.boxes) for s in samples) == [16, 27]
 
 

@@ -558,8 +558,8 @@ DEFAULT_ARCHS: dict[str, dict[str, Any]] = {
         "heads": ["classes"],
         "n_classes": 1,
     },
-    # NET detector: U-Net encoder/decoder to stride 4 and a CenterNet head for the NET-4 set.
-    "net-detector": {
+    # NET box detector: U-Net encoder/decoder to stride 4 and a CenterNet head for net4.
+    "net-centernet": {
         "type": "unet",
         "in_channels": 3,
         "width": 16,

@@ -73,10 +73,21 @@ BLOOD_DETECTOR_RBC_PX = 40.0
 
 
 def _classical_card(
-    name: str, class_set: str, description: str, channels: int, diameter: dict[str, float]
+    name: str,
+    class_set: str,
+    description: str,
+    channels: int,
+    diameter: dict[str, float],
+    *,
+    pipeline: str | None = None,
+    cells_from: str | None = None,
 ) -> ModelCard:
     from ..classical import DEFAULT_PARAMS
 
+    pipeline = pipeline or name
+    params: dict = dict(DEFAULT_PARAMS[pipeline])
+    if cells_from:
+        params["cells_from"] = cells_from
     return ModelCard(
         name=name,
         kind="classical",
@@ -85,8 +96,8 @@ def _classical_card(
         description=description,
         input_channels=channels,
         diameter_px=diameter,
-        pipeline=name,
-        params=dict(DEFAULT_PARAMS[name]),
+        pipeline=pipeline,
+        params=params,
     )
 
 
@@ -186,11 +197,22 @@ def builtin_cards() -> dict[str, ModelCard]:
             512,
             {"foreground_threshold": 0.5, "min_size": 20, "max_hole": 50, "split": False},
         ),
-        "net-detector": _learned_card(
+        "net-detector": _classical_card(
             "net-detector",
+            "net4",
+            "NETs, dead, unstimulated, decondensed neutrophils: fluo-resunet's nuclei grown "
+            "over their DNA, classed by rules fitted on other images",
+            3,
+            {"nucleus": 28.0, "objects": 33.5},
+            pipeline="net-classical",
+            cells_from="fluo-resunet",
+        ),
+        "net-centernet": _learned_card(
+            "net-centernet",
             "boxes",
             "net4",
-            "CenterNet-style box detector for NETs and neutrophil states",
+            "CenterNet box detector for NETs and neutrophil states: no weights ship (2 "
+            "annotated images are too few); train it on your own NET boxes",
             3,
             {"mode": "percentile", "low": 1.0, "high": 99.8},
             {"nucleus": 28.0, "objects": 33.5},
