@@ -182,6 +182,13 @@ def test_ema_keeps_the_average_resumes_it_and_refuses_bad_decays(smear, tmp_path
         train(config(card, smear, tmp_path / "bad.pt", ema_decay=1.0))
 
 
+def test_pipelines_are_refused_as_bases(smear, tmp_path):
+    """net-detector classes a network's cells by rules: nothing in it trains."""
+    with pytest.raises(InputError, match=r"net-detector is a classical pipeline.*net-centernet"):
+        train(config("net-detector", smear, tmp_path / "n.pt"))
+    assert not (tmp_path / "n.pt").exists()
+
+
 def test_negative_contact_weight_is_refused(smear, tmp_path):
     card = dense_card(tmp_path)
     with pytest.raises(InputError, match="contact_weight must be 0 or more, got -1"):

@@ -24,7 +24,7 @@ Public API
 Example
 -------
 >>> pairs = load_training_pairs("images/", "coco.json")                    # doctest: +SKIP
->>> config = TrainingConfig(base="net-detector", images=[p[0] for p in pairs],
+>>> config = TrainingConfig(base="net-centernet", images=[p[0] for p in pairs],
 ...                         annotations=[p[1] for p in pairs], output="my_net.pt")  # doctest: +SKIP
 >>> result = train(config, progress=print)                                 # doctest: +SKIP
 >>> load_model(result.weights)                                             # doctest: +SKIP

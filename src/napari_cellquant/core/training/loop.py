@@ -322,7 +322,7 @@ class _Run:
         if card.kind != "learned":
             raise InputError(
                 f"{card.name} is a classical pipeline: pick a learned model "
-                "(blood-unet, fluo-resunet, net-detector) or a trained card"
+                "(blood-detector, fluo-resunet, net-area, net-centernet, ...) or a trained card"
             )
         if card.task == "classify":
             raise InputError(
