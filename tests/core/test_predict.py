@@ -67,6 +67,30 @@ def test_net_detector_finds_the_same_cells_at_half_size():
         assert all(0 < s <= 1 for s in found.scores.values())
 
 
+def test_the_cell_finder_takes_a_given_scale_and_estimates_its_own(monkeypatch):
+    """net-detector's nuclei model runs at the diameter the user gives (or a pixel size
+    sets), and measures its own otherwise (it checks its estimate on its nuclei)."""
+    from importlib.resources import files
+
+    import napari_cellquant.core.predict as predict_module
+    from napari_cellquant.core.io.images import read_image
+
+    image = read_image(files("napari_cellquant.samples") / "K.Fiok3_1Per2h006_scale.jpg")
+    model = load_model("net-detector", "cpu")
+    asked = []
+    original = predict_module.predict
+
+    def recording(pixels, model, **kwargs):
+        if model.card.name == "fluo-resunet":
+            asked.append(kwargs.get("diameter"))
+        return original(pixels, model, **kwargs)
+
+    monkeypatch.setattr(predict_module, "predict", recording)
+    predict(image, model, diameter=30.0)
+    predict(image, model)
+    assert asked == [30.0, None]
+
+
 def test_cancel_stops_with_cancelled_error(smear):
     pixels, _ = smear
     model = load_model("blood-unet", "cpu", weights="random")

@@ -175,7 +175,9 @@ def iter_predict(
         if math.isfinite(scale.diameter):  # the pipelines express every size relative to it
             params["diameter"] = float(scale.diameter)
         yield (0, 1)
-        find_cells = cell_finder(params.pop("cells_from", None), str(model.device))
+        # the user's scale holds for the cell finder too; an estimate it makes (and checks) itself
+        known = scale.diameter if scale.source in ("given", "pixel_size") else None
+        find_cells = cell_finder(params.pop("cells_from", None), str(model.device), known)
         annotation = run_pipeline(card.pipeline or card.name, image, params, find_cells)
         yield (1, 1)
         return _record_scale(annotation, scale)
@@ -326,13 +328,16 @@ def _helper_model(name: str, device: str) -> Model:
     return load_model(name, device)
 
 
-def cell_finder(name: str | None, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray] | None:
-    """The cells of model ``name`` as a label image (its own scale estimate), for a
-    pipeline that classes cells another model finds (``params.cells_from``); None: none."""
+def cell_finder(
+    name: str | None, device: str = "cpu", diameter: float | None = None
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The cells of model ``name`` as a label image, at ``diameter`` (None: its own
+    estimate), for a pipeline that classes cells another model finds (``params.cells_from``);
+    None without a name."""
     if not name:
         return None
     helper = _helper_model(str(name), device)
-    return lambda grey: predict(grey, helper).labels
+    return lambda grey: predict(grey, helper, diameter=diameter).labels
 
 
 def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:
