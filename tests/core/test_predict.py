@@ -387,3 +387,68 @@ def test_a_segmenter_takes_its_scale_from_the_detector_its_card_names():
     model.card.params["scale_from"] = "fluo-resunet"  # measures nuclei, not red cells
     with pytest.raises(InputError, match="does not measure 'rbc' objects"):
         predict(photo, model)
+
+
+def _discs(diameter: float, shape=(400, 400)) -> np.ndarray:
+    """A grid of discs ``diameter`` px wide: objects of a known median size."""
+    from skimage.draw import disk
+
+    labels = np.zeros(shape, np.int32)
+    step = int(max(diameter, 4) * 2)
+    centres = [
+        (y, x)
+        for y in range(step, shape[0] - step, step)
+        for x in range(step, shape[1] - step, step)
+    ]
+    for k, centre in enumerate(centres[:40]):
+        labels[disk(centre, diameter / 2, shape=shape)] = k + 1
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("found_per_round", "kept_round"),
+    [
+        # the runaway traced on a DSB2018 image of 40-px nuclei misread as 15 px: each round
+        # zooms further in and takes texture for smaller objects; round 1 was closest
+        ([10.3, 7.7, 4.7, 2.5], 1),
+        # a round farther off, then convergence: the last round is kept
+        ([30.0, 60.0, 58.0], 2),
+    ],
+)
+def test_refining_keeps_the_round_closest_to_the_models_scale(found_per_round, kept_round):
+    import dataclasses
+
+    from napari_cellquant.core.annotation import Annotation
+    from napari_cellquant.core.classes import CELL
+    from napari_cellquant.core.models.registry import get_card
+    from napari_cellquant.core.predict import _refined
+    from napari_cellquant.core.scale import image_scale
+
+    card = dataclasses.replace(
+        get_card("fluo-resunet"), params={"refine_scale": {"tolerance": 1.15, "rounds": 3}}
+    )
+    image = np.zeros((400, 400), np.uint8)
+    runs = iter(found_per_round[1:])
+
+    def annotation_of(diameter: float) -> Annotation:
+        labels = _discs(diameter)
+        return Annotation(labels, CELL, classes=dict.fromkeys(range(1, labels.max() + 1), 1))
+
+    def run(zoom: float):
+        yield (0, 1)
+        return annotation_of(next(runs))
+
+    first = image_scale(image, card, diameter=15.4)
+    first = dataclasses.replace(first, source="estimated")
+    steps = _refined(image, card, annotation_of(found_per_round[0]), first, run)
+    try:
+        while True:
+            next(steps)
+    except StopIteration as finished:
+        annotation, scale = finished.value
+    ran_at = [15.4, *found_per_round[:-1]]
+    assert scale.diameter == pytest.approx(ran_at[kept_round], rel=0.1)
+    measured = np.median(
+        [2 * np.sqrt((annotation.labels == i).sum() / np.pi) for i in annotation.instance_ids()]
+    )
+    assert measured == pytest.approx(found_per_round[kept_round], rel=0.15)

@@ -212,22 +212,27 @@ def _refined(
 
     Only an estimated (or assumed) scale is refined, never one the user or the pixel size
     gave. The weight-free estimate misreads textured or sparse fields; objects found at a
-    wrong scale are still about the right size, so each round lands closer.
+    wrong scale are still about the right size, so each round usually lands closer, though
+    not always: a network zoomed far in can take texture for objects, each round smaller
+    than the last. So the round whose objects are closest to the card's size is kept.
     """
     reference = card.typical_diameter
     if scale.source not in ("estimated", "model") or reference is None:
         return annotation, scale
     settings = card.params["refine_scale"]
     tolerance = math.log(float(settings.get("tolerance", 1.15)))
-    for _ in range(int(settings.get("rounds", 1))):
+    rounds = int(settings.get("rounds", 1))
+    closest = (math.inf, annotation, scale)
+    for done in range(rounds + 1):
         measured = median_object_diameter(annotation.labels, min_objects=_MIN_OBJECTS_FOR_SCALE)
-        if measured is None:
-            break
-        if abs(math.log(measured * scale.zoom / reference)) <= tolerance:
+        off = math.inf if measured is None else abs(math.log(measured * scale.zoom / reference))
+        if off < closest[0] or done == 0:
+            closest = (off, annotation, scale)
+        if measured is None or off <= tolerance or done == rounds:
             break
         scale = dataclasses.replace(image_scale(image, card, diameter=measured), source="refined")
         annotation = yield from run(scale.zoom)
-    return annotation, scale
+    return closest[1], closest[2]
 
 
 def _network_pass(
