@@ -57,16 +57,20 @@ def test_nuclei_model_on_dsb2018_images_it_never_saw(shared_data, script):
 
 
 def test_net_area_is_unsplit_regions_whose_area_follows_the_expert(shared_data, script):
-    """net-area on Coelho fields (trained on all of them: a check of the path, not a
+    """net-area on the 58 Coelho fields (trained on all of them: a check of the path, not a
     figure; the held-out figures are in its card): one object per connected region, class
-    net_region, and the NET share of the field near the expert's."""
+    net_region, the share Count shows is the mask's, and over the fields the NET area follows
+    the expert's (pooled IoU, median share error). Single fields can be far off (the card
+    gives the largest held-out error), so no one field is held to the expert."""
     from scipy import ndimage as ndi
 
     from napari_cellquant.core.quantify import figure_rows
 
-    fields = {f["name"]: f for f in script("net_area").load_fields(shared_data)}
+    fields = script("net_area").load_fields(shared_data)
     model = load_model("net-area", "cpu")
-    for field in (fields["image_05_01"], fields["image_09_02"]):
+    overlap = union = 0
+    errors = []
+    for field in fields:
         found = predict(field["dna"], model)
         mask = found.labels > 0
         assert found.labels.max() == ndi.label(mask)[1]  # regions are not split
@@ -75,5 +79,8 @@ def test_net_area_is_unsplit_regions_whose_area_follows_the_expert(shared_data, 
             "field_share"
         ]
         assert share == pytest.approx(100 * mask.mean())
-        assert abs(share - 100 * field["rois"].mean()) <= 15, (field["name"], share)
+        errors.append(abs(share - 100 * field["rois"].mean()))
+        overlap += int((mask & field["rois"]).sum())
+        union += int((mask | field["rois"]).sum())
+    assert overlap / union >= 0.6 and np.median(errors) <= 5, (overlap / union, np.median(errors))
     assert model.card.metrics["held_out"]["scheme"].startswith("4-fold by sample")
