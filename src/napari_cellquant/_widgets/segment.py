@@ -73,9 +73,8 @@ class SegmentWidget(RunsOneJob, Container):
         tab_with_plugin_docks(self.native)
         _warm_layer_code()
         self._viewer = viewer
-        # a crop classifier (wbc-types) runs inside the model that finds the cells
-        # a classifier runs inside another model; a model without weights cannot run yet
-        # (Train offers it as a base)
+        # a crop classifier (wbc-types) runs inside the model that finds the cells; a model
+        # without weights cannot run yet (Train offers it as a base)
         self._builtin = {
             n: c
             for n, c in builtin_cards().items()
