@@ -478,3 +478,36 @@ def test_all_five_docks_at_1280_by_800_keep_the_window_on_screen(make_napari_vie
     canvas = window.centralWidget()  # the canvas and its layer controls
     assert canvas.width() > 0.5 * window.width(), (canvas.width(), window.width())
     assert all(len(window.tabifiedDockWidgets(dock)) == 4 for dock in docks)
+
+
+def test_net_detector_on_the_net_sample_gives_classed_cells_and_count_shows_net_percent(
+    make_napari_viewer, qtbot
+):
+    """Segment runs net-detector (fluo-resunet's nuclei, classed by rules) on the NET sample
+    in a worker; the result is a Labels layer of net4 cells beside the expert's boxes, and
+    Count gives its NET % next to the expert's (75 %: 12 of 16)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "net_fluorescence")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    widget.image.value = viewer.layers["K.Fiok3_1Per2h006_scale"]
+    widget.model.value = "net-detector"
+    assert widget.parameters["cells_from"].value == "fluo-resunet"  # the nuclei model, editable
+    _run(qtbot, widget)
+    layer = viewer.layers["K.Fiok3_1Per2h006_scale net-detector instances"]
+    assert layer._type_string == "labels"
+    features = layer.features.set_index("index")
+    assert sorted(features.index) == _labels_ids(layer).tolist()
+    assert 12 <= len(features) <= 22 and set(features["class_name"]) <= {
+        "NET",
+        "dead",
+        "unstimulated",
+        "decondensed",
+    }
+    _, count = viewer.window.add_plugin_dock_widget(PLUGIN, "Count")
+    shares = {
+        r["image"]: r["after"]
+        for r in count.refresh()
+        if r["group"] == "net_percent" and r["name"] == "NET"
+    }
+    assert shares["K.Fiok3_1Per2h006_scale"] == pytest.approx(75.0)
+    assert abs(shares["K.Fiok3_1Per2h006_scale net-detector"] - 75.0) <= 10
