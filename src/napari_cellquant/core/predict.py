@@ -226,7 +226,7 @@ def _refined(
     for done in range(rounds + 1):
         measured = median_object_diameter(annotation.labels, min_objects=_MIN_OBJECTS_FOR_SCALE)
         off = math.inf if measured is None else abs(math.log(measured * scale.zoom / reference))
-        if off < closest[0] or done == 0:
+        if off < closest[0]:
             closest = (off, annotation, scale)
         if measured is None or off <= tolerance or done == rounds:
             break
