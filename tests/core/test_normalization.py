@@ -53,6 +53,22 @@ def test_prepare_image_grey_to_rgb_and_rgb_to_grey() -> None:
     np.testing.assert_allclose(prepare_image(colour, 1)[..., 0], 0.587, rtol=1e-6)
 
 
+def test_prepare_image_for_two_stains() -> None:
+    """A two-stain network (net-area: DNA, histone) takes two channels as they are; a grey
+    image is its one stain twice (the missing stain stands in as the first, as in training),
+    and so is a colour one, by its luminance."""
+    dna = np.arange(48, dtype=np.uint8).reshape(6, 8) * 5
+    both = np.stack([dna, 255 - dna])  # channel-first
+    np.testing.assert_allclose(prepare_image(both, 2)[..., 1], (255 - dna) / 255, rtol=1e-6)
+    alone = prepare_image(dna, 2)
+    assert alone.shape == (6, 8, 2) and (alone[..., 0] == alone[..., 1]).all()
+    colour = np.zeros((2, 2, 3), dtype=np.uint8)
+    colour[..., 1] = 255
+    np.testing.assert_allclose(prepare_image(colour, 2), 0.587, rtol=1e-6)
+    with pytest.raises(InputError, match="has 2 channel"):
+        prepare_image(both, 1)
+
+
 def test_prepare_image_16_bit_channel_first_rgba_bool() -> None:
     img16 = np.full((3, 5, 6), 65535, dtype=np.uint16)  # channel-first RGB
     img16[1] = 0

@@ -37,7 +37,9 @@ def prepare_image(
         are scaled by their dtype's maximum (uint8 / 255, uint16 / 65535) to [0, 1]; floats are
         kept as they are; booleans become 0/1.
     in_channels
-        Channels the network wants (1 or 3 are converted between; RGBA drops alpha).
+        Channels the network wants. RGBA drops alpha; RGB is one grey stain (luminance) to a
+        network of 1 or 2 channels; one channel is repeated into as many as it wants (a
+        missing second stain stands in as the first: see ``TrainingConfig.stand_in_channels``).
     channel_axis
         Axis holding channels for a 3-D image. ``None`` guesses as :func:`channel_last_view`
         does: the last axis when it has at most 4 entries, else the first.
@@ -82,11 +84,11 @@ def prepare_image(
     c = arr.shape[-1]
     if c == 4 and in_channels != 4:
         arr, c = arr[..., :3], 3  # RGBA: alpha carries no stain information
+    if c == 3 and in_channels < 3:
+        arr, c = (arr @ _LUMA)[..., None], 1
     if c != in_channels:
-        if in_channels == 3 and c == 1:
-            arr = np.repeat(arr, 3, axis=-1)
-        elif in_channels == 1 and c == 3:
-            arr = (arr @ _LUMA)[..., None]
+        if c == 1:
+            arr = np.repeat(arr, in_channels, axis=-1)
         else:
             raise InputError(f"image has {c} channel(s) but the network expects {in_channels}")
     return np.ascontiguousarray(arr, dtype=np.float32)

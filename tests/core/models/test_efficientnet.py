@@ -92,7 +92,7 @@ def test_bad_architectures_are_clear_errors() -> None:
     from napari_cellquant.core.errors import InputError
 
     with pytest.raises(InputError, match="3 channels"):
-        build_network({"type": "efficientnet-unet", "in_channels": 2, "heads": ["classes"]})
+        build_network({"type": "efficientnet-unet", "in_channels": 4, "heads": ["classes"]})
     with pytest.raises(InputError, match="decoder needs 5 widths"):
         build_network({"type": "efficientnet-unet", "heads": ["classes"], "decoder": [8, 8]})
     with pytest.raises(InputError, match="unknown key"):
@@ -113,6 +113,25 @@ def test_one_stain_is_seen_as_grey_by_the_rgb_encoder() -> None:
     with torch.inference_mode():
         torch.testing.assert_close(grey(x)["classes"], rgb(x.expand(-1, 3, -1, -1))["classes"])
     assert grey.in_channels == 1
+
+
+def test_two_stains_take_red_and_blue_then_green() -> None:
+    """in_channels 2 (DNA, histone): the first stain is red and blue, the second green; with
+    the second a copy of the first the network gives what it gives that one stain alone."""
+    torch.manual_seed(0)
+    arch = {"type": "efficientnet-unet", "heads": ["classes"], "n_classes": 1}
+    two = build_network({**arch, "in_channels": 2}).eval()
+    one = build_network({**arch, "in_channels": 1}).eval()
+    rgb = build_network({**arch, "in_channels": 3}).eval()
+    one.load_state_dict(two.state_dict())
+    rgb.load_state_dict(two.state_dict())
+    dna, histone = torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96)
+    with torch.inference_mode():
+        both = two(torch.cat([dna, histone], 1))["classes"]
+        torch.testing.assert_close(both, rgb(torch.cat([dna, histone, dna], 1))["classes"])
+        alone = two(torch.cat([dna, dna], 1))["classes"]
+        torch.testing.assert_close(alone, one(dna)["classes"])
+        assert not torch.allclose(both, alone)
 
 
 def test_channels_last_gives_the_same_outputs() -> None:

@@ -58,3 +58,24 @@ def test_balanced_crops_centre_rare_classes_as_often_as_common_ones():
     drawn per object, 1 crop in 41."""
     assert 0.35 < _share_of_crops_holding_the_rare_object(True) < 0.65
     assert _share_of_crops_holding_the_rare_object(False) < 0.1
+
+
+def _two_stain_batch(stand_in: float) -> torch.Tensor:
+    """Crops of an image whose second stain is the first one's negative."""
+    first = np.random.default_rng(1).random((96, 96), dtype=np.float32)
+    pixels = np.stack([first, 1 - first], axis=-1)
+    sample = TrainingSample("field", pixels, None, None, None, Boxes())
+    settings = AugmentSettings(crop=32, scale_range=(1.0, 1.0), stand_in_channels=stand_in)
+    return make_batch([sample], 200, settings, np.random.default_rng(0))["image"]
+
+
+def test_a_second_stain_is_replaced_by_the_first_in_a_share_of_crops():
+    """stand_in_channels: that share of the crops has its second stain an exact copy of the
+    first (after the jitter, as a one-stain image reaches a two-stain network); the rest keep
+    both stains; 0 changes nothing."""
+    images = _two_stain_batch(0.5)
+    copied = (images[:, 1] == images[:, 0]).flatten(1).all(dim=1)
+    assert 0.35 < copied.float().mean() < 0.65
+    kept = images[~copied]
+    assert (torch.corrcoef(torch.stack([kept[:, 0].flatten(), kept[:, 1].flatten()]))[0, 1]) < -0.5
+    assert not (_two_stain_batch(0.0)[:, 1] == _two_stain_batch(0.0)[:, 0]).flatten(1).all(1).any()

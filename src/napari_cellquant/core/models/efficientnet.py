@@ -14,7 +14,9 @@ exposes the same interface as :class:`~.networks.UNet` (``arch``, ``in_channels`
 Architecture keys (``type: "efficientnet-unet"``):
 
 ``in_channels``
-    3 (the encoder is an RGB network), or 1 for one stain, repeated into the three.
+    3 (the encoder is an RGB network); 1 for one stain, repeated into the three; 2 for two
+    stains, the second taking the green channel (``net-area``'s DNA and histone): with the
+    second a copy of the first, the ImageNet stem sees grey, as with one stain.
 ``decoder``
     Filters of the decoder levels from stride 16 up to stride 1, default
     ``[96, 64, 48, 32, 24]``; the decoder stops at the highest resolution a head needs.
@@ -265,8 +267,8 @@ class EfficientUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
-        if x.shape[1] == 1:  # one stain (a DNA channel): the ImageNet stem sees it as grey
-            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] < 3:  # stains as (first, last, first): one stain is grey to the stem
+            x = x[:, [0, x.shape[1] - 1, 0]]
         x = pad_to_multiple(x, self.size_multiple)
         taps = self.encoder.features(x)
         y = taps[-1]
@@ -337,10 +339,10 @@ def normalise_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
             f"network architecture: unknown key(s) {sorted(unknown)}; known: {sorted(_ARCH_KEYS)}"
         )
     a = dict(arch)
-    if a.get("in_channels", 3) not in (1, 3):
+    if a.get("in_channels", 3) not in (1, 2, 3):
         raise InputError(
             "network architecture: the EfficientNet encoder takes 3 "
-            f"channels (or 1, repeated), got in_channels={a['in_channels']}"
+            f"channels (or 1 or 2 stains), got in_channels={a['in_channels']}"
         )
     a["in_channels"] = a.get("in_channels", 3)
     decoder = a.get("decoder", [96, 64, 48, 32, 24])

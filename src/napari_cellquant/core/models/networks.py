@@ -549,11 +549,12 @@ DEFAULT_ARCHS: dict[str, dict[str, Any]] = {
         "heads": [],
         "detector": {"n_classes": 3, "stride": 4, "size_encoding": "log", "head_width": 64},
     },
-    # NET area: ImageNet-pretrained EfficientNet-Lite0 on the DNA stain alone (one channel,
-    # repeated), U-Net decoder to full resolution, NET region vs background.
+    # NET area: ImageNet-pretrained EfficientNet-Lite0 on the DNA stain and, optionally, the
+    # histone stain (a DNA-only image gives its DNA twice), U-Net decoder to full resolution,
+    # NET region vs background.
     "net-area": {
         "type": "efficientnet-unet",
-        "in_channels": 1,
+        "in_channels": 2,
         "decoder": [64, 48, 32, 24, 16],
         "heads": ["classes"],
         "n_classes": 1,

@@ -190,8 +190,9 @@ def builtin_cards() -> dict[str, ModelCard]:
             "net-area",
             "instances",
             "net-area",
-            "NET-covered area in the DNA stain: NET regions, their area and share of the field",
-            1,
+            "NET-covered area from the DNA stain (histone stain optional, second channel): NET "
+            "regions, their area and share of the field",
+            2,
             {"mode": "percentile", "low": 1.0, "high": 99.8},
             {},
             512,

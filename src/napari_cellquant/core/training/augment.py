@@ -42,6 +42,9 @@ class AugmentSettings:
         Centre those crops on an object of a class drawn uniformly among the classes present
         (then one of its objects), not on an object drawn uniformly: in blood smears RBCs
         outnumber platelets 30 to 1, so uniform draws would hardly ever centre a rare class.
+    stand_in_channels
+        Probability that a crop's channels after the first become copies of its first (a
+        second stain that may be missing; see ``TrainingConfig.stand_in_channels``).
     modality
         :data:`BRIGHTFIELD` or :data:`FLUORESCENCE` photometric jitter.
     enabled
@@ -52,6 +55,7 @@ class AugmentSettings:
     scale_range: tuple[float, float] = (0.8, 1.25)
     object_bias: float = 0.5
     balance_classes: bool = False
+    stand_in_channels: float = 0.0
     modality: str = BRIGHTFIELD
     enabled: bool = True
 
@@ -240,6 +244,10 @@ def make_batch(
             Boxes(dihedral_boxes(b.xywh, crop, *flips[i]), b.class_ids) for i, b in enumerate(boxes)
         ]
         image = _photometric(image, settings.modality, generator) * masks
+        if settings.stand_in_channels > 0 and image.shape[1] > 1:
+            # after the jitter, so the stand-in is the exact copy prediction will see
+            stand_in = torch.from_numpy(rng.random(batch_size) < settings.stand_in_channels)
+            image[stand_in, 1:] = image[stand_in, :1]
 
     batch = {"image": image.contiguous(), "valid": masks > 0.5}
     if dense:

@@ -84,6 +84,11 @@ class TrainingConfig:
         Weigh the distance head's error ``1 + contact_weight`` times near borders that two
         objects share (:func:`~.losses.contact_zone`), so touching cells are learnt apart;
         0: every pixel alike.
+    stand_in_channels
+        Probability that a crop's channels after the first are replaced by its first, so the
+        network learns to work without them: a missing second stain is given as the first
+        one repeated (``core.normalization.prepare_image``), as ``net-area`` takes the DNA
+        stain alone or with the histone stain. 0: every crop as it is.
     name
         Name written into the new card (default: the output file's stem).
     overwrite
@@ -113,6 +118,7 @@ class TrainingConfig:
     balance_classes: bool = False
     ema_decay: float | None = None
     contact_weight: float = 0.0
+    stand_in_channels: float = 0.0
     name: str | None = None
     overwrite: bool = False
 
@@ -300,6 +306,10 @@ class _Run:
             raise InputError(f"ema_decay must be between 0 and 1, got {c.ema_decay}")
         if not c.contact_weight >= 0:
             raise InputError(f"contact_weight must be 0 or more, got {c.contact_weight}")
+        if not 0 <= c.stand_in_channels <= 1:
+            raise InputError(
+                f"stand_in_channels must be between 0 and 1, got {c.stand_in_channels}"
+            )
         if not c.resume and not c.overwrite:
             for path in (self.weights_path, self.card_path):
                 if path.exists():
@@ -401,6 +411,7 @@ class _Run:
             crop=self.crop,
             scale_range=(float(c.scale_range[0]), float(c.scale_range[1])),
             balance_classes=c.balance_classes,
+            stand_in_channels=c.stand_in_channels,
             modality=modality,
             enabled=c.augment,
         )
@@ -623,6 +634,7 @@ class _Run:
                 "balance_classes": c.balance_classes,
                 "ema_decay": c.ema_decay,
                 "contact_weight": c.contact_weight,
+                "stand_in_channels": c.stand_in_channels,
                 "device": str(self.device),
                 "amp": self.amp,
             },
