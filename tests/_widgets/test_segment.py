@@ -511,3 +511,77 @@ def test_net_detector_on_the_net_sample_gives_classed_cells_and_count_shows_net_
     }
     assert shares["K.Fiok3_1Per2h006_scale"] == pytest.approx(75.0)
     assert abs(shares["K.Fiok3_1Per2h006_scale net-detector"] - 75.0) <= 10
+
+
+@pytest.fixture(scope="module")
+def two_stain_model(tmp_path_factory):
+    """A net-area card of two stains (DNA, histone) with untrained weights."""
+    import torch
+
+    from napari_cellquant.core.models.networks import build_network
+
+    folder = tmp_path_factory.mktemp("two-stains")
+    card = builtin_cards()["net-area"]
+    card = dataclasses.replace(
+        card,
+        name="two-stains",
+        input_channels=2,
+        architecture={**card.architecture, "in_channels": 2},
+        weights=WeightsSource(file="two-stains.pt"),
+    )
+    torch.manual_seed(0)
+    torch.save(build_network(card.architecture).state_dict(), folder / "two-stains.pt")
+    card.save(folder / "two-stains.json")
+    return folder / "two-stains.json"
+
+
+def test_a_two_stain_model_takes_a_second_layer_or_does_without(
+    qtbot, make_napari_viewer, two_stain_model, monkeypatch
+):
+    """The second-stain list shows only for a model of two stains; the chosen layer reaches
+    the network as the second channel, and without one the image goes alone (the model
+    repeats it). A layer of another size or a colour layer is refused with a message."""
+    from napari.utils.notifications import notification_manager
+
+    from napari_cellquant.core import predict
+
+    seen = []
+    real = predict.iter_predict
+
+    def recording(image, *args, **kwargs):
+        seen.append(np.asarray(image))
+        return (yield from real(image, *args, **kwargs))
+
+    monkeypatch.setattr(predict, "iter_predict", recording)
+    rng = np.random.default_rng(0)
+    dna = (rng.random((96, 128)) * 255).astype(np.uint8)
+    histone = (255 - dna).astype(np.uint8)
+    viewer = make_napari_viewer()
+    viewer.add_image(dna, name="dna")
+    viewer.add_image(histone, name="histone")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    widget.model.value = "blood-classical"
+    assert widget.second_stain.native.isHidden()
+    widget.load_model.value = two_stain_model
+    assert not widget.second_stain.native.isHidden() and widget.second_stain.value is None
+    widget.image.value = viewer.layers["dna"]
+    widget.diameter.value = 20.0
+    _run(qtbot, widget)
+    assert seen[-1].shape == (96, 128)
+    widget.second_stain.value = viewer.layers["histone"]
+    _run(qtbot, widget)
+    assert seen[-1].shape == (96, 128, 2)
+    np.testing.assert_array_equal(seen[-1][..., 1], histone)
+    assert viewer.layers["dna two-stains instances"].data.shape == (96, 128)
+
+    before = len(notification_manager.records)
+    viewer.add_image(dna[:64], name="other field")
+    widget.second_stain.value = viewer.layers["other field"]
+    assert widget.run() is None
+    viewer.add_image(np.stack([dna] * 3, axis=-1), name="colour", rgb=True)
+    widget.second_stain.value = viewer.layers["colour"]
+    assert widget.run() is None
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("same field" in m for m in messages), messages
+    assert any("two grey layers" in m for m in messages), messages
+    assert len(seen) == 2

@@ -82,6 +82,16 @@ class SegmentWidget(RunsOneJob, Container):
         }
 
         self.image = ComboBox(label="image", choices=self._image_choices, nullable=False)
+        # a model of two stains (net-area: DNA, then histone) takes the image as its first;
+        # without a second layer the first stands in for it, as in training
+        self.second_stain = ComboBox(
+            label="second stain",
+            choices=self._image_choices,
+            nullable=True,
+            value=None,
+            tooltip="The model's second stain (net-area: histone), a layer of the same size "
+            "as the image; leave empty if you have none",
+        )
         self.model = ComboBox(label="model", choices=self._model_choices)
         self.load_model = FileEdit(
             label="load model...", mode="r", filter="Model card or weights (*.json *.pt *.pth)"
@@ -120,6 +130,7 @@ class SegmentWidget(RunsOneJob, Container):
         self.extend(
             [
                 self.image,
+                self.second_stain,
                 self.model,
                 self.device,
                 self.diameter,
@@ -185,6 +196,7 @@ class SegmentWidget(RunsOneJob, Container):
 
     def _show_card(self, *_: Any) -> None:
         card = self.selected_card()
+        self.second_stain.visible = self._second_stain_wanted(card)
         self.tile.value = int(card.tile)
         self.tile.enabled = card.kind == "learned"
         settings = card.postprocess if card.kind == "learned" else card.params
@@ -216,6 +228,9 @@ class SegmentWidget(RunsOneJob, Container):
         # the description is the model list's tooltip: as a label it would widen the dock
         self.model.tooltip = card.description
         self.status.value = ""
+
+    def _second_stain_wanted(self, card: ModelCard) -> bool:
+        return card.kind == "learned" and card.input_channels == 2
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.visible = bool(shown)
@@ -265,8 +280,20 @@ class SegmentWidget(RunsOneJob, Container):
         settings = {**getattr(card, kind_key), **self.threshold_values()}
         card = dataclasses.replace(card, **{kind_key: settings})
         entry = user_models.get(self.model.value)
+        second = self.second_stain.value if self._second_stain_wanted(card) else None
+        if second is not None and (layer.rgb or second.rgb):
+            raise InputError("two stains are two grey layers: split a colour image first")
+        if second is not None and second.data.shape[-2:] != layer.data.shape[-2:]:
+            raise InputError(
+                f"second stain {second.name!r} is {second.data.shape[-2:]} pixels but the "
+                f"image {layer.name!r} is {layer.data.shape[-2:]}: choose a layer of the same "
+                "field"
+            )
         job: dict[str, Any] = {
             "image": layer.data,
+            "second_stain": None
+            if second is None
+            else (second.data, second.multiscale, second.rgb, second.name),
             "multiscale": layer.multiscale,
             "rgb": layer.rgb,
             "layer_name": layer.name,
@@ -326,6 +353,7 @@ def _segment(
     multiscale: bool,
     rgb: bool,
     layer_name: str,
+    second_stain: tuple[Any, bool, bool, str] | None,
     card: ModelCard,
     source: str | None,
     loaded: Any,
@@ -347,13 +375,16 @@ def _segment(
 
     try:
         pixels = layer_pixels(image, multiscale, rgb, layer_name)
+        stains = pixels
+        if second_stain is not None:
+            stains = np.stack([pixels, layer_pixels(*second_stain)], axis=-1)
         if loaded is not None:
             model = Model(card=card, network=loaded.network, device=loaded.device)
         else:
             model = load_model(source, device)
             model = Model(card=card, network=model.network, device=model.device)
         annotation = yield from iter_predict(
-            pixels,
+            stains,
             model,
             tile=tile,
             diameter=diameter,
