@@ -376,13 +376,15 @@ def coelho_rows(data: Path, models: list[str] | None) -> list[dict]:
     fields = load_fields(data)
     truth = {f["name"]: f["rois"] for f in fields}
     rows = []
-    if not models or "net-area" in models:
-        held_out = dict(get_card("net-area").metrics.get("held_out") or {})
+    metrics = get_card("net-area").metrics if not models or "net-area" in models else {}
+    # DNA and histone stains, then the DNA stain alone (a card trained on DNA alone has one)
+    for key, model in (("held_out", "net-area"), ("held_out_dna_only", "net-area DNA only")):
+        held_out = dict(metrics.get(key) or {})
         if held_out:
             rows.append(
                 {
                     "set": "coelho",
-                    "model": "net-area",
+                    "model": model,
                     "seen": 0,
                     "source": "card: " + str(held_out.pop("scheme", "")),
                     **{k: v for k, v in held_out.items() if k != "source"},
