@@ -529,3 +529,31 @@ def list_events(image: np.ndarray, net: nn.Module, **kwargs: object) -> list[Pro
             events.append(next(gen))
     except StopIteration:
         return events
+
+
+@pytest.mark.parametrize("views", [2, 4])
+def test_flip_views_average_the_raw_maps_of_the_mirrored_image(views: int) -> None:
+    """flip_views: each tile's raw outputs averaged with those of its mirror images, mirrored
+    back; tiling and blending are linear, so the whole map is the mean of the maps of the
+    mirrored images. The random network is not mirror-symmetric, so the views differ."""
+    net = RandomConvNet()
+    image = np.random.default_rng(6).random((40, 56, 2), dtype=np.float32)
+    raw = {"outputs": {"classes": "identity"}, "compact": False, "tile": 32, "device": CPU}
+    mirrored = []
+    for axes in [(), (1,), (0,), (0, 1)][:views]:  # image axes; the maps have channels first
+        maps = predict_maps(np.flip(image, axes), net, **raw)["classes"]
+        mirrored.append(np.flip(maps, [a + 1 for a in axes]))
+    assert not np.allclose(mirrored[0], mirrored[1], atol=1e-3)
+    averaged = predict_maps(image, net, flip_views=views, **raw)["classes"]
+    np.testing.assert_allclose(averaged, np.mean(mirrored, axis=0), atol=1e-5)
+
+
+def test_flip_views_are_one_two_or_four_and_not_for_box_detectors() -> None:
+    image = np.zeros((40, 40, 3), np.float32)
+    with pytest.raises(InputError, match="1, 2 or 4"):
+        predict_maps(image[..., :2], RandomConvNet(), flip_views=3, device=CPU)
+    detector = build_network(
+        {"width": 4, "depth": 2, "heads": [], "detector": {"n_classes": 1, "stride": 4}}
+    )
+    with pytest.raises(InputError, match="box detector"):
+        predict_maps(image, detector, flip_views=2, device=CPU)

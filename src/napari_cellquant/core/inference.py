@@ -405,8 +405,13 @@ def _is_oom(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+#: the image and its mirror images (flipped axes) that ``flip_views`` 1, 2 or 4 average over
+_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-1, -2))
+
+
 class _Runner:
-    """Runs batches through the network, halving the batch on out-of-memory."""
+    """Runs batches through the network, halving the batch on out-of-memory; with
+    ``flip_views`` > 1, averages the raw outputs of the tile and its mirror images."""
 
     def __init__(
         self,
@@ -415,11 +420,13 @@ class _Runner:
         batch_size: int,
         amp: bool,
         channels_last: bool,
+        flip_views: int = 1,
     ) -> None:
         self.network = network
         self.device = device
         self.batch_size = batch_size
         self.channels_last = channels_last
+        self.flips = _FLIPS[:flip_views]
         self.autocast: Callable[[], contextlib.AbstractContextManager[Any]]
         if amp:
             dtype = torch.float16
@@ -428,6 +435,13 @@ class _Runner:
             self.autocast = lambda: torch.autocast(device.type, dtype=dtype)
         else:
             self.autocast = contextlib.nullcontext
+
+    def _unflipped(self, x: torch.Tensor, dims: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """The network's float32 outputs for ``x`` mirrored along ``dims``, mirrored back."""
+        out = self.network(x.flip(dims) if dims else x)
+        if isinstance(out, torch.Tensor):
+            out = {"output": out}
+        return {k: (v.flip(dims) if dims else v).float() for k, v in out.items()}
 
     def _empty_cache(self) -> None:
         if self.device.type == "cuda":
@@ -440,10 +454,8 @@ class _Runner:
         oom = False
         try:
             with self.autocast():
-                out = self.network(x)
-            if isinstance(out, torch.Tensor):
-                out = {"output": out}
-            return {k: v.float() for k, v in out.items()}
+                views = [self._unflipped(x, dims) for dims in self.flips]
+            return {k: sum(v[k] for v in views) / len(views) for k in views[0]}
         except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if not _is_oom(error):
                 raise
@@ -525,6 +537,7 @@ def iter_predict_maps(
     memmap_above: int | None = 1 << 30,
     memmap_dir: str | None = None,
     cancel: Callable[[], bool] | None = None,
+    flip_views: int = 1,
 ) -> Generator[ProgressEvent, None, dict[str, np.ndarray]]:
     """Tiled, blended inference as a generator of progress events.
 
@@ -559,6 +572,11 @@ def iter_predict_maps(
         raise InputError(f"tile and batch_size must be positive, got {tile}, {batch_size}")
     if blend not in BLEND_MODES:
         raise InputError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    if flip_views not in (1, 2, 4):
+        raise InputError(f"flip_views must be 1, 2 or 4, got {flip_views!r}")
+    if flip_views > 1 and (getattr(network, "arch", None) or {}).get("detector"):
+        # box sizes and centre offsets do not mirror with the image
+        raise InputError("flip_views averages dense maps: a box detector's heads cannot")
 
     dev = choose_device(device)
     use_amp = dev.type == "cuda" if amp == "auto" else bool(amp)
@@ -581,7 +599,7 @@ def iter_predict_maps(
                 raise InputError(f"output {name!r}: activation must be one of {ACTIVATIONS}")
         if not wanted:
             raise InputError("no outputs requested")
-        runner = _Runner(net, dev, batch_size, use_amp, channels_last)
+        runner = _Runner(net, dev, batch_size, use_amp, channels_last, flip_views)
         multiple = int(getattr(net, "size_multiple", 1))
         align = max(geometry[k][1] for k in wanted)
         multiple = math.lcm(multiple, align)
@@ -789,6 +807,7 @@ def predict_maps(
     memmap_dir: str | None = None,
     progress: Callable[[int, int], Any] | None = None,
     cancel: Callable[[], bool] | None = None,
+    flip_views: int = 1,
 ) -> dict[str, np.ndarray]:
     """Run a network over a 2-D image of any size in overlapping, blended tiles.
 
@@ -831,6 +850,9 @@ def predict_maps(
         ``progress(done, total)`` called with the number of finished tiles.
     cancel
         ``cancel() -> bool`` checked before every batch.
+    flip_views
+        Average each tile's raw outputs over 1, 2 (mirrored left-right) or 4 (and upside
+        down) views of it: test-time augmentation for dense maps, at that many passes.
 
     Returns
     -------
@@ -863,6 +885,7 @@ def predict_maps(
         memmap_above=memmap_above,
         memmap_dir=memmap_dir,
         cancel=cancel,
+        flip_views=flip_views,
     )
     from .drive import drive
 

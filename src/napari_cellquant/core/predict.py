@@ -265,6 +265,7 @@ def _network_pass(
         batch_size=batch_size,
         device=model.device,
         normalize=normalize,
+        flip_views=int(card.params.get("flip_views", 1)),
     )
     while True:
         try:
