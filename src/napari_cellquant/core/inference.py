@@ -455,7 +455,9 @@ class _Runner:
         try:
             with self.autocast():
                 views = [self._unflipped(x, dims) for dims in self.flips]
-            return {k: sum(v[k] for v in views) / len(views) for k in views[0]}
+            if len(views) == 1:
+                return views[0]
+            return {k: torch.stack([v[k] for v in views]).mean(dim=0) for k in views[0]}
         except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if not _is_oom(error):
                 raise
