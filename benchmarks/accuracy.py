@@ -106,17 +106,12 @@ def predict_all(model_name, pairs: list) -> tuple[list, float]:
 RANKED_FLOOR = 0.01
 
 
-def ranked_map50(
-    model_name, pairs: list, predictions: list, classes: tuple[str, ...]
-) -> dict | None:
-    """A detector's box mAP50 as COCO and Ultralytics measure it: every box the network
-    proposes down to ``RANKED_FLOOR``, ranked by score, not only those above the card's count
-    thresholds (the operating point, which ``map50`` scores). This is the protocol behind
-    published detector figures such as YOLOv8n's 0.90 on BCCD. Each image runs at the scale
-    its counted prediction measured, so the low-score boxes do not move the scale."""
+def ranked_boxes(model_name, pairs: list, predictions: list) -> list | None:
+    """Every box a detector proposes down to ``RANKED_FLOOR`` on ``(image, truth)`` pairs,
+    for :func:`ranked_map50` (None for a model that is not a box detector). Each image runs at
+    the scale its counted prediction measured, so the low-score boxes do not move the scale."""
     import dataclasses
 
-    from napari_cellquant.core.metrics import evaluate_boxes
     from napari_cellquant.core.predict import load_model, predict
 
     model = load_model(model_name, "cpu")
@@ -135,7 +130,19 @@ def ranked_map50(
         boxes = boxes.mapped_to(truth.class_set)
         boxes.image_name = truth.image_name
         found.append(boxes)
-    per_class = evaluate_boxes([a for _, a in pairs], found, iou=0.5).get("ap_per_class") or {}
+    return found
+
+
+def ranked_map50(truth: list, ranked: list | None, classes: tuple[str, ...]) -> dict:
+    """A detector's box mAP50 as COCO and Ultralytics measure it: every box of
+    :func:`ranked_boxes`, ranked by score, not only those above the card's count thresholds
+    (the operating point, which ``map50`` scores). This is the protocol behind published
+    detector figures such as YOLOv8n's 0.90 on BCCD. Empty for a model with no ranking."""
+    from napari_cellquant.core.metrics import evaluate_boxes
+
+    if ranked is None:
+        return {}
+    per_class = evaluate_boxes(truth, ranked, iou=0.5).get("ap_per_class") or {}
     ap50 = {c: (per_class.get(c) or {}).get("ap50") for c in classes}
     valid = [v for v in ap50.values() if v is not None]
     return {"map50_ranked": float(np.mean(valid)) if valid else None, "ap50_ranked": ap50}
@@ -442,6 +449,8 @@ def wbc_type_rows() -> list[dict]:
 
 def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None) -> list[dict]:
     rows = []
+    # txl_pbc_val and txl_pbc_val_audited hold the same photographs: each model runs once
+    txl_runs: dict[str, tuple[list, float, list | None]] = {}
     for set_name in sets:
         if set_name in ("coelho", "net_fluorescence_loio", "wbc_types"):
             if set_name == "wbc_types":
@@ -483,11 +492,17 @@ def run(data: Path, sets: list[str], models: list[str] | None, limit: int | None
             if not kept:
                 rows.append({"set": set_name, "model": model, "seen": len(seen), "images": 0})
                 continue
-            predictions, seconds = predict_all(model, kept)
+            if txl_pbc_val and model in txl_runs:
+                predictions, seconds, ranked = txl_runs[model]
+            else:
+                predictions, seconds = predict_all(model, kept)
+                ranked = ranked_boxes(model, kept, predictions) if blood else None
+                if txl_pbc_val:
+                    txl_runs[model] = (predictions, seconds, ranked)
             truth = [a for _, a in kept]
             if blood:
                 figures = blood_figures(truth, predictions, rbc=txl_pbc_val)
-                figures.update(ranked_map50(model, kept, predictions, tuple(figures["ap50"])) or {})
+                figures.update(ranked_map50(truth, ranked, tuple(figures["ap50"])))
             elif set_name == "dsb2018_val":
                 figures = nuclei_figures(truth, predictions)
             else:

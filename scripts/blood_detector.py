@@ -307,22 +307,29 @@ def train_detector(
 def evaluate_on_val(weights: Path, data: Path, *, model_name: str | None = None) -> dict:
     """Figures of a model on txl_pbc val, predicted through ``core.predict.predict``."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from accuracy import TXL_PBC_VAL_AUDIT, audited, blood_figures, predict_all, ranked_map50
+    from accuracy import (
+        TXL_PBC_VAL_AUDIT,
+        audited,
+        blood_figures,
+        predict_all,
+        ranked_boxes,
+        ranked_map50,
+    )
 
     pairs = load_split(data, "val")
     model = model_name or weights
     predictions, seconds = predict_all(model, pairs)
+    ranked = ranked_boxes(model, pairs, predictions)
 
-    def scored(pairs: list) -> dict:
-        figures = blood_figures([a for _, a in pairs], predictions)
-        figures.update(ranked_map50(model, pairs, predictions, tuple(figures["ap50"])) or {})
-        return figures
+    def scored(truth: list) -> dict:
+        figures = blood_figures(truth, predictions)
+        return {**figures, **ranked_map50(truth, ranked, tuple(figures["ap50"]))}
 
-    figures = scored(pairs)
+    truth = [a for _, a in pairs]
+    figures = scored(truth)
     figures["seconds_per_image"] = seconds / len(pairs)
     # the same predictions against the labels with the audit's corrections
-    fixed = audited([a for _, a in pairs], TXL_PBC_VAL_AUDIT)
-    figures["labels_audited"] = scored([(image, a) for (image, _), a in zip(pairs, fixed)])
+    figures["labels_audited"] = scored(audited(truth, TXL_PBC_VAL_AUDIT))
     return figures
 
 
