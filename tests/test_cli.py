@@ -331,3 +331,53 @@ def test_predict_net_area_reads_a_two_stain_tiff(shared_data, tmp_path):
     expert = 100 * (imread(f"{stem}_rois.png") > 0).mean()
     assert (abs(share - expert) < 10).all(), (share, expert)
     assert abs(share["both.tif"] - share["dna.tif"]) > 1, share
+
+
+def test_predict_flip_views_is_a_setting_of_the_run(tmp_path, capsys):
+    """--flip-views 1 runs fluo-resunet once per tile instead of its card's 4 views: a
+    rerun with the same setting resumes, one without it is another run and is refused. A model with no maps to average refuses the option by name,
+    before it touches the folder; `cellquant models` shows each card's views."""
+    from skimage.draw import disk
+
+    image = np.full((96, 96), 20, np.uint8)
+    for center in [(25, 25), (25, 70), (70, 45)]:
+        image[disk(center, 11, shape=image.shape)] = 200
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "nuclei.tif", image)
+    out = tmp_path / "out"
+    argv = ["predict", str(folder), "-m", "fluo-resunet", "-o", str(out), "--diameter", "22"]
+
+    assert main([*argv, "--flip-views", "1"]) == 0
+    assert "1 of 1 image(s) done" in capsys.readouterr().err
+    assert len(json.loads((out / "annotations.json").read_text())["annotations"]) == 3
+    assert main([*argv, "--flip-views", "1"]) == 0
+    assert "already done before" in capsys.readouterr().err
+    assert main(argv) == 1
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+    refused = tmp_path / "refused"
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "-m",
+                "blood-detector",
+                "-o",
+                str(refused),
+                "--flip-views",
+                "2",
+            ]
+        )
+        == 2
+    )
+    assert "blood-detector has no segmentation maps" in capsys.readouterr().err
+    assert not refused.exists()
+
+    assert main(["models"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    column = rows["name"].index("flip views")  # the columns are aligned
+    views = {name: row[column:].split()[0] for name, row in rows.items()}
+    assert views["fluo-resunet"] == "4" and views["blood-unet"] == "1"
+    assert views["blood-detector"] == views["blood-classical"] == "-"

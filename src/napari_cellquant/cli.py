@@ -13,8 +13,12 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.errors import CellquantError, OutputExistsError
+
+if TYPE_CHECKING:
+    from .core.models.card import ModelCard
 
 log = logging.getLogger("napari_cellquant")
 
@@ -39,12 +43,29 @@ def _convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _flip_views_text(card: ModelCard) -> str:
+    """The card's mirror views, for the models whose maps can be averaged over them."""
+    from .core.predict import flip_views_of, takes_flip_views
+
+    return str(flip_views_of(card, None)) if takes_flip_views(card) else "-"
+
+
 def _models(args: argparse.Namespace) -> int:
     from .core.models.registry import builtin_cards, weights_status
     from .core.scale import expected_pixel_size_um
 
     rows = [
-        ("name", "kind", "task", "classes", "diameter px", "pixel um", "weights", "description")
+        (
+            "name",
+            "kind",
+            "task",
+            "classes",
+            "diameter px",
+            "pixel um",
+            "flip views",
+            "weights",
+            "description",
+        )
     ]
     for card in builtin_cards().values():
         diameter = ", ".join(f"{k} {v:g}" for k, v in card.diameter_px.items()) or "-"
@@ -57,6 +78,7 @@ def _models(args: argparse.Namespace) -> int:
                 card.class_set,
                 diameter,
                 "-" if pixel is None else f"{pixel:.3g}",
+                _flip_views_text(card),
                 weights_status(card),
                 card.description,
             )
@@ -69,7 +91,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .batch import ModelSpec, collect_images, predict_images
-    from .core.predict import load_model
+    from .core.predict import flip_views_of, load_model
 
     if args.workers is not None and args.workers < 1:
         print(
@@ -96,6 +118,7 @@ def _predict(args: argparse.Namespace) -> int:
     try:  # nothing has run yet, so a bad input, model or weights is a usage error
         images = collect_images(args.inputs)
         model = load_model(args.model, args.device, weights=args.weights)
+        flip_views_of(model.card, args.flip_views)
     except CellquantError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -116,6 +139,7 @@ def _predict(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         diameter=args.diameter,
         pixel_size_um=args.pixel_size,
+        flip_views=args.flip_views,
         overwrite=args.overwrite,
         force=args.force,
         workers=args.workers or 0,
@@ -285,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="micrometres per pixel, for images whose files do not record "
         "it (OME-TIFF, ImageJ and TIFF resolution tags are read from each "
         "file); gives the model's scale, densities and areas in um^2",
+    )
+    predict.add_argument(
+        "--flip-views",
+        type=int,
+        choices=(1, 2, 4),
+        help="how many mirror images of each tile a segmentation network averages its "
+        "maps over (default: the model's, see `cellquant models`); 1 is fastest, "
+        "4 costs four network passes",
     )
     predict.add_argument(
         "--overwrite",

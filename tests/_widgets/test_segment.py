@@ -585,3 +585,43 @@ def test_a_two_stain_model_takes_a_second_layer_or_does_without(
     assert any("same field" in m for m in messages), messages
     assert any("two grey layers" in m for m in messages), messages
     assert len(seen) == 2
+
+
+def test_flip_views_under_advanced_start_at_the_cards_and_reach_the_run(
+    qtbot, make_napari_viewer, monkeypatch
+):
+    """Flip views show, under Advanced, only for a segmentation network, set to its card's
+    (fluo-resunet 4, blood-unet 1); the value chosen is the one the run uses, and the
+    nuclei come out either way."""
+    from skimage.draw import disk
+
+    from napari_cellquant.core import predict
+
+    used = []
+    real = predict.iter_predict
+
+    def recording(image, *args, **kwargs):
+        used.append(kwargs["flip_views"])
+        return (yield from real(image, *args, **kwargs))
+
+    monkeypatch.setattr(predict, "iter_predict", recording)
+    image = np.full((96, 96), 20, np.uint8)
+    for center in [(25, 25), (25, 70), (70, 45)]:
+        image[disk(center, 11, shape=image.shape)] = 200
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    widget.show_advanced.value = True
+    widget.model.value = "blood-detector"
+    assert widget.flip_views.native.isHidden()
+    widget.model.value = "blood-unet"
+    assert not widget.flip_views.native.isHidden() and widget.flip_views.value == 1
+    widget.model.value = "fluo-resunet"
+    assert widget.flip_views.value == 4
+    widget.image.value = viewer.layers["nuclei"]
+    widget.diameter.value = 22.0
+    _run(qtbot, widget)
+    widget.flip_views.value = 1
+    _run(qtbot, widget)
+    assert used == [4, 1]
+    assert len(_labels_ids(viewer.layers["nuclei fluo-resunet instances"])) == 3

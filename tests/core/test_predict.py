@@ -452,3 +452,51 @@ def test_refining_keeps_the_round_closest_to_the_models_scale(found_per_round, k
         [2 * np.sqrt((annotation.labels == i).sum() / np.pi) for i in annotation.instance_ids()]
     )
     assert measured == pytest.approx(found_per_round[kept_round], rel=0.15)
+
+
+def _nuclei_field() -> np.ndarray:
+    """A grey field of bright round nuclei 24 px across on a dim, noisy background."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(2)
+    image = rng.normal(20, 4, (128, 160))
+    for row, col in [(30, 30), (30, 90), (40, 135), (90, 40), (95, 100), (100, 140)]:
+        image[disk((row, col), 12, shape=image.shape)] += 150
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_flip_views_given_replace_the_cards_one_network_pass_each():
+    """fluo-resunet's card averages 4 mirror views; ``flip_views=1`` runs the network once
+    per tile instead, and both find the same six nuclei."""
+    model = load_model("fluo-resunet", "cpu")
+    assert model.card.params["flip_views"] == 4
+    passes = []
+    hook = model.network.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        found = {}
+        for views in (None, 1, 2):
+            passes.clear()
+            result = predict(_nuclei_field(), model, diameter=24.0, flip_views=views)
+            found[views] = (len(passes), len(result.instance_ids()))
+    finally:
+        hook.remove()
+    assert found[None][0] == 4 * found[1][0] and found[2][0] == 2 * found[1][0]
+    assert {count for _, count in found.values()} == {6}
+
+
+@pytest.mark.parametrize(
+    ("name", "views", "message"),
+    [
+        ("fluo-resunet", 3, "1, 2 or 4"),
+        ("fluo-resunet", True, "1, 2 or 4"),
+        ("blood-detector", 2, "no segmentation maps"),
+        ("blood-classical", 4, "no segmentation maps"),
+    ],
+)
+def test_flip_views_the_model_cannot_use_are_refused_by_name(name, views, message, smear):
+    model = load_model(name, "cpu")
+    with pytest.raises(InputError, match=message):
+        predict(smear[0], model, diameter=34.0, flip_views=views)
+    if name != "fluo-resunet":  # one view is every model's plain run
+        result = predict(smear[0][:64, :64], model, diameter=34.0, flip_views=1)
+        assert isinstance(result, Annotation) and result.shape == (64, 64)

@@ -41,6 +41,7 @@ from ..core.classical import param_help
 from ..core.errors import InputError
 from ..core.models.card import ModelCard
 from ..core.models.registry import builtin_cards, weights_status
+from ..core.predict import flip_views_of, takes_flip_views
 from ._docking import tab_with_plugin_docks
 from ._models import UserModel, device_choices, user_models
 from ._results import OUTLINE_WIDTH, build_layers, show_layers, slice_like_viewer
@@ -98,6 +99,14 @@ class SegmentWidget(RunsOneJob, Container):
         )
         self.device = ComboBox(label="device", choices=device_choices())
         self.tile = SpinBox(label="tile size", min=64, max=8192, step=32, value=256)
+        self.flip_views = ComboBox(
+            label="flip views",
+            choices=[1, 2, 4],
+            value=1,
+            tooltip="Mirror images of each tile the network averages its maps over: more "
+            "is steadier and slower (4 = four network passes); the model's own choice is "
+            "set when you pick it",
+        )
         self.diameter = FloatSpinBox(
             label="diameter (px)",
             min=0.0,
@@ -120,7 +129,9 @@ class SegmentWidget(RunsOneJob, Container):
             "internal parameters (with their units)",
         )
         self.advanced = Container(
-            widgets=[self.load_model, self.tile, self.parameters], label="", labels=True
+            widgets=[self.load_model, self.tile, self.flip_views, self.parameters],
+            label="",
+            labels=True,
         )
         self.keep_previous = CheckBox(text="keep previous result", value=False)
         self.run_button = PushButton(text="Run")
@@ -199,6 +210,10 @@ class SegmentWidget(RunsOneJob, Container):
         self.second_stain.visible = self._second_stain_wanted(card)
         self.tile.value = int(card.tile)
         self.tile.enabled = card.kind == "learned"
+        # not read back from .visible: that is False while any parent is hidden
+        self.flip_views.visible = takes_flip_views(card)
+        if takes_flip_views(card):
+            self.flip_views.value = flip_views_of(card, None)
         settings = card.postprocess if card.kind == "learned" else card.params
         help_of = LEARNED_HELP if card.kind == "learned" else param_help(card.pipeline or "")
         fractions = FRACTIONS if card.kind == "learned" else frozenset()
@@ -302,6 +317,7 @@ class SegmentWidget(RunsOneJob, Container):
             "loaded": entry.model if entry is not None else None,
             "device": self.device.value,
             "tile": int(self.tile.value),
+            "flip_views": int(self.flip_views.value) if takes_flip_views(card) else None,
             "diameter": float(self.diameter.value) or None,
             "pixel_size_um": layer_pixel_size_um(layer),
             # the worker slices the result as the viewer will (off the GUI thread)
@@ -359,6 +375,7 @@ def _segment(
     loaded: Any,
     device: str,
     tile: int,
+    flip_views: int | None,
     diameter: float | None,
     pixel_size_um: tuple[float, float] | None,
     placement: dict[str, Any],
@@ -389,6 +406,7 @@ def _segment(
             tile=tile,
             diameter=diameter,
             pixel_size_um=None if pixel_size_um is None else pixel_size_um[1],
+            flip_views=flip_views,
         )
         annotation.image_name = placement["image_name"]
         if pixel_size_um is not None:

@@ -61,6 +61,7 @@ def predict_images(
     overlap: float | None = None,
     diameter: float | None = None,
     pixel_size_um: float | None = None,
+    flip_views: int | None = None,
     overwrite: bool = False,
     force: bool = False,
     workers: int = 0,
@@ -79,7 +80,7 @@ def predict_images(
         (name or card path, device, weights) that each dask worker loads itself.
     outdir
         The output folder; checked (writable, free space, what it holds) before any work.
-    tile, overlap, diameter
+    tile, overlap, diameter, flip_views
         Prediction settings (see :func:`~..core.predict.predict`).
     pixel_size_um
         Micrometres per pixel of every image, for those whose files do not record it
@@ -109,6 +110,7 @@ def predict_images(
         A cluster cannot be started or reached, or a Model is given for a cluster run.
     """
     from ..core.models.registry import get_card
+    from ..core.predict import flip_views_of
 
     if workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}")
@@ -128,7 +130,14 @@ def predict_images(
         raise InputError(
             f"--pixel-size must be a positive number of micrometres, got {pixel_size_um:g}"
         )
-    settings = Settings(tile=tile, overlap=overlap, diameter=diameter, pixel_size_um=pixel_size_um)
+    flip_views_of(card, flip_views)  # a bad value is refused before the folder is touched
+    settings = Settings(
+        tile=tile,
+        overlap=overlap,
+        diameter=diameter,
+        pixel_size_um=pixel_size_um,
+        flip_views=flip_views,
+    )
     record = run_record(
         card.name, card.to_dict(), None if weights is None else str(weights), settings.as_record()
     )

@@ -54,14 +54,18 @@ class Settings:
     overlap: float | None = None
     diameter: float | None = None
     pixel_size_um: float | None = None  # for images whose files do not record one
+    flip_views: int | None = None  # None: the card's
 
     def as_record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "tile": self.tile,
             "overlap": self.overlap,
             "diameter": self.diameter,
             "pixel_size_um": self.pixel_size_um,
         }
+        if self.flip_views is not None:  # absent, so folders from before it still resume
+            record["flip_views"] = self.flip_views
+        return record
 
     def pixel_size_of(self, path: Path) -> tuple[float, float] | None:
         """(rows, columns) µm per pixel: what the file records, else the run's setting."""
@@ -130,6 +134,7 @@ def predict_one(model: Model, path: Path, settings: Settings) -> ImageResult:
             overlap=settings.overlap,
             diameter=settings.diameter,
             pixel_size_um=None if pixel_size is None else pixel_size[1],
+            flip_views=settings.flip_views,
         )
         annotation.image_name = path.name
         annotation.image_path = path

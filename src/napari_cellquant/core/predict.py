@@ -138,12 +138,13 @@ def iter_predict(
     batch_size: int = 4,
     diameter: float | str | None = None,
     pixel_size_um: float | None = None,
+    flip_views: int | None = None,
 ) -> Generator[tuple[int, int], None, Annotation]:
     """Yield ``(done, total)`` progress steps; return the Annotation (``StopIteration.value``).
 
-    ``diameter`` and ``pixel_size_um`` say how large the objects in ``image`` are (see
-    :func:`predict`); the decision is recorded in the result's ``meta``: ``diameter_px``,
-    ``diameter_source`` and ``zoom``.
+    ``diameter``, ``pixel_size_um`` and ``flip_views`` are as in :func:`predict`; the scale
+    decision is recorded in the result's ``meta``: ``diameter_px``, ``diameter_source`` and
+    ``zoom``.
     """
 
     card = model.card
@@ -157,6 +158,7 @@ def iter_predict(
             f"a grey image, but {card.name} tells blood cells apart by the "
             "stain's colours: give the colour (RGB) image"
         )
+    views = flip_views_of(card, flip_views)
     estimator: Callable[[np.ndarray], Any] | None = None
     if model.network is not None:
         from .detector_scale import measure_diameter, measures_own_scale
@@ -182,7 +184,13 @@ def iter_predict(
         yield (1, 1)
         return _record_scale(annotation, scale)
     run = functools.partial(
-        _network_pass, image, model, tile=tile, overlap=overlap, batch_size=batch_size
+        _network_pass,
+        image,
+        model,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        flip_views=views,
     )
     annotation = yield from run(scale.zoom)
     if card.params.get("refine_scale") and diameter is None:
@@ -194,6 +202,33 @@ def iter_predict(
         classifier = _helper_model(str(card.params["wbc_types"]), str(model.device))
         annotation = type_white_cells(channel_last_view(image), annotation, classifier)
     return _record_scale(annotation, scale)
+
+
+def takes_flip_views(card: ModelCard) -> bool:
+    """Whether the model's maps can be averaged over mirror views: a learned segmentation
+    network's can; a box detector's heads and a weight-free pipeline have none."""
+    return (
+        card.kind == "learned"
+        and card.task != "classify"
+        and not (card.architecture or {}).get("detector")
+    )
+
+
+def flip_views_of(card: ModelCard, flip_views: int | None) -> int:
+    """How many mirror views of each tile the network averages: ``flip_views`` when given
+    (1, 2 or 4), else the card's ``params.flip_views`` (1 without one). A user trades the
+    card's accuracy for speed here (4 views are 4 network passes)."""
+    if flip_views is None:
+        return int(card.params.get("flip_views", 1))
+    if isinstance(flip_views, bool) or flip_views not in (1, 2, 4):
+        raise InputError(f"flip views must be 1, 2 or 4, got {flip_views!r}")
+    if flip_views > 1 and not takes_flip_views(card):
+        raise InputError(
+            f"{card.name} has no segmentation maps to average over mirror views: flip views "
+            "are for learned segmentation models (box detectors and weight-free pipelines "
+            "run once)"
+        )
+    return int(flip_views)
 
 
 #: fewest objects whose median size says anything about the scale
@@ -243,6 +278,7 @@ def _network_pass(
     tile: int | None,
     overlap: float | None,
     batch_size: int,
+    flip_views: int,
 ) -> Generator[tuple[int, int], None, Annotation]:
     """One tiled pass of the network at ``zoom``; the objects come back at image scale."""
     from .inference import iter_predict_maps
@@ -265,7 +301,7 @@ def _network_pass(
         batch_size=batch_size,
         device=model.device,
         normalize=normalize,
-        flip_views=int(card.params.get("flip_views", 1)),
+        flip_views=flip_views,
     )
     while True:
         try:
@@ -497,6 +533,7 @@ def predict(
     cancel: CancelCallback | None = None,
     diameter: float | str | None = None,
     pixel_size_um: float | None = None,
+    flip_views: int | None = None,
 ) -> Annotation:
     """Run ``model`` on one 2-D image (grey, RGB or multi-channel, any size) and return its objects.
 
@@ -515,13 +552,22 @@ def predict(
     The result's ``meta`` says what was used: ``diameter_px``, ``diameter_source`` (given,
     pixel_size, estimated, model) and ``zoom``; the decision is also logged.
 
+    ``flip_views`` (1, 2 or 4) overrides the card's ``params.flip_views``: how many mirror
+    images of each tile a segmentation network averages its maps over (1 is fastest).
+
     ``progress(done, total)`` is called as tiles finish; ``cancel()`` returning True stops the
     work at the next step with :class:`~napari_cellquant.core.errors.CancelledError`.
     """
     if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
         raise InputError(f"expected a 2-D image (H, W) or (H, W, C); got {np.shape(image)}")
     steps = iter_predict(
-        image, model, tile=tile, overlap=overlap, diameter=diameter, pixel_size_um=pixel_size_um
+        image,
+        model,
+        tile=tile,
+        overlap=overlap,
+        diameter=diameter,
+        pixel_size_um=pixel_size_um,
+        flip_views=flip_views,
     )
     from .drive import drive
 
