@@ -22,6 +22,11 @@ was tried: on some images it found background texture at a 4x zoom, F1 0.39.)
 Instances come from the predicted distance map (peaks, or cores above a distance, seed a
 watershed of the foreground). When the diameter is estimated, predict runs again at the
 scale of the network's own nuclei while it is off by more than 15 % (``refine_scale``).
+
+The first reading of the scale is the network's size model (``core.size_model``): a ridge
+regression of log(diameter) on its pooled encoder features, fitted on the images it trained
+on (``fit_size``), adopted on the inner images by the rule in :func:`refit_size_model`;
+``--refit-size-model`` fits it again for the bundled network and bundles it if the rule holds.
 """
 
 from __future__ import annotations
@@ -85,6 +90,8 @@ SETTINGS = {
     # 0.833 and 0.855 against 0.848, at 4 network passes
     "flip_views": 4,
 }
+#: apparent nucleus diameters (px) each training image is shown at to fit the size model
+SIZE_MODEL_DIAMETERS = (8, 12, 17, 24, 34, 48, 68)
 #: the two networks side by side at 14 epochs (one thread each), which chose the EfficientNet
 NETWORKS_AT_14_EPOCHS = {
     "resunet": {"inner_val_iou": 0.9076, "inner_val_f1": 0.8323, "train_s": 4443},
@@ -276,6 +283,126 @@ def tune_postprocess(weights: Path, data: Path, inner_ids: list[str]) -> dict:
     }
 
 
+def size_model_ids(split: dict) -> list[str]:
+    """The images the size model is fitted on: those the network trained on (fluorescence
+    train without the inner images, which decide whether it is used)."""
+    inner = set(split["inner_val"])
+    return [i for i in split["train"] if split["modality"][i] == "fluorescence" and i not in inner]
+
+
+def inner_figures(model, data: Path, ids: list[str]) -> dict:
+    """Nuclei figures of ``model`` on the inner images through ``predict`` (diameter
+    estimated, as at prediction)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from accuracy import nuclei_figures
+
+    from napari_cellquant.core.predict import predict
+
+    truth, found = [], []
+    for image_id in ids:
+        image, annotation = load_pair(data, image_id)
+        result = predict(image, model)
+        result.image_name = annotation.image_name
+        truth.append(annotation)
+        found.append(result)
+    figures = nuclei_figures(truth, found)
+    return {k: figures[k] for k in ("f1", "count_median_error", "nuclei_pred", "nuclei_gt")}
+
+
+#: the rule that adopts a size model, set before it was first tried (2026-12-07)
+SIZE_MODEL_RULE = "higher F1 and a median count error no worse than with the weight-free estimate"
+
+
+def choose_size_model(model, weights: Path, data: Path, split: dict) -> dict | None:
+    """The size model fitted for ``model`` (loaded from ``weights``, its card without one),
+    with the inner figures that decided it, if it meets :data:`SIZE_MODEL_RULE` on the inner
+    images through ``predict``; None if not."""
+    import dataclasses
+
+    from napari_cellquant.core.predict import Model
+
+    fitted = fit_size(weights, data, size_model_ids(split))
+    sized = Model(
+        card=dataclasses.replace(model.card, params={**model.card.params, "size_model": fitted}),
+        network=model.network,
+        device=model.device,
+    )
+    decision = {
+        "weight_free": inner_figures(model, data, split["inner_val"]),
+        "size_model": inner_figures(sized, data, split["inner_val"]),
+    }
+    adopt = (
+        decision["size_model"]["f1"] > decision["weight_free"]["f1"]
+        and decision["size_model"]["count_median_error"]
+        <= decision["weight_free"]["count_median_error"]
+    )
+    log.info("size model on the inner images: %s; adopted: %s", decision, adopt)
+    if not adopt:
+        return None
+    fitted["decided_on"] = {
+        "images": f"the {len(split['inner_val'])} inner images, through predict",
+        "rule": SIZE_MODEL_RULE,
+        **decision,
+    }
+    return fitted
+
+
+def refit_size_model(data: Path) -> None:
+    """Fit the bundled network's size model again and, if the rule holds, bundle it with
+    validation figures measured with and without it."""
+    from blood_detector import save_bundled
+
+    from napari_cellquant.core.models.registry import get_card, resolve_weights
+    from napari_cellquant.core.predict import load_model
+
+    card = get_card(NAME)
+    card.params.pop("size_model", None)
+    save_bundled(card, BUNDLED)  # the network alone until the rule says otherwise
+    fitted = choose_size_model(
+        load_model(NAME, "cpu"), Path(resolve_weights(card)), data, split_ids(data)
+    )
+    if fitted is None:
+        return
+    without = evaluate_on_val(NAME, data)
+    card.params["size_model"] = fitted
+    save_bundled(card, BUNDLED)
+    card.metrics["dsb2018_val"] = {
+        **card.metrics["dsb2018_val"],
+        **evaluate_on_val(NAME, data),
+        "without_size_model": without,
+    }
+    save_bundled(card, BUNDLED)
+
+
+def fit_size(weights: Path, data: Path, ids: list[str]) -> dict:
+    """``params.size_model`` for the network of ``weights``: its pooled encoder features of
+    each image of ``ids`` at the zooms that show its nuclei ``SIZE_MODEL_DIAMETERS`` wide
+    (within 0.2-5x), regressed on those diameters (``core.size_model``)."""
+    from napari_cellquant.core.predict import load_model
+    from napari_cellquant.core.size_model import fit_size_model, pooled_features
+
+    model = load_model(weights, "cpu")
+    rows, diameters, groups = [], [], []
+    for index, image_id in enumerate(ids):
+        image, annotation = load_pair(data, image_id)
+        true = nucleus_diameter(annotation.labels)
+        for shown in SIZE_MODEL_DIAMETERS:
+            if 0.2 <= shown / true <= 5.0:
+                rows.append(pooled_features(image, model, shown / true))
+                diameters.append(shown)
+                groups.append(index)
+    fitted = fit_size_model(np.array(rows), np.array(diameters), np.array(groups))
+    fitted["images"] = len(ids)
+    log.info(
+        "size model: %d views of %d images, penalty %g, CV median |log error| %.3f",
+        len(rows),
+        len(ids),
+        fitted["penalty"],
+        fitted["cv_median_log_error"],
+    )
+    return fitted
+
+
 #: fluo-classical settings tried on training images (``DEFAULT_PARAMS`` overrides): a
 #: coarse grid, then a finer one below it, where the coarse best sat on the grid's lower
 #: edge in three of the four settings
@@ -383,6 +510,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-bundle", action="store_true")
     parser.add_argument(
+        "--refit-size-model",
+        action="store_true",
+        help="only fit the size model of the bundled network again, and measure it",
+    )
+    parser.add_argument(
         "--tune-classical",
         action="store_true",
         help="only re-tune fluo-classical on training images and print it",
@@ -392,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     if args.tune_classical:
         print(json.dumps(tune_classical(args.data), indent=2))
+        return 0
+    if args.refit_size_model:
+        refit_size_model(args.data)
         return 0
     archs = list(ARCHS) if args.arch == "both" else [args.arch]
     record_path = args.workdir / "trained.json"
@@ -438,6 +573,15 @@ def main(argv: list[str] | None = None) -> int:
     card.params["flip_views"] = SETTINGS["flip_views"]
     card.save(run["card"], overwrite=True)
     halve(Path(run["weights"]), Path(run["card"]))  # the figures are those of fp16 weights
+    from napari_cellquant.core.predict import load_model
+
+    fitted = choose_size_model(
+        load_model(run["card"], "cpu"), Path(run["weights"]), args.data, split
+    )
+    if fitted is not None:
+        card = ModelCard.load(run["card"])
+        card.params["size_model"] = fitted
+        card.save(run["card"], overwrite=True)
     report["val"] = evaluate_on_val(run["weights"], args.data)
     text = json.dumps(report, indent=2, default=str)
     print(text)

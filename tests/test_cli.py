@@ -335,8 +335,9 @@ def test_predict_net_area_reads_a_two_stain_tiff(shared_data, tmp_path):
 
 def test_predict_flip_views_is_a_setting_of_the_run(tmp_path, capsys):
     """--flip-views 1 runs fluo-resunet once per tile instead of its card's 4 views: a
-    rerun with the same setting resumes, one without it is another run and is refused. A model with no maps to average refuses the option by name,
-    before it touches the folder; `cellquant models` shows each card's views."""
+    rerun with the same setting resumes, one without it is another run and is refused. A
+    model with no maps to average refuses the option by name, before it touches the folder;
+    `cellquant models` shows each card's views."""
     from skimage.draw import disk
 
     image = np.full((96, 96), 20, np.uint8)

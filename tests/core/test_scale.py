@@ -109,7 +109,11 @@ def test_given_model_pixel_size_and_estimated_scales():
     assert (model.source, model.zoom) == ("model", 1.0)
     estimated = image_scale(pixels, card)
     assert estimated.source == "estimated" and estimated.estimate is not None
-    assert estimated.diameter == pytest.approx(estimated.estimate.diameter * 38 / 37)
+    # the weight-free estimate reads 37 px where the card's RBCs are 38: taken in RBC units
+    raw = estimate_diameter(pixels)
+    assert (
+        estimated.diameter == estimated.estimate.diameter == pytest.approx(raw.diameter * 38 / 37)
+    )
     assert 1.8 < estimated.zoom < 2.4  # RBCs of ~16 px brought to ~37
     # a red cell is 7.5 um in every lab: a pixel size sets the RBC diameter without the card's
     by_rbc = image_scale(pixels, card, pixel_size_um=0.25)

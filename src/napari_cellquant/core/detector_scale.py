@@ -130,7 +130,11 @@ def measure_diameter(image: np.ndarray, model: Model) -> DiameterEstimate | None
         seconds,
     )
     return DiameterEstimate(
-        diameter=diameter, n_objects=float(len(sizes)), shrink=1 / zoom, seconds=seconds
+        diameter=diameter,
+        n_objects=float(len(sizes)),
+        shrink=1 / zoom,
+        seconds=seconds,
+        reader="detector",
     )
 
 

@@ -165,6 +165,10 @@ def iter_predict(
 
         if measures_own_scale(model):  # a detector measures its own objects
             estimator = functools.partial(measure_diameter, model=model)
+        elif card.params.get("size_model"):  # a segmenter reads them from its features
+            from .size_model import regress_diameter
+
+            estimator = functools.partial(regress_diameter, model=model)
         elif card.params.get("scale_from"):
             estimator = functools.partial(measure_diameter, model=_scale_helper(card, model))
     scale = image_scale(
@@ -246,13 +250,18 @@ def _refined(
     the card's by more than ``refine_scale["tolerance"]`` (at most ``["rounds"]`` times).
 
     Only an estimated (or assumed) scale is refined, never one the user or the pixel size
-    gave. The weight-free estimate misreads textured or sparse fields; objects found at a
-    wrong scale are still about the right size, so each round usually lands closer, though
-    not always: a network zoomed far in can take texture for objects, each round smaller
+    gave, nor a size model's reading: on the 39 inner DSB2018 images ``fluo-resunet``
+    did better without the check (F1 0.849 both, count error 8.7 % against 10.8 %), by the
+    rule set before that trial (drop it if F1 is higher and the count error no worse).
+
+    The weight-free estimate misreads textured or sparse fields; objects found at a wrong
+    scale are still about the right size, so each round usually lands closer, though not
+    always: a network zoomed far in can take texture for objects, each round smaller
     than the last. So the round whose objects are closest to the card's size is kept.
     """
     reference = card.typical_diameter
-    if scale.source not in ("estimated", "model") or reference is None:
+    read_by_size_model = scale.estimate is not None and scale.estimate.reader == "size model"
+    if scale.source not in ("estimated", "model") or reference is None or read_by_size_model:
         return annotation, scale
     settings = card.params["refine_scale"]
     tolerance = math.log(float(settings.get("tolerance", 1.15)))

@@ -40,6 +40,7 @@ model's own scale is used. Give the diameter or the pixel size there.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -106,12 +107,16 @@ class DiameterEstimate:
         Side reduction of the pass that gave the figure (under 1: the image was enlarged).
     seconds
         Time the estimate took.
+    reader
+        What measured it: ``"weight-free"`` (:func:`estimate_diameter`), ``"detector"``
+        (the detector's own boxes) or ``"size model"`` (a network's features).
     """
 
     diameter: float
     n_objects: float
     shrink: float
     seconds: float
+    reader: str = "weight-free"
 
 
 def estimate_diameter(image: np.ndarray) -> DiameterEstimate | None:
@@ -182,7 +187,7 @@ class ImageScale:
         (1 when they differ by under :data:`NO_ZOOM`, so that nothing is resampled for
         nothing).
     estimate
-        The measurement, when the diameter was estimated.
+        The measurement, when the diameter was estimated (in the reference objects' units).
     """
 
     diameter: float
@@ -252,7 +257,7 @@ def image_scale(
     else:
         if pixel_size_um is not None:
             log.info("%s states no pixel size: estimating the diameter instead", card.name)
-        estimate = (estimator or estimate_diameter)(image)
+        estimate = estimator(image) if estimator else weight_free_estimate(image, card)
         if estimate is None:
             log.warning(
                 "could not estimate the object diameter (too few separate objects); "
@@ -263,12 +268,7 @@ def image_scale(
             )
             value, source = reference, "model"
         else:
-            # in the reference objects' units: what the weight-free estimate reads on the
-            # training data (a detector's measurement is in those units already)
-            reads = reference
-            if estimator is None:
-                reads = float(card.diameter_px.get(ESTIMATE_KEY, reference))
-            value, source = estimate.diameter * reference / reads, "estimated"
+            value, source = estimate.diameter, "estimated"
     zoom = reference / value
     if abs(zoom - 1.0) < NO_ZOOM:
         zoom = 1.0
@@ -280,6 +280,17 @@ def image_scale(
         reference,
     )
     return ImageScale(value, source, zoom, estimate)
+
+
+def weight_free_estimate(image: np.ndarray, card: ModelCard) -> DiameterEstimate | None:
+    """:func:`estimate_diameter` in the card's reference objects' units: scaled by what it
+    reads on the card's training data (``diameter_px["objects"]``) where that differs."""
+    estimate = estimate_diameter(image)
+    reference = card.typical_diameter
+    if estimate is None or reference is None:
+        return estimate
+    reads = float(card.diameter_px.get(ESTIMATE_KEY, reference))
+    return dataclasses.replace(estimate, diameter=estimate.diameter * float(reference) / reads)
 
 
 def median_object_diameter(labels: np.ndarray, *, min_objects: int = 1) -> float | None:

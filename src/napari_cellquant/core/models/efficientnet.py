@@ -265,12 +265,15 @@ class EfficientUNet(nn.Module):
         """Start the encoder from the ImageNet weights (every encoder key must match)."""
         self.encoder.load_state_dict(pretrained_encoder_state(path, head=False), strict=True)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        h, w = x.shape[-2:]
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's feature maps of stride 2 to 32 (the size model pools them)."""
         if x.shape[1] < 3:  # stains as (first, last, first): one stain is grey to the stem
             x = x[:, [0, x.shape[1] - 1, 0]]
-        x = pad_to_multiple(x, self.size_multiple)
-        taps = self.encoder.features(x)
+        return self.encoder.features(pad_to_multiple(x, self.size_multiple))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x.shape[-2:]
+        taps = self.encode(x)
         y = taps[-1]
         det_feat = y if self._det_level == 5 else None
         level = 5
