@@ -18,7 +18,9 @@ Prints:
      (solidity > 0.93, not cut by the border), per image;
    - net_fluorescence: truth = median box side sqrt(w h) of the unstimulated nuclei (29.4 px),
      against the estimate calibrated by the card (``diameter_px``: what predict uses);
-   - bccd: truth = median sqrt(w h) of the RBC boxes not cut by the border, per image.
+   - bccd: truth = median sqrt(w h) of the RBC boxes not cut by the border, per image;
+3. on the DSB2018 validation images at 1x and 2x: ``fluo-resunet``'s size model against the
+   weight-free estimate and the peer (truth: median equivalent diameter of the nuclei).
 
     python benchmarks/diameter.py [--rounds 3] [--bccd 12] [--no-peer-4x]
 
@@ -211,6 +213,49 @@ def report_set(name: str, items, card_name: str, calibrate: bool, peer_4x: bool)
         )
 
 
+def report_size_model(limit: int | None) -> None:
+    """fluo-resunet's size model (``core.size_model``) against the weight-free estimate and
+    the granulometry peer on the DSB2018 validation images it never saw, at 1x and 2x."""
+    import math
+    import sys
+
+    from napari_cellquant.core.predict import _resize, load_model
+    from napari_cellquant.core.scale import median_object_diameter
+    from napari_cellquant.core.size_model import regress_diameter
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from accuracy import dsb2018_val
+
+    model = load_model("fluo-resunet", "cpu")
+    readers = {
+        "size model (fluo-resunet)": lambda image: regress_diameter(image, model),
+        "weight-free estimate": estimate_diameter,
+        "granulometry (peer)": granulometry_diameter,
+    }
+    pairs = dsb2018_val(DATA, limit)
+    print(f"\ndsb2018 validation ({len(pairs)} fluorescence images, never fitted on)")
+    print(
+        f"  {'factor':>6}  {'reader':26s}  {'|err| median':>12}  {'within 15%':>10}  "
+        f"{'off > 1.5x':>10}  {'gave up':>7}  {'s / image':>9}"
+    )
+    for factor in (1.0, 2.0):
+        images = [(_resize(image, factor), truth) for image, truth in pairs]
+        for name, reader in readers.items():
+            ratios, started = [], time.perf_counter()
+            for image, truth in images:
+                found = reader(image)
+                value = getattr(found, "diameter", found)
+                true = factor * (median_object_diameter(truth.labels) or math.nan)
+                ratios.append(math.nan if value is None else value / true)
+            seconds = (time.perf_counter() - started) / len(images)
+            err = np.abs(np.log(np.array(ratios)))
+            print(
+                f"  {factor:>6g}  {name:26s}  {100 * (math.exp(np.nanmedian(err)) - 1):>11.1f}%  "
+                f"{np.sum(err <= math.log(1.15)):>10d}  {np.sum(err > math.log(1.5)):>10d}  "
+                f"{np.isnan(err).sum():>7d}  {seconds:>9.3f}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -220,6 +265,9 @@ def main() -> None:
         dest="peer_4x",
         action="store_false",
         help="skip the peer on images over 4 megapixels (it takes ~10 s each)",
+    )
+    parser.add_argument(
+        "--dsb", type=int, default=None, help="DSB2018 validation images to use (default all)"
     )
     args = parser.parse_args()
     import os
@@ -242,6 +290,7 @@ def main() -> None:
     report_set("blood_smear_224", blood_set(), "blood-unet", False, args.peer_4x)
     report_set("net_fluorescence (nucleus)", net_set(), "net-classical", True, args.peer_4x)
     report_set("bccd (RBC boxes)", bccd_set(args.bccd), "blood-classical", False, args.peer_4x)
+    report_size_model(args.dsb)
     print(
         "\n'gave up': images where the estimate found no separate objects (predict then uses "
         "the model's own scale); 'vs 1x': median |estimate(f) / f / estimate(1x) - 1|."
