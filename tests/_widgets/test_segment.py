@@ -334,7 +334,7 @@ def test_the_object_size_comes_from_a_layer_in_micrometres_and_is_shown(
     assert abs((found["class_name"] == "rbc").sum() - true_rbc) <= 0.2 * true_rbc
     widget.image.value = plain
     _run(qtbot, widget)
-    assert "px, estimated)" in widget.status.value, widget.status.value
+    assert "px, estimated from the image)" in widget.status.value, widget.status.value
 
 
 def test_the_viewer_objects_are_out_of_the_collector_only_while_a_run_lasts(qtbot, segment):

@@ -272,10 +272,11 @@ def test_a_local_dask_cluster_writes_the_same_files(smear_folder, tmp_path, caps
     err = capsys.readouterr().err
     assert "broken.png: failed" in err
     # the diameter estimated for each image is reported the same whichever runs the work
-    said = [line.split("diameter ")[1] for line in err.splitlines() if "(estimated)" in line]
+    said = [line.split("diameter ")[1] for line in err.splitlines() if ", estimated" in line]
     assert len(said) == 2 and sorted(said) == sorted(
-        line.split("diameter ")[1] for line in in_process.splitlines() if "(estimated)" in line
+        line.split("diameter ")[1] for line in in_process.splitlines() if ", estimated" in line
     )
+    assert all(s.endswith("px, estimated from the image") for s in said), said
     assert_same_outputs(local, cluster)
     coco = json.loads((cluster / "annotations.json").read_text())
     assert [(im["id"], im["file_name"]) for im in coco["images"]] == [

@@ -15,7 +15,7 @@ from skimage.transform import rescale, resize
 from napari_cellquant.core.errors import InputError
 from napari_cellquant.core.models.registry import get_card
 from napari_cellquant.core.predict import load_model, predict
-from napari_cellquant.core.scale import estimate_diameter, image_scale
+from napari_cellquant.core.scale import describe_scale, estimate_diameter, image_scale
 from napari_cellquant.core.synthetic import synthetic_blood_smear
 
 FACTORS = (0.5, 2.0, 4.0)
@@ -306,3 +306,13 @@ def test_bundled_blood_unet_finds_the_same_rbcs_when_enlarged(shared_data, tmp_p
         assert results[factor][0].meta["zoom"] < 0.6  # it did run at the network's scale
         share = np.mean([_matched_share(a, b) for a, b in zip(results[1.0], results[factor])])
         assert share >= 0.9, (factor, share)
+
+
+def test_a_scale_is_described_with_how_it_was_decided():
+    meta = {"diameter_px": 31.04, "diameter_source": "estimated", "diameter_reader": "detector"}
+    assert describe_scale(meta) == "diameter 31.0 px, estimated by the detector's own boxes"
+    assert describe_scale({"diameter_px": 12.0, "diameter_source": "given"}) == (
+        "diameter 12.0 px, given"
+    )
+    assert describe_scale({"diameter_px": float("nan"), "diameter_source": "model"}) == ""
+    assert describe_scale({}) == ""

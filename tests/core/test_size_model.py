@@ -11,6 +11,7 @@ from skimage.io import imread
 
 from napari_cellquant.core.errors import InputError
 from napari_cellquant.core.predict import Model, load_model, predict
+from napari_cellquant.core.scale import describe_scale
 from napari_cellquant.core.size_model import fit_size_model, pooled_features, regress_diameter
 
 
@@ -96,9 +97,16 @@ def test_predict_takes_its_scale_from_the_size_model_unless_told(fluo):
     image = _nuclei(28.0)
     read = regress_diameter(image, fluo).diameter
     found = predict(image, fluo, flip_views=1)
-    assert found.meta["diameter_source"] in ("estimated", "refined")
-    if found.meta["diameter_source"] == "estimated":
-        assert math.isclose(found.meta["diameter_px"], read, rel_tol=1e-6)
+    # a size model's reading is not checked again on the model's own nuclei
+    assert (found.meta["diameter_source"], found.meta["diameter_reader"]) == (
+        "estimated",
+        "size model",
+    )
+    assert math.isclose(found.meta["diameter_px"], read, rel_tol=1e-6)
+    assert (
+        describe_scale(found.meta)
+        == f"diameter {read:.1f} px, estimated by the network's size model"
+    )
     assert predict(image, fluo, diameter=28.0, flip_views=1).meta["diameter_px"] == 28.0
 
 

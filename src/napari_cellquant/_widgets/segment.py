@@ -434,14 +434,10 @@ def _segment(
 
 
 def _scale_text(meta: dict[str, Any]) -> str:
-    """What the run took the object size to be, so an estimate is never silent."""
-    diameter = meta.get("diameter_px")
-    if diameter is None or not np.isfinite(diameter):
-        return ""
-    from ..core.scale import DIAMETER_SOURCES
+    from ..core.scale import describe_scale
 
-    source = meta.get("diameter_source", "")
-    return f" (diameter {diameter:.1f} px, {DIAMETER_SOURCES.get(source, source)})"
+    described = describe_scale(meta)
+    return f" ({described})" if described else ""
 
 
 _WARM = False

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import InputError, OutputError
-from ..core.predict import Model
+from ..core.predict import Model, flip_views_of
+from ..core.scale import describe_scale
 from .inputs import collect_images
 from .outdir import OutputFolder, run_record
 from .work import ImageResult, ModelSpec, Settings, predict_one
@@ -110,7 +111,6 @@ def predict_images(
         A cluster cannot be started or reached, or a Model is given for a cluster run.
     """
     from ..core.models.registry import get_card
-    from ..core.predict import flip_views_of
 
     if workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}")
@@ -203,11 +203,8 @@ def _describe(image: ImageResult) -> str:
         + ", ".join(f"{name} {n}" for name, n in counts.items())
         + ")"
     )
-    diameter = image.annotation.meta.get("diameter_px")
-    if diameter is not None and diameter == diameter:  # NaN: a card that knows no scale
-        source = image.annotation.meta.get("diameter_source", "")
-        text += f", diameter {diameter:.1f} px ({source})"
-    return text
+    described = describe_scale(image.annotation.meta)
+    return f"{text}, {described}" if described else text
 
 
 @contextlib.contextmanager

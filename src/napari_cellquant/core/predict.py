@@ -395,6 +395,8 @@ def _record_scale(annotation: Annotation, scale: ImageScale) -> Annotation:
     annotation.meta.update(
         diameter_px=scale.diameter, diameter_source=scale.source, zoom=scale.zoom
     )
+    if scale.estimate is not None:
+        annotation.meta["diameter_reader"] = scale.estimate.reader
     return annotation
 
 
@@ -559,7 +561,8 @@ def predict(
     - ``diameter="model"`` skips all that: the image is at the model's scale.
 
     The result's ``meta`` says what was used: ``diameter_px``, ``diameter_source`` (given,
-    pixel_size, estimated, model) and ``zoom``; the decision is also logged.
+    pixel_size, estimated, model, refined), ``diameter_reader`` for an estimate (weight-free,
+    detector, size model) and ``zoom``; the decision is also logged.
 
     ``flip_views`` (1, 2 or 4) overrides the card's ``params.flip_views``: how many mirror
     images of each tile a segmentation network averages its maps over (1 is fastest).

@@ -44,9 +44,9 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -332,6 +332,26 @@ DIAMETER_SOURCES = {
     "model": "the model's scale",
     "refined": "measured on the model's own objects",
 }
+#: how each reader of an estimate is named where a scale is reported
+READERS = {
+    "weight-free": "from the image",
+    "detector": "by the detector's own boxes",
+    "size model": "by the network's size model",
+}
+
+
+def describe_scale(meta: Mapping[str, Any]) -> str:
+    """``"diameter 27.0 px, estimated by the network's size model"`` for a result's
+    ``meta``: what the run took the object size to be, so an estimate is never silent; ""
+    where no scale applies (a card that knows none)."""
+    diameter = meta.get("diameter_px")
+    if diameter is None or not math.isfinite(diameter):
+        return ""
+    source = str(meta.get("diameter_source", ""))
+    how = DIAMETER_SOURCES.get(source, source)
+    if source == "estimated" and meta.get("diameter_reader") in READERS:
+        how += " " + READERS[meta["diameter_reader"]]
+    return f"diameter {diameter:.1f} px, {how}"
 
 
 def _as_channels_last(image: np.ndarray) -> np.ndarray:
