@@ -36,9 +36,11 @@ SIDE = 384
 LAMBDAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 
 
-def pooled_features(image: np.ndarray, model: Model, zoom: float = 1.0) -> np.ndarray:
+def pooled_features(
+    image: np.ndarray, model: Model, zoom: float = 1.0, side: int = SIDE
+) -> np.ndarray:
     """Mean and standard deviation of each encoder feature map of ``model``'s network over
-    the central ``SIDE``-pixel crop of ``image`` shown at ``zoom``."""
+    the central ``side``-pixel crop of ``image`` shown at ``zoom``."""
     import torch
 
     from .normalization import channel_last_view, make_normalizer
@@ -48,9 +50,9 @@ def pooled_features(image: np.ndarray, model: Model, zoom: float = 1.0) -> np.nd
     if encode is None:
         raise InputError(f"{model.name}: a size model needs a network with an encoder")
     pixels = channel_last_view(image)
-    side = max(32, int(round(SIDE / zoom)))
-    top, left = max(0, (pixels.shape[0] - side) // 2), max(0, (pixels.shape[1] - side) // 2)
-    crop = _resize(pixels[top : top + side, left : left + side], zoom)
+    source = max(32, int(round(side / zoom)))
+    top, left = max(0, (pixels.shape[0] - source) // 2), max(0, (pixels.shape[1] - source) // 2)
+    crop = _resize(pixels[top : top + source, left : left + source], zoom)
     card = model.card
     normalised = make_normalizer(crop, card.normalization, card.input_channels)(crop)
     batch = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
@@ -120,7 +122,7 @@ def regress_diameter(image: np.ndarray, model: Model) -> DiameterEstimate | None
     fitted = model.card.params["size_model"]
     if min(np.shape(image)[:2]) < 16:
         return None
-    features = pooled_features(image, model)
+    features = pooled_features(image, model, side=int(fitted.get("side", SIDE)))
     weights = np.asarray(fitted["weights"], dtype=np.float64)
     if features.shape != weights.shape:
         raise InputError(
