@@ -25,7 +25,7 @@ scale of the network's own nuclei while it is off by more than 15 % (``refine_sc
 
 The first reading of the scale is the network's size model (``core.size_model``): a ridge
 regression of log(diameter) on its pooled encoder features, fitted on the images it trained
-on (``fit_size``), adopted on the inner images by the rule in :func:`refit_size_model`;
+on (``fit_size``), adopted on the inner images by the rule in :func:`choose_size_model`;
 ``--refit-size-model`` fits it again for the bundled network and bundles it if the rule holds.
 The post-processing, first chosen at the true scale, is then chosen again through ``predict``
 at the scale the model reads (:func:`retune_through_predict`; ``--retune-postprocess``).
