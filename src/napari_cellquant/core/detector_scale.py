@@ -43,6 +43,27 @@ BAND = (0.65, 1.6)
 MIN_OBJECTS = 3
 
 
+def central_batch(
+    image: np.ndarray, model: Model, side: int, zoom: float, *, min_source: int
+) -> Any:
+    """The central crop of ``image`` that is ``side`` pixels wide at ``zoom`` (at least
+    ``min_source`` pixels of the image), zoomed and normalised for ``model``'s network: a
+    one-image float tensor batch on the model's device, what a scale reader runs on."""
+    import torch
+
+    from .normalization import channel_last_view, make_normalizer
+    from .predict import _resize
+
+    card = model.card
+    pixels = channel_last_view(image)
+    source = max(min_source, int(round(side / zoom)))
+    top, left = max(0, (pixels.shape[0] - source) // 2), max(0, (pixels.shape[1] - source) // 2)
+    crop = _resize(pixels[top : top + source, left : left + source], zoom)
+    normalised = make_normalizer(crop, card.normalization, card.input_channels)(crop)
+    batch = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
+    return batch.to(model.device)
+
+
 def _probe(
     image: np.ndarray, model: Model, network: Any, zoom: float
 ) -> tuple[np.ndarray, np.ndarray, float]:
@@ -51,22 +72,14 @@ def _probe(
     import torch
 
     from .inference import _activate
-    from .normalization import channel_last_view, make_normalizer
     from .postprocess import boxes_from_heatmap
-    from .predict import _resize
 
     card = model.card
-    pixels = channel_last_view(image)
-    side = max(8, int(round(PROBE_SIDE / zoom)))
-    h, w = pixels.shape[:2]
-    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    crop = _resize(pixels[top : top + side, left : left + side], zoom)
-    if min(crop.shape[:2]) < 16:
+    batch = central_batch(image, model, PROBE_SIDE, zoom, min_source=8)
+    if min(batch.shape[-2:]) < 16:
         return np.zeros(0), np.zeros(0), 0.0
-    normalised = make_normalizer(crop, card.normalization, card.input_channels)(crop)
-    batch = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
     with torch.inference_mode():
-        raw = network(batch.to(model.device))
+        raw = network(batch)
     acts = network.output_activations
     maps = {k: _activate(v.float(), acts[k])[0].cpu().numpy() for k, v in raw.items()}
     detector = card.architecture["detector"]
@@ -80,7 +93,7 @@ def _probe(
     reference = card.classes.id_of(next(iter(card.diameter_px)))
     keep = boxes.class_ids == reference
     sizes = np.sqrt(boxes.xywh[keep, 2] * boxes.xywh[keep, 3])
-    return sizes, boxes.scores[keep], float(crop.shape[0] * crop.shape[1])
+    return sizes, boxes.scores[keep], float(batch.shape[-2] * batch.shape[-1])
 
 
 def _evidence(

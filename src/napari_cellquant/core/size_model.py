@@ -43,21 +43,14 @@ def pooled_features(
     the central ``side``-pixel crop of ``image`` shown at ``zoom``."""
     import torch
 
-    from .normalization import channel_last_view, make_normalizer
-    from .predict import _resize
+    from .detector_scale import central_batch
 
     encode = getattr(model.network, "encode", None)
     if encode is None:
         raise InputError(f"{model.name}: a size model needs a network with an encoder")
-    pixels = channel_last_view(image)
-    source = max(32, int(round(side / zoom)))
-    top, left = max(0, (pixels.shape[0] - source) // 2), max(0, (pixels.shape[1] - source) // 2)
-    crop = _resize(pixels[top : top + source, left : left + source], zoom)
-    card = model.card
-    normalised = make_normalizer(crop, card.normalization, card.input_channels)(crop)
-    batch = torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))[None]
+    batch = central_batch(image, model, side, zoom, min_source=32)
     with torch.inference_mode():
-        taps = encode(batch.to(model.device))
+        taps = encode(batch)
     summaries = [t.mean(dim=(2, 3)) for t in taps] + [t.std(dim=(2, 3)) for t in taps]
     return torch.cat(summaries, dim=1)[0].float().cpu().numpy()
 
